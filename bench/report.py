@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Turn the raw results of bench/run.sh (one JSON file per target+load) into a markdown report.
+
+Usage: report.py RESULTS_DIR OUT_MD [--meta META_JSON]
+Files in RESULTS_DIR are named TARGET__LOAD.json, LOAD one of chat_c64, chat_c1, stream_c64
+(wrk BENCH_JSON lines), ttfb_c1, paced_c1 (bench/ttfb.py output).
+"""
+import json
+import os
+import sys
+
+TARGETS = ["direct", "nginx", "keygate"]
+LOADS = [
+    ("chat_c64", "chat, c={conns}"),
+    ("chat_c1", "chat, c=1"),
+    ("stream_c64", "stream, c={conns}"),
+    ("ttfb_c1", "stream TTFB, c=1"),
+    ("paced_c1", "stream paced TTFB, c=1"),
+]
+
+
+def load(d, target, name):
+    p = os.path.join(d, "%s__%s.json" % (target, name))
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+def fmt_us(v):
+    if v is None:
+        return "–"
+    if v < 1000:
+        return "%.0f µs" % v
+    if v < 100000:
+        return "%.2f ms" % (v / 1000.0)
+    return "%.0f ms" % (v / 1000.0)
+
+
+def fmt_delta(v):
+    if v is None:
+        return "–"
+    sign = "+" if v >= 0 else "−"
+    return sign + fmt_us(abs(v))
+
+
+def fmt_rps(v):
+    return "–" if v is None else "{:,.0f}".format(v)
+
+
+def ratio(a, b):
+    if a is None or b is None or not b:
+        return "–"
+    return "%.2f×" % (a / b)
+
+
+def get(r, k):
+    return None if r is None else r.get(k)
+
+
+def main():
+    args = sys.argv[1:]
+    meta = {}
+    if "--meta" in args:
+        i = args.index("--meta")
+        with open(args[i + 1]) as f:
+            meta = json.load(f)
+        del args[i : i + 2]
+    d, out_md = args[0], args[1]
+    targets = [t for t in TARGETS if any(load(d, t, l) for l, _ in LOADS)]
+    conns = meta.get("connections", 64)
+
+    lines = []
+    w = lines.append
+    w("# keygate benchmark")
+    w("")
+    if meta.get("env"):
+        w(meta["env"])
+        w("")
+    w("| target | load | RPS | p50 | p99 | notes |")
+    w("|---|---|---:|---:|---:|---|")
+    R = {}
+    for t in targets:
+        for key, label in LOADS:
+            r = load(d, t, key)
+            R[(t, key)] = r
+            if r is None:
+                continue
+            label = label.format(conns=conns)
+            notes = []
+            if key.startswith(("ttfb", "paced")):
+                p50, p99 = r.get("ttfb_p50_us"), r.get("ttfb_p99_us")
+                notes.append("TTFB; total p50 %s, p99 %s; %d req" % (
+                    fmt_us(r.get("total_p50_us")), fmt_us(r.get("total_p99_us")), r.get("ok", 0)))
+                if r.get("errors"):
+                    notes.append("**%d errors** (%s)" % (r["errors"], r.get("first_error")))
+                ev = r.get("events_per_response")
+                if ev is not None:
+                    notes.append("%.0f SSE events/resp" % ev)
+            else:
+                p50, p99 = r.get("p50_us"), r.get("p99_us")
+                notes.append("%d req in %.1f s" % (r["requests"], r["duration_s"]))
+                errs = {k[4:]: v for k, v in r.items() if k.startswith("err_") and v}
+                if errs:
+                    notes.append("**errors: %s**" % ", ".join("%s=%d" % kv for kv in errs.items()))
+            w("| %s | %s | %s | %s | %s | %s |" % (
+                t, label, fmt_rps(r.get("rps")), fmt_us(p50), fmt_us(p99), "; ".join(notes)))
+    w("")
+
+    def v(t, key, field):
+        return get(R.get((t, key)), field)
+
+    if "keygate" in targets:
+        w("## keygate vs. the others")
+        w("")
+        w("| metric | keygate | nginx | note |")
+        w("|---|---:|---:|---|")
+        w("| throughput chat c=%d, vs nginx | %s | 1.00× | keygate RPS / nginx RPS |" % (
+            conns, ratio(v("keygate", "chat_c64", "rps"), v("nginx", "chat_c64", "rps"))))
+        w("| throughput stream c=%d, vs nginx | %s | 1.00× | |" % (
+            conns, ratio(v("keygate", "stream_c64", "rps"), v("nginx", "stream_c64", "rps"))))
+        w("| throughput chat c=%d, vs direct | %s | %s | share of the bare mock's RPS |" % (
+            conns, ratio(v("keygate", "chat_c64", "rps"), v("direct", "chat_c64", "rps")),
+            ratio(v("nginx", "chat_c64", "rps"), v("direct", "chat_c64", "rps"))))
+
+        def added(t, key, field):
+            a, b = v(t, key, field), v("direct", key, field)
+            return None if a is None or b is None else a - b
+
+        w("| added latency chat c=1, p50 | %s | %s | target − direct |" % (
+            fmt_delta(added("keygate", "chat_c1", "p50_us")), fmt_delta(added("nginx", "chat_c1", "p50_us"))))
+        w("| added latency chat c=1, p99 | %s | %s | target − direct |" % (
+            fmt_delta(added("keygate", "chat_c1", "p99_us")), fmt_delta(added("nginx", "chat_c1", "p99_us"))))
+        w("| added stream TTFB c=1, p50 | %s | %s | target − direct |" % (
+            fmt_delta(added("keygate", "ttfb_c1", "ttfb_p50_us")), fmt_delta(added("nginx", "ttfb_c1", "ttfb_p50_us"))))
+        w("| added stream TTFB c=1, p99 | %s | %s | target − direct |" % (
+            fmt_delta(added("keygate", "ttfb_c1", "ttfb_p99_us")), fmt_delta(added("nginx", "ttfb_c1", "ttfb_p99_us"))))
+
+        def paced(t):
+            a, b = v(t, "paced_c1", "ttfb_p50_us"), v(t, "paced_c1", "total_p50_us")
+            if a is None or b is None:
+                return "–"
+            return "%s (%s of total)" % ("streamed" if a < 0.25 * b else "**BUFFERED?**", "%.0f%%" % (100.0 * a / b))
+
+        w("| paced stream: TTFB p50 vs total p50 | %s | %s | chunks %s ms apart; buffering would push TTFB to ≈ total |" % (
+            paced("keygate"), paced("nginx"), meta.get("paced_delay_ms", "?")))
+        rss = meta.get("rss") or {}
+        if rss:
+            w("| keygate RSS | %s | | VmRSS idle %s → after load %s; VmHWM (peak) %s |" % (
+                "%.1f MiB" % (rss.get("hwm_kb", 0) / 1024.0),
+                "%.1f MiB" % (rss.get("idle_rss_kb", 0) / 1024.0),
+                "%.1f MiB" % (rss.get("rss_kb", 0) / 1024.0),
+                "%.1f MiB" % (rss.get("hwm_kb", 0) / 1024.0)))
+        lc = meta.get("logcheck")
+        if lc:
+            w("")
+            w("**Call-log check: %s** — %d rows in api_call_logs (via %s); %d requests sent to /v1 "
+              "(completed), so expected %d ≤ rows ≤ %d (+%d for requests in flight when wrk stopped)." % (
+                  lc["result"], lc["rows"], lc["source"], lc["requests"], lc["requests"],
+                  lc["requests"] + lc["slack"], lc["slack"]))
+        w("")
+    w("Latencies: wrk's exact percentiles (lua `done()`); stream c=%d times the whole SSE response; "
+      "TTFB = request sent → first body byte (bench/ttfb.py, %s sequential requests over keep-alive)." % (
+          conns, meta.get("ttfb_count", "?")))
+    text = "\n".join(lines) + "\n"
+    with open(out_md, "w") as f:
+        f.write(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

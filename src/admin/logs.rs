@@ -1,0 +1,48 @@
+//! `/api/api-logs`: all call logs, newest first, filtered by key and status.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{page, Listing};
+use crate::app::AppState;
+use crate::error::{ApiError, ApiQuery};
+use crate::store::logs::{LogFilter, LogRow};
+use crate::store::Page;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api-logs", get(list))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    key_id: Option<i64>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    page: Option<i64>,
+    #[serde(default)]
+    page_size: Option<i64>,
+}
+
+async fn list(State(state): State<AppState>, ApiQuery(query): ApiQuery<LogsQuery>) -> Result<Json<Listing<LogRow>>, ApiError> {
+    let page = page(query.page, query.page_size)?;
+    page_of_logs(&state, query.key_id, query.status, page).await
+}
+
+/// One page of logs, shared by `/api/api-logs` and `/api/api-keys/{id}/logs`.
+pub async fn page_of_logs(
+    state: &AppState,
+    key_id: Option<i64>,
+    status: Option<String>,
+    page: Page,
+) -> Result<Json<Listing<LogRow>>, ApiError> {
+    let status = status.filter(|s| !s.is_empty());
+    if status.as_deref().is_some_and(|s| s != "success" && s != "error") {
+        return Err(ApiError::invalid("status", "must be success or error"));
+    }
+    let (rows, total) = crate::store::logs::list(&state.pool, &LogFilter { key_id, status }, page).await?;
+    Ok(Json(Listing::new(rows, page, total)))
+}

@@ -1,0 +1,102 @@
+//! AppState, the Router (/v1 relay, /api admin, /healthz), and serve() with graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::{Json, Router};
+use sqlx::SqlitePool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, auth::AdminAuth};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::key_ops::Keyring;
+use crate::relay::{self, auth::KeyCache, upstream::Upstream};
+use crate::tasks::{log_writer::LogSink, sweeper};
+use crate::{secrets, store};
+
+/// How long open connections (e.g. long streams) may take to finish after a shutdown signal.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// Cheap handles shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: SqlitePool,
+    pub config: Arc<Config>,
+    pub clock: Clock,
+    pub keyring: Keyring,
+    pub upstream: Arc<Upstream>,
+    pub logs: LogSink,
+    pub admin: Arc<AdminAuth>,
+}
+
+impl AppState {
+    /// Opens the database, loads or creates the secrets, and starts the call-log writer.
+    pub async fn build(config: Config, clock: Clock) -> anyhow::Result<AppState> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        let pool = store::connect(&config.database_url).await?;
+        let fernet = Arc::new(secrets::fernet(&config)?);
+        let admin = Arc::new(AdminAuth::new(secrets::admin_token_hash(&pool, &config).await?));
+        let upstream = Arc::new(Upstream::new(&config)?);
+        if config.upstream_api_key.is_none() {
+            tracing::warn!("KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) is unset: requests go upstream without a credential");
+        }
+        let (logs, _writer) = LogSink::spawn(pool.clone());
+        let keyring = Keyring {
+            pool: pool.clone(),
+            clock: clock.clone(),
+            fernet,
+            cache: Arc::new(KeyCache::default()),
+        };
+        Ok(AppState {
+            pool,
+            config: Arc::new(config),
+            clock,
+            keyring,
+            upstream,
+            logs,
+            admin,
+        })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(relay::router())
+        .merge(admin::router(&state))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Serves until `shutdown` is cancelled, then drains connections and flushes the call log.
+pub async fn serve(state: AppState, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let sweeper = sweeper::spawn(
+        state.pool.clone(),
+        state.clock.clone(),
+        state.config.cleanup_interval,
+        shutdown.child_token(),
+    );
+    let logs = state.logs.clone();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::select! {
+        result = server => result.context("server failed")?,
+        _ = grace => tracing::warn!("connections still open after {DRAIN_GRACE:?}; closing them"),
+    }
+    sweeper.abort();
+    logs.close().await;
+    Ok(())
+}

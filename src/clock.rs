@@ -1,0 +1,102 @@
+//! The injectable clock (system time, or a manual one tests set) and UTC-millisecond helpers.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use serde::Serializer;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Where "now" comes from. Cheap to clone; the manual clock is shared by its clones.
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    Manual(Arc<AtomicI64>),
+}
+
+impl Clock {
+    /// A manual clock starting at `start`; it only moves when `set` or `advance` is called.
+    pub fn manual(start: OffsetDateTime) -> Self {
+        Clock::Manual(Arc::new(AtomicI64::new(to_ms(start))))
+    }
+
+    /// Now, in UTC milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Clock::System => to_ms(OffsetDateTime::now_utc()),
+            Clock::Manual(ms) => ms.load(Ordering::SeqCst),
+        }
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        from_ms(self.now_ms())
+    }
+
+    /// Sets a manual clock; a no-op on the system clock.
+    pub fn set(&self, at: OffsetDateTime) {
+        if let Clock::Manual(ms) = self {
+            ms.store(to_ms(at), Ordering::SeqCst);
+        }
+    }
+
+    /// Moves a manual clock forward; a no-op on the system clock.
+    pub fn advance(&self, by: time::Duration) {
+        if let Clock::Manual(ms) = self {
+            ms.fetch_add(by.whole_milliseconds() as i64, Ordering::SeqCst);
+        }
+    }
+}
+
+pub const MS_PER_HOUR: i64 = 3_600_000;
+pub const MS_PER_DAY: i64 = 24 * MS_PER_HOUR;
+
+pub fn to_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+pub fn from_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// RFC 3339 UTC text of a millisecond timestamp, e.g. `2026-11-24T05:45:02.123Z`.
+pub fn rfc3339(ms: i64) -> String {
+    from_ms(ms)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// Parses an RFC 3339 date-time into UTC milliseconds.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    OffsetDateTime::parse(text.trim(), &Rfc3339).ok().map(to_ms)
+}
+
+/// serde: a millisecond timestamp as RFC 3339.
+pub fn ser_ms<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ms))
+}
+
+/// serde: an optional millisecond timestamp as RFC 3339 or null.
+pub fn ser_opt_ms<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_str(&rfc3339(*ms)),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let clock = Clock::manual(time::macros::datetime!(2026-01-01 00:00 UTC));
+        let t0 = clock.now_ms();
+        assert_eq!(clock.now_ms(), t0);
+        clock.advance(time::Duration::hours(1));
+        assert_eq!(clock.now_ms(), t0 + MS_PER_HOUR);
+        assert_eq!(rfc3339(t0), "2026-01-01T00:00:00Z");
+        assert_eq!(parse_rfc3339("2026-01-01T01:00:00+01:00"), Some(t0));
+    }
+}

@@ -1,0 +1,159 @@
+//! The error enum of the HTTP edge and its one IntoResponse: `{"error": reason, "message": what to do}`.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The exact message of a 401 on the relay.
+pub const INVALID_KEY_MESSAGE: &str = "Invalid or inactive API key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the named field is wrong; the message says how to fix it.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// 401 on the relay, with the exact body of SPEC §3.
+    #[error("invalid or inactive API key")]
+    InvalidKey,
+    /// 401 on the admin API.
+    #[error("admin authentication required")]
+    AdminAuth,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    GatewayTimeout(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidKey | ApiError::AdminAuth => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told to do; never an internal cause.
+    fn message(&self) -> String {
+        match self {
+            ApiError::Invalid { field, message } => format!("{field}: {message}"),
+            ApiError::InvalidKey => INVALID_KEY_MESSAGE.to_string(),
+            ApiError::AdminAuth => {
+                "Log in to the console, or send Authorization: Bearer <KEYGATE_ADMIN_TOKEN>".into()
+            }
+            ApiError::NotFound(what) => format!("No {what} with that id; list them to find the right one"),
+            ApiError::Conflict(message) => message.clone(),
+            ApiError::PayloadTooLarge(limit) => format!(
+                "The request body exceeds {limit} bytes; send a smaller one or raise KEYGATE_MAX_BODY_BYTES"
+            ),
+            ApiError::BadGateway(message) | ApiError::GatewayTimeout(message) => message.clone(),
+            ApiError::Internal(_) => "Internal error; the server log has the details".into(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(err).context("database"))
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = format!("{cause:#}"), "internal error");
+        }
+        let field = match &self {
+            ApiError::Invalid { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: status.canonical_reason().unwrap_or("Error"),
+            message: self.message(),
+            field,
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED && matches!(self, ApiError::InvalidKey) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// `axum::Json` whose rejections answer in the error shape, naming the field.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::invalid("body", serde_cause(&e))),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::invalid(
+                "content-type",
+                "send the body as JSON with Content-Type: application/json",
+            )),
+            Err(e) => Err(ApiError::invalid("body", format!("not valid JSON ({})", e.body_text()))),
+        }
+    }
+}
+
+/// `axum::extract::Query` whose rejections answer in the error shape.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e: QueryRejection| ApiError::invalid("query", e.body_text()))
+    }
+}
+
+/// serde's own words (they name the field), without axum's prefix.
+fn serde_cause(err: &dyn std::error::Error) -> String {
+    let mut cause = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        cause = inner.to_string();
+        source = inner.source();
+    }
+    cause
+}

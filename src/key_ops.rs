@@ -1,0 +1,312 @@
+//! Key operations shared by the admin API and the CLI: validate, create, change, renew,
+//! revoke, regenerate, delete; and the view of a key that both show.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use sqlx::SqlitePool;
+
+use crate::clock::{parse_rfc3339, ser_ms, ser_opt_ms, Clock, MS_PER_DAY};
+use crate::error::ApiError;
+use crate::keys::{self, ActivationUnit, ExpirationMode, Status};
+use crate::relay::auth::KeyCache;
+use crate::store::keys::{KeyFilter, KeyRow, NewKey};
+use crate::store::{self, Page};
+
+/// A key as the admin API and the CLI show it: no hash, no encrypted copy.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyView {
+    pub id: i64,
+    pub name: String,
+    pub description: Option<String>,
+    pub key_preview: String,
+    pub status: Status,
+    pub is_active: bool,
+    pub expiring_soon: bool,
+    pub expires_in_seconds: Option<i64>,
+    #[serde(serialize_with = "ser_ms")]
+    pub created_at: i64,
+    #[serde(serialize_with = "ser_ms")]
+    pub updated_at: i64,
+    #[serde(serialize_with = "ser_opt_ms")]
+    pub expires_at: Option<i64>,
+    pub expiration_mode: ExpirationMode,
+    pub activation_period: Option<i64>,
+    pub activation_unit: Option<String>,
+    #[serde(serialize_with = "ser_opt_ms")]
+    pub activated_at: Option<i64>,
+    #[serde(serialize_with = "ser_opt_ms")]
+    pub revoked_at: Option<i64>,
+    pub usage_count: i64,
+    #[serde(serialize_with = "ser_opt_ms")]
+    pub last_used_at: Option<i64>,
+    /// The full key: only in the create and regenerate answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl KeyView {
+    pub fn new(row: &KeyRow, now: i64) -> Self {
+        let lifecycle = row.lifecycle();
+        KeyView {
+            id: row.id,
+            name: row.name.clone(),
+            description: row.description.clone(),
+            key_preview: row.key_preview.clone(),
+            status: lifecycle.status(now),
+            is_active: row.is_active,
+            expiring_soon: lifecycle.expiring_soon(now),
+            expires_in_seconds: row.expires_at.map(|at| (at - now).div_euclid(1000)),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            expires_at: row.expires_at,
+            expiration_mode: row.mode(),
+            activation_period: row.activation_period,
+            activation_unit: row.activation_unit.clone(),
+            activated_at: row.activated_at,
+            revoked_at: row.revoked_at,
+            usage_count: row.usage_count,
+            last_used_at: row.last_used_at,
+            key: None,
+        }
+    }
+
+    pub fn with_key(mut self, key: String) -> Self {
+        self.key = Some(key);
+        self
+    }
+}
+
+/// `POST /api/api-keys`: a name, and at most one way of expiring.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub expires_days: Option<i64>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub never: Option<bool>,
+    #[serde(default)]
+    pub expiration_mode: Option<ExpirationMode>,
+    #[serde(default)]
+    pub activation_period: Option<i64>,
+    #[serde(default)]
+    pub activation_unit: Option<ActivationUnit>,
+}
+
+/// `PATCH /api/api-keys/{id}`: absent fields are unchanged; `expires_at: null` means never.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPatch {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub expires_at: Option<Option<String>>,
+    #[serde(default)]
+    pub is_active: Option<bool>,
+}
+
+/// Tells `"field": null` (Some(None)) from an absent field (None).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Longest expiry accepted, in days.
+const MAX_DAYS: i64 = 36_500;
+
+/// The keys of the store, with the clock, the encryption key, and the relay's cache, which
+/// every change clears so it is in force on the next request.
+#[derive(Clone)]
+pub struct Keyring {
+    pub pool: SqlitePool,
+    pub clock: Clock,
+    pub fernet: Arc<fernet::Fernet>,
+    pub cache: Arc<KeyCache>,
+}
+
+impl Keyring {
+    pub fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn view(&self, row: &KeyRow) -> KeyView {
+        KeyView::new(row, self.now())
+    }
+
+    pub async fn get(&self, id: i64) -> Result<KeyRow, ApiError> {
+        store::keys::get(&self.pool, id).await?.ok_or(ApiError::NotFound("API key"))
+    }
+
+    pub async fn list(&self, filter: &KeyFilter, page: Page) -> Result<(Vec<KeyRow>, i64), ApiError> {
+        Ok(store::keys::list(&self.pool, filter, self.now(), page).await?)
+    }
+
+    /// Creates a key; returns the row and the full key, which is never available again.
+    pub async fn create(&self, request: &CreateKey) -> Result<(KeyRow, String), ApiError> {
+        let now = self.now();
+        let name = valid_name(&request.name)?;
+        let description = valid_description(request.description.as_deref())?;
+        let activation = request.expiration_mode == Some(ExpirationMode::Activation);
+        let choices = [
+            request.expires_days.is_some(),
+            request.expires_at.is_some(),
+            request.never == Some(true),
+            activation,
+        ];
+        if choices.iter().filter(|c| **c).count() > 1 {
+            return Err(ApiError::invalid(
+                "expires_at",
+                "give only one of expires_days, expires_at, never or expiration_mode \"activation\"",
+            ));
+        }
+        let (expires_at, activation_period, activation_unit) = if activation {
+            let unit = request.activation_unit.ok_or_else(|| {
+                ApiError::invalid("activation_unit", "required with expiration_mode \"activation\": \"hours\" or \"days\"")
+            })?;
+            let period = request.activation_period.ok_or_else(|| {
+                ApiError::invalid("activation_period", "required with expiration_mode \"activation\": a positive number")
+            })?;
+            if !(1..=MAX_DAYS).contains(&period) {
+                return Err(ApiError::invalid("activation_period", format!("must be between 1 and {MAX_DAYS}")));
+            }
+            (None, Some(period), Some(unit))
+        } else if request.activation_period.is_some() || request.activation_unit.is_some() {
+            return Err(ApiError::invalid(
+                "expiration_mode",
+                "activation_period and activation_unit need expiration_mode \"activation\"",
+            ));
+        } else if let Some(days) = request.expires_days {
+            (Some(expiry_in_days("expires_days", days, now)?), None, None)
+        } else if let Some(at) = &request.expires_at {
+            (Some(future_time("expires_at", at, now)?), None, None)
+        } else {
+            (None, None, None)
+        };
+        let secret = keys::generate();
+        let new = NewKey {
+            key_hash: keys::hash_hex(&secret),
+            encrypted_key: Some(self.fernet.encrypt(secret.as_bytes())),
+            key_preview: keys::preview(&secret),
+            name,
+            description,
+            expires_at,
+            expiration_mode: if activation { ExpirationMode::Activation } else { ExpirationMode::Fixed },
+            activation_period,
+            activation_unit,
+        };
+        let row = store::keys::insert(&self.pool, &new, now).await?;
+        self.cache.clear();
+        tracing::info!(key_id = row.id, "API key created");
+        Ok((row, secret))
+    }
+
+    /// Applies a PATCH; in force on the next request.
+    pub async fn update(&self, id: i64, patch: &KeyPatch) -> Result<KeyRow, ApiError> {
+        let now = self.now();
+        let mut tx = self.pool.begin().await?;
+        let mut row = store::keys::get(&mut *tx, id).await?.ok_or(ApiError::NotFound("API key"))?;
+        if row.revoked_at.is_some() && (patch.expires_at.is_some() || patch.is_active == Some(true)) {
+            return Err(ApiError::Conflict(
+                "This key is revoked and can never be used again; create a new key instead".into(),
+            ));
+        }
+        if let Some(name) = &patch.name {
+            row.name = valid_name(name)?;
+        }
+        if let Some(description) = &patch.description {
+            row.description = valid_description(description.as_deref())?;
+        }
+        if let Some(expires_at) = &patch.expires_at {
+            row.expires_at = match expires_at {
+                None => None,
+                Some(at) => Some(parse_time("expires_at", at)?),
+            };
+            if row.mode() == ExpirationMode::Activation && row.activated_at.is_none() {
+                // An explicit expiry replaces the activation clock.
+                row.expiration_mode = ExpirationMode::Fixed.as_str().into();
+                row.activated_at = Some(now);
+            }
+        }
+        if let Some(is_active) = patch.is_active {
+            row.is_active = is_active;
+        }
+        row.updated_at = now;
+        let row = store::keys::save(&mut *tx, &row).await?;
+        tx.commit().await?;
+        self.cache.clear();
+        Ok(row)
+    }
+
+    /// Revokes a key at once and for good; its row and logs stay.
+    pub async fn revoke(&self, id: i64) -> Result<KeyRow, ApiError> {
+        let now = self.now();
+        let mut tx = self.pool.begin().await?;
+        let mut row = store::keys::get(&mut *tx, id).await?.ok_or(ApiError::NotFound("API key"))?;
+        if row.revoked_at.is_none() {
+            row.revoked_at = Some(now);
+            row.is_active = false;
+            row.updated_at = now;
+            row = store::keys::save(&mut *tx, &row).await?;
+        }
+        tx.commit().await?;
+        self.cache.clear();
+        tracing::info!(key_id = id, "API key revoked");
+        Ok(row)
+    }
+
+    /// Deletes a key and all its call logs.
+    pub async fn delete(&self, id: i64) -> Result<(), ApiError> {
+        if !store::keys::delete(&self.pool, id).await? {
+            return Err(ApiError::NotFound("API key"));
+        }
+        self.cache.clear();
+        tracing::info!(key_id = id, "API key deleted with its call logs");
+        Ok(())
+    }
+}
+
+fn valid_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    let len = name.chars().count();
+    if !(1..=100).contains(&len) {
+        return Err(ApiError::invalid("name", "must be 1 to 100 characters"));
+    }
+    Ok(name.to_string())
+}
+
+fn valid_description(description: Option<&str>) -> Result<Option<String>, ApiError> {
+    let description = description.map(str::trim).filter(|d| !d.is_empty());
+    if description.is_some_and(|d| d.chars().count() > 1000) {
+        return Err(ApiError::invalid("description", "must be at most 1000 characters"));
+    }
+    Ok(description.map(str::to_string))
+}
+
+/// `now + days`, for a positive number of days.
+pub fn expiry_in_days(field: &str, days: i64, now: i64) -> Result<i64, ApiError> {
+    if !(1..=MAX_DAYS).contains(&days) {
+        return Err(ApiError::invalid(field, format!("must be a whole number of days from 1 to {MAX_DAYS}")));
+    }
+    Ok(now + days * MS_PER_DAY)
+}
+
+fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
+    parse_rfc3339(text).ok_or_else(|| {
+        ApiError::invalid(field, "must be an RFC 3339 date-time, e.g. 2027-01-31T00:00:00Z")
+    })
+}
+
+/// An RFC 3339 time that must lie in the future.
+pub fn future_time(field: &str, text: &str, now: i64) -> Result<i64, ApiError> {
+    let at = parse_time(field, text)?;
+    if at <= now {
+        return Err(ApiError::invalid(field, "must be in the future"));
+    }
+    Ok(at)
+}

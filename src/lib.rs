@@ -1,0 +1,18 @@
+//! keygate: issues API keys, authenticates and relays OpenAI-compatible requests, logs every call.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod key_ops;
+pub mod keys;
+pub mod relay;
+pub mod secrets;
+pub mod store;
+pub mod tasks;
+
+pub use app::{serve, AppState};
+pub use clock::Clock;
+pub use config::Config;

@@ -1,0 +1,138 @@
+//! Header → key → cache or database → AuthedKey, or a refusal (the 401 of SPEC §3).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderMap};
+use sqlx::SqlitePool;
+
+use crate::keys::{self, KeyHash, Lifecycle};
+use crate::store;
+
+/// A cached lookup is trusted this long; then it is read again, so a change made by another
+/// process (the CLI) is in force within this time. Changes made through this server's admin
+/// API clear the cache at once.
+const CACHE_TTL: Duration = Duration::from_secs(1);
+/// The cache is cleared when it grows past this many entries (e.g. a flood of unknown keys).
+const CACHE_MAX_ENTRIES: usize = 100_000;
+
+/// What the relay needs to know about a key that matched.
+#[derive(Clone, Debug)]
+pub struct AuthedKey {
+    pub id: i64,
+    pub lifecycle: Lifecycle,
+    pub activation_ms: Option<i64>,
+}
+
+/// Why a request did not authenticate (for its call-log row).
+#[derive(Debug)]
+pub struct AuthFailure {
+    pub key_id: Option<i64>,
+    pub reason: &'static str,
+}
+
+impl AuthFailure {
+    fn anonymous(reason: &'static str) -> Self {
+        AuthFailure { key_id: None, reason }
+    }
+}
+
+struct Entry {
+    /// None: no key has this hash.
+    key: Option<Arc<AuthedKey>>,
+    fetched: Instant,
+}
+
+/// Keys by hash, so a cached key authenticates without a database round trip.
+#[derive(Default)]
+pub struct KeyCache {
+    entries: RwLock<HashMap<KeyHash, Entry>>,
+}
+
+impl KeyCache {
+    /// Forgets every cached key; called after any change to keys.
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.entries.write() {
+            entries.clear();
+        }
+    }
+
+    fn get(&self, hash: &KeyHash) -> Option<Option<Arc<AuthedKey>>> {
+        let entries = self.entries.read().ok()?;
+        let entry = entries.get(hash)?;
+        (entry.fetched.elapsed() < CACHE_TTL).then(|| entry.key.clone())
+    }
+
+    fn put(&self, hash: KeyHash, key: Option<Arc<AuthedKey>>) {
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= CACHE_MAX_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(hash, Entry { key, fetched: Instant::now() });
+        }
+    }
+}
+
+/// The key presented in `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+/// Finds the key the request presents. A malformed key is refused before any lookup.
+pub async fn authenticate(
+    pool: &SqlitePool,
+    cache: &KeyCache,
+    headers: &HeaderMap,
+) -> Result<Arc<AuthedKey>, AuthFailure> {
+    let presented = presented_key(headers).ok_or(AuthFailure::anonymous("missing API key"))?;
+    let canonical = keys::canonical(presented).ok_or(AuthFailure::anonymous("malformed API key"))?;
+    let hash = keys::hash(&canonical);
+    let found = match cache.get(&hash) {
+        Some(found) => found,
+        None => {
+            let found = lookup(pool, &hash).await?;
+            cache.put(hash, found.clone());
+            found
+        }
+    };
+    found.ok_or(AuthFailure::anonymous("unknown API key"))
+}
+
+async fn lookup(pool: &SqlitePool, hash: &KeyHash) -> Result<Option<Arc<AuthedKey>>, AuthFailure> {
+    let row = store::keys::find_by_hash(pool, &hex::encode(hash))
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "key lookup failed");
+            AuthFailure::anonymous("key lookup failed")
+        })?;
+    Ok(row
+        .filter(|row| keys::decode_hash(&row.key_hash).is_some_and(|stored| keys::hashes_match(&stored, hash)))
+        .map(|row| {
+            Arc::new(AuthedKey {
+                id: row.id,
+                lifecycle: row.lifecycle(),
+                activation_ms: row.activation_millis(),
+            })
+        }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_headers_are_read() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", "abc".parse().unwrap());
+        assert_eq!(presented_key(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, "bearer  xyz ".parse().unwrap());
+        assert_eq!(presented_key(&headers), Some("xyz"));
+        headers.insert(header::AUTHORIZATION, "Basic xyz".parse().unwrap());
+        assert_eq!(presented_key(&headers), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! The relay, `/v1/*`: authenticate → admit → read the body → forward upstream → stream back,
+//! with one call record per request whatever happens.
+
+pub mod auth;
+pub mod client_ip;
+pub mod policy;
+pub mod record;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use record::{CallRecord, RequestSummary};
+use upstream::UpstreamFailure;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/{*path}", any(relay))
+}
+
+/// A request the relay answers itself, and the reason for its log row.
+struct Refusal {
+    error: ApiError,
+    reason: String,
+}
+
+impl Refusal {
+    fn new(error: ApiError, reason: impl Into<String>) -> Self {
+        Refusal { error, reason: reason.into() }
+    }
+}
+
+async fn relay(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let mut record = CallRecord {
+        timestamp: state.clock.now_ms(),
+        endpoint: parts.uri.path().to_string(),
+        ip_address: Some(client_ip::client_ip(peer, &parts.headers, &state.config.trusted_proxies).to_string()),
+        ..CallRecord::default()
+    };
+    match forward(&state, parts, body, &mut record, started).await {
+        Ok(response) => response,
+        Err(refusal) => {
+            record.success = false;
+            record.http_status = refusal.error.status().as_u16();
+            record.error_message = Some(refusal.reason);
+            record.response_time = started.elapsed().as_millis() as i64;
+            state.logs.record(record);
+            refusal.error.into_response()
+        }
+    }
+}
+
+async fn forward(
+    state: &AppState,
+    parts: Parts,
+    body: Body,
+    record: &mut CallRecord,
+    started: Instant,
+) -> Result<Response, Refusal> {
+    let key = auth::authenticate(&state.pool, &state.keyring.cache, &parts.headers)
+        .await
+        .map_err(|failure| Refusal::new(ApiError::InvalidKey, failure.reason))?;
+    record.api_key_id = Some(key.id);
+    policy::admit(&state.pool, &state.keyring.cache, &key, state.clock.now_ms())
+        .await
+        .map_err(|failure| Refusal::new(ApiError::InvalidKey, failure.reason))?;
+    record.authenticated = true;
+
+    let body = read_body(&parts, body, state.config.max_body_bytes).await?;
+    record.request_size = body.len() as i64;
+    let summary = RequestSummary::read(&body);
+    record.model = summary.model;
+    record.stream = summary.stream == Some(true);
+
+    let upstream = state.upstream.send(parts.method, &parts.uri, &parts.headers, body).await;
+    let response = upstream.map_err(|failure| match failure {
+        UpstreamFailure::Connect(cause) => Refusal::new(
+            ApiError::BadGateway("The upstream could not be reached; try again later".into()),
+            format!("upstream connect failed: {cause}"),
+        ),
+        UpstreamFailure::Timeout => Refusal::new(
+            ApiError::GatewayTimeout("The upstream did not answer in time; try again later".into()),
+            format!("upstream timed out after {:?}", state.upstream.timeout()),
+        ),
+        UpstreamFailure::Other(cause) => Refusal::new(
+            ApiError::BadGateway("The upstream failed to answer; try again later".into()),
+            format!("upstream request failed: {cause}"),
+        ),
+    })?;
+    let timeout = state.upstream.timeout();
+    Ok(upstream::respond(response, std::mem::take(record), started, state.logs.clone(), timeout).map(Body::new))
+}
+
+/// The whole request body, or 413 past the limit.
+async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
+    let too_large = || Refusal::new(ApiError::PayloadTooLarge(limit), format!("request body over {limit} bytes"));
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(err) => Err(Refusal::new(
+            ApiError::invalid("body", "the request body could not be read; send it again"),
+            format!("client request body failed: {err}"),
+        )),
+    }
+}

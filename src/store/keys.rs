@@ -1,0 +1,230 @@
+//! SQL for `api_keys`: insert, fetch, list with status filters, save, delete, activation, expiry sweep.
+
+use sqlx::{SqliteExecutor, SqlitePool};
+
+use super::Page;
+use crate::keys::{ActivationUnit, ExpirationMode, Lifecycle, Status};
+
+/// One `api_keys` row as stored.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct KeyRow {
+    pub id: i64,
+    pub key_hash: String,
+    pub encrypted_key: Option<String>,
+    pub key_preview: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub expires_at: Option<i64>,
+    pub expiration_mode: String,
+    pub activation_period: Option<i64>,
+    pub activation_unit: Option<String>,
+    pub activated_at: Option<i64>,
+    pub is_active: bool,
+    pub revoked_at: Option<i64>,
+    pub usage_count: i64,
+    pub last_used_at: Option<i64>,
+}
+
+impl KeyRow {
+    pub fn mode(&self) -> ExpirationMode {
+        ExpirationMode::parse(&self.expiration_mode)
+    }
+
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            is_active: self.is_active,
+            revoked_at: self.revoked_at,
+            expires_at: self.expires_at,
+            expiration_mode: self.mode(),
+            activated_at: self.activated_at,
+        }
+    }
+
+    /// How long an activation-mode key lives once first used.
+    pub fn activation_millis(&self) -> Option<i64> {
+        let unit = ActivationUnit::parse(self.activation_unit.as_deref()?)?;
+        Some(unit.millis(self.activation_period?))
+    }
+}
+
+/// A key to insert; the secret is already hashed and encrypted.
+#[derive(Clone, Debug)]
+pub struct NewKey {
+    pub key_hash: String,
+    pub encrypted_key: Option<String>,
+    pub key_preview: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub expires_at: Option<i64>,
+    pub expiration_mode: ExpirationMode,
+    pub activation_period: Option<i64>,
+    pub activation_unit: Option<ActivationUnit>,
+}
+
+const COLUMNS: &str = "id, key_hash, encrypted_key, key_preview, name, description, created_at, updated_at, \
+     expires_at, expiration_mode, activation_period, activation_unit, activated_at, is_active, revoked_at, \
+     usage_count, last_used_at";
+
+pub async fn insert<'e>(db: impl SqliteExecutor<'e>, key: &NewKey, now: i64) -> sqlx::Result<KeyRow> {
+    let activated_at = (key.expiration_mode == ExpirationMode::Fixed).then_some(now);
+    sqlx::query_as(&format!(
+        "INSERT INTO api_keys (key_hash, encrypted_key, key_preview, name, description, created_at, updated_at, \
+         expires_at, expiration_mode, activation_period, activation_unit, activated_at, is_active) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING {COLUMNS}"
+    ))
+    .bind(&key.key_hash)
+    .bind(&key.encrypted_key)
+    .bind(&key.key_preview)
+    .bind(&key.name)
+    .bind(&key.description)
+    .bind(now)
+    .bind(now)
+    .bind(key.expires_at)
+    .bind(key.expiration_mode.as_str())
+    .bind(key.activation_period)
+    .bind(key.activation_unit.map(ActivationUnit::as_str))
+    .bind(activated_at)
+    .fetch_one(db)
+    .await
+}
+
+pub async fn get<'e>(db: impl SqliteExecutor<'e>, id: i64) -> sqlx::Result<Option<KeyRow>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(db)
+        .await
+}
+
+pub async fn find_by_hash<'e>(db: impl SqliteExecutor<'e>, key_hash: &str) -> sqlx::Result<Option<KeyRow>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM api_keys WHERE key_hash = ?"))
+        .bind(key_hash)
+        .fetch_optional(db)
+        .await
+}
+
+/// What a key list is narrowed to.
+#[derive(Clone, Debug, Default)]
+pub struct KeyFilter {
+    pub status: Option<Status>,
+    /// Matched case-insensitively against name and description.
+    pub search: Option<String>,
+}
+
+/// The condition of a key that is neither revoked nor expired (?1 = now).
+macro_rules! live {
+    () => {
+        "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?1)"
+    };
+}
+
+/// SQL for each derived status, mirroring `Lifecycle::status` (?1 = now).
+fn status_sql(status: Option<Status>) -> &'static str {
+    match status {
+        None => "?1 IS NOT NULL",
+        Some(Status::Revoked) => "revoked_at IS NOT NULL",
+        Some(Status::Expired) => "revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?1",
+        Some(Status::Disabled) => concat!(live!(), " AND is_active = 0"),
+        Some(Status::Pending) => concat!(
+            live!(),
+            " AND is_active = 1 AND expiration_mode = 'activation' AND activated_at IS NULL"
+        ),
+        Some(Status::Active) => concat!(
+            live!(),
+            " AND is_active = 1 AND NOT (expiration_mode = 'activation' AND activated_at IS NULL)"
+        ),
+    }
+}
+
+/// One page of keys, newest first, and the total matching the filter.
+pub async fn list(pool: &SqlitePool, filter: &KeyFilter, now: i64, page: Page) -> sqlx::Result<(Vec<KeyRow>, i64)> {
+    let pattern = filter.search.as_ref().map(|s| {
+        let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    let condition = format!(
+        "({}) AND (?2 IS NULL OR name LIKE ?2 ESCAPE '\\' OR description LIKE ?2 ESCAPE '\\')",
+        status_sql(filter.status)
+    );
+    let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM api_keys WHERE {condition}"))
+        .bind(now)
+        .bind(&pattern)
+        .fetch_one(pool)
+        .await?;
+    let rows = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM api_keys WHERE {condition} ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+    ))
+    .bind(now)
+    .bind(&pattern)
+    .bind(page.page_size)
+    .bind(page.offset())
+    .fetch_all(pool)
+    .await?;
+    Ok((rows, total))
+}
+
+/// Every key, oldest first (exports and the CLI).
+pub async fn all<'e>(db: impl SqliteExecutor<'e>) -> sqlx::Result<Vec<KeyRow>> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM api_keys ORDER BY id"))
+        .fetch_all(db)
+        .await
+}
+
+/// Writes every mutable column of `key` back (usage counters are the log writer's).
+pub async fn save<'e>(db: impl SqliteExecutor<'e>, key: &KeyRow) -> sqlx::Result<KeyRow> {
+    sqlx::query_as(&format!(
+        "UPDATE api_keys SET key_hash = ?, encrypted_key = ?, key_preview = ?, name = ?, description = ?, \
+         updated_at = ?, expires_at = ?, expiration_mode = ?, activation_period = ?, activation_unit = ?, \
+         activated_at = ?, is_active = ?, revoked_at = ? WHERE id = ? RETURNING {COLUMNS}"
+    ))
+    .bind(&key.key_hash)
+    .bind(&key.encrypted_key)
+    .bind(&key.key_preview)
+    .bind(&key.name)
+    .bind(&key.description)
+    .bind(key.updated_at)
+    .bind(key.expires_at)
+    .bind(&key.expiration_mode)
+    .bind(key.activation_period)
+    .bind(&key.activation_unit)
+    .bind(key.activated_at)
+    .bind(key.is_active)
+    .bind(key.revoked_at)
+    .bind(key.id)
+    .fetch_one(db)
+    .await
+}
+
+/// Deletes a key; its call logs go with it (ON DELETE CASCADE). False if there was none.
+pub async fn delete<'e>(db: impl SqliteExecutor<'e>, id: i64) -> sqlx::Result<bool> {
+    let done = sqlx::query("DELETE FROM api_keys WHERE id = ?").bind(id).execute(db).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Starts an activation-mode key's clock at its first use. One conditional UPDATE, so
+/// concurrent first uses agree: whoever loses reads the winner's `activated_at`.
+pub async fn activate(pool: &SqlitePool, id: i64, now: i64, lifetime_ms: i64) -> sqlx::Result<Option<KeyRow>> {
+    sqlx::query(
+        "UPDATE api_keys SET activated_at = ?1, expires_at = ?1 + ?2, updated_at = ?1 \
+         WHERE id = ?3 AND activated_at IS NULL AND expiration_mode = 'activation'",
+    )
+    .bind(now)
+    .bind(lifetime_ms)
+    .bind(id)
+    .execute(pool)
+    .await?;
+    get(pool, id).await
+}
+
+/// Marks keys whose expiry has passed inactive (never deletes). Returns how many changed.
+pub async fn deactivate_expired<'e>(db: impl SqliteExecutor<'e>, now: i64) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE api_keys SET is_active = 0, updated_at = ?1 \
+         WHERE is_active = 1 AND expires_at IS NOT NULL AND expires_at <= ?1",
+    )
+    .bind(now)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -1,0 +1,265 @@
+//! SQL for `api_call_logs`: batched inserts with usage counters, filtered pages, per-key stats.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+
+use super::Page;
+use crate::clock::{ser_ms, MS_PER_DAY};
+use crate::relay::record::CallRecord;
+
+/// One `api_call_logs` row, as the admin API shows it.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct LogRow {
+    pub id: i64,
+    pub api_key_id: Option<i64>,
+    #[serde(serialize_with = "ser_ms")]
+    pub timestamp: i64,
+    pub model: Option<String>,
+    pub status: String,
+    pub http_status: i64,
+    pub response_time: i64,
+    pub ip_address: Option<String>,
+    pub endpoint: String,
+    pub error_message: Option<String>,
+    pub request_size: i64,
+    pub response_size: i64,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub total_tokens: Option<i64>,
+    pub stream: bool,
+}
+
+const COLUMNS: &str = "id, api_key_id, timestamp, model, status, http_status, response_time, ip_address, \
+     endpoint, error_message, request_size, response_size, prompt_tokens, completion_tokens, total_tokens, stream";
+
+/// Rows per INSERT statement (16 parameters each, far below SQLite's limit).
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// Writes a batch of call records and the usage they add to their keys, in one transaction.
+/// Records of keys deleted meanwhile are dropped, as their logs would have been.
+pub async fn insert_batch(pool: &SqlitePool, records: &[CallRecord]) -> sqlx::Result<usize> {
+    let mut usage: HashMap<i64, (i64, i64)> = HashMap::new();
+    for record in records.iter().filter(|r| r.authenticated) {
+        if let Some(id) = record.api_key_id {
+            let entry = usage.entry(id).or_insert((0, i64::MIN));
+            entry.0 += 1;
+            entry.1 = entry.1.max(record.timestamp);
+        }
+    }
+    let mut tx = pool.begin().await?;
+    // The first statement writes, so the transaction holds the write lock from here on and
+    // no key can be deleted between the existence check and the insert.
+    for (id, (count, last_used)) in &usage {
+        sqlx::query(
+            "UPDATE api_keys SET usage_count = usage_count + ?, \
+             last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+        )
+        .bind(count)
+        .bind(last_used)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let existing = existing_key_ids(&mut tx, records).await?;
+    let kept: Vec<&CallRecord> = records
+        .iter()
+        .filter(|r| r.api_key_id.is_none_or(|id| existing.contains(&id)))
+        .collect();
+    for chunk in kept.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, http_status, response_time, \
+             ip_address, endpoint, error_message, request_size, response_size, prompt_tokens, \
+             completion_tokens, total_tokens, stream) ",
+        );
+        insert.push_values(chunk, |mut row, r| {
+            let usage = r.usage.unwrap_or_default();
+            row.push_bind(r.api_key_id)
+                .push_bind(r.timestamp)
+                .push_bind(&r.model)
+                .push_bind(r.status())
+                .push_bind(r.http_status as i64)
+                .push_bind(r.response_time)
+                .push_bind(&r.ip_address)
+                .push_bind(&r.endpoint)
+                .push_bind(&r.error_message)
+                .push_bind(r.request_size)
+                .push_bind(r.response_size)
+                .push_bind(usage.prompt_tokens)
+                .push_bind(usage.completion_tokens)
+                .push_bind(usage.total_tokens)
+                .push_bind(r.stream);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(kept.len())
+}
+
+async fn existing_key_ids(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    records: &[CallRecord],
+) -> sqlx::Result<Vec<i64>> {
+    let mut ids: Vec<i64> = records.iter().filter_map(|r| r.api_key_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(ids);
+    }
+    let mut query = QueryBuilder::<Sqlite>::new("SELECT id FROM api_keys WHERE id IN (");
+    let mut list = query.separated(", ");
+    for id in &ids {
+        list.push_bind(id);
+    }
+    query.push(")");
+    query.build_query_scalar().fetch_all(&mut **tx).await
+}
+
+/// What a log list is narrowed to.
+#[derive(Clone, Debug, Default)]
+pub struct LogFilter {
+    pub key_id: Option<i64>,
+    /// `success` or `error`.
+    pub status: Option<String>,
+}
+
+fn push_filter(query: &mut QueryBuilder<'_, Sqlite>, filter: &LogFilter) {
+    let mut word = " WHERE ";
+    if let Some(key_id) = filter.key_id {
+        query.push(word).push("api_key_id = ").push_bind(key_id);
+        word = " AND ";
+    }
+    if let Some(status) = &filter.status {
+        query.push(word).push("status = ").push_bind(status.clone());
+    }
+}
+
+/// One page of logs, newest first, and the total matching the filter.
+pub async fn list(pool: &SqlitePool, filter: &LogFilter, page: Page) -> sqlx::Result<(Vec<LogRow>, i64)> {
+    let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM api_call_logs");
+    push_filter(&mut count, filter);
+    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+    let mut select = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM api_call_logs"));
+    push_filter(&mut select, filter);
+    select
+        .push(" ORDER BY timestamp DESC, id DESC LIMIT ")
+        .push_bind(page.page_size)
+        .push(" OFFSET ")
+        .push_bind(page.offset());
+    let rows = select.build_query_as().fetch_all(pool).await?;
+    Ok((rows, total))
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ModelStats {
+    pub model: Option<String>,
+    pub calls: i64,
+    pub success_calls: i64,
+    pub error_calls: i64,
+    pub avg_response_time_ms: f64,
+    pub total_tokens: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DayStats {
+    pub date: String,
+    pub calls: i64,
+    pub success_calls: i64,
+    pub error_calls: i64,
+}
+
+/// A key's calls over the last `days` UTC days (today included).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KeyStats {
+    pub key_id: i64,
+    pub days: i64,
+    pub total_calls: i64,
+    pub success_calls: i64,
+    pub error_calls: i64,
+    pub success_rate: f64,
+    pub avg_response_time_ms: f64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    pub by_model: Vec<ModelStats>,
+    pub by_day: Vec<DayStats>,
+}
+
+type Totals = (i64, i64, f64, i64, i64, i64);
+
+pub async fn stats(pool: &SqlitePool, key_id: i64, days: i64, now: i64) -> sqlx::Result<KeyStats> {
+    let since = (now.div_euclid(MS_PER_DAY) - (days - 1)) * MS_PER_DAY;
+    let (total_calls, success_calls, avg, prompt, completion, tokens): Totals = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(status = 'success'), 0), COALESCE(AVG(response_time), 0.0), \
+         COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(total_tokens), 0) \
+         FROM api_call_logs WHERE api_key_id = ? AND timestamp >= ?",
+    )
+    .bind(key_id)
+    .bind(since)
+    .fetch_one(pool)
+    .await?;
+    let by_model = sqlx::query_as::<_, (Option<String>, i64, i64, f64, i64)>(
+        "SELECT model, COUNT(*), SUM(status = 'success'), AVG(response_time), COALESCE(SUM(total_tokens), 0) \
+         FROM api_call_logs WHERE api_key_id = ? AND timestamp >= ? GROUP BY model ORDER BY COUNT(*) DESC, model",
+    )
+    .bind(key_id)
+    .bind(since)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(model, calls, success, avg, tokens)| ModelStats {
+        model,
+        calls,
+        success_calls: success,
+        error_calls: calls - success,
+        avg_response_time_ms: round2(avg),
+        total_tokens: tokens,
+    })
+    .collect();
+    let counted: HashMap<i64, (i64, i64)> = sqlx::query_as::<_, (i64, i64, i64)>(
+        "SELECT timestamp / 86400000 AS day, COUNT(*), SUM(status = 'success') \
+         FROM api_call_logs WHERE api_key_id = ? AND timestamp >= ? GROUP BY day",
+    )
+    .bind(key_id)
+    .bind(since)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(day, calls, success)| (day, (calls, success)))
+    .collect();
+    let first_day = since / MS_PER_DAY;
+    let by_day = (first_day..first_day + days)
+        .map(|day| {
+            let (calls, success) = counted.get(&day).copied().unwrap_or_default();
+            DayStats {
+                date: crate::clock::rfc3339(day * MS_PER_DAY)[..10].to_string(),
+                calls,
+                success_calls: success,
+                error_calls: calls - success,
+            }
+        })
+        .collect();
+    Ok(KeyStats {
+        key_id,
+        days,
+        total_calls,
+        success_calls,
+        error_calls: total_calls - success_calls,
+        success_rate: if total_calls == 0 {
+            0.0
+        } else {
+            success_calls as f64 / total_calls as f64
+        },
+        avg_response_time_ms: round2(avg),
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: tokens,
+        by_model,
+        by_day,
+    })
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

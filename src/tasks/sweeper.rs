@@ -1,0 +1,39 @@
+//! The expiry sweeper: every cleanup interval, marks keys whose expiry has passed inactive.
+
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::store;
+
+/// One sweep: the stored flag catches up with expiry (which is enforced at request time anyway).
+pub async fn sweep_once(pool: &SqlitePool, clock: &Clock) -> anyhow::Result<u64> {
+    let changed = store::keys::deactivate_expired(pool, clock.now_ms()).await?;
+    if changed > 0 {
+        tracing::info!(keys = changed, "expiry sweeper marked expired keys inactive");
+    } else {
+        tracing::debug!("expiry sweeper found no newly expired keys");
+    }
+    Ok(changed)
+}
+
+/// Sweeps now and then every `every`, until `stop` is cancelled.
+pub fn spawn(pool: SqlitePool, clock: Clock, every: Duration, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(err) = sweep_once(&pool, &clock).await {
+                        tracing::error!(error = format!("{err:#}"), "expiry sweep failed");
+                    }
+                }
+            }
+        }
+    })
+}
