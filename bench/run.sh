@@ -15,7 +15,9 @@ TTFB_COUNT=${BENCH_TTFB_COUNT:-500}
 PACED_COUNT=${BENCH_PACED_COUNT:-10}
 PACED_DELAY_MS=${BENCH_PACED_DELAY_MS:-2}
 MOCK_CHUNKS=${BENCH_MOCK_CHUNKS:-20}
-CLIENT_CPUS=${BENCH_CLIENT_CPUS:-}               # e.g. "1": pin wrk/ttfb with taskset
+PIN=${BENCH_PIN:-1}                              # 1: pin servers and load generators apart
+SERVER_CPUS=${BENCH_SERVER_CPUS:-0}              # mock, nginx, keygate (all share these CPUs)
+CLIENT_CPUS=${BENCH_CLIENT_CPUS:-1}              # wrk, ttfb.py
 ADMIN_TOKEN=bench-admin-token
 
 log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
@@ -93,11 +95,18 @@ wait_http() {
 }
 
 CLIENT=()
-[ -n "$CLIENT_CPUS" ] && CLIENT=(taskset -c "$CLIENT_CPUS")
+SERVER=()
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  CLIENT=(taskset -c "$CLIENT_CPUS")
+  SERVER=(taskset -c "$SERVER_CPUS")
+  PIN_NOTE="servers pinned to CPU $SERVER_CPUS, load generators to CPU $CLIENT_CPUS"
+else
+  PIN_NOTE="no CPU pinning"
+fi
 
 # ---------------------------------------------------------------- mock upstream
 MOCK_PORT=$(free_port)
-"$MOCK_BIN" --listen "127.0.0.1:$MOCK_PORT" --chunks "$MOCK_CHUNKS" --workers 1 >"$RUN/logs/mock.log" 2>&1 &
+"${SERVER[@]}" "$MOCK_BIN" --listen "127.0.0.1:$MOCK_PORT" --chunks "$MOCK_CHUNKS" --workers 1 >"$RUN/logs/mock.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models" || { cat "$RUN/logs/mock.log" >&2; die "mock upstream did not start"; }
 log "mock upstream on 127.0.0.1:$MOCK_PORT (pid ${PIDS[-1]})"
@@ -149,7 +158,7 @@ http {
   }
 }
 EOF
-  "$NGINX" -e "$NG/error.log" -p "$NG" -c "$NG/nginx.conf" -g 'daemon off;' >"$RUN/logs/nginx.log" 2>&1 &
+  "${SERVER[@]}" "$NGINX" -e "$NG/error.log" -p "$NG" -c "$NG/nginx.conf" -g 'daemon off;' >"$RUN/logs/nginx.log" 2>&1 &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$NGINX_PORT/v1/models" || { cat "$RUN/logs/nginx.log" "$NG/error.log" >&2 || true; die "nginx did not start"; }
   log "nginx on 127.0.0.1:$NGINX_PORT (pid ${PIDS[-1]}, 1 worker)"
@@ -166,7 +175,7 @@ if want keygate; then
   KG_PORT=$(free_port)
   (
     cd "$RUN"
-    exec env KEYGATE_LISTEN="127.0.0.1:$KG_PORT" \
+    exec "${SERVER[@]}" env KEYGATE_LISTEN="127.0.0.1:$KG_PORT" \
       DATABASE_URL="sqlite://$RUN/keygate.db" \
       KEYGATE_UPSTREAM_URL="http://127.0.0.1:$MOCK_PORT/v1" \
       KEYGATE_UPSTREAM_API_KEY=sk-upstream-bench \
@@ -239,7 +248,7 @@ for t in direct nginx keygate; do
   want "$t" || continue
   sanity "$t"
   # warm-up (not reported; counted for keygate's call-log check)
-  BENCH_AUTH="${AUTH[$t]}" BENCH_CONNS=$CONNS wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$BENCH/wrk/chat.lua" \
+  BENCH_AUTH="${AUTH[$t]}" BENCH_CONNS=$CONNS "${CLIENT[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$BENCH/wrk/chat.lua" \
     "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" >"$RUN/logs/wrk_${t}__warmup.txt" 2>&1 || die "warm-up wrk failed"
   count_kg "$t" "$(grep '^BENCH_JSON ' "$RUN/logs/wrk_${t}__warmup.txt" | sed 's/.*"requests":\([0-9]*\).*/\1/')" "$CONNS"
   run_wrk "$t" chat_c64 "$CONNS" "$DURATION" 0
@@ -280,7 +289,7 @@ if want keygate; then
 fi
 
 ENV_LINE="$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')); \
-wrk -t1, ${DURATION} per load after a ${WARMUP} warm-up; mock upstream: 1 thread, ${MOCK_CHUNKS} SSE chunks; \
+${PIN_NOTE}; wrk -t1, ${DURATION} per load after a ${WARMUP} warm-up; mock upstream: 1 thread, ${MOCK_CHUNKS} SSE chunks; \
 nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///') with 1 worker; total bench time $(( $(date +%s) - T_START )) s."
 cat >"$RUN/meta.json" <<EOF
 {"connections": $CONNS, "ttfb_count": $TTFB_COUNT, "paced_delay_ms": $PACED_DELAY_MS,

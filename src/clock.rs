@@ -60,11 +60,13 @@ pub fn from_ms(ms: i64) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// RFC 3339 UTC text of a millisecond timestamp, e.g. `2026-11-24T05:45:02.123Z`.
+/// RFC 3339 UTC text of a millisecond timestamp, always with milliseconds so that texts sort
+/// like times: `2026-11-24T05:45:02.123Z`.
 pub fn rfc3339(ms: i64) -> String {
-    from_ms(ms)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| ms.to_string())
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    from_ms(ms).format(FORMAT).unwrap_or_else(|_| ms.to_string())
 }
 
 /// Parses an RFC 3339 date-time into UTC milliseconds.
@@ -96,7 +98,7 @@ mod tests {
         assert_eq!(clock.now_ms(), t0);
         clock.advance(time::Duration::hours(1));
         assert_eq!(clock.now_ms(), t0 + MS_PER_HOUR);
-        assert_eq!(rfc3339(t0), "2026-01-01T00:00:00Z");
+        assert_eq!(rfc3339(t0), "2026-01-01T00:00:00.000Z");
         assert_eq!(parse_rfc3339("2026-01-01T01:00:00+01:00"), Some(t0));
     }
 }

@@ -1,0 +1,310 @@
+//! Test harness: `spawn_app()` runs the real router on a random loopback port with its own
+//! temp SQLite file, a manual clock and a mock OpenAI-compatible upstream.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use clap::Parser;
+use keygate::cli::Cli;
+use keygate::{AppState, Clock, Config};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const UPSTREAM_KEY: &str = "sk-upstream-secret-for-tests";
+pub const INVALID_KEY_BODY: &str = r#"{"error":"Unauthorized","message":"Invalid or inactive API key"}"#;
+
+/// Everything keygate and its tests log, so tests can check no secret is ever written.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned()
+}
+
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUFFER.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("keygate=debug,info")
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buffer
+    })
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the mock upstream received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone, Default)]
+pub struct Mock {
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// `gpt-gated` streams wait on this between their first and second chunk.
+    pub gate: Arc<Notify>,
+}
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub mock: Mock,
+}
+
+impl MockUpstream {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.mock.seen.lock().unwrap().clone()
+    }
+}
+
+/// A mock upstream that speaks like OpenAI. The request's `model` picks the behaviour:
+/// `gpt-fail` → 500, `gpt-slow` → answers after 5 s, `gpt-gated` → a stream that pauses after
+/// its first chunk until the test opens the gate, anything else → a normal completion
+/// (streamed as SSE with usage when `stream` is true).
+pub async fn spawn_mock_upstream() -> MockUpstream {
+    let mock = Mock::default();
+    let app = Router::new()
+        .route("/v1/models", get(|| async { Json(json!({"object": "list", "data": [{"id": "gpt-test", "object": "model"}]})) }))
+        .route("/v1/{*path}", any(mock_answer))
+        .with_state(mock.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    MockUpstream { addr, mock }
+}
+
+async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    mock.seen.lock().unwrap().push(Seen {
+        path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = request["model"].as_str().unwrap_or("gpt-test").to_string();
+    match model.as_str() {
+        "gpt-fail" => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": {"message": "mock upstream failure", "type": "server_error"}})),
+            )
+                .into_response()
+        }
+        "gpt-slow" => tokio::time::sleep(Duration::from_secs(5)).await,
+        _ => {}
+    }
+    if request["stream"] == json!(true) {
+        return sse(model, mock.gate.clone());
+    }
+    Json(json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from mock"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+    }))
+    .into_response()
+}
+
+fn chunk(model: &str, content: &str) -> String {
+    let event = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
+    format!("data: {event}\n\n")
+}
+
+fn sse(model: String, gate: Arc<Notify>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(8);
+    tokio::spawn(async move {
+        let _ = tx.send(chunk(&model, "Hel")).await;
+        if model == "gpt-gated" {
+            gate.notified().await;
+        }
+        let _ = tx.send(chunk(&model, "lo")).await;
+        let _ = tx.send(chunk(&model, "!")).await;
+        let usage = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+            "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}});
+        let _ = tx.send(format!("data: {usage}\n\n")).await;
+        let _ = tx.send("data: [DONE]\n\n".to_string()).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|text| (Ok::<_, Infallible>(Bytes::from(text)), rx))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub clock: Clock,
+    pub state: AppState,
+    pub upstream: MockUpstream,
+    pub db_path: std::path::PathBuf,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Like `spawn_app`, with extra `--flag value` arguments for the config (e.g. `--max-body-bytes`).
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    let upstream = spawn_mock_upstream().await;
+    spawn_app_against(upstream, extra).await
+}
+
+pub async fn spawn_app_against(upstream: MockUpstream, extra: &[&str]) -> TestApp {
+    log_buffer();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("keygate.db");
+    let database_url = format!("sqlite://{}", db_path.display());
+    let upstream_url = format!("http://{}/v1", upstream.addr);
+    let mut args = vec![
+        "keygate",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &database_url,
+        "--upstream-url",
+        &upstream_url,
+        "--upstream-api-key",
+        UPSTREAM_KEY,
+        "--admin-token",
+        ADMIN_TOKEN,
+    ];
+    args.extend_from_slice(extra);
+    let cli = Cli::try_parse_from(args).expect("test config arguments");
+    let config = Config::from_args(&cli.config).expect("valid test config");
+    let clock = Clock::manual(time::OffsetDateTime::now_utc());
+    let state = AppState::build(config, clock.clone()).await.expect("app state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(keygate::serve(state.clone(), listener, shutdown.clone()));
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        clock,
+        state,
+        upstream,
+        db_path,
+        shutdown,
+        server,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// An admin API call with the admin token; returns the status and the JSON body (Null if none).
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        read(request.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.admin(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.admin(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.admin(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    /// Creates a key; returns its id and the full secret.
+    pub async fn create_key(&self, body: Value) -> (i64, String) {
+        let (status, key) = self.post("/api/api-keys", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        (key["id"].as_i64().unwrap(), key["key"].as_str().unwrap().to_string())
+    }
+
+    pub async fn new_key(&self) -> (i64, String) {
+        self.create_key(json!({"name": "test key"})).await
+    }
+
+    /// A chat completion through keygate with `key` as a bearer.
+    pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn chat_model(&self, key: &str, model: &str) -> (StatusCode, Value) {
+        read(self.chat(key, json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})).await).await
+    }
+
+    /// Waits until every call record so far is in the database.
+    pub async fn flush(&self) {
+        self.state.logs.flush().await;
+    }
+
+    pub async fn logs_of(&self, key_id: i64) -> Vec<Value> {
+        self.flush().await;
+        let (status, page) = self.get(&format!("/api/api-keys/{key_id}/logs?page_size=200")).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        page["items"].as_array().unwrap().clone()
+    }
+
+    pub async fn key_json(&self, key_id: i64) -> Value {
+        let (status, key) = self.get(&format!("/api/api-keys/{key_id}")).await;
+        assert_eq!(status, StatusCode::OK, "{key}");
+        key
+    }
+
+    /// Stops the server the way a signal does, and waits for the call log to be flushed.
+    pub async fn shutdown(self) -> std::path::PathBuf {
+        self.shutdown.cancel();
+        self.server.await.unwrap().unwrap();
+        let dir = self._dir;
+        let path = self.db_path.clone();
+        std::mem::forget(dir);
+        path
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}

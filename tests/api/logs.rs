@@ -1,0 +1,95 @@
+//! Call logs and stats: exact counts under concurrency, stats over a known mix, pagination.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn two_hundred_concurrent_requests_give_two_hundred_rows() {
+    let app = spawn_app().await;
+    let (id, key) = app.new_key().await;
+    let requests = (0..200).map(|i| {
+        let model = if i % 2 == 0 { "gpt-test" } else { "gpt-other" };
+        app.chat(&key, json!({"model": model, "stream": i % 4 == 1, "messages": []}))
+    });
+    let responses = futures_util::future::join_all(requests).await;
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+    }
+    app.flush().await;
+    let (_, logs) = app.get(&format!("/api/api-logs?key_id={id}&page_size=1")).await;
+    assert_eq!(logs["total"], 200);
+    let key = app.key_json(id).await;
+    assert_eq!(key["usage_count"], 200);
+    let (_, stats) = app.get(&format!("/api/api-keys/{id}/stats")).await;
+    assert_eq!(stats["total_calls"], 200);
+    assert_eq!(stats["total_tokens"], 100 * 12 + 50 * 12 + 50 * 7);
+}
+
+#[tokio::test]
+async fn stats_over_a_known_mix_are_exact() {
+    let app = spawn_app().await;
+    let (id, key) = app.new_key().await;
+    // Yesterday: 2 successes. Today: 3 successes (2 gpt-test, 1 gpt-other) and 2 errors.
+    app.clock.advance(-time::Duration::days(1));
+    app.chat_model(&key, "gpt-test").await;
+    app.chat_model(&key, "gpt-test").await;
+    app.clock.advance(time::Duration::days(1));
+    app.chat_model(&key, "gpt-test").await;
+    app.chat_model(&key, "gpt-test").await;
+    app.chat_model(&key, "gpt-other").await;
+    app.chat_model(&key, "gpt-fail").await;
+    app.chat_model(&key, "gpt-fail").await;
+    app.flush().await;
+
+    let (status, stats) = app.get(&format!("/api/api-keys/{id}/stats?days=7")).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["key_id"], id);
+    assert_eq!(stats["days"], 7);
+    assert_eq!(stats["total_calls"], 7);
+    assert_eq!(stats["success_calls"], 5);
+    assert_eq!(stats["error_calls"], 2);
+    assert_eq!(stats["success_rate"].as_f64().unwrap(), 5.0 / 7.0);
+    assert_eq!(stats["prompt_tokens"], 25);
+    assert_eq!(stats["completion_tokens"], 35);
+    assert_eq!(stats["total_tokens"], 60);
+    let by_model = stats["by_model"].as_array().unwrap();
+    assert_eq!(by_model[0]["model"], "gpt-test");
+    assert_eq!((by_model[0]["calls"].as_i64(), by_model[0]["success_calls"].as_i64()), (Some(4), Some(4)));
+    let fail = by_model.iter().find(|m| m["model"] == "gpt-fail").unwrap();
+    assert_eq!((fail["calls"].as_i64(), fail["error_calls"].as_i64(), fail["total_tokens"].as_i64()), (Some(2), Some(2), Some(0)));
+    let by_day = stats["by_day"].as_array().unwrap();
+    assert_eq!(by_day.len(), 7, "every day of the window, zeros included");
+    let counts: Vec<i64> = by_day.iter().map(|d| d["calls"].as_i64().unwrap()).collect();
+    assert_eq!(counts, [0, 0, 0, 0, 0, 2, 5]);
+    assert_eq!(by_day[6]["error_calls"], 2);
+    assert_eq!(by_day[6]["date"], app.clock.now().date().to_string());
+
+    let (_, today) = app.get(&format!("/api/api-keys/{id}/stats?days=1")).await;
+    assert_eq!(today["total_calls"], 5);
+    let (status, error) = app.get(&format!("/api/api-keys/{id}/stats?days=0")).await;
+    assert_eq!((status.as_u16(), error["field"].as_str()), (400, Some("days")));
+}
+
+#[tokio::test]
+async fn logs_page_newest_first_and_filter_by_status() {
+    let app = spawn_app().await;
+    let (id, key) = app.new_key().await;
+    for i in 0..5 {
+        app.clock.advance(time::Duration::seconds(1));
+        app.chat_model(&key, if i == 2 { "gpt-fail" } else { "gpt-test" }).await;
+    }
+    app.flush().await;
+    let (_, page) = app.get(&format!("/api/api-keys/{id}/logs?page=1&page_size=2")).await;
+    assert_eq!((page["total"].as_i64(), page["page"].as_i64(), page["page_size"].as_i64()), (Some(5), Some(1), Some(2)));
+    let items = page["items"].as_array().unwrap();
+    assert!(items[0]["timestamp"].as_str().unwrap() > items[1]["timestamp"].as_str().unwrap());
+    let (_, errors) = app.get(&format!("/api/api-keys/{id}/logs?status=error")).await;
+    assert_eq!(errors["total"], 1);
+    assert_eq!(errors["items"][0]["model"], "gpt-fail");
+    let (_, successes) = app.get(&format!("/api/api-logs?key_id={id}&status=success")).await;
+    assert_eq!(successes["total"], 4);
+    let (status, error) = app.get("/api/api-logs?status=maybe").await;
+    assert_eq!((status.as_u16(), error["field"].as_str()), (400, Some("status")));
+}

@@ -1,0 +1,9 @@
+//! The one integration test binary: the real server on loopback, a temp SQLite file, a mock upstream.
+
+mod admin;
+mod helpers;
+mod logs;
+mod relay;
+mod sdk;
+mod secrets;
+mod shutdown;

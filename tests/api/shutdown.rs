@@ -1,0 +1,86 @@
+//! Graceful shutdown: pending call-log rows are flushed before exit, in-process and on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+async fn count_rows(db_path: &std::path::Path) -> i64 {
+    let pool = keygate::store::connect(&format!("sqlite://{}", db_path.display())).await.unwrap();
+    sqlx::query_scalar("SELECT COUNT(*) FROM api_call_logs").fetch_one(&pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn shutdown_flushes_pending_rows() {
+    let app = spawn_app().await;
+    let (_, key) = app.new_key().await;
+    for _ in 0..25 {
+        app.chat_model(&key, "gpt-test").await;
+    }
+    let db_path = app.shutdown().await;
+    assert_eq!(count_rows(&db_path).await, 25);
+}
+
+#[tokio::test]
+async fn sigterm_flushes_the_call_log_of_the_real_binary() {
+    let upstream = spawn_mock_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let db_path = dir.path().join("keygate.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("serve")
+        .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", format!("sqlite://{}", db_path.display()))
+        .env("KEYGATE_UPSTREAM_URL", format!("http://{}/v1", upstream.addr))
+        .env("KEYGATE_UPSTREAM_API_KEY", UPSTREAM_KEY)
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "warn")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "keygate did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created: serde_json::Value = client
+        .post(format!("{base}/api/api-keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "sigterm"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["key"].as_str().unwrap();
+    for _ in 0..30 {
+        let response = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&json!({"model": "gpt-test", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "exit: {:?}\n{}", status.0, status.1);
+    assert!(!status.1.contains(key) && !status.1.contains(ADMIN_TOKEN));
+    assert_eq!(count_rows(&db_path).await, 30);
+}

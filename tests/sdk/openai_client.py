@@ -1,0 +1,32 @@
+"""Calls keygate with the official openai SDK: plain, streamed, and with a revoked key."""
+import os
+import sys
+
+import openai
+from openai import OpenAI
+
+base_url = os.environ["KEYGATE_BASE_URL"]
+client = OpenAI(api_key=os.environ["KEYGATE_KEY"], base_url=base_url, max_retries=0)
+messages = [{"role": "user", "content": "Hello"}]
+
+plain = client.chat.completions.create(model="gpt-test", messages=messages)
+print("plain:", plain.choices[0].message.content)
+assert plain.usage.total_tokens == 12, plain.usage
+
+text = ""
+for chunk in client.chat.completions.create(model="gpt-test", messages=messages, stream=True):
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+print("stream:", text)
+
+revoked = OpenAI(api_key=os.environ["KEYGATE_REVOKED_KEY"], base_url=base_url, max_retries=0)
+try:
+    revoked.chat.completions.create(model="gpt-test", messages=messages)
+except openai.AuthenticationError as err:
+    assert err.status_code == 401
+    body = err.response.json()
+    assert body == {"error": "Unauthorized", "message": "Invalid or inactive API key"}, body
+    print("revoked: AuthenticationError")
+else:
+    print("revoked key was accepted", file=sys.stderr)
+    sys.exit(1)
