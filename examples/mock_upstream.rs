@@ -158,12 +158,20 @@ fn int_field(hay: &[u8], name: &str) -> Option<u64> {
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
 
-async fn handle(req: Request<Incoming>, cfg: Arc<Config>) -> Result<Response<RespBody>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    cfg: Arc<Config>,
+) -> Result<Response<RespBody>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(json(StatusCode::BAD_REQUEST, "{\"error\":{\"message\":\"bad body\"}}")),
+        Err(_) => {
+            return Ok(json(
+                StatusCode::BAD_REQUEST,
+                "{\"error\":{\"message\":\"bad body\"}}",
+            ))
+        }
     };
     let resp = match (&method, path.as_str()) {
         (&Method::POST, "/v1/chat/completions") => {
@@ -223,7 +231,12 @@ fn main() {
             Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
             _ => (arg.clone(), None),
         };
-        let mut value = || inline.clone().or_else(|| args.next()).unwrap_or_else(|| usage());
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .unwrap_or_else(|| usage())
+        };
         match name.as_str() {
             "--listen" => listen = Some(value().parse().unwrap_or_else(|_| usage())),
             "--chunks" => chunks = value().parse().unwrap_or_else(|_| usage()),
@@ -247,7 +260,9 @@ fn main() {
     });
 
     let rt = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)

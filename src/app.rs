@@ -37,11 +37,17 @@ pub struct AppState {
 impl AppState {
     /// Opens the database, loads or creates the secrets, and starts the call-log writer.
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<AppState> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
         let pool = store::connect(&config.database_url).await?;
         let fernet = Arc::new(secrets::fernet(&config)?);
-        let admin = Arc::new(AdminAuth::new(secrets::admin_token_hash(&pool, &config).await?));
+        let admin = Arc::new(AdminAuth::new(
+            secrets::admin_token_hash(&pool, &config).await?,
+        ));
         let upstream = Arc::new(Upstream::new(&config)?);
         if config.upstream_api_key.is_none() {
             tracing::warn!("KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) is unset: requests go upstream without a credential");
@@ -78,7 +84,11 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Serves until `shutdown` is cancelled, then drains connections and flushes the call log.
-pub async fn serve(state: AppState, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let sweeper = sweeper::spawn(
         state.pool.clone(),
         state.clock.clone(),
@@ -87,7 +97,8 @@ pub async fn serve(state: AppState, listener: TcpListener, shutdown: Cancellatio
     );
     let logs = state.logs.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grace = async {
         shutdown.cancelled().await;
         tokio::time::sleep(DRAIN_GRACE).await;

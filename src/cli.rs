@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use crate::config::ConfigArgs;
 
 #[derive(Parser, Debug)]
-#[command(name = "keygate", version, about = "API key gateway for OpenAI-compatible LLM APIs")]
+#[command(
+    name = "keygate",
+    version,
+    about = "API key gateway for OpenAI-compatible LLM APIs"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub config: ConfigArgs,

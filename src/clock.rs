@@ -66,7 +66,9 @@ pub fn rfc3339(ms: i64) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    from_ms(ms).format(FORMAT).unwrap_or_else(|_| ms.to_string())
+    from_ms(ms)
+        .format(FORMAT)
+        .unwrap_or_else(|_| ms.to_string())
 }
 
 /// Parses an RFC 3339 date-time into UTC milliseconds.

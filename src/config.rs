@@ -13,34 +13,79 @@ use ipnet::IpNet;
 #[derive(Args, Clone, Debug)]
 pub struct ConfigArgs {
     /// Address the gateway listens on.
-    #[arg(long, env = "KEYGATE_LISTEN", default_value = "127.0.0.1:8000", global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_LISTEN",
+        default_value = "127.0.0.1:8000",
+        global = true
+    )]
     pub listen: String,
     /// SQLite database URL; the file's folder is the data directory.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/keygate.db", global = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/keygate.db",
+        global = true
+    )]
     pub database_url: String,
     /// Base URL of the OpenAI-compatible upstream; `/v1/x` is relayed to `{upstream}/x`.
-    #[arg(long, env = "KEYGATE_UPSTREAM_URL", default_value = "https://api.openai.com/v1", global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_UPSTREAM_URL",
+        default_value = "https://api.openai.com/v1",
+        global = true
+    )]
     pub upstream_url: String,
     /// Credential sent to the upstream (falls back to OPENAI_API_KEY).
-    #[arg(long, env = "KEYGATE_UPSTREAM_API_KEY", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_UPSTREAM_API_KEY",
+        hide_env_values = true,
+        global = true
+    )]
     pub upstream_api_key: Option<String>,
     /// Admin API token; if unset one is generated on first start and printed once.
-    #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub admin_token: Option<String>,
     /// Fernet key for the encrypted key copies; if unset one is generated into the data directory.
-    #[arg(long, env = "KEYGATE_FERNET_KEY", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_FERNET_KEY",
+        hide_env_values = true,
+        global = true
+    )]
     pub fernet_key: Option<String>,
     /// How often expired keys are marked inactive: `30s`, `5m`, `1h` or seconds.
-    #[arg(long, env = "KEYGATE_CLEANUP_INTERVAL", default_value = "1h", global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_CLEANUP_INTERVAL",
+        default_value = "1h",
+        global = true
+    )]
     pub cleanup_interval: String,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "KEYGATE_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024, global = true)]
     pub max_body_bytes: usize,
     /// Comma-separated IPs/CIDRs whose X-Forwarded-For is trusted.
-    #[arg(long, env = "KEYGATE_TRUSTED_PROXIES", default_value = "", global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_TRUSTED_PROXIES",
+        default_value = "",
+        global = true
+    )]
     pub trusted_proxies: String,
     /// How long to wait for the upstream's response headers, and between streamed chunks.
-    #[arg(long, env = "KEYGATE_UPSTREAM_TIMEOUT", default_value = "300s", global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_UPSTREAM_TIMEOUT",
+        default_value = "300s",
+        global = true
+    )]
     pub upstream_timeout: String,
 }
 
@@ -62,10 +107,12 @@ pub struct Config {
 impl Config {
     /// Validates the arguments; every error names the variable to fix.
     pub fn from_args(args: &ConfigArgs) -> anyhow::Result<Self> {
-        let listen = args
-            .listen
-            .parse()
-            .with_context(|| format!("KEYGATE_LISTEN: `{}` is not an address like 127.0.0.1:8000", args.listen))?;
+        let listen = args.listen.parse().with_context(|| {
+            format!(
+                "KEYGATE_LISTEN: `{}` is not an address like 127.0.0.1:8000",
+                args.listen
+            )
+        })?;
         let upstream_url = args.upstream_url.trim_end_matches('/').to_string();
         let uri: hyper::Uri = upstream_url
             .parse()
@@ -74,8 +121,8 @@ impl Config {
             bail!("KEYGATE_UPSTREAM_URL: `{upstream_url}` must be an http:// or https:// URL");
         }
         let non_empty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
-        let upstream_api_key =
-            non_empty(&args.upstream_api_key).or_else(|| non_empty(&std::env::var("OPENAI_API_KEY").ok()));
+        let upstream_api_key = non_empty(&args.upstream_api_key)
+            .or_else(|| non_empty(&std::env::var("OPENAI_API_KEY").ok()));
         if args.max_body_bytes == 0 {
             bail!("KEYGATE_MAX_BODY_BYTES: must be a positive number of bytes");
         }
@@ -136,7 +183,10 @@ fn data_dir(database_url: &str) -> anyhow::Result<PathBuf> {
 /// `30s`, `5m`, `1h`, `2d` or a plain number of seconds.
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let n: u64 = number
         .parse()
         .with_context(|| format!("`{text}` is not a duration like 30s, 5m or 1h"))?;
@@ -182,8 +232,14 @@ mod tests {
 
     #[test]
     fn data_dir_and_proxies() {
-        assert_eq!(data_dir("sqlite://data/keygate.db").unwrap(), PathBuf::from("data"));
-        assert_eq!(data_dir("sqlite:k.db?mode=rwc").unwrap(), PathBuf::from("."));
+        assert_eq!(
+            data_dir("sqlite://data/keygate.db").unwrap(),
+            PathBuf::from("data")
+        );
+        assert_eq!(
+            data_dir("sqlite:k.db?mode=rwc").unwrap(),
+            PathBuf::from(".")
+        );
         assert!(data_dir("postgres://x").is_err());
         let nets = parse_proxies("10.0.0.0/8, 127.0.0.1").unwrap();
         assert_eq!(nets.len(), 2);

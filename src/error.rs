@@ -128,7 +128,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "content-type",
                 "send the body as JSON with Content-Type: application/json",
             )),
-            Err(e) => Err(ApiError::invalid("body", format!("not valid JSON ({})", e.body_text()))),
+            Err(e) => Err(ApiError::invalid(
+                "body",
+                format!("not valid JSON ({})", e.body_text()),
+            )),
         }
     }
 }

@@ -113,7 +113,9 @@ pub struct KeyPatch {
 }
 
 /// Tells `"field": null` (Some(None)) from an absent field (None).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -140,10 +142,16 @@ impl Keyring {
     }
 
     pub async fn get(&self, id: i64) -> Result<KeyRow, ApiError> {
-        store::keys::get(&self.pool, id).await?.ok_or(ApiError::NotFound("API key"))
+        store::keys::get(&self.pool, id)
+            .await?
+            .ok_or(ApiError::NotFound("API key"))
     }
 
-    pub async fn list(&self, filter: &KeyFilter, page: Page) -> Result<(Vec<KeyRow>, i64), ApiError> {
+    pub async fn list(
+        &self,
+        filter: &KeyFilter,
+        page: Page,
+    ) -> Result<(Vec<KeyRow>, i64), ApiError> {
         Ok(store::keys::list(&self.pool, filter, self.now(), page).await?)
     }
 
@@ -167,13 +175,22 @@ impl Keyring {
         }
         let (expires_at, activation_period, activation_unit) = if activation {
             let unit = request.activation_unit.ok_or_else(|| {
-                ApiError::invalid("activation_unit", "required with expiration_mode \"activation\": \"hours\" or \"days\"")
+                ApiError::invalid(
+                    "activation_unit",
+                    "required with expiration_mode \"activation\": \"hours\" or \"days\"",
+                )
             })?;
             let period = request.activation_period.ok_or_else(|| {
-                ApiError::invalid("activation_period", "required with expiration_mode \"activation\": a positive number")
+                ApiError::invalid(
+                    "activation_period",
+                    "required with expiration_mode \"activation\": a positive number",
+                )
             })?;
             if !(1..=MAX_DAYS).contains(&period) {
-                return Err(ApiError::invalid("activation_period", format!("must be between 1 and {MAX_DAYS}")));
+                return Err(ApiError::invalid(
+                    "activation_period",
+                    format!("must be between 1 and {MAX_DAYS}"),
+                ));
             }
             (None, Some(period), Some(unit))
         } else if request.activation_period.is_some() || request.activation_unit.is_some() {
@@ -196,7 +213,11 @@ impl Keyring {
             name,
             description,
             expires_at,
-            expiration_mode: if activation { ExpirationMode::Activation } else { ExpirationMode::Fixed },
+            expiration_mode: if activation {
+                ExpirationMode::Activation
+            } else {
+                ExpirationMode::Fixed
+            },
             activation_period,
             activation_unit,
         };
@@ -210,8 +231,11 @@ impl Keyring {
     pub async fn update(&self, id: i64, patch: &KeyPatch) -> Result<KeyRow, ApiError> {
         let now = self.now();
         let mut tx = self.pool.begin().await?;
-        let mut row = store::keys::get(&mut *tx, id).await?.ok_or(ApiError::NotFound("API key"))?;
-        if row.revoked_at.is_some() && (patch.expires_at.is_some() || patch.is_active == Some(true)) {
+        let mut row = store::keys::get(&mut *tx, id)
+            .await?
+            .ok_or(ApiError::NotFound("API key"))?;
+        if row.revoked_at.is_some() && (patch.expires_at.is_some() || patch.is_active == Some(true))
+        {
             return Err(ApiError::Conflict(
                 "This key is revoked and can never be used again; create a new key instead".into(),
             ));
@@ -247,7 +271,9 @@ impl Keyring {
     pub async fn revoke(&self, id: i64) -> Result<KeyRow, ApiError> {
         let now = self.now();
         let mut tx = self.pool.begin().await?;
-        let mut row = store::keys::get(&mut *tx, id).await?.ok_or(ApiError::NotFound("API key"))?;
+        let mut row = store::keys::get(&mut *tx, id)
+            .await?
+            .ok_or(ApiError::NotFound("API key"))?;
         if row.revoked_at.is_none() {
             row.revoked_at = Some(now);
             row.is_active = false;
@@ -283,7 +309,10 @@ fn valid_name(name: &str) -> Result<String, ApiError> {
 fn valid_description(description: Option<&str>) -> Result<Option<String>, ApiError> {
     let description = description.map(str::trim).filter(|d| !d.is_empty());
     if description.is_some_and(|d| d.chars().count() > 1000) {
-        return Err(ApiError::invalid("description", "must be at most 1000 characters"));
+        return Err(ApiError::invalid(
+            "description",
+            "must be at most 1000 characters",
+        ));
     }
     Ok(description.map(str::to_string))
 }
@@ -291,14 +320,20 @@ fn valid_description(description: Option<&str>) -> Result<Option<String>, ApiErr
 /// `now + days`, for a positive number of days.
 pub fn expiry_in_days(field: &str, days: i64, now: i64) -> Result<i64, ApiError> {
     if !(1..=MAX_DAYS).contains(&days) {
-        return Err(ApiError::invalid(field, format!("must be a whole number of days from 1 to {MAX_DAYS}")));
+        return Err(ApiError::invalid(
+            field,
+            format!("must be a whole number of days from 1 to {MAX_DAYS}"),
+        ));
     }
     Ok(now + days * MS_PER_DAY)
 }
 
 fn parse_time(field: &str, text: &str) -> Result<i64, ApiError> {
     parse_rfc3339(text).ok_or_else(|| {
-        ApiError::invalid(field, "must be an RFC 3339 date-time, e.g. 2027-01-31T00:00:00Z")
+        ApiError::invalid(
+            field,
+            "must be an RFC 3339 date-time, e.g. 2027-01-31T00:00:00Z",
+        )
     })
 }
 

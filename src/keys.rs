@@ -211,7 +211,10 @@ mod tests {
         assert_eq!(canonical(&key).as_deref(), Some(key.as_str()));
         assert_eq!(uuid::Uuid::parse_str(&key).unwrap().get_version_num(), 4);
         assert_ne!(generate(), key);
-        assert_eq!(canonical(&key.to_uppercase()).as_deref(), Some(key.as_str()));
+        assert_eq!(
+            canonical(&key.to_uppercase()).as_deref(),
+            Some(key.as_str())
+        );
         assert_eq!(canonical("not-a-key"), None);
         assert_eq!(canonical(&format!("{}x", &key[..35])), None);
     }

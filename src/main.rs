@@ -12,7 +12,9 @@ async fn main() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let config = Config::from_args(&cli.config)?;
@@ -26,7 +28,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = AppState::build(config, Clock::System).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}; set KEYGATE_LISTEN to a free address"))?;
+        .with_context(|| {
+            format!("cannot listen on {listen}; set KEYGATE_LISTEN to a free address")
+        })?;
     tracing::info!(%listen, upstream = %state.config.upstream_url, "keygate is serving");
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));

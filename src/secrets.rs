@@ -23,9 +23,14 @@ pub fn fernet(config: &Config) -> anyhow::Result<fernet::Fernet> {
     }
     let path = config.data_dir.join(FERNET_FILE);
     if path.exists() {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        return fernet::Fernet::new(text.trim())
-            .with_context(|| format!("{}: not a Fernet key; restore it or set KEYGATE_FERNET_KEY", path.display()));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        return fernet::Fernet::new(text.trim()).with_context(|| {
+            format!(
+                "{}: not a Fernet key; restore it or set KEYGATE_FERNET_KEY",
+                path.display()
+            )
+        });
     }
     let key = fernet::Fernet::generate_key();
     write_private(&path, &key)?;
@@ -59,7 +64,8 @@ pub async fn admin_token_hash(pool: &SqlitePool, config: &Config) -> anyhow::Res
         return Ok(keys::hash(token));
     }
     if let Some(stored) = store::setting(pool, ADMIN_TOKEN_SETTING).await? {
-        return keys::decode_hash(&stored).context("stored admin token hash is corrupt; set KEYGATE_ADMIN_TOKEN");
+        return keys::decode_hash(&stored)
+            .context("stored admin token hash is corrupt; set KEYGATE_ADMIN_TOKEN");
     }
     let token = format!("kgadm-{}", hex::encode(rand::random::<[u8; 24]>()));
     store::set_setting(pool, ADMIN_TOKEN_SETTING, &keys::hash_hex(&token)).await?;

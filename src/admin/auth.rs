@@ -49,7 +49,10 @@ impl AdminAuth {
     fn session_valid(&self, id: &str) -> bool {
         self.sessions
             .lock()
-            .map(|s| s.get(&keys::hash(id)).is_some_and(|expires| *expires > Instant::now()))
+            .map(|s| {
+                s.get(&keys::hash(id))
+                    .is_some_and(|expires| *expires > Instant::now())
+            })
             .unwrap_or(false)
     }
 
@@ -84,7 +87,11 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
-pub async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     if state.admin.admits(request.headers()) {
         Ok(next.run(request).await)
     } else {
@@ -106,7 +113,10 @@ struct Login {
     token: String,
 }
 
-async fn login(State(state): State<AppState>, ApiJson(login): ApiJson<Login>) -> Result<Response, ApiError> {
+async fn login(
+    State(state): State<AppState>,
+    ApiJson(login): ApiJson<Login>,
+) -> Result<Response, ApiError> {
     if !state.admin.token_matches(login.token.trim()) {
         tracing::warn!("console login with a wrong admin token");
         return Err(ApiError::AdminAuth);
@@ -117,9 +127,10 @@ async fn login(State(state): State<AppState>, ApiJson(login): ApiJson<Login>) ->
         SESSION_TTL.as_secs()
     );
     let mut response = Json(serde_json::json!({ "ok": true })).into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(anyhow::Error::from)?);
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(anyhow::Error::from)?,
+    );
     Ok(response)
 }
 

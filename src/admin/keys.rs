@@ -36,12 +36,18 @@ struct ListQuery {
     page_size: Option<i64>,
 }
 
-async fn list(State(state): State<AppState>, ApiQuery(query): ApiQuery<ListQuery>) -> Result<Json<Listing<KeyView>>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<Listing<KeyView>>, ApiError> {
     let page = page(query.page, query.page_size)?;
     let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(text) => Some(Status::parse(text).ok_or_else(|| {
-            ApiError::invalid("status", "must be one of active, pending, expired, disabled, revoked")
+            ApiError::invalid(
+                "status",
+                "must be one of active, pending, expired, disabled, revoked",
+            )
         })?),
     };
     let filter = KeyFilter {
@@ -53,12 +59,21 @@ async fn list(State(state): State<AppState>, ApiQuery(query): ApiQuery<ListQuery
     Ok(Json(Listing::new(items, page, total)))
 }
 
-async fn create(State(state): State<AppState>, ApiJson(request): ApiJson<CreateKey>) -> Result<impl IntoResponse, ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateKey>,
+) -> Result<impl IntoResponse, ApiError> {
     let (row, secret) = state.keyring.create(&request).await?;
-    Ok((StatusCode::CREATED, Json(state.keyring.view(&row).with_key(secret))))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.keyring.view(&row).with_key(secret)),
+    ))
 }
 
-async fn show(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<KeyView>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<KeyView>, ApiError> {
     let row = state.keyring.get(id).await?;
     Ok(Json(state.keyring.view(&row)))
 }
@@ -72,12 +87,18 @@ async fn update(
     Ok(Json(state.keyring.view(&row)))
 }
 
-async fn revoke(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<KeyView>, ApiError> {
+async fn revoke(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<KeyView>, ApiError> {
     let row = state.keyring.revoke(id).await?;
     Ok(Json(state.keyring.view(&row)))
 }
 
-async fn remove(State(state): State<AppState>, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
     state.keyring.delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -98,7 +119,9 @@ async fn stats(
         return Err(ApiError::invalid("days", "must be between 1 and 366"));
     }
     state.keyring.get(id).await?;
-    Ok(Json(crate::store::logs::stats(&state.pool, id, days, state.clock.now_ms()).await?))
+    Ok(Json(
+        crate::store::logs::stats(&state.pool, id, days, state.clock.now_ms()).await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -27,7 +27,10 @@ struct LogsQuery {
     page_size: Option<i64>,
 }
 
-async fn list(State(state): State<AppState>, ApiQuery(query): ApiQuery<LogsQuery>) -> Result<Json<Listing<LogRow>>, ApiError> {
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
+) -> Result<Json<Listing<LogRow>>, ApiError> {
     let page = page(query.page, query.page_size)?;
     page_of_logs(&state, query.key_id, query.status, page).await
 }
@@ -40,9 +43,13 @@ pub async fn page_of_logs(
     page: Page,
 ) -> Result<Json<Listing<LogRow>>, ApiError> {
     let status = status.filter(|s| !s.is_empty());
-    if status.as_deref().is_some_and(|s| s != "success" && s != "error") {
+    if status
+        .as_deref()
+        .is_some_and(|s| s != "success" && s != "error")
+    {
         return Err(ApiError::invalid("status", "must be success or error"));
     }
-    let (rows, total) = crate::store::logs::list(&state.pool, &LogFilter { key_id, status }, page).await?;
+    let (rows, total) =
+        crate::store::logs::list(&state.pool, &LogFilter { key_id, status }, page).await?;
     Ok(Json(Listing::new(rows, page, total)))
 }

@@ -18,7 +18,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(keys::router())
         .merge(logs::router())
         .merge(auth::session_router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_admin));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
     Router::new().nest("/api", protected.merge(auth::public_router()))
 }
 

@@ -34,7 +34,10 @@ pub struct AuthFailure {
 
 impl AuthFailure {
     fn anonymous(reason: &'static str) -> Self {
-        AuthFailure { key_id: None, reason }
+        AuthFailure {
+            key_id: None,
+            reason,
+        }
     }
 }
 
@@ -69,18 +72,30 @@ impl KeyCache {
             if entries.len() >= CACHE_MAX_ENTRIES {
                 entries.clear();
             }
-            entries.insert(hash, Entry { key, fetched: Instant::now() });
+            entries.insert(
+                hash,
+                Entry {
+                    key,
+                    fetched: Instant::now(),
+                },
+            );
         }
     }
 }
 
 /// The key presented in `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let (scheme, token) = value.trim().split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 /// Finds the key the request presents. A malformed key is refused before any lookup.
@@ -90,7 +105,8 @@ pub async fn authenticate(
     headers: &HeaderMap,
 ) -> Result<Arc<AuthedKey>, AuthFailure> {
     let presented = presented_key(headers).ok_or(AuthFailure::anonymous("missing API key"))?;
-    let canonical = keys::canonical(presented).ok_or(AuthFailure::anonymous("malformed API key"))?;
+    let canonical =
+        keys::canonical(presented).ok_or(AuthFailure::anonymous("malformed API key"))?;
     let hash = keys::hash(&canonical);
     let found = match cache.get(&hash) {
         Some(found) => found,
@@ -111,7 +127,9 @@ async fn lookup(pool: &SqlitePool, hash: &KeyHash) -> Result<Option<Arc<AuthedKe
             AuthFailure::anonymous("key lookup failed")
         })?;
     Ok(row
-        .filter(|row| keys::decode_hash(&row.key_hash).is_some_and(|stored| keys::hashes_match(&stored, hash)))
+        .filter(|row| {
+            keys::decode_hash(&row.key_hash).is_some_and(|stored| keys::hashes_match(&stored, hash))
+        })
         .map(|row| {
             Arc::new(AuthedKey {
                 id: row.id,

@@ -38,9 +38,18 @@ mod tests {
         headers.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
         let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        assert_eq!(client_ip(proxy, &headers, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(proxy, &headers, &[]), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(proxy, &headers, &[]),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
         let stranger: SocketAddr = "198.51.100.7:1".parse().unwrap();
-        assert_eq!(client_ip(stranger, &headers, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(stranger, &headers, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -35,17 +35,26 @@ struct Refusal {
 
 impl Refusal {
     fn new(error: ApiError, reason: impl Into<String>) -> Self {
-        Refusal { error, reason: reason.into() }
+        Refusal {
+            error,
+            reason: reason.into(),
+        }
     }
 }
 
-async fn relay(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
+async fn relay(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let mut record = CallRecord {
         timestamp: state.clock.now_ms(),
         endpoint: parts.uri.path().to_string(),
-        ip_address: Some(client_ip::client_ip(peer, &parts.headers, &state.config.trusted_proxies).to_string()),
+        ip_address: Some(
+            client_ip::client_ip(peer, &parts.headers, &state.config.trusted_proxies).to_string(),
+        ),
         ..CallRecord::default()
     };
     match forward(&state, parts, body, &mut record, started).await {
@@ -72,9 +81,14 @@ async fn forward(
         .await
         .map_err(|failure| Refusal::new(ApiError::InvalidKey, failure.reason))?;
     record.api_key_id = Some(key.id);
-    policy::admit(&state.pool, &state.keyring.cache, &key, state.clock.now_ms())
-        .await
-        .map_err(|failure| Refusal::new(ApiError::InvalidKey, failure.reason))?;
+    policy::admit(
+        &state.pool,
+        &state.keyring.cache,
+        &key,
+        state.clock.now_ms(),
+    )
+    .await
+    .map_err(|failure| Refusal::new(ApiError::InvalidKey, failure.reason))?;
     record.authenticated = true;
 
     let body = read_body(&parts, body, state.config.max_body_bytes).await?;
@@ -83,7 +97,10 @@ async fn forward(
     record.model = summary.model;
     record.stream = summary.stream == Some(true);
 
-    let upstream = state.upstream.send(parts.method, &parts.uri, &parts.headers, body).await;
+    let upstream = state
+        .upstream
+        .send(parts.method, &parts.uri, &parts.headers, body)
+        .await;
     let response = upstream.map_err(|failure| match failure {
         UpstreamFailure::Connect(cause) => Refusal::new(
             ApiError::BadGateway("The upstream could not be reached; try again later".into()),
@@ -99,12 +116,24 @@ async fn forward(
         ),
     })?;
     let timeout = state.upstream.timeout();
-    Ok(upstream::respond(response, std::mem::take(record), started, state.logs.clone(), timeout).map(Body::new))
+    Ok(upstream::respond(
+        response,
+        std::mem::take(record),
+        started,
+        state.logs.clone(),
+        timeout,
+    )
+    .map(Body::new))
 }
 
 /// The whole request body, or 413 past the limit.
 async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
-    let too_large = || Refusal::new(ApiError::PayloadTooLarge(limit), format!("request body over {limit} bytes"));
+    let too_large = || {
+        Refusal::new(
+            ApiError::PayloadTooLarge(limit),
+            format!("request body over {limit} bytes"),
+        )
+    };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

@@ -8,8 +8,18 @@ use crate::keys::Status;
 use crate::store;
 
 /// Admits the key, or says why not (revoked, expired, disabled) for the 401 and its log row.
-pub async fn admit(pool: &SqlitePool, cache: &KeyCache, key: &AuthedKey, now: i64) -> Result<(), AuthFailure> {
-    let refuse = |reason| Err(AuthFailure { key_id: Some(key.id), reason });
+pub async fn admit(
+    pool: &SqlitePool,
+    cache: &KeyCache,
+    key: &AuthedKey,
+    now: i64,
+) -> Result<(), AuthFailure> {
+    let refuse = |reason| {
+        Err(AuthFailure {
+            key_id: Some(key.id),
+            reason,
+        })
+    };
     match key.lifecycle.status(now) {
         Status::Active => Ok(()),
         Status::Revoked => refuse("revoked API key"),
@@ -21,7 +31,10 @@ pub async fn admit(pool: &SqlitePool, cache: &KeyCache, key: &AuthedKey, now: i6
             cache.clear();
             match activated {
                 Ok(Some(row)) if row.lifecycle().status(now) == Status::Active => {
-                    tracing::info!(key_id = key.id, "activation-mode key used for the first time");
+                    tracing::info!(
+                        key_id = key.id,
+                        "activation-mode key used for the first time"
+                    );
                     Ok(())
                 }
                 Ok(_) => refuse("inactive API key"),

@@ -91,7 +91,10 @@ const JSON_KEEP_LIMIT: usize = 4 * 1024 * 1024;
 pub enum UsageScan {
     /// `text/event-stream`: complete `data:` lines that mention usage are parsed; `partial`
     /// holds an unfinished line.
-    Sse { partial: Vec<u8>, usage: Option<Usage> },
+    Sse {
+        partial: Vec<u8>,
+        usage: Option<Usage>,
+    },
     /// JSON: the body is kept (up to a limit) and parsed at the end.
     Json { body: Vec<u8>, overflow: bool },
     /// Anything else is only counted.
@@ -150,7 +153,10 @@ impl UsageScan {
                 scan_sse_lines(&rest, usage);
                 (*usage, None)
             }
-            UsageScan::Json { body, overflow: false } => match serde_json::from_slice::<UsageCarrier>(body) {
+            UsageScan::Json {
+                body,
+                overflow: false,
+            } => match serde_json::from_slice::<UsageCarrier>(body) {
                 Ok(carrier) => {
                     let message = carrier.error.and_then(|e| match e {
                         UpstreamError::Object { message } => message,
@@ -178,7 +184,10 @@ fn scan_sse_lines(text: &[u8], usage: &mut Option<Usage>) {
         if memmem::find(data, b"\"usage\"").is_none() {
             continue;
         }
-        if let Ok(UsageCarrier { usage: Some(found), .. }) = serde_json::from_slice(data.trim_ascii()) {
+        if let Ok(UsageCarrier {
+            usage: Some(found), ..
+        }) = serde_json::from_slice(data.trim_ascii())
+        {
             *usage = Some(found);
         }
     }
@@ -209,7 +218,9 @@ mod tests {
     #[test]
     fn json_usage_and_error_message() {
         let mut scan = UsageScan::for_content_type(Some("application/json"));
-        scan.feed(br#"{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#);
+        scan.feed(
+            br#"{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        );
         assert_eq!(scan.finish().0.and_then(|u| u.total_tokens), Some(3));
         let mut scan = UsageScan::for_content_type(Some("application/json"));
         scan.feed(br#"{"error":{"message":"Rate limit reached","type":"x"}}"#);

@@ -89,8 +89,9 @@ impl Upstream {
             .upstream_api_key
             .as_ref()
             .map(|key| {
-                let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
-                    .context("KEYGATE_UPSTREAM_API_KEY: contains characters not allowed in a header")?;
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).context(
+                    "KEYGATE_UPSTREAM_API_KEY: contains characters not allowed in a header",
+                )?;
                 value.set_sensitive(true);
                 anyhow::Ok(value)
             })
@@ -124,10 +125,14 @@ impl Upstream {
             .method(method)
             .uri(target)
             .body(Full::new(body))
-            .map_err(|e| UpstreamFailure::Other(format!("cannot build the upstream request: {e}")))?;
+            .map_err(|e| {
+                UpstreamFailure::Other(format!("cannot build the upstream request: {e}"))
+            })?;
         copy_headers(headers, request.headers_mut(), DROPPED_REQUEST_HEADERS);
         if let Some(credential) = &self.credential {
-            request.headers_mut().insert(header::AUTHORIZATION, credential.clone());
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, credential.clone());
         }
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Err(_) => Err(UpstreamFailure::Timeout),
@@ -161,7 +166,8 @@ pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, extra: &[&str]) {
         .collect();
     for (name, value) in from {
         let text = name.as_str();
-        if HOP_BY_HOP.contains(&text) || extra.contains(&text) || named_by_connection.contains(name) {
+        if HOP_BY_HOP.contains(&text) || extra.contains(&text) || named_by_connection.contains(name)
+        {
             continue;
         }
         to.append(name.clone(), value.clone());
@@ -177,7 +183,10 @@ pub fn respond(
     idle_timeout: Duration,
 ) -> Response<RecordedBody> {
     let (parts, body) = upstream.into_parts();
-    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let scan = UsageScan::for_content_type(content_type);
     record.http_status = parts.status.as_u16();
     record.stream = matches!(scan, UsageScan::Sse { .. });
@@ -240,7 +249,11 @@ impl RecordedBody {
                 record.error_message = Some(message);
             }
         }
-        tracing::debug!(key_id = record.api_key_id, status = record.http_status, "relayed");
+        tracing::debug!(
+            key_id = record.api_key_id,
+            status = record.http_status,
+            "relayed"
+        );
         call.sink.record(call.record);
     }
 }
@@ -249,7 +262,10 @@ impl Body for RecordedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -266,7 +282,9 @@ impl Body for RecordedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
-                this.finish(Some(format!("upstream connection failed mid-response: {err}")));
+                this.finish(Some(format!(
+                    "upstream connection failed mid-response: {err}"
+                )));
                 Poll::Ready(Some(Err(err.into())))
             }
             Poll::Ready(None) => {
@@ -297,7 +315,9 @@ impl Drop for RecordedBody {
         if self.inner.is_end_stream() {
             self.finish(None);
         } else {
-            self.finish(Some("client disconnected before the response was complete".into()));
+            self.finish(Some(
+                "client disconnected before the response was complete".into(),
+            ));
         }
     }
 }

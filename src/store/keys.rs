@@ -67,7 +67,11 @@ const COLUMNS: &str = "id, key_hash, encrypted_key, key_preview, name, descripti
      expires_at, expiration_mode, activation_period, activation_unit, activated_at, is_active, revoked_at, \
      usage_count, last_used_at";
 
-pub async fn insert<'e>(db: impl SqliteExecutor<'e>, key: &NewKey, now: i64) -> sqlx::Result<KeyRow> {
+pub async fn insert<'e>(
+    db: impl SqliteExecutor<'e>,
+    key: &NewKey,
+    now: i64,
+) -> sqlx::Result<KeyRow> {
     let activated_at = (key.expiration_mode == ExpirationMode::Fixed).then_some(now);
     sqlx::query_as(&format!(
         "INSERT INTO api_keys (key_hash, encrypted_key, key_preview, name, description, created_at, updated_at, \
@@ -97,11 +101,16 @@ pub async fn get<'e>(db: impl SqliteExecutor<'e>, id: i64) -> sqlx::Result<Optio
         .await
 }
 
-pub async fn find_by_hash<'e>(db: impl SqliteExecutor<'e>, key_hash: &str) -> sqlx::Result<Option<KeyRow>> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM api_keys WHERE key_hash = ?"))
-        .bind(key_hash)
-        .fetch_optional(db)
-        .await
+pub async fn find_by_hash<'e>(
+    db: impl SqliteExecutor<'e>,
+    key_hash: &str,
+) -> sqlx::Result<Option<KeyRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM api_keys WHERE key_hash = ?"
+    ))
+    .bind(key_hash)
+    .fetch_optional(db)
+    .await
 }
 
 /// What a key list is narrowed to.
@@ -124,7 +133,9 @@ fn status_sql(status: Option<Status>) -> &'static str {
     match status {
         None => "?1 IS NOT NULL",
         Some(Status::Revoked) => "revoked_at IS NOT NULL",
-        Some(Status::Expired) => "revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?1",
+        Some(Status::Expired) => {
+            "revoked_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?1"
+        }
         Some(Status::Disabled) => concat!(live!(), " AND is_active = 0"),
         Some(Status::Pending) => concat!(
             live!(),
@@ -138,20 +149,29 @@ fn status_sql(status: Option<Status>) -> &'static str {
 }
 
 /// One page of keys, newest first, and the total matching the filter.
-pub async fn list(pool: &SqlitePool, filter: &KeyFilter, now: i64, page: Page) -> sqlx::Result<(Vec<KeyRow>, i64)> {
+pub async fn list(
+    pool: &SqlitePool,
+    filter: &KeyFilter,
+    now: i64,
+    page: Page,
+) -> sqlx::Result<(Vec<KeyRow>, i64)> {
     let pattern = filter.search.as_ref().map(|s| {
-        let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let escaped = s
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
         format!("%{escaped}%")
     });
     let condition = format!(
         "({}) AND (?2 IS NULL OR name LIKE ?2 ESCAPE '\\' OR description LIKE ?2 ESCAPE '\\')",
         status_sql(filter.status)
     );
-    let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM api_keys WHERE {condition}"))
-        .bind(now)
-        .bind(&pattern)
-        .fetch_one(pool)
-        .await?;
+    let total: i64 =
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM api_keys WHERE {condition}"))
+            .bind(now)
+            .bind(&pattern)
+            .fetch_one(pool)
+            .await?;
     let rows = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM api_keys WHERE {condition} ORDER BY id DESC LIMIT ?3 OFFSET ?4"
     ))
@@ -198,13 +218,21 @@ pub async fn save<'e>(db: impl SqliteExecutor<'e>, key: &KeyRow) -> sqlx::Result
 
 /// Deletes a key; its call logs go with it (ON DELETE CASCADE). False if there was none.
 pub async fn delete<'e>(db: impl SqliteExecutor<'e>, id: i64) -> sqlx::Result<bool> {
-    let done = sqlx::query("DELETE FROM api_keys WHERE id = ?").bind(id).execute(db).await?;
+    let done = sqlx::query("DELETE FROM api_keys WHERE id = ?")
+        .bind(id)
+        .execute(db)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Starts an activation-mode key's clock at its first use. One conditional UPDATE, so
 /// concurrent first uses agree: whoever loses reads the winner's `activated_at`.
-pub async fn activate(pool: &SqlitePool, id: i64, now: i64, lifetime_ms: i64) -> sqlx::Result<Option<KeyRow>> {
+pub async fn activate(
+    pool: &SqlitePool,
+    id: i64,
+    now: i64,
+    lifetime_ms: i64,
+) -> sqlx::Result<Option<KeyRow>> {
     sqlx::query(
         "UPDATE api_keys SET activated_at = ?1, expires_at = ?1 + ?2, updated_at = ?1 \
          WHERE id = ?3 AND activated_at IS NULL AND expiration_mode = 'activation'",

@@ -136,7 +136,11 @@ fn push_filter(query: &mut QueryBuilder<'_, Sqlite>, filter: &LogFilter) {
 }
 
 /// One page of logs, newest first, and the total matching the filter.
-pub async fn list(pool: &SqlitePool, filter: &LogFilter, page: Page) -> sqlx::Result<(Vec<LogRow>, i64)> {
+pub async fn list(
+    pool: &SqlitePool,
+    filter: &LogFilter,
+    page: Page,
+) -> sqlx::Result<(Vec<LogRow>, i64)> {
     let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM api_call_logs");
     push_filter(&mut count, filter);
     let total: i64 = count.build_query_scalar().fetch_one(pool).await?;

@@ -38,7 +38,11 @@ pub async fn setting<'e>(db: impl SqliteExecutor<'e>, name: &str) -> sqlx::Resul
         .await
 }
 
-pub async fn set_setting<'e>(db: impl SqliteExecutor<'e>, name: &str, value: &str) -> sqlx::Result<()> {
+pub async fn set_setting<'e>(
+    db: impl SqliteExecutor<'e>,
+    name: &str,
+    value: &str,
+) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
         .bind(name)
         .bind(value)

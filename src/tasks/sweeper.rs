@@ -13,7 +13,10 @@ use crate::store;
 pub async fn sweep_once(pool: &SqlitePool, clock: &Clock) -> anyhow::Result<u64> {
     let changed = store::keys::deactivate_expired(pool, clock.now_ms()).await?;
     if changed > 0 {
-        tracing::info!(keys = changed, "expiry sweeper marked expired keys inactive");
+        tracing::info!(
+            keys = changed,
+            "expiry sweeper marked expired keys inactive"
+        );
     } else {
         tracing::debug!("expiry sweeper found no newly expired keys");
     }
@@ -21,7 +24,12 @@ pub async fn sweep_once(pool: &SqlitePool, clock: &Clock) -> anyhow::Result<u64>
 }
 
 /// Sweeps now and then every `every`, until `stop` is cancelled.
-pub fn spawn(pool: SqlitePool, clock: Clock, every: Duration, stop: CancellationToken) -> JoinHandle<()> {
+pub fn spawn(
+    pool: SqlitePool,
+    clock: Clock,
+    every: Duration,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -11,34 +11,78 @@ async fn health_is_public_and_admin_needs_auth() {
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 
-    let anonymous = app.client.get(app.url("/api/api-keys")).send().await.unwrap();
+    let anonymous = app
+        .client
+        .get(app.url("/api/api-keys"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), 401);
     let body: serde_json::Value = anonymous.json().await.unwrap();
     assert_eq!(
         body,
         json!({"error": "Unauthorized", "message": "Log in to the console, or send Authorization: Bearer <KEYGATE_ADMIN_TOKEN>"})
     );
-    let wrong = app.client.get(app.url("/api/api-keys")).bearer_auth("not-the-token").send().await.unwrap();
+    let wrong = app
+        .client
+        .get(app.url("/api/api-keys"))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
 }
 
 #[tokio::test]
 async fn console_login_sets_a_strict_http_only_session_cookie() {
     let app = spawn_app().await;
-    let bad = app.client.post(app.url("/api/auth/login")).json(&json!({"token": "wrong"})).send().await.unwrap();
+    let bad = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"token": "wrong"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 401);
 
-    let login = app.client.post(app.url("/api/auth/login")).json(&json!({"token": ADMIN_TOKEN})).send().await.unwrap();
+    let login = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"token": ADMIN_TOKEN}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(login.status(), 200);
     let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     let session = cookie.split(';').next().unwrap().to_string();
 
-    let listed = app.client.get(app.url("/api/api-keys")).header("cookie", &session).send().await.unwrap();
+    let listed = app
+        .client
+        .get(app.url("/api/api-keys"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(listed.status(), 200);
-    let logout = app.client.post(app.url("/api/auth/logout")).header("cookie", &session).send().await.unwrap();
+    let logout = app
+        .client
+        .post(app.url("/api/auth/logout"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(logout.status(), 204);
-    let after = app.client.get(app.url("/api/api-keys")).header("cookie", &session).send().await.unwrap();
+    let after = app
+        .client
+        .get(app.url("/api/api-keys"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(after.status(), 401);
 }
 
@@ -46,7 +90,10 @@ async fn console_login_sets_a_strict_http_only_session_cookie() {
 async fn create_shows_the_key_once_and_never_again() {
     let app = spawn_app().await;
     let (status, created) = app
-        .post("/api/api-keys", json!({"name": "prod", "description": "web app", "expires_days": 90}))
+        .post(
+            "/api/api-keys",
+            json!({"name": "prod", "description": "web app", "expires_days": 90}),
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let secret = created["key"].as_str().unwrap();
@@ -79,27 +126,58 @@ async fn invalid_input_names_the_field() {
         (json!({"name": "x".repeat(101)}), "name"),
         (json!({"name": "k", "expires_days": 0}), "expires_days"),
         (json!({"name": "k", "expires_at": "tomorrow"}), "expires_at"),
-        (json!({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}), "expires_at"),
-        (json!({"name": "k", "expires_days": 3, "never": true}), "expires_at"),
-        (json!({"name": "k", "expiration_mode": "activation"}), "activation_unit"),
+        (
+            json!({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+        (
+            json!({"name": "k", "expires_days": 3, "never": true}),
+            "expires_at",
+        ),
+        (
+            json!({"name": "k", "expiration_mode": "activation"}),
+            "activation_unit",
+        ),
     ];
     for (body, field) in cases {
         let (status, error) = app.post("/api/api-keys", body.clone()).await;
         assert_eq!(status, 400, "{body} → {error}");
         assert_eq!(error["error"], "Bad Request");
         assert_eq!(error["field"], field, "{body} → {error}");
-        assert!(error["message"].as_str().unwrap().starts_with(&format!("{field}: ")), "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{field}: ")),
+            "{error}"
+        );
     }
-    let (status, error) = app.post("/api/api-keys", json!({"name": "k", "expire_days": 3})).await;
+    let (status, error) = app
+        .post("/api/api-keys", json!({"name": "k", "expire_days": 3}))
+        .await;
     assert_eq!(status, 400);
-    assert!(error["message"].as_str().unwrap().contains("expire_days"), "{error}");
-    let (status, error) = app.post("/api/api-keys", json!({"description": "no name"})).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("expire_days"),
+        "{error}"
+    );
+    let (status, error) = app
+        .post("/api/api-keys", json!({"description": "no name"}))
+        .await;
     assert_eq!(status, 400);
-    assert!(error["message"].as_str().unwrap().contains("name"), "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("name"),
+        "{error}"
+    );
     let (status, error) = app.get("/api/api-logs?page_size=500").await;
-    assert_eq!((status.as_u16(), error["field"].as_str()), (400, Some("page_size")));
+    assert_eq!(
+        (status.as_u16(), error["field"].as_str()),
+        (400, Some("page_size"))
+    );
     let (status, error) = app.get("/api/api-keys?status=sleepy").await;
-    assert_eq!((status.as_u16(), error["field"].as_str()), (400, Some("status")));
+    assert_eq!(
+        (status.as_u16(), error["field"].as_str()),
+        (400, Some("status"))
+    );
     let (status, error) = app.get("/api/api-keys/999").await;
     assert_eq!(status, 404);
     assert_eq!(error["error"], "Not Found");
@@ -108,17 +186,26 @@ async fn invalid_input_names_the_field() {
 #[tokio::test]
 async fn patch_changes_fields_and_expiry() {
     let app = spawn_app().await;
-    let (id, _) = app.create_key(json!({"name": "a", "expires_days": 1})).await;
+    let (id, _) = app
+        .create_key(json!({"name": "a", "expires_days": 1}))
+        .await;
     let (status, key) = app
-        .patch(&format!("/api/api-keys/{id}"), json!({"name": "renamed", "description": "d", "expires_at": null}))
+        .patch(
+            &format!("/api/api-keys/{id}"),
+            json!({"name": "renamed", "description": "d", "expires_at": null}),
+        )
         .await;
     assert_eq!(status, 200, "{key}");
     assert_eq!(key["name"], "renamed");
     assert_eq!(key["expires_at"], serde_json::Value::Null);
     assert_eq!(key["status"], "active");
-    let (_, key) = app.patch(&format!("/api/api-keys/{id}"), json!({"is_active": false})).await;
+    let (_, key) = app
+        .patch(&format!("/api/api-keys/{id}"), json!({"is_active": false}))
+        .await;
     assert_eq!(key["status"], "disabled");
-    let (_, key) = app.patch(&format!("/api/api-keys/{id}"), json!({"description": null})).await;
+    let (_, key) = app
+        .patch(&format!("/api/api-keys/{id}"), json!({"description": null}))
+        .await;
     assert_eq!(key["description"], serde_json::Value::Null);
     assert_eq!(key["name"], "renamed");
 }
@@ -130,9 +217,16 @@ async fn list_filters_by_status_and_search_and_pages() {
         app.create_key(json!({"name": format!("svc-{i}")})).await;
     }
     let (revoked, _) = app.create_key(json!({"name": "old 100%"})).await;
-    app.post(&format!("/api/api-keys/{revoked}/revoke"), json!({})).await;
+    app.post(&format!("/api/api-keys/{revoked}/revoke"), json!({}))
+        .await;
     let (_, page) = app.get("/api/api-keys?page=2&page_size=4").await;
-    assert_eq!((page["total"].as_i64(), page["items"].as_array().unwrap().len()), (Some(6), 2));
+    assert_eq!(
+        (
+            page["total"].as_i64(),
+            page["items"].as_array().unwrap().len()
+        ),
+        (Some(6), 2)
+    );
     let (_, page) = app.get("/api/api-keys?status=revoked").await;
     assert_eq!(page["total"], 1);
     assert_eq!(page["items"][0]["status"], "revoked");
@@ -155,7 +249,9 @@ async fn delete_removes_the_key_and_its_logs() {
     app.chat_model(&other_key, "gpt-test").await;
     assert_eq!(app.logs_of(id).await.len(), 3);
 
-    let (status, _) = app.admin(Method::DELETE, &format!("/api/api-keys/{id}"), None).await;
+    let (status, _) = app
+        .admin(Method::DELETE, &format!("/api/api-keys/{id}"), None)
+        .await;
     assert_eq!(status, 204);
     let (status, _) = app.get(&format!("/api/api-keys/{id}")).await;
     assert_eq!(status, 404);
@@ -165,5 +261,8 @@ async fn delete_removes_the_key_and_its_logs() {
     assert_eq!(logs["total"], 1, "the other key's log stays");
     assert_eq!(logs["items"][0]["api_key_id"], other);
     let (status, body) = app.chat_model(&key, "gpt-test").await;
-    assert_eq!((status.as_u16(), body.to_string()), (401, INVALID_KEY_BODY.to_string()));
+    assert_eq!(
+        (status.as_u16(), body.to_string()),
+        (401, INVALID_KEY_BODY.to_string())
+    );
 }

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const UPSTREAM_KEY: &str = "sk-upstream-secret-for-tests";
-pub const INVALID_KEY_BODY: &str = r#"{"error":"Unauthorized","message":"Invalid or inactive API key"}"#;
+pub const INVALID_KEY_BODY: &str =
+    r#"{"error":"Unauthorized","message":"Invalid or inactive API key"}"#;
 
 /// Everything keygate and its tests log, so tests can check no secret is ever written.
 pub fn captured_logs() -> String {
@@ -86,7 +87,12 @@ impl MockUpstream {
 pub async fn spawn_mock_upstream() -> MockUpstream {
     let mock = Mock::default();
     let app = Router::new()
-        .route("/v1/models", get(|| async { Json(json!({"object": "list", "data": [{"id": "gpt-test", "object": "model"}]})) }))
+        .route(
+            "/v1/models",
+            get(|| async {
+                Json(json!({"object": "list", "data": [{"id": "gpt-test", "object": "model"}]}))
+            }),
+        )
         .route("/v1/{*path}", any(mock_answer))
         .with_state(mock.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -99,7 +105,11 @@ async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     mock.seen.lock().unwrap().push(Seen {
-        path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         headers: parts.headers.clone(),
         body: body.clone(),
     });
@@ -109,7 +119,9 @@ async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
         "gpt-fail" => {
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": {"message": "mock upstream failure", "type": "server_error"}})),
+                Json(
+                    json!({"error": {"message": "mock upstream failure", "type": "server_error"}}),
+                ),
             )
                 .into_response()
         }
@@ -151,7 +163,9 @@ fn sse(model: String, gate: Arc<Notify>) -> Response {
         let _ = tx.send("data: [DONE]\n\n".to_string()).await;
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|text| (Ok::<_, Infallible>(Bytes::from(text)), rx))
+        rx.recv()
+            .await
+            .map(|text| (Ok::<_, Infallible>(Bytes::from(text)), rx))
     });
     Response::builder()
         .header("content-type", "text/event-stream")
@@ -204,7 +218,9 @@ pub async fn spawn_app_against(upstream: MockUpstream, extra: &[&str]) -> TestAp
     let cli = Cli::try_parse_from(args).expect("test config arguments");
     let config = Config::from_args(&cli.config).expect("valid test config");
     let clock = Clock::manual(time::OffsetDateTime::now_utc());
-    let state = AppState::build(config, clock.clone()).await.expect("app state");
+    let state = AppState::build(config, clock.clone())
+        .await
+        .expect("app state");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -228,8 +244,16 @@ impl TestApp {
     }
 
     /// An admin API call with the admin token; returns the status and the JSON body (Null if none).
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self.client.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN);
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -252,7 +276,10 @@ impl TestApp {
     pub async fn create_key(&self, body: Value) -> (i64, String) {
         let (status, key) = self.post("/api/api-keys", body).await;
         assert_eq!(status, StatusCode::CREATED, "{key}");
-        (key["id"].as_i64().unwrap(), key["key"].as_str().unwrap().to_string())
+        (
+            key["id"].as_i64().unwrap(),
+            key["key"].as_str().unwrap().to_string(),
+        )
     }
 
     pub async fn new_key(&self) -> (i64, String) {
@@ -271,7 +298,14 @@ impl TestApp {
     }
 
     pub async fn chat_model(&self, key: &str, model: &str) -> (StatusCode, Value) {
-        read(self.chat(key, json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})).await).await
+        read(
+            self.chat(
+                key,
+                json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await,
+        )
+        .await
     }
 
     /// Waits until every call record so far is in the database.
@@ -281,7 +315,9 @@ impl TestApp {
 
     pub async fn logs_of(&self, key_id: i64) -> Vec<Value> {
         self.flush().await;
-        let (status, page) = self.get(&format!("/api/api-keys/{key_id}/logs?page_size=200")).await;
+        let (status, page) = self
+            .get(&format!("/api/api-keys/{key_id}/logs?page_size=200"))
+            .await;
         assert_eq!(status, StatusCode::OK, "{page}");
         page["items"].as_array().unwrap().clone()
     }

@@ -10,7 +10,10 @@ async fn two_hundred_concurrent_requests_give_two_hundred_rows() {
     let (id, key) = app.new_key().await;
     let requests = (0..200).map(|i| {
         let model = if i % 2 == 0 { "gpt-test" } else { "gpt-other" };
-        app.chat(&key, json!({"model": model, "stream": i % 4 == 1, "messages": []}))
+        app.chat(
+            &key,
+            json!({"model": model, "stream": i % 4 == 1, "messages": []}),
+        )
     });
     let responses = futures_util::future::join_all(requests).await;
     for response in responses {
@@ -18,7 +21,9 @@ async fn two_hundred_concurrent_requests_give_two_hundred_rows() {
         response.bytes().await.unwrap();
     }
     app.flush().await;
-    let (_, logs) = app.get(&format!("/api/api-logs?key_id={id}&page_size=1")).await;
+    let (_, logs) = app
+        .get(&format!("/api/api-logs?key_id={id}&page_size=1"))
+        .await;
     assert_eq!(logs["total"], 200);
     let key = app.key_json(id).await;
     assert_eq!(key["usage_count"], 200);
@@ -56,12 +61,28 @@ async fn stats_over_a_known_mix_are_exact() {
     assert_eq!(stats["total_tokens"], 60);
     let by_model = stats["by_model"].as_array().unwrap();
     assert_eq!(by_model[0]["model"], "gpt-test");
-    assert_eq!((by_model[0]["calls"].as_i64(), by_model[0]["success_calls"].as_i64()), (Some(4), Some(4)));
+    assert_eq!(
+        (
+            by_model[0]["calls"].as_i64(),
+            by_model[0]["success_calls"].as_i64()
+        ),
+        (Some(4), Some(4))
+    );
     let fail = by_model.iter().find(|m| m["model"] == "gpt-fail").unwrap();
-    assert_eq!((fail["calls"].as_i64(), fail["error_calls"].as_i64(), fail["total_tokens"].as_i64()), (Some(2), Some(2), Some(0)));
+    assert_eq!(
+        (
+            fail["calls"].as_i64(),
+            fail["error_calls"].as_i64(),
+            fail["total_tokens"].as_i64()
+        ),
+        (Some(2), Some(2), Some(0))
+    );
     let by_day = stats["by_day"].as_array().unwrap();
     assert_eq!(by_day.len(), 7, "every day of the window, zeros included");
-    let counts: Vec<i64> = by_day.iter().map(|d| d["calls"].as_i64().unwrap()).collect();
+    let counts: Vec<i64> = by_day
+        .iter()
+        .map(|d| d["calls"].as_i64().unwrap())
+        .collect();
     assert_eq!(counts, [0, 0, 0, 0, 0, 2, 5]);
     assert_eq!(by_day[6]["error_calls"], 2);
     assert_eq!(by_day[6]["date"], app.clock.now().date().to_string());
@@ -69,7 +90,10 @@ async fn stats_over_a_known_mix_are_exact() {
     let (_, today) = app.get(&format!("/api/api-keys/{id}/stats?days=1")).await;
     assert_eq!(today["total_calls"], 5);
     let (status, error) = app.get(&format!("/api/api-keys/{id}/stats?days=0")).await;
-    assert_eq!((status.as_u16(), error["field"].as_str()), (400, Some("days")));
+    assert_eq!(
+        (status.as_u16(), error["field"].as_str()),
+        (400, Some("days"))
+    );
 }
 
 #[tokio::test]
@@ -78,18 +102,35 @@ async fn logs_page_newest_first_and_filter_by_status() {
     let (id, key) = app.new_key().await;
     for i in 0..5 {
         app.clock.advance(time::Duration::seconds(1));
-        app.chat_model(&key, if i == 2 { "gpt-fail" } else { "gpt-test" }).await;
+        app.chat_model(&key, if i == 2 { "gpt-fail" } else { "gpt-test" })
+            .await;
     }
     app.flush().await;
-    let (_, page) = app.get(&format!("/api/api-keys/{id}/logs?page=1&page_size=2")).await;
-    assert_eq!((page["total"].as_i64(), page["page"].as_i64(), page["page_size"].as_i64()), (Some(5), Some(1), Some(2)));
+    let (_, page) = app
+        .get(&format!("/api/api-keys/{id}/logs?page=1&page_size=2"))
+        .await;
+    assert_eq!(
+        (
+            page["total"].as_i64(),
+            page["page"].as_i64(),
+            page["page_size"].as_i64()
+        ),
+        (Some(5), Some(1), Some(2))
+    );
     let items = page["items"].as_array().unwrap();
     assert!(items[0]["timestamp"].as_str().unwrap() > items[1]["timestamp"].as_str().unwrap());
-    let (_, errors) = app.get(&format!("/api/api-keys/{id}/logs?status=error")).await;
+    let (_, errors) = app
+        .get(&format!("/api/api-keys/{id}/logs?status=error"))
+        .await;
     assert_eq!(errors["total"], 1);
     assert_eq!(errors["items"][0]["model"], "gpt-fail");
-    let (_, successes) = app.get(&format!("/api/api-logs?key_id={id}&status=success")).await;
+    let (_, successes) = app
+        .get(&format!("/api/api-logs?key_id={id}&status=success"))
+        .await;
     assert_eq!(successes["total"], 4);
     let (status, error) = app.get("/api/api-logs?status=maybe").await;
-    assert_eq!((status.as_u16(), error["field"].as_str()), (400, Some("status")));
+    assert_eq!(
+        (status.as_u16(), error["field"].as_str()),
+        (400, Some("status"))
+    );
 }

@@ -34,28 +34,51 @@ async fn relays_with_the_upstream_credential_and_never_the_client_key() {
     assert_eq!(via_header.status(), 200);
 
     let seen = app.upstream.seen();
-    assert_eq!(seen.len(), 1, "GET /v1/models is answered by its own mock route");
+    assert_eq!(
+        seen.len(),
+        1,
+        "GET /v1/models is answered by its own mock route"
+    );
     let request = &seen[0];
     assert_eq!(request.path_and_query, "/v1/chat/completions?trace=1");
-    assert_eq!(request.headers["authorization"], format!("Bearer {UPSTREAM_KEY}").as_str());
+    assert_eq!(
+        request.headers["authorization"],
+        format!("Bearer {UPSTREAM_KEY}").as_str()
+    );
     assert_eq!(request.headers["x-custom"], "kept");
     let forwarded: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
-    assert_eq!(forwarded["messages"][0]["content"], "hi", "body forwarded intact");
+    assert_eq!(
+        forwarded["messages"][0]["content"], "hi",
+        "body forwarded intact"
+    );
     assert!(request.headers.get("cookie").is_none());
     assert!(request.headers.get("x-api-key").is_none());
     for (_, value) in &request.headers {
-        assert!(!value.to_str().unwrap_or_default().contains(&key), "client key forwarded");
+        assert!(
+            !value.to_str().unwrap_or_default().contains(&key),
+            "client key forwarded"
+        );
     }
 
     let logs = app.logs_of(id).await;
     assert_eq!(logs.len(), 2);
-    let chat = logs.iter().find(|l| l["endpoint"] == "/v1/chat/completions").unwrap();
+    let chat = logs
+        .iter()
+        .find(|l| l["endpoint"] == "/v1/chat/completions")
+        .unwrap();
     assert_eq!(chat["model"], "gpt-test");
     assert_eq!(chat["status"], "success");
     assert_eq!(chat["http_status"], 200);
     assert_eq!(chat["ip_address"], "127.0.0.1");
     assert_eq!(chat["stream"], false);
-    assert_eq!((chat["prompt_tokens"].as_i64(), chat["completion_tokens"].as_i64(), chat["total_tokens"].as_i64()), (Some(5), Some(7), Some(12)));
+    assert_eq!(
+        (
+            chat["prompt_tokens"].as_i64(),
+            chat["completion_tokens"].as_i64(),
+            chat["total_tokens"].as_i64()
+        ),
+        (Some(5), Some(7), Some(12))
+    );
     assert!(chat["request_size"].as_i64().unwrap() > 20);
     assert!(chat["response_size"].as_i64().unwrap() > 100);
     assert_eq!(chat["error_message"], serde_json::Value::Null);
@@ -72,7 +95,10 @@ async fn streams_chunk_by_chunk_and_records_streamed_usage() {
         .chat(&key, json!({"model": "gpt-gated", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
         .await;
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let mut body = response.bytes_stream();
     // The upstream holds the rest of the stream until the gate opens: the first chunk must
     // already have arrived, so keygate is not buffering.
@@ -88,49 +114,89 @@ async fn streams_chunk_by_chunk_and_records_streamed_usage() {
         rest.extend_from_slice(&chunk.unwrap());
     }
     let rest = String::from_utf8(rest).unwrap();
-    assert!(rest.contains("\"lo\"") && rest.ends_with("data: [DONE]\n\n"), "{rest}");
+    assert!(
+        rest.contains("\"lo\"") && rest.ends_with("data: [DONE]\n\n"),
+        "{rest}"
+    );
 
     let logs = app.logs_of(id).await;
     assert_eq!(logs.len(), 1);
     assert_eq!(logs[0]["stream"], true);
     assert_eq!(logs[0]["status"], "success");
     assert_eq!(logs[0]["total_tokens"], 7);
-    assert_eq!(logs[0]["response_size"].as_i64().unwrap() as usize, first.len() + rest.len());
+    assert_eq!(
+        logs[0]["response_size"].as_i64().unwrap() as usize,
+        first.len() + rest.len()
+    );
 }
 
 #[tokio::test]
 async fn refused_keys_get_the_exact_401_body() {
     let app = spawn_app().await;
-    let (id, key) = app.create_key(json!({"name": "k", "expires_days": 1})).await;
+    let (id, key) = app
+        .create_key(json!({"name": "k", "expires_days": 1}))
+        .await;
     let unknown = uuid::Uuid::new_v4().to_string();
-    let no_key = app.client.post(app.url("/v1/chat/completions")).json(&json!({"model": "m"})).send().await.unwrap();
+    let no_key = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .json(&json!({"model": "m"}))
+        .send()
+        .await
+        .unwrap();
     let (status, body) = read(no_key).await;
-    assert_eq!((status.as_u16(), body.to_string()), (401, INVALID_KEY_BODY.to_string()));
+    assert_eq!(
+        (status.as_u16(), body.to_string()),
+        (401, INVALID_KEY_BODY.to_string())
+    );
     for presented in ["not-a-uuid", unknown.as_str()] {
         let (status, body) = app.chat_model(presented, "gpt-test").await;
-        assert_eq!((status.as_u16(), body.to_string()), (401, INVALID_KEY_BODY.to_string()));
+        assert_eq!(
+            (status.as_u16(), body.to_string()),
+            (401, INVALID_KEY_BODY.to_string())
+        );
     }
     // Works, then disabled → 401 on the very next request, then re-enabled.
     assert_eq!(app.chat_model(&key, "gpt-test").await.0, 200);
-    app.patch(&format!("/api/api-keys/{id}"), json!({"is_active": false})).await;
+    app.patch(&format!("/api/api-keys/{id}"), json!({"is_active": false}))
+        .await;
     let (status, body) = app.chat_model(&key, "gpt-test").await;
-    assert_eq!((status.as_u16(), body.to_string()), (401, INVALID_KEY_BODY.to_string()));
-    app.patch(&format!("/api/api-keys/{id}"), json!({"is_active": true})).await;
+    assert_eq!(
+        (status.as_u16(), body.to_string()),
+        (401, INVALID_KEY_BODY.to_string())
+    );
+    app.patch(&format!("/api/api-keys/{id}"), json!({"is_active": true}))
+        .await;
     assert_eq!(app.chat_model(&key, "gpt-test").await.0, 200);
     // Expired: the clock passes the expiry; refused at request time, no sweeper needed.
     app.clock.advance(time::Duration::days(1));
     let (status, body) = app.chat_model(&key, "gpt-test").await;
-    assert_eq!((status.as_u16(), body.to_string()), (401, INVALID_KEY_BODY.to_string()));
+    assert_eq!(
+        (status.as_u16(), body.to_string()),
+        (401, INVALID_KEY_BODY.to_string())
+    );
     assert_eq!(app.key_json(id).await["status"], "expired");
 
     let logs = app.logs_of(id).await;
-    let reasons: Vec<&str> = logs.iter().filter_map(|l| l["error_message"].as_str()).collect();
+    let reasons: Vec<&str> = logs
+        .iter()
+        .filter_map(|l| l["error_message"].as_str())
+        .collect();
     assert_eq!(reasons, ["expired API key", "disabled API key"]);
     let (_, anonymous) = app.get("/api/api-logs?status=error").await;
-    let anonymous: Vec<_> = anonymous["items"].as_array().unwrap().iter().filter(|l| l["api_key_id"].is_null()).collect();
+    let anonymous: Vec<_> = anonymous["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["api_key_id"].is_null())
+        .collect();
     assert_eq!(anonymous.len(), 3);
     assert!(anonymous.iter().all(|l| l["http_status"] == 401));
-    assert_eq!(app.key_json(id).await["usage_count"], 2, "refused requests do not count as usage");
+    assert_eq!(
+        app.key_json(id).await["usage_count"],
+        2,
+        "refused requests do not count as usage"
+    );
 }
 
 #[tokio::test]
@@ -138,13 +204,20 @@ async fn revoke_is_in_force_on_the_next_request_and_keeps_the_record() {
     let app = spawn_app().await;
     let (id, key) = app.new_key().await;
     assert_eq!(app.chat_model(&key, "gpt-test").await.0, 200);
-    let (status, revoked) = app.post(&format!("/api/api-keys/{id}/revoke"), json!({})).await;
+    let (status, revoked) = app
+        .post(&format!("/api/api-keys/{id}/revoke"), json!({}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(revoked["status"], "revoked");
     assert!(revoked["revoked_at"].is_string());
     let (status, body) = app.chat_model(&key, "gpt-test").await;
-    assert_eq!((status.as_u16(), body.to_string()), (401, INVALID_KEY_BODY.to_string()));
-    let (status, _) = app.patch(&format!("/api/api-keys/{id}"), json!({"is_active": true})).await;
+    assert_eq!(
+        (status.as_u16(), body.to_string()),
+        (401, INVALID_KEY_BODY.to_string())
+    );
+    let (status, _) = app
+        .patch(&format!("/api/api-keys/{id}"), json!({"is_active": true}))
+        .await;
     assert_eq!(status, 409, "a revoked key cannot be re-enabled");
     assert_eq!(app.logs_of(id).await.len(), 2, "row and logs stay");
 }
@@ -157,9 +230,15 @@ async fn oversized_body_is_413_and_logged() {
     let (status, body) = app.chat_model(&key, &big).await;
     assert_eq!(status, 413);
     assert_eq!(body["error"], "Payload Too Large");
-    assert!(body["message"].as_str().unwrap().contains("KEYGATE_MAX_BODY_BYTES"));
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("KEYGATE_MAX_BODY_BYTES"));
     // Chunked (no Content-Length) is cut off at the limit too.
-    let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(vec![b'x'; 700]), Ok(vec![b'y'; 700])]);
+    let stream = futures_util::stream::iter(vec![
+        Ok::<_, std::io::Error>(vec![b'x'; 700]),
+        Ok(vec![b'y'; 700]),
+    ]);
     let chunked = app
         .client
         .post(app.url("/v1/chat/completions"))
@@ -171,7 +250,9 @@ async fn oversized_body_is_413_and_logged() {
     assert_eq!(chunked.status(), 413);
     let logs = app.logs_of(id).await;
     assert_eq!(logs.len(), 2);
-    assert!(logs.iter().all(|l| l["http_status"] == 413 && l["status"] == "error"));
+    assert!(logs
+        .iter()
+        .all(|l| l["http_status"] == 413 && l["status"] == "error"));
     assert!(app.upstream.seen().is_empty());
 }
 
@@ -190,7 +271,14 @@ async fn upstream_down_is_502_and_slow_is_504() {
     assert_eq!(status, 502);
     assert_eq!(body["error"], "Bad Gateway");
     let logs = app.logs_of(id).await;
-    assert!(logs[0]["error_message"].as_str().unwrap().starts_with("upstream connect failed"), "{}", logs[0]);
+    assert!(
+        logs[0]["error_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream connect failed"),
+        "{}",
+        logs[0]
+    );
 
     let mut slow = spawn_mock_upstream().await;
     slow.addr = live_addr;
@@ -200,7 +288,14 @@ async fn upstream_down_is_502_and_slow_is_504() {
     assert_eq!(status, 504);
     assert_eq!(body["error"], "Gateway Timeout");
     let logs = app.logs_of(id).await;
-    assert!(logs[0]["error_message"].as_str().unwrap().contains("timed out"), "{}", logs[0]);
+    assert!(
+        logs[0]["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{}",
+        logs[0]
+    );
     assert_eq!(logs[0]["http_status"], 504);
 }
 
@@ -213,7 +308,10 @@ async fn upstream_errors_are_forwarded_and_logged_with_their_message() {
     assert_eq!(body["error"]["message"], "mock upstream failure");
     let logs = app.logs_of(id).await;
     assert_eq!(logs[0]["status"], "error");
-    assert_eq!(logs[0]["error_message"], "upstream returned HTTP 500: mock upstream failure");
+    assert_eq!(
+        logs[0]["error_message"],
+        "upstream returned HTTP 500: mock upstream failure"
+    );
     let (status, _) = app.admin(Method::GET, "/v1/models", None).await;
     assert_eq!(status, 401, "the admin token is not an API key");
 }

@@ -25,7 +25,8 @@ async fn openai_python_sdk_works_through_keygate() {
     let app = spawn_app().await;
     let (id, key) = app.new_key().await;
     let (revoked_id, revoked) = app.new_key().await;
-    app.post(&format!("/api/api-keys/{revoked_id}/revoke"), json!({})).await;
+    app.post(&format!("/api/api-keys/{revoked_id}/revoke"), json!({}))
+        .await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_client.py");
     let base_url = app.url("/v1");
     let output = tokio::task::spawn_blocking(move || {
@@ -40,11 +41,17 @@ async fn openai_python_sdk_works_through_keygate() {
     .await
     .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("plain: Hello from mock"), "{stdout}");
     assert!(stdout.contains("stream: Hello!"), "{stdout}");
     assert!(stdout.contains("revoked: AuthenticationError"), "{stdout}");
     let logs = app.logs_of(id).await;
     assert_eq!(logs.len(), 2);
-    assert!(logs.iter().any(|l| l["stream"] == true && l["status"] == "success"));
+    assert!(logs
+        .iter()
+        .any(|l| l["stream"] == true && l["status"] == "success"));
 }

@@ -8,8 +8,13 @@ use serde_json::json;
 use crate::helpers::*;
 
 async fn count_rows(db_path: &std::path::Path) -> i64 {
-    let pool = keygate::store::connect(&format!("sqlite://{}", db_path.display())).await.unwrap();
-    sqlx::query_scalar("SELECT COUNT(*) FROM api_call_logs").fetch_one(&pool).await.unwrap()
+    let pool = keygate::store::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT COUNT(*) FROM api_call_logs")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -27,14 +32,21 @@ async fn shutdown_flushes_pending_rows() {
 async fn sigterm_flushes_the_call_log_of_the_real_binary() {
     let upstream = spawn_mock_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let base = format!("http://127.0.0.1:{port}");
     let db_path = dir.path().join("keygate.db");
     let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
         .arg("serve")
         .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
         .env("DATABASE_URL", format!("sqlite://{}", db_path.display()))
-        .env("KEYGATE_UPSTREAM_URL", format!("http://{}/v1", upstream.addr))
+        .env(
+            "KEYGATE_UPSTREAM_URL",
+            format!("http://{}/v1", upstream.addr),
+        )
         .env("KEYGATE_UPSTREAM_API_KEY", UPSTREAM_KEY)
         .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "warn")
@@ -46,7 +58,10 @@ async fn sigterm_flushes_the_call_log_of_the_real_binary() {
     let client = reqwest::Client::new();
     let started = Instant::now();
     while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "keygate did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "keygate did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let created: serde_json::Value = client
@@ -70,7 +85,10 @@ async fn sigterm_flushes_the_call_log_of_the_real_binary() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let status = tokio::task::spawn_blocking(move || {
         let status = child.wait().unwrap();
