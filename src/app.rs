@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;

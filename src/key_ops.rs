@@ -86,6 +86,9 @@ pub struct CreateKey {
     pub description: Option<String>,
     #[serde(default)]
     pub expires_days: Option<i64>,
+    /// For short-lived keys (the seeds' "1 hour" choice).
+    #[serde(default)]
+    pub expires_hours: Option<i64>,
     #[serde(default)]
     pub expires_at: Option<String>,
     #[serde(default)]
@@ -110,6 +113,41 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<String>>,
     #[serde(default)]
     pub is_active: Option<bool>,
+}
+
+/// `POST /api/api-keys/{id}/renew`: exactly one of `days` (from now), `expires_at`, `never`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renewal {
+    #[serde(default)]
+    pub days: Option<i64>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub never: Option<bool>,
+}
+
+/// `POST /api/api-keys/renew-expiring`: keys expiring within `within_days` (default 7) get
+/// `extend_days` (default 30) more; `ids` narrows the batch to a chosen subset.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewExpiring {
+    #[serde(default)]
+    pub within_days: Option<i64>,
+    #[serde(default)]
+    pub extend_days: Option<i64>,
+    #[serde(default)]
+    pub ids: Option<Vec<i64>>,
+}
+
+/// What a batch renewal changed.
+#[derive(Clone, Debug, Serialize)]
+pub struct RenewedBatch {
+    pub within_days: i64,
+    pub extend_days: i64,
+    pub renewed: Vec<KeyView>,
+    /// Requested ids that are not expiring within the window (or do not exist): untouched.
+    pub skipped_ids: Vec<i64>,
 }
 
 /// Tells `"field": null` (Some(None)) from an absent field (None).
@@ -163,6 +201,7 @@ impl Keyring {
         let activation = request.expiration_mode == Some(ExpirationMode::Activation);
         let choices = [
             request.expires_days.is_some(),
+            request.expires_hours.is_some(),
             request.expires_at.is_some(),
             request.never == Some(true),
             activation,
@@ -170,7 +209,7 @@ impl Keyring {
         if choices.iter().filter(|c| **c).count() > 1 {
             return Err(ApiError::invalid(
                 "expires_at",
-                "give only one of expires_days, expires_at, never or expiration_mode \"activation\"",
+                "give only one of expires_days, expires_hours, expires_at, never or expiration_mode \"activation\"",
             ));
         }
         let (expires_at, activation_period, activation_unit) = if activation {
@@ -200,6 +239,11 @@ impl Keyring {
             ));
         } else if let Some(days) = request.expires_days {
             (Some(expiry_in_days("expires_days", days, now)?), None, None)
+        } else if let Some(hours) = request.expires_hours {
+            if !(1..=MAX_DAYS * 24).contains(&hours) {
+                return Err(ApiError::invalid("expires_hours", "must be a positive whole number of hours"));
+            }
+            (Some(now + hours * crate::clock::MS_PER_HOUR), None, None)
         } else if let Some(at) = &request.expires_at {
             (Some(future_time("expires_at", at, now)?), None, None)
         } else {
@@ -284,6 +328,123 @@ impl Keyring {
         self.cache.clear();
         tracing::info!(key_id = id, "API key revoked");
         Ok(row)
+    }
+
+    /// Renews one key (also an expired or disabled one, which becomes active again).
+    pub async fn renew(&self, id: i64, renewal: &Renewal) -> Result<KeyRow, ApiError> {
+        let now = self.now();
+        let chosen = [renewal.days.is_some(), renewal.expires_at.is_some(), renewal.never == Some(true)];
+        if chosen.iter().filter(|c| **c).count() != 1 {
+            return Err(ApiError::invalid("days", "give exactly one of days, expires_at or never: true"));
+        }
+        let expires_at = match (&renewal.days, &renewal.expires_at) {
+            (Some(days), _) => Some(expiry_in_days("days", *days, now)?),
+            (_, Some(at)) => Some(future_time("expires_at", at, now)?),
+            _ => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        let mut row = store::keys::get(&mut *tx, id).await?.ok_or(ApiError::NotFound("API key"))?;
+        if row.revoked_at.is_some() {
+            return Err(ApiError::Conflict(
+                "This key is revoked and cannot be renewed; create a new key instead".into(),
+            ));
+        }
+        row.expires_at = expires_at;
+        row.is_active = true;
+        row.expiration_mode = ExpirationMode::Fixed.as_str().into();
+        row.activated_at = row.activated_at.or(Some(now));
+        row.updated_at = now;
+        let row = store::keys::save(&mut *tx, &row).await?;
+        tx.commit().await?;
+        self.cache.clear();
+        tracing::info!(key_id = id, "API key renewed");
+        Ok(row)
+    }
+
+    /// Extends every key expiring within the window (or the chosen ones among them), in one transaction.
+    pub async fn renew_expiring(&self, request: &RenewExpiring) -> Result<RenewedBatch, ApiError> {
+        let now = self.now();
+        let within_days = request.within_days.unwrap_or(7);
+        let extend_days = request.extend_days.unwrap_or(30);
+        if !(1..=MAX_DAYS).contains(&within_days) {
+            return Err(ApiError::invalid("within_days", format!("must be between 1 and {MAX_DAYS}")));
+        }
+        if !(1..=MAX_DAYS).contains(&extend_days) {
+            return Err(ApiError::invalid("extend_days", format!("must be between 1 and {MAX_DAYS} (e.g. 30 or 90)")));
+        }
+        let mut tx = self.pool.begin().await?;
+        let candidates = store::keys::expiring_between(&mut *tx, now, now + within_days * MS_PER_DAY).await?;
+        let chosen: Vec<KeyRow> = match &request.ids {
+            Some(ids) => candidates.into_iter().filter(|row| ids.contains(&row.id)).collect(),
+            None => candidates,
+        };
+        let mut renewed = Vec::with_capacity(chosen.len());
+        for mut row in chosen {
+            row.expires_at = row.expires_at.map(|at| at + extend_days * MS_PER_DAY);
+            row.is_active = true;
+            row.updated_at = now;
+            renewed.push(store::keys::save(&mut *tx, &row).await?);
+        }
+        tx.commit().await?;
+        self.cache.clear();
+        let skipped_ids = request
+            .ids
+            .iter()
+            .flatten()
+            .filter(|id| !renewed.iter().any(|row| row.id == **id))
+            .copied()
+            .collect();
+        tracing::info!(keys = renewed.len(), extend_days, "expiring API keys renewed");
+        Ok(RenewedBatch {
+            within_days,
+            extend_days,
+            renewed: renewed.iter().map(|row| KeyView::new(row, now)).collect(),
+            skipped_ids,
+        })
+    }
+
+    /// A new secret for the same record and history; the old secret is dead at once.
+    pub async fn regenerate(&self, id: i64) -> Result<(KeyRow, String), ApiError> {
+        let now = self.now();
+        let mut tx = self.pool.begin().await?;
+        let mut row = store::keys::get(&mut *tx, id).await?.ok_or(ApiError::NotFound("API key"))?;
+        if row.revoked_at.is_some() {
+            return Err(ApiError::Conflict(
+                "This key is revoked and cannot be regenerated; create a new key instead".into(),
+            ));
+        }
+        let secret = keys::generate();
+        row.key_hash = keys::hash_hex(&secret);
+        row.encrypted_key = Some(self.fernet.encrypt(secret.as_bytes()));
+        row.key_preview = keys::preview(&secret);
+        row.updated_at = now;
+        let row = store::keys::save(&mut *tx, &row).await?;
+        tx.commit().await?;
+        self.cache.clear();
+        tracing::info!(key_id = id, "API key regenerated");
+        Ok((row, secret))
+    }
+
+    /// Gives every fixed-mode key without an expiry one `days` from now (the upgrade
+    /// migration of the seeds). Keys with an expiry are untouched, so a second run changes
+    /// nothing. With `dry_run`, reports what would change and writes nothing.
+    pub async fn add_default_expiry(&self, days: i64, dry_run: bool) -> Result<Vec<KeyRow>, ApiError> {
+        let now = self.now();
+        let expires_at = expiry_in_days("days", days, now)?;
+        let mut tx = self.pool.begin().await?;
+        let mut changed = Vec::new();
+        for mut row in store::keys::without_expiry(&mut *tx).await? {
+            row.expires_at = Some(expires_at);
+            row.updated_at = now;
+            changed.push(if dry_run { row } else { store::keys::save(&mut *tx, &row).await? });
+        }
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+            self.cache.clear();
+        }
+        Ok(changed)
     }
 
     /// Deletes a key and all its call logs.

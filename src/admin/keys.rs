@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{page, Listing};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson, ApiQuery};
-use crate::key_ops::{CreateKey, KeyPatch, KeyView};
+use crate::key_ops::{CreateKey, KeyPatch, KeyView, RenewExpiring, RenewedBatch, Renewal};
 use crate::keys::Status;
 use crate::store::keys::KeyFilter;
 use crate::store::logs::{KeyStats, LogRow};
@@ -19,7 +19,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api-keys", get(list).post(create))
         .route("/api-keys/{id}", get(show).patch(update).delete(remove))
+        .route("/api-keys/renew-expiring", post(renew_expiring))
         .route("/api-keys/{id}/revoke", post(revoke))
+        .route("/api-keys/{id}/renew", post(renew))
+        .route("/api-keys/{id}/regenerate", post(regenerate))
         .route("/api-keys/{id}/stats", get(stats))
         .route("/api-keys/{id}/logs", get(logs))
 }
@@ -93,6 +96,27 @@ async fn revoke(
 ) -> Result<Json<KeyView>, ApiError> {
     let row = state.keyring.revoke(id).await?;
     Ok(Json(state.keyring.view(&row)))
+}
+
+async fn renew(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    ApiJson(renewal): ApiJson<Renewal>,
+) -> Result<Json<KeyView>, ApiError> {
+    let row = state.keyring.renew(id, &renewal).await?;
+    Ok(Json(state.keyring.view(&row)))
+}
+
+async fn renew_expiring(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<RenewExpiring>,
+) -> Result<Json<RenewedBatch>, ApiError> {
+    Ok(Json(state.keyring.renew_expiring(&request).await?))
+}
+
+async fn regenerate(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<KeyView>, ApiError> {
+    let (row, secret) = state.keyring.regenerate(id).await?;
+    Ok(Json(state.keyring.view(&row).with_key(secret)))
 }
 
 async fn remove(

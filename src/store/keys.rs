@@ -245,6 +245,28 @@ pub async fn activate(
     get(pool, id).await
 }
 
+/// Live keys whose expiry falls in `(from, to]`, soonest first.
+pub async fn expiring_between<'e>(db: impl SqliteExecutor<'e>, from: i64, to: i64) -> sqlx::Result<Vec<KeyRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM api_keys WHERE revoked_at IS NULL AND expires_at > ? AND expires_at <= ? \
+         ORDER BY expires_at, id"
+    ))
+    .bind(from)
+    .bind(to)
+    .fetch_all(db)
+    .await
+}
+
+/// Unrevoked fixed-mode keys that never expire.
+pub async fn without_expiry<'e>(db: impl SqliteExecutor<'e>) -> sqlx::Result<Vec<KeyRow>> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM api_keys WHERE expires_at IS NULL AND expiration_mode = 'fixed' \
+         AND revoked_at IS NULL ORDER BY id"
+    ))
+    .fetch_all(db)
+    .await
+}
+
 /// Marks keys whose expiry has passed inactive (never deletes). Returns how many changed.
 pub async fn deactivate_expired<'e>(db: impl SqliteExecutor<'e>, now: i64) -> sqlx::Result<u64> {
     let done = sqlx::query(
