@@ -98,6 +98,12 @@ pub async fn serve(
     );
     let logs = state.logs.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Without TCP_NODELAY each streamed chunk waits on Nagle's algorithm and delayed ACKs (~40 ms).
+    let listener = listener.tap_io(|socket| {
+        if let Err(err) = socket.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     let server =
         axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grace = async {
