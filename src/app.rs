@@ -16,9 +16,9 @@ use crate::admin::{self, auth::AdminAuth};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::key_ops::Keyring;
-use crate::relay::{self, auth::KeyCache, upstream::Upstream};
+use crate::relay::{self, upstream::Upstream};
+use crate::secrets;
 use crate::tasks::{log_writer::LogSink, sweeper};
-use crate::{secrets, store};
 
 /// How long open connections (e.g. long streams) may take to finish after a shutdown signal.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
@@ -38,28 +38,18 @@ pub struct AppState {
 impl AppState {
     /// Opens the database, loads or creates the secrets, and starts the call-log writer.
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<AppState> {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "cannot create the data directory {}",
-                config.data_dir.display()
-            )
-        })?;
-        let pool = store::connect(&config.database_url).await?;
-        let fernet = Arc::new(secrets::fernet(&config)?);
+        let keyring = Keyring::open(&config, clock.clone()).await?;
+        let pool = keyring.pool.clone();
         let admin = Arc::new(AdminAuth::new(
             secrets::admin_token_hash(&pool, &config).await?,
         ));
         let upstream = Arc::new(Upstream::new(&config)?);
         if config.upstream_api_key.is_none() {
-            tracing::warn!("KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) is unset: requests go upstream without a credential");
+            tracing::warn!(
+                "KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) is unset: requests go upstream without a credential"
+            );
         }
         let (logs, _writer) = LogSink::spawn(pool.clone());
-        let keyring = Keyring {
-            pool: pool.clone(),
-            clock: clock.clone(),
-            fernet,
-            cache: Arc::new(KeyCache::default()),
-        };
         Ok(AppState {
             pool,
             config: Arc::new(config),

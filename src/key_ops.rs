@@ -171,6 +171,22 @@ pub struct Keyring {
 }
 
 impl Keyring {
+    /// Opens the store and the encryption key named by `config` (the server and the CLI alike).
+    pub async fn open(config: &crate::config::Config, clock: Clock) -> anyhow::Result<Keyring> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|err| {
+            anyhow::anyhow!(
+                "cannot create the data directory {}: {err}",
+                config.data_dir.display()
+            )
+        })?;
+        Ok(Keyring {
+            pool: store::connect(&config.database_url).await?,
+            clock,
+            fernet: Arc::new(crate::secrets::fernet(config)?),
+            cache: Arc::new(KeyCache::default()),
+        })
+    }
+
     pub fn now(&self) -> i64 {
         self.clock.now_ms()
     }
@@ -241,7 +257,10 @@ impl Keyring {
             (Some(expiry_in_days("expires_days", days, now)?), None, None)
         } else if let Some(hours) = request.expires_hours {
             if !(1..=MAX_DAYS * 24).contains(&hours) {
-                return Err(ApiError::invalid("expires_hours", "must be a positive whole number of hours"));
+                return Err(ApiError::invalid(
+                    "expires_hours",
+                    "must be a positive whole number of hours",
+                ));
             }
             (Some(now + hours * crate::clock::MS_PER_HOUR), None, None)
         } else if let Some(at) = &request.expires_at {
@@ -333,9 +352,16 @@ impl Keyring {
     /// Renews one key (also an expired or disabled one, which becomes active again).
     pub async fn renew(&self, id: i64, renewal: &Renewal) -> Result<KeyRow, ApiError> {
         let now = self.now();
-        let chosen = [renewal.days.is_some(), renewal.expires_at.is_some(), renewal.never == Some(true)];
+        let chosen = [
+            renewal.days.is_some(),
+            renewal.expires_at.is_some(),
+            renewal.never == Some(true),
+        ];
         if chosen.iter().filter(|c| **c).count() != 1 {
-            return Err(ApiError::invalid("days", "give exactly one of days, expires_at or never: true"));
+            return Err(ApiError::invalid(
+                "days",
+                "give exactly one of days, expires_at or never: true",
+            ));
         }
         let expires_at = match (&renewal.days, &renewal.expires_at) {
             (Some(days), _) => Some(expiry_in_days("days", *days, now)?),
@@ -343,7 +369,9 @@ impl Keyring {
             _ => None,
         };
         let mut tx = self.pool.begin().await?;
-        let mut row = store::keys::get(&mut *tx, id).await?.ok_or(ApiError::NotFound("API key"))?;
+        let mut row = store::keys::get(&mut *tx, id)
+            .await?
+            .ok_or(ApiError::NotFound("API key"))?;
         if row.revoked_at.is_some() {
             return Err(ApiError::Conflict(
                 "This key is revoked and cannot be renewed; create a new key instead".into(),
@@ -367,15 +395,25 @@ impl Keyring {
         let within_days = request.within_days.unwrap_or(7);
         let extend_days = request.extend_days.unwrap_or(30);
         if !(1..=MAX_DAYS).contains(&within_days) {
-            return Err(ApiError::invalid("within_days", format!("must be between 1 and {MAX_DAYS}")));
+            return Err(ApiError::invalid(
+                "within_days",
+                format!("must be between 1 and {MAX_DAYS}"),
+            ));
         }
         if !(1..=MAX_DAYS).contains(&extend_days) {
-            return Err(ApiError::invalid("extend_days", format!("must be between 1 and {MAX_DAYS} (e.g. 30 or 90)")));
+            return Err(ApiError::invalid(
+                "extend_days",
+                format!("must be between 1 and {MAX_DAYS} (e.g. 30 or 90)"),
+            ));
         }
         let mut tx = self.pool.begin().await?;
-        let candidates = store::keys::expiring_between(&mut *tx, now, now + within_days * MS_PER_DAY).await?;
+        let candidates =
+            store::keys::expiring_between(&mut *tx, now, now + within_days * MS_PER_DAY).await?;
         let chosen: Vec<KeyRow> = match &request.ids {
-            Some(ids) => candidates.into_iter().filter(|row| ids.contains(&row.id)).collect(),
+            Some(ids) => candidates
+                .into_iter()
+                .filter(|row| ids.contains(&row.id))
+                .collect(),
             None => candidates,
         };
         let mut renewed = Vec::with_capacity(chosen.len());
@@ -394,7 +432,11 @@ impl Keyring {
             .filter(|id| !renewed.iter().any(|row| row.id == **id))
             .copied()
             .collect();
-        tracing::info!(keys = renewed.len(), extend_days, "expiring API keys renewed");
+        tracing::info!(
+            keys = renewed.len(),
+            extend_days,
+            "expiring API keys renewed"
+        );
         Ok(RenewedBatch {
             within_days,
             extend_days,
@@ -407,7 +449,9 @@ impl Keyring {
     pub async fn regenerate(&self, id: i64) -> Result<(KeyRow, String), ApiError> {
         let now = self.now();
         let mut tx = self.pool.begin().await?;
-        let mut row = store::keys::get(&mut *tx, id).await?.ok_or(ApiError::NotFound("API key"))?;
+        let mut row = store::keys::get(&mut *tx, id)
+            .await?
+            .ok_or(ApiError::NotFound("API key"))?;
         if row.revoked_at.is_some() {
             return Err(ApiError::Conflict(
                 "This key is revoked and cannot be regenerated; create a new key instead".into(),
@@ -428,7 +472,11 @@ impl Keyring {
     /// Gives every fixed-mode key without an expiry one `days` from now (the upgrade
     /// migration of the seeds). Keys with an expiry are untouched, so a second run changes
     /// nothing. With `dry_run`, reports what would change and writes nothing.
-    pub async fn add_default_expiry(&self, days: i64, dry_run: bool) -> Result<Vec<KeyRow>, ApiError> {
+    pub async fn add_default_expiry(
+        &self,
+        days: i64,
+        dry_run: bool,
+    ) -> Result<Vec<KeyRow>, ApiError> {
         let now = self.now();
         let expires_at = expiry_in_days("days", days, now)?;
         let mut tx = self.pool.begin().await?;
@@ -436,7 +484,11 @@ impl Keyring {
         for mut row in store::keys::without_expiry(&mut *tx).await? {
             row.expires_at = Some(expires_at);
             row.updated_at = now;
-            changed.push(if dry_run { row } else { store::keys::save(&mut *tx, &row).await? });
+            changed.push(if dry_run {
+                row
+            } else {
+                store::keys::save(&mut *tx, &row).await?
+            });
         }
         if dry_run {
             tx.rollback().await?;

@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_args(&cli.config)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
+        command => keygate::cli::run(command, config).await,
     }
 }
 

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{page, Listing};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson, ApiQuery};
-use crate::key_ops::{CreateKey, KeyPatch, KeyView, RenewExpiring, RenewedBatch, Renewal};
+use crate::key_ops::{CreateKey, KeyPatch, KeyView, RenewExpiring, Renewal, RenewedBatch};
 use crate::keys::Status;
 use crate::store::keys::KeyFilter;
 use crate::store::logs::{KeyStats, LogRow};
@@ -114,7 +114,10 @@ async fn renew_expiring(
     Ok(Json(state.keyring.renew_expiring(&request).await?))
 }
 
-async fn regenerate(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<KeyView>, ApiError> {
+async fn regenerate(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<KeyView>, ApiError> {
     let (row, secret) = state.keyring.regenerate(id).await?;
     Ok(Json(state.keyring.view(&row).with_key(secret)))
 }

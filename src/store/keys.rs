@@ -246,7 +246,11 @@ pub async fn activate(
 }
 
 /// Live keys whose expiry falls in `(from, to]`, soonest first.
-pub async fn expiring_between<'e>(db: impl SqliteExecutor<'e>, from: i64, to: i64) -> sqlx::Result<Vec<KeyRow>> {
+pub async fn expiring_between<'e>(
+    db: impl SqliteExecutor<'e>,
+    from: i64,
+    to: i64,
+) -> sqlx::Result<Vec<KeyRow>> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM api_keys WHERE revoked_at IS NULL AND expires_at > ? AND expires_at <= ? \
          ORDER BY expires_at, id"

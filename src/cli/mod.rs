@@ -1,0 +1,68 @@
+//! The command line: `keygate serve` (the default), and the commands that work on the store
+//! directly, with or without the server running, through the same key operations.
+
+mod expiry;
+
+use clap::{Parser, Subcommand};
+
+use crate::clock::Clock;
+use crate::config::{Config, ConfigArgs};
+use crate::key_ops::Keyring;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keygate",
+    version,
+    about = "API key gateway for OpenAI-compatible LLM APIs"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway (the default when no command is given).
+    Serve,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Data migrations.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create the five test keys of the expiry guide (expired a day ago, 1 hour, 1 day,
+    /// 7 days, never) and print them, for trying the expiry lifecycle by hand.
+    SeedTest,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrateCommand {
+    /// Give every key without an expiry (fixed mode, not revoked) one N days from now.
+    /// Keys that already expire are untouched, so running it twice changes nothing.
+    ApikeyExpiry {
+        /// Days from now until the new expiry.
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        /// Show what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Runs a command other than `serve`.
+pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    let keyring = Keyring::open(&config, Clock::System).await?;
+    match command {
+        Command::Serve => anyhow::bail!("`serve` is run by main"),
+        Command::Keys(KeysCommand::SeedTest) => expiry::seed_test(&keyring).await,
+        Command::Migrate(MigrateCommand::ApikeyExpiry { days, dry_run }) => {
+            expiry::migrate_expiry(&keyring, days, dry_run).await
+        }
+    }
+}
