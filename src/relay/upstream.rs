@@ -193,6 +193,7 @@ pub fn respond(
     let mut response = Response::new(RecordedBody {
         inner: body,
         idle: Box::pin(tokio::time::sleep(idle_timeout)),
+        last_frame: tokio::time::Instant::now(),
         idle_timeout,
         call: Some(PendingCall {
             record,
@@ -219,7 +220,10 @@ struct PendingCall {
 /// and sends the call record exactly once: at the end, on an error, or when dropped early.
 pub struct RecordedBody {
     inner: Incoming,
+    /// Fires at the latest possible idle deadline; re-armed from `last_frame` only when it
+    /// fires, so a busy stream costs no timer work per frame.
     idle: Pin<Box<Sleep>>,
+    last_frame: tokio::time::Instant,
     idle_timeout: Duration,
     call: Option<PendingCall>,
 }
@@ -276,8 +280,7 @@ impl Body for RecordedBody {
                 if this.inner.is_end_stream() {
                     this.finish(None);
                 } else {
-                    let deadline = tokio::time::Instant::now() + this.idle_timeout;
-                    this.idle.as_mut().reset(deadline);
+                    this.last_frame = tokio::time::Instant::now();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -292,9 +295,13 @@ impl Body for RecordedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.call.is_some() && this.idle.as_mut().poll(cx).is_ready() {
-                    this.finish(Some("upstream timed out mid-response".into()));
-                    return Poll::Ready(Some(Err("upstream timed out mid-response".into())));
+                while this.call.is_some() && this.idle.as_mut().poll(cx).is_ready() {
+                    let deadline = this.last_frame + this.idle_timeout;
+                    if deadline <= tokio::time::Instant::now() {
+                        this.finish(Some("upstream timed out mid-response".into()));
+                        return Poll::Ready(Some(Err("upstream timed out mid-response".into())));
+                    }
+                    this.idle.as_mut().reset(deadline);
                 }
                 Poll::Pending
             }

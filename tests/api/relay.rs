@@ -315,3 +315,32 @@ async fn upstream_errors_are_forwarded_and_logged_with_their_message() {
     let (status, _) = app.admin(Method::GET, "/v1/models", None).await;
     assert_eq!(status, 401, "the admin token is not an API key");
 }
+
+#[tokio::test]
+async fn a_stream_that_stalls_is_ended_and_logged() {
+    let app = spawn_app_with(&["--upstream-timeout", "300ms"]).await;
+    let (id, key) = app.new_key().await;
+    let response = app
+        .chat(
+            &key,
+            json!({"model": "gpt-gated", "stream": true, "messages": []}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("Hel"));
+    // The gate never opens: keygate ends the stream after the idle timeout.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled stream was not ended");
+    let logs = app.logs_of(id).await;
+    assert_eq!(logs[0]["status"], "error");
+    assert_eq!(logs[0]["error_message"], "upstream timed out mid-response");
+    assert_eq!(
+        logs[0]["response_size"].as_i64().unwrap() as usize,
+        first.len()
+    );
+}
