@@ -82,22 +82,14 @@ impl KeyView {
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     pub name: String,
-    #[serde(default)]
     pub description: Option<String>,
-    #[serde(default)]
     pub expires_days: Option<i64>,
     /// For short-lived keys (the seeds' "1 hour" choice).
-    #[serde(default)]
     pub expires_hours: Option<i64>,
-    #[serde(default)]
     pub expires_at: Option<String>,
-    #[serde(default)]
     pub never: Option<bool>,
-    #[serde(default)]
     pub expiration_mode: Option<ExpirationMode>,
-    #[serde(default)]
     pub activation_period: Option<i64>,
-    #[serde(default)]
     pub activation_unit: Option<ActivationUnit>,
 }
 
@@ -105,13 +97,11 @@ pub struct CreateKey {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyPatch {
-    #[serde(default)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub description: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     pub expires_at: Option<Option<String>>,
-    #[serde(default)]
     pub is_active: Option<bool>,
 }
 
@@ -119,11 +109,8 @@ pub struct KeyPatch {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Renewal {
-    #[serde(default)]
     pub days: Option<i64>,
-    #[serde(default)]
     pub expires_at: Option<String>,
-    #[serde(default)]
     pub never: Option<bool>,
 }
 
@@ -132,11 +119,8 @@ pub struct Renewal {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenewExpiring {
-    #[serde(default)]
     pub within_days: Option<i64>,
-    #[serde(default)]
     pub extend_days: Option<i64>,
-    #[serde(default)]
     pub ids: Option<Vec<i64>>,
 }
 

@@ -29,13 +29,9 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Deserialize)]
 struct ListQuery {
-    #[serde(default)]
     status: Option<String>,
-    #[serde(default)]
     search: Option<String>,
-    #[serde(default)]
     page: Option<i64>,
-    #[serde(default)]
     page_size: Option<i64>,
 }
 
@@ -132,7 +128,6 @@ async fn remove(
 
 #[derive(Deserialize)]
 struct StatsQuery {
-    #[serde(default)]
     days: Option<i64>,
 }
 
@@ -153,11 +148,8 @@ async fn stats(
 
 #[derive(Deserialize)]
 struct KeyLogsQuery {
-    #[serde(default)]
     status: Option<String>,
-    #[serde(default)]
     page: Option<i64>,
-    #[serde(default)]
     page_size: Option<i64>,
 }
 

@@ -17,13 +17,9 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Deserialize)]
 struct LogsQuery {
-    #[serde(default)]
     key_id: Option<i64>,
-    #[serde(default)]
     status: Option<String>,
-    #[serde(default)]
     page: Option<i64>,
-    #[serde(default)]
     page_size: Option<i64>,
 }
 

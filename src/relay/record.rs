@@ -36,20 +36,15 @@ impl CallRecord {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
-    #[serde(default)]
     pub prompt_tokens: Option<i64>,
-    #[serde(default)]
     pub completion_tokens: Option<i64>,
-    #[serde(default)]
     pub total_tokens: Option<i64>,
 }
 
 /// What a request body says about itself: only `model` and `stream` are read.
 #[derive(Debug, Default, Deserialize)]
 pub struct RequestSummary {
-    #[serde(default)]
     pub model: Option<String>,
-    #[serde(default)]
     pub stream: Option<bool>,
 }
 
@@ -65,9 +60,7 @@ impl RequestSummary {
 
 #[derive(Deserialize)]
 struct UsageCarrier {
-    #[serde(default)]
     usage: Option<Usage>,
-    #[serde(default)]
     error: Option<UpstreamError>,
 }
 
@@ -75,7 +68,6 @@ struct UsageCarrier {
 #[serde(untagged)]
 enum UpstreamError {
     Object {
-        #[serde(default)]
         message: Option<String>,
     },
     Text(String),
