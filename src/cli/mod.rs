@@ -1,6 +1,7 @@
 //! The command line: `keygate serve` (the default), and the commands that work on the store
 //! directly, with or without the server running, through the same key operations.
 
+pub mod data;
 mod expiry;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,17 @@ pub enum Command {
     /// Data migrations.
     #[command(subcommand)]
     Migrate(MigrateCommand),
+    /// Export and import keys and call logs (backups, moving between machines).
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Write keys and/or call logs to a JSON file.
+    Export(data::ExportArgs),
+    /// Read a JSON export into this database, in one transaction.
+    Import(data::ImportArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,5 +76,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Migrate(MigrateCommand::ApikeyExpiry { days, dry_run }) => {
             expiry::migrate_expiry(&keyring, days, dry_run).await
         }
+        Command::Data(DataCommand::Export(args)) => data::export(&keyring, &args).await,
+        Command::Data(DataCommand::Import(args)) => data::import(&keyring, &args).await,
     }
 }
