@@ -1,5 +1,7 @@
 //! Entry point: parse the CLI, start tracing, load config, dispatch.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use keygate::cli::{Cli, Command};
@@ -8,7 +10,17 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
     tracing_subscriber::fmt()

@@ -3,6 +3,8 @@
 
 pub mod data;
 mod expiry;
+pub mod keys;
+pub mod menu;
 
 use clap::{Parser, Subcommand};
 
@@ -27,9 +29,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway (the default when no command is given).
     Serve,
-    /// Manage API keys.
-    #[command(subcommand)]
-    Keys(KeysCommand),
+    /// Manage API keys; with no subcommand, an interactive menu (on a terminal).
+    Keys {
+        #[command(subcommand)]
+        command: Option<keys::KeysCommand>,
+    },
     /// Data migrations.
     #[command(subcommand)]
     Migrate(MigrateCommand),
@@ -44,13 +48,6 @@ pub enum DataCommand {
     Export(data::ExportArgs),
     /// Read a JSON export into this database, in one transaction.
     Import(data::ImportArgs),
-}
-
-#[derive(Subcommand, Debug)]
-pub enum KeysCommand {
-    /// Create the five test keys of the expiry guide (expired a day ago, 1 hour, 1 day,
-    /// 7 days, never) and print them, for trying the expiry lifecycle by hand.
-    SeedTest,
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,7 +69,10 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     let keyring = Keyring::open(&config, Clock::System).await?;
     match command {
         Command::Serve => anyhow::bail!("`serve` is run by main"),
-        Command::Keys(KeysCommand::SeedTest) => expiry::seed_test(&keyring).await,
+        Command::Keys {
+            command: Some(command),
+        } => keys::run(&keyring, command).await,
+        Command::Keys { command: None } => menu::run(&keyring).await,
         Command::Migrate(MigrateCommand::ApikeyExpiry { days, dry_run }) => {
             expiry::migrate_expiry(&keyring, days, dry_run).await
         }

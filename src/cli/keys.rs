@@ -1,0 +1,402 @@
+//! `keygate keys …`: the key commands, with a coloured table or `--json`.
+
+use std::io::IsTerminal;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use console::style;
+
+use crate::clock::{parse_rfc3339, rfc3339, MS_PER_DAY, MS_PER_HOUR};
+use crate::key_ops::{CreateKey, KeyPatch, KeyView, Keyring, RenewExpiring, Renewal};
+use crate::keys::{ActivationUnit, ExpirationMode, Status};
+use crate::store::keys::KeyFilter;
+use crate::store::Page;
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// List keys: id, name, masked key, status, expiry, usage.
+    List(ListArgs),
+    /// Create a key and print it (the only time the full key is shown).
+    Create(CreateArgs),
+    /// Show one key.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a key's expiry: 1h, 1d, 7d, 30d, 90d, 365d (any Nh/Nd), never, or an RFC 3339 date-time.
+    Expiry { id: i64, expiry: String },
+    /// Renew a key (also an expired or disabled one): N days from now, to a date, or never.
+    Renew {
+        id: i64,
+        #[arg(long, conflicts_with_all = ["until", "never"])]
+        days: Option<i64>,
+        /// RFC 3339 date-time in the future.
+        #[arg(long, conflicts_with = "never")]
+        until: Option<String>,
+        #[arg(long)]
+        never: bool,
+    },
+    /// Extend every key expiring within N days.
+    RenewExpiring {
+        #[arg(long, default_value_t = 7)]
+        within: i64,
+        #[arg(long, default_value_t = 30)]
+        extend: i64,
+        /// Only these key ids (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<i64>>,
+    },
+    /// Revoke a key at once and for good (its record and logs stay).
+    Revoke { id: i64 },
+    /// Give a key a new secret (printed once); the old one stops working at once.
+    Regenerate { id: i64 },
+    /// Delete a key and all its call logs.
+    Delete {
+        id: i64,
+        /// Don't ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Create the five test keys of the expiry guide (expired, 1 hour, 1 day, 7 days, never).
+    SeedTest,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// active, pending, expired, disabled or revoked.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Text to find in name or description.
+    #[arg(long)]
+    pub search: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub description: Option<String>,
+    /// 1h, 1d, 7d, 30d, 90d, 180d, 365d (any Nh/Nd), never, or an RFC 3339 date-time.
+    #[arg(long, default_value = "never", conflicts_with = "activation")]
+    pub expires: String,
+    /// Activation mode: the key lives this long (Nh or Nd) from its first use.
+    #[arg(long)]
+    pub activation: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::List(args) => list(keyring, args).await,
+        KeysCommand::Create(args) => create(keyring, args).await,
+        KeysCommand::Show { id, json } => {
+            let view = keyring.view(&keyring.get(id).await?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+                Ok(())
+            } else {
+                print_keys(&[view], false)
+            }
+        }
+        KeysCommand::Expiry { id, expiry } => {
+            let expires_at = parse_expiry(&expiry, keyring.now())?;
+            let patch = KeyPatch {
+                expires_at: Some(expires_at.map(rfc3339)),
+                ..Default::default()
+            };
+            let row = keyring.update(id, &patch).await?;
+            println!(
+                "Expiry of key #{id} set to {}.",
+                describe_expiry(&keyring.view(&row))
+            );
+            Ok(())
+        }
+        KeysCommand::Renew {
+            id,
+            days,
+            until,
+            never,
+        } => {
+            let renewal = Renewal {
+                days,
+                expires_at: until,
+                never: never.then_some(true),
+            };
+            let renewal = if renewal.days.is_none() && renewal.expires_at.is_none() && !never {
+                Renewal {
+                    days: Some(30),
+                    ..renewal
+                }
+            } else {
+                renewal
+            };
+            let row = keyring.renew(id, &renewal).await?;
+            println!(
+                "Key #{id} renewed: {}.",
+                describe_expiry(&keyring.view(&row))
+            );
+            Ok(())
+        }
+        KeysCommand::RenewExpiring {
+            within,
+            extend,
+            ids,
+        } => {
+            let request = RenewExpiring {
+                within_days: Some(within),
+                extend_days: Some(extend),
+                ids,
+            };
+            let batch = keyring.renew_expiring(&request).await?;
+            if batch.renewed.is_empty() {
+                println!("No key expires within {within} days: nothing renewed.");
+            } else {
+                println!("Renewed {} key(s) by {extend} days:", batch.renewed.len());
+                print_keys(&batch.renewed, false)?;
+            }
+            if !batch.skipped_ids.is_empty() {
+                println!(
+                    "Skipped (not expiring within {within} days): {:?}",
+                    batch.skipped_ids
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { id } => {
+            keyring.revoke(id).await?;
+            println!(
+                "Key #{id} revoked: it can never authenticate again. Its record and logs are kept."
+            );
+            Ok(())
+        }
+        KeysCommand::Regenerate { id } => {
+            let (row, secret) = keyring.regenerate(id).await?;
+            println!(
+                "New key for #{id} '{}' (shown once, store it now):\n\n  {secret}\n",
+                row.name
+            );
+            println!("The old key stopped working.");
+            Ok(())
+        }
+        KeysCommand::Delete { id, yes } => {
+            let row = keyring.get(id).await?;
+            if !yes
+                && !confirm(&format!(
+                    "Delete key #{id} '{}' and all its call logs? This cannot be undone",
+                    row.name
+                ))?
+            {
+                println!("Not deleted.");
+                return Ok(());
+            }
+            keyring.delete(id).await?;
+            println!("Key #{id} and its call logs deleted.");
+            Ok(())
+        }
+        KeysCommand::SeedTest => super::expiry::seed_test(keyring).await,
+    }
+}
+
+/// Asks on the terminal; without one, refuses (the caller says which flag skips the question).
+pub fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("{question}? There is no terminal to ask on: pass --yes to confirm.");
+    }
+    Ok(dialoguer::Confirm::new()
+        .with_prompt(question)
+        .default(false)
+        .interact()?)
+}
+
+async fn list(keyring: &Keyring, args: ListArgs) -> anyhow::Result<()> {
+    let status = match args.status.as_deref() {
+        None => None,
+        Some(text) => Some(Status::parse(text).with_context(|| {
+            format!("--status: `{text}` is not one of active, pending, expired, disabled, revoked")
+        })?),
+    };
+    let filter = KeyFilter {
+        status,
+        search: args.search,
+    };
+    let mut views = Vec::new();
+    let mut page = Page {
+        page: 1,
+        page_size: 200,
+    };
+    loop {
+        let (rows, total) = keyring.list(&filter, page).await?;
+        views.extend(rows.iter().map(|row| keyring.view(row)));
+        if views.len() as i64 >= total || rows.is_empty() {
+            break;
+        }
+        page.page += 1;
+    }
+    if views.is_empty() && !args.json {
+        println!("No keys. Create one with: keygate keys create --name NAME");
+        return Ok(());
+    }
+    print_keys(&views, args.json)
+}
+
+async fn create(keyring: &Keyring, args: CreateArgs) -> anyhow::Result<()> {
+    let now = keyring.now();
+    let mut request = CreateKey {
+        name: args.name,
+        description: args.description,
+        ..Default::default()
+    };
+    if let Some(period) = &args.activation {
+        let (n, unit) = parse_period(period)
+            .with_context(|| format!("--activation: `{period}` is not like 12h or 30d"))?;
+        request.expiration_mode = Some(ExpirationMode::Activation);
+        request.activation_period = Some(n);
+        request.activation_unit = Some(unit);
+    } else {
+        match parse_expiry(&args.expires, now)? {
+            None => request.never = Some(true),
+            Some(at) => request.expires_at = Some(rfc3339(at)),
+        }
+    }
+    let (row, secret) = keyring.create(&request).await?;
+    let view = keyring.view(&row).with_key(secret.clone());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    println!(
+        "Created key #{} '{}', {}.",
+        view.id,
+        view.name,
+        describe_expiry(&view)
+    );
+    println!("\n  {secret}\n\nThis is the only time the full key is shown: store it now.");
+    Ok(())
+}
+
+/// `Nh` / `Nd` → (N, unit).
+fn parse_period(text: &str) -> Option<(i64, ActivationUnit)> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: i64 = number.parse().ok().filter(|n| *n > 0)?;
+    match unit {
+        "h" => Some((n, ActivationUnit::Hours)),
+        "d" => Some((n, ActivationUnit::Days)),
+        _ => None,
+    }
+}
+
+/// The expiry choices of the seeds: `never`, `Nh`, `Nd`, or an RFC 3339 date-time in the future.
+pub fn parse_expiry(text: &str, now: i64) -> anyhow::Result<Option<i64>> {
+    if text.trim().eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    if let Some((n, unit)) = parse_period(text) {
+        let unit_ms = if unit == ActivationUnit::Hours {
+            MS_PER_HOUR
+        } else {
+            MS_PER_DAY
+        };
+        return Ok(Some(now + n * unit_ms));
+    }
+    match parse_rfc3339(text) {
+        Some(at) if at > now => Ok(Some(at)),
+        Some(_) => bail!("expiry `{text}` is in the past: give a future date-time"),
+        None => bail!("expiry `{text}` is not one of 1h, 1d, 7d, 30d, 90d, 365d, never, or an RFC 3339 date-time like 2027-01-31T00:00:00Z"),
+    }
+}
+
+/// "never expires", "expires 2026-12-01 10:00 UTC (in 6d)", "expired 2026-11-01 …".
+pub fn describe_expiry(view: &KeyView) -> String {
+    match (view.expires_at, view.expires_in_seconds) {
+        (Some(at), Some(secs)) => {
+            let when = rfc3339(at)[..16].replace('T', " ") + " UTC";
+            if secs <= 0 {
+                format!("expired {when}")
+            } else {
+                format!("expires {when} (in {})", human(secs))
+            }
+        }
+        _ if view.status == Status::Pending => format!(
+            "starts counting at first use ({} {})",
+            view.activation_period.unwrap_or_default(),
+            view.activation_unit.as_deref().unwrap_or("days")
+        ),
+        _ => "never expires".into(),
+    }
+}
+
+fn human(secs: i64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3_600 => format!("{}h", s / 3_600),
+        s => format!("{}m", (s / 60).max(1)),
+    }
+}
+
+/// A coloured status: red expired/revoked, yellow expiring within 7 days, green active.
+pub fn coloured_status(view: &KeyView) -> String {
+    let text = if view.expiring_soon {
+        "expiring soon"
+    } else {
+        view.status.as_str()
+    };
+    let styled = match view.status {
+        Status::Expired | Status::Revoked => style(text).red(),
+        Status::Active if view.expiring_soon => style(text).yellow(),
+        Status::Active => style(text).green(),
+        Status::Disabled | Status::Pending => style(text).dim(),
+    };
+    styled.to_string()
+}
+
+pub fn print_keys(views: &[KeyView], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(views)?);
+        return Ok(());
+    }
+    println!(
+        "{:>5}  {:<24} {:<10} {:<14} {:<22} {:>7}  last used",
+        "id", "name", "key", "status", "expires", "usage"
+    );
+    for view in views {
+        let expires = match view.expires_at {
+            None if view.status == Status::Pending => {
+                "at first use +".to_string()
+                    + &view.activation_period.unwrap_or_default().to_string()
+                    + &view.activation_unit.as_deref().unwrap_or("d")[..1]
+            }
+            None => "∞ never".into(),
+            Some(at) => rfc3339(at)[..16].replace('T', " "),
+        };
+        let status = coloured_status(view);
+        // Pad by the visible width: colour codes take no columns.
+        let pad = 14usize.saturating_sub(console::measure_text_width(&status));
+        println!(
+            "{:>5}  {:<24} {:<10} {status}{} {:<22} {:>7}  {}",
+            view.id,
+            truncate(&view.name, 24),
+            view.key_preview,
+            " ".repeat(pad),
+            expires,
+            view.usage_count,
+            view.last_used_at
+                .map(|t| rfc3339(t)[..16].replace('T', " "))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    Ok(())
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        text.chars().take(width - 1).collect::<String>() + "…"
+    }
+}
