@@ -62,7 +62,7 @@ impl ApiError {
             ApiError::Invalid { field, message } => format!("{field}: {message}"),
             ApiError::InvalidKey => INVALID_KEY_MESSAGE.to_string(),
             ApiError::AdminAuth => {
-                "Log in to the console, or send Authorization: Bearer <KEYGATE_ADMIN_TOKEN>".into()
+                "Send Authorization: Bearer <KEYGATE_ADMIN_TOKEN>, or log in with POST /api/auth/login".into()
             }
             ApiError::NotFound(what) => format!("No {what} with that id; list them to find the right one"),
             ApiError::Conflict(message) => message.clone(),

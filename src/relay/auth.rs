@@ -30,6 +30,8 @@ pub struct AuthedKey {
 pub struct AuthFailure {
     pub key_id: Option<i64>,
     pub reason: &'static str,
+    /// The store failed: a server error, not the client's key.
+    pub internal: bool,
 }
 
 impl AuthFailure {
@@ -37,6 +39,15 @@ impl AuthFailure {
         AuthFailure {
             key_id: None,
             reason,
+            internal: false,
+        }
+    }
+
+    pub fn internal(key_id: Option<i64>, reason: &'static str) -> Self {
+        AuthFailure {
+            key_id,
+            reason,
+            internal: true,
         }
     }
 }
@@ -124,7 +135,7 @@ async fn lookup(pool: &SqlitePool, hash: &KeyHash) -> Result<Option<Arc<AuthedKe
         .await
         .map_err(|err| {
             tracing::error!(error = %err, "key lookup failed");
-            AuthFailure::anonymous("key lookup failed")
+            AuthFailure::internal(None, "key lookup failed")
         })?;
     Ok(row
         .filter(|row| {

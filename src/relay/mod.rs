@@ -79,7 +79,7 @@ async fn forward(
 ) -> Result<Response, Refusal> {
     let key = auth::authenticate(&state.pool, &state.keyring.cache, &parts.headers)
         .await
-        .map_err(|failure| Refusal::new(ApiError::InvalidKey, failure.reason))?;
+        .map_err(refuse)?;
     record.api_key_id = Some(key.id);
     policy::admit(
         &state.pool,
@@ -88,7 +88,7 @@ async fn forward(
         state.clock.now_ms(),
     )
     .await
-    .map_err(|failure| Refusal::new(ApiError::InvalidKey, failure.reason))?;
+    .map_err(refuse)?;
     record.authenticated = true;
 
     let body = read_body(&parts, body, state.config.max_body_bytes).await?;
@@ -124,6 +124,16 @@ async fn forward(
         timeout,
     )
     .map(Body::new))
+}
+
+/// The 401 of SPEC §3, or a 500 when the store (not the key) failed.
+fn refuse(failure: auth::AuthFailure) -> Refusal {
+    let error = if failure.internal {
+        ApiError::Internal(anyhow::anyhow!(failure.reason))
+    } else {
+        ApiError::InvalidKey
+    };
+    Refusal::new(error, failure.reason)
 }
 
 /// The whole request body, or 413 past the limit.

@@ -18,6 +18,7 @@ pub async fn admit(
         Err(AuthFailure {
             key_id: Some(key.id),
             reason,
+            internal: false,
         })
     };
     match key.lifecycle.status(now) {
@@ -40,7 +41,7 @@ pub async fn admit(
                 Ok(_) => refuse("inactive API key"),
                 Err(err) => {
                     tracing::error!(error = %err, key_id = key.id, "activating a key failed");
-                    refuse("key activation failed")
+                    Err(AuthFailure::internal(Some(key.id), "key activation failed"))
                 }
             }
         }

@@ -21,7 +21,7 @@ async fn health_is_public_and_admin_needs_auth() {
     let body: serde_json::Value = anonymous.json().await.unwrap();
     assert_eq!(
         body,
-        json!({"error": "Unauthorized", "message": "Log in to the console, or send Authorization: Bearer <KEYGATE_ADMIN_TOKEN>"})
+        json!({"error": "Unauthorized", "message": "Send Authorization: Bearer <KEYGATE_ADMIN_TOKEN>, or log in with POST /api/auth/login"})
     );
     let wrong = app
         .client
