@@ -277,7 +277,7 @@ impl Keyring {
     /// Applies a PATCH; in force on the next request.
     pub async fn update(&self, id: i64, patch: &KeyPatch) -> Result<KeyRow, ApiError> {
         let now = self.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = store::begin_write(&self.pool).await?;
         let mut row = store::keys::get(&mut *tx, id)
             .await?
             .ok_or(ApiError::NotFound("API key"))?;
@@ -317,7 +317,7 @@ impl Keyring {
     /// Revokes a key at once and for good; its row and logs stay.
     pub async fn revoke(&self, id: i64) -> Result<KeyRow, ApiError> {
         let now = self.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = store::begin_write(&self.pool).await?;
         let mut row = store::keys::get(&mut *tx, id)
             .await?
             .ok_or(ApiError::NotFound("API key"))?;
@@ -352,7 +352,7 @@ impl Keyring {
             (_, Some(at)) => Some(future_time("expires_at", at, now)?),
             _ => None,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = store::begin_write(&self.pool).await?;
         let mut row = store::keys::get(&mut *tx, id)
             .await?
             .ok_or(ApiError::NotFound("API key"))?;
@@ -390,7 +390,7 @@ impl Keyring {
                 format!("must be between 1 and {MAX_DAYS} (e.g. 30 or 90)"),
             ));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = store::begin_write(&self.pool).await?;
         let candidates =
             store::keys::expiring_between(&mut *tx, now, now + within_days * MS_PER_DAY).await?;
         let chosen: Vec<KeyRow> = match &request.ids {
@@ -432,7 +432,7 @@ impl Keyring {
     /// A new secret for the same record and history; the old secret is dead at once.
     pub async fn regenerate(&self, id: i64) -> Result<(KeyRow, String), ApiError> {
         let now = self.now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = store::begin_write(&self.pool).await?;
         let mut row = store::keys::get(&mut *tx, id)
             .await?
             .ok_or(ApiError::NotFound("API key"))?;
@@ -463,7 +463,7 @@ impl Keyring {
     ) -> Result<Vec<KeyRow>, ApiError> {
         let now = self.now();
         let expires_at = expiry_in_days("days", days, now)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = store::begin_write(&self.pool).await?;
         let mut changed = Vec::new();
         for mut row in store::keys::without_expiry(&mut *tx).await? {
             row.expires_at = Some(expires_at);

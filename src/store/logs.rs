@@ -48,9 +48,9 @@ pub async fn insert_batch(pool: &SqlitePool, records: &[CallRecord]) -> sqlx::Re
             entry.1 = entry.1.max(record.timestamp);
         }
     }
-    let mut tx = pool.begin().await?;
-    // The first statement writes, so the transaction holds the write lock from here on and
-    // no key can be deleted between the existence check and the insert.
+    // Holding the write lock from the start, no key can be deleted between the existence
+    // check and the insert.
+    let mut tx = super::begin_write(pool).await?;
     for (id, (count, last_used)) in &usage {
         sqlx::query(
             "UPDATE api_keys SET usage_count = usage_count + ?, \

@@ -31,6 +31,15 @@ pub async fn connect(database_url: &str) -> anyhow::Result<SqlitePool> {
     Ok(pool)
 }
 
+/// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`). Use it for every
+/// read-then-write: a deferred transaction that reads first cannot wait for the lock when it
+/// upgrades, and fails with "database is locked" if another writer committed meanwhile.
+pub async fn begin_write(
+    pool: &SqlitePool,
+) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    pool.begin_with("BEGIN IMMEDIATE").await
+}
+
 pub async fn setting<'e>(db: impl SqliteExecutor<'e>, name: &str) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
         .bind(name)

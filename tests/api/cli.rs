@@ -190,3 +190,43 @@ async fn the_interactive_menu_works_in_a_pseudo_terminal() {
         "the menu set never-expires"
     );
 }
+
+#[tokio::test]
+async fn cli_writes_and_relay_logging_share_the_database_without_lock_errors() {
+    let app = spawn_app().await;
+    let (id, key) = app.new_key().await;
+    let (other, _) = app.new_key().await;
+    let load = async {
+        for _ in 0..10 {
+            let batch = (0..30).map(|_| app.chat_model(&key, "gpt-test"));
+            for (status, _) in futures_util::future::join_all(batch).await {
+                assert_eq!(status, 200);
+            }
+            app.flush().await;
+        }
+    };
+    let cli_writes = async {
+        for expiry in ["30d", "never", "90d", "7d", "never", "1d"] {
+            let args = ["keys", "expiry", &other.to_string(), expiry].map(str::to_string);
+            let db = app.db_path.clone();
+            let out = tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_keygate"))
+                    .args(&args)
+                    .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+                    .env("RUST_LOG", "warn")
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && !stderr.contains("locked"),
+                "{stderr}"
+            );
+        }
+    };
+    tokio::join!(load, cli_writes);
+    assert_eq!(app.key_json(id).await["usage_count"], 300);
+    assert_eq!(app.key_json(other).await["expiring_soon"], true);
+}
