@@ -2,6 +2,7 @@
 
 pub mod keys;
 pub mod logs;
+pub mod transfer;
 
 use std::str::FromStr;
 use std::time::Duration;

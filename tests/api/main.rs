@@ -2,6 +2,7 @@
 
 mod admin;
 mod cli;
+mod data;
 mod expiry;
 mod helpers;
 mod logs;
