@@ -619,3 +619,77 @@ async fn types_choose_what_is_exported() {
     );
     assert!(!dir.path().join("x.json").exists());
 }
+
+/// Runs `keygate ARGS…` in a pseudo-terminal, answering each overwrite prompt with the next of
+/// ANSWERS (comma-separated); prints everything the terminal showed.
+const PTY_SCRIPT: &str = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+answers = os.environ["ANSWERS"].split(",")
+seen, asked, deadline = "", 0, time.time() + 30
+while time.time() < deadline:
+    ready, _, _ = select.select([fd], [], [], 0.1)
+    if ready:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk.decode("utf-8", "replace")
+    while seen.count("Overwrite it?") > asked and asked < len(answers):
+        os.write(fd, (answers[asked] + "\n").encode())
+        asked += 1
+_, status = os.waitpid(pid, 0)
+print(seen)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+#[tokio::test]
+async fn at_a_terminal_import_asks_about_each_conflict() {
+    let (app, keys) = app_with_history().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.json");
+    ok(
+        &app.db_path,
+        dir.path(),
+        &["data", "export", "--output", path_str(&file)],
+    );
+    for (id, _) in &keys[..2] {
+        app.patch(&format!("/api/api-keys/{id}"), json!({"name": "renamed"}))
+            .await;
+    }
+    let db = format!("sqlite://{}", app.db_path.display());
+    let input = path_str(&file).to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args(["-c", PTY_SCRIPT, env!("CARGO_BIN_EXE_keygate")])
+            .args(["data", "import", "--input", &input])
+            .env("DATABASE_URL", db)
+            .env("RUST_LOG", "warn")
+            .env("TERM", "xterm")
+            // Key #1: overwrite; key #2: keep; key #3 and every log after it: keep.
+            .env("ANSWERS", "y,n,s")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("key #1 'renamed' already exists. Overwrite it?")
+            && screen.contains("key #3 'gone' already exists")
+            && !screen.contains("call log #1 already exists"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("API keys: 0 new, 1 overwritten, 2 skipped")
+            && screen.contains("call logs: 0 new, 0 overwritten, 6 skipped"),
+        "{screen}"
+    );
+    assert_eq!(app.key_json(keys[0].0).await["name"], "alpha");
+    assert_eq!(app.key_json(keys[1].0).await["name"], "renamed");
+}
