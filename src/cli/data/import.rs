@@ -1,0 +1,510 @@
+//! Applying an export: conflicts (flags or prompts), one all-or-nothing transaction, summary.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use indicatif::ProgressBar;
+use sqlx::SqliteConnection;
+use tokio::sync::mpsc;
+
+use super::parse::{parse_export, ImportedKey, Item};
+use super::{progress_bar, DataType, ImportArgs};
+use crate::key_ops::Keyring;
+use crate::keys;
+use crate::store;
+use crate::store::keys::KeyRow;
+use crate::store::logs::LogRow;
+use crate::store::transfer::{self, KeyClash};
+
+/// Conflicts named in the error that refuses an import.
+const CONFLICTS_LISTED: usize = 5;
+
+pub async fn import(keyring: &Keyring, args: &ImportArgs) -> anyhow::Result<()> {
+    let file = args.input.display().to_string();
+    let resolve = if args.skip_conflicts {
+        Resolve::Skip
+    } else if args.force {
+        Resolve::Overwrite
+    } else if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        // Ask before the write transaction starts, so no lock is held while a person thinks.
+        let mut asking = Importer::new(keyring, Pass::Ask, Resolve::Ask(Choices::default()));
+        let mut conn = keyring.pool.acquire().await?;
+        read_into(&args.input, &mut conn, &mut asking)
+            .await
+            .with_context(|| format!("cannot import {file}; nothing was changed"))?;
+        asking.resolve
+    } else {
+        Resolve::Refuse
+    };
+    let mut importer = Importer::new(keyring, Pass::Write, resolve);
+    // The write lock is held from the start, so the conflicts checked stay true until commit.
+    let mut tx = store::begin_write(&keyring.pool)
+        .await
+        .context("cannot start the import transaction")?;
+    read_into(&args.input, &mut tx, &mut importer)
+        .await
+        .with_context(|| format!("cannot import {file}; nothing was changed"))?;
+    if importer.unresolved.count > 0 {
+        tx.rollback().await?;
+        bail!(
+            "{} row(s) of {file} already exist in this database: {}. Nothing was imported. \
+             Pass --skip-conflicts to keep the existing rows or --force to overwrite them \
+             (in a terminal, keygate asks row by row).",
+            importer.unresolved.count,
+            importer.unresolved.listed()
+        );
+    }
+    if args.dry_run {
+        tx.rollback().await?;
+        println!(
+            "Dry run of {file}: would import {}. Nothing was changed.",
+            importer.tally.describe(&importer.types)
+        );
+    } else {
+        tx.commit().await.context("cannot commit the import")?;
+        keyring.cache.clear();
+        println!(
+            "Imported {file}: {}.",
+            importer.tally.describe(&importer.types)
+        );
+    }
+    if importer.tally.keys_to_regenerate > 0 {
+        println!(
+            "{} new key(s) come without their secret (a sanitized export): they cannot authenticate \
+             until regenerated (`keygate keys regenerate <id>`, POST /api/api-keys/{{id}}/regenerate, \
+             or Regenerate in the console).",
+            importer.tally.keys_to_regenerate
+        );
+    }
+    if importer.tally.keys_merged > 0 {
+        println!(
+            "{} key(s) of the file have the same secret as an existing key under another id: that \
+             key stands for them, and their call logs go to it.",
+            importer.tally.keys_merged
+        );
+    }
+    if importer.tally.undecryptable > 0 {
+        println!(
+            "{} key(s) have an encrypted copy that this server's Fernet key cannot read (exported \
+             with another KEYGATE_FERNET_KEY?); they still authenticate by their hash.",
+            importer.tally.undecryptable
+        );
+    }
+    Ok(())
+}
+
+/// Streams the file's rows into `importer`: a blocking thread parses and sends one row at a
+/// time over a bounded channel; this side applies them. Either side's error stops both.
+async fn read_into(
+    path: &Path,
+    conn: &mut SqliteConnection,
+    importer: &mut Importer<'_>,
+) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let (sink, mut items) = mpsc::channel(256);
+    let reader = tokio::task::spawn_blocking(move || parse_export(BufReader::new(file), &sink));
+    let applied = async {
+        while let Some(item) = items.recv().await {
+            importer.apply(conn, item).await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    drop(items);
+    importer.progress.finish_and_clear();
+    let parsed = reader
+        .await
+        .context("the file reader stopped unexpectedly")?;
+    applied?;
+    parsed.context("not a valid keygate export")
+}
+
+/// Which pass over the file: asking about conflicts (at a terminal, before writing), or writing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Ask,
+    Write,
+}
+
+/// What happens to a row that already exists.
+enum Resolve {
+    Skip,
+    Overwrite,
+    /// Not a terminal and no flag: nothing is written; the error names the flags.
+    Refuse,
+    /// The answers given at the terminal.
+    Ask(Choices),
+}
+
+#[derive(Default)]
+struct Choices {
+    keys: HashMap<i64, bool>,
+    logs: HashMap<i64, bool>,
+    /// "a(ll)" (true) or "s(kip all)" (false): the answer for every later conflict.
+    rest: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Conflict {
+    Key(i64),
+    Log(i64),
+}
+
+#[derive(Default)]
+struct Counts {
+    new: u64,
+    overwritten: u64,
+    skipped: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    keys: Counts,
+    logs: Counts,
+    keys_to_regenerate: u64,
+    keys_merged: u64,
+    undecryptable: u64,
+}
+
+impl Tally {
+    fn describe(&self, types: &[DataType]) -> String {
+        types
+            .iter()
+            .map(|t| {
+                let (what, c) = match t {
+                    DataType::ApiKeys => ("API keys", &self.keys),
+                    DataType::Logs => ("call logs", &self.logs),
+                };
+                format!(
+                    "{what}: {} new, {} overwritten, {} skipped",
+                    c.new, c.overwritten, c.skipped
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Conflicts left without an answer; the first few are named in the error.
+#[derive(Default)]
+struct Unresolved {
+    count: u64,
+    first: Vec<String>,
+}
+
+impl Unresolved {
+    fn add(&mut self, what: String) {
+        self.count += 1;
+        if self.first.len() < CONFLICTS_LISTED {
+            self.first.push(what);
+        }
+    }
+
+    fn listed(&self) -> String {
+        let more = self.count - self.first.len() as u64;
+        let mut text = self.first.join(", ");
+        if more > 0 {
+            text.push_str(&format!(" and {more} more"));
+        }
+        text
+    }
+}
+
+/// Applies the file's rows to the database, one at a time, and counts what it did.
+struct Importer<'a> {
+    keyring: &'a Keyring,
+    pass: Pass,
+    resolve: Resolve,
+    /// The types the file's metadata lists (for the summary).
+    types: Vec<DataType>,
+    progress: ProgressBar,
+    /// Key ids known to exist in the database (or to be written by this import).
+    known_keys: HashSet<i64>,
+    /// Imported key id → the existing key with the same secret that stands for it.
+    merged: HashMap<i64, i64>,
+    tally: Tally,
+    unresolved: Unresolved,
+}
+
+impl<'a> Importer<'a> {
+    fn new(keyring: &'a Keyring, pass: Pass, resolve: Resolve) -> Self {
+        Importer {
+            keyring,
+            pass,
+            resolve,
+            types: vec![DataType::ApiKeys, DataType::Logs],
+            progress: ProgressBar::hidden(),
+            known_keys: HashSet::new(),
+            merged: HashMap::new(),
+            tally: Tally::default(),
+            unresolved: Unresolved::default(),
+        }
+    }
+
+    async fn apply(&mut self, conn: &mut SqliteConnection, item: Item) -> anyhow::Result<()> {
+        match item {
+            Item::Metadata(metadata) => {
+                let types: Vec<DataType> = metadata
+                    .types
+                    .iter()
+                    .filter_map(|t| DataType::parse(t))
+                    .collect();
+                if !types.is_empty() {
+                    self.types = types;
+                }
+                let verb = match self.pass {
+                    Pass::Ask => "checking",
+                    Pass::Write => "importing",
+                };
+                self.progress = progress_bar(metadata.counts.values().sum(), verb);
+            }
+            Item::Key(index, key) => {
+                self.key(conn, index, key).await?;
+                self.progress.inc(1);
+            }
+            Item::Log(index, log) => {
+                self.log(conn, index, log).await?;
+                self.progress.inc(1);
+            }
+        }
+        Ok(())
+    }
+
+    async fn key(
+        &mut self,
+        conn: &mut SqliteConnection,
+        index: usize,
+        key: ImportedKey,
+    ) -> anyhow::Result<()> {
+        let ImportedKey {
+            mut row,
+            has_secret,
+        } = key;
+        let at = format!("data.apikeys[{index}] (id {})", row.id);
+        let clash = transfer::key_clash(conn, row.id, &row.key_hash)
+            .await
+            .with_context(|| at.clone())?;
+        if clash.is_none() {
+            self.tally.keys.new += 1;
+            if !has_secret {
+                self.tally.keys_to_regenerate += 1;
+            }
+            self.check_encrypted_copy(&row, has_secret);
+            self.known_keys.insert(row.id);
+            if self.pass == Pass::Write {
+                transfer::insert_key(conn, &row)
+                    .await
+                    .with_context(|| at.clone())?;
+            }
+            return Ok(());
+        }
+        let what = describe_clash(&row, &clash);
+        match self.decide(Conflict::Key(row.id), &what)? {
+            None => {
+                self.unresolved.add(what);
+                self.stand_in(&row, &clash);
+            }
+            Some(false) => {
+                self.tally.keys.skipped += 1;
+                self.stand_in(&row, &clash);
+            }
+            Some(true) => {
+                let target = match (clash.same_id, clash.same_secret) {
+                    (Some(_), Some(other)) => bail!(
+                        "{at}: key #{} exists and its secret belongs to key #{} '{}'; one imported key \
+                         cannot overwrite two: delete one of them first, or pass --skip-conflicts",
+                        row.id,
+                        other.id,
+                        other.name
+                    ),
+                    (Some(existing), None) => existing,
+                    (None, Some(other)) => {
+                        self.merged.insert(row.id, other.id);
+                        self.tally.keys_merged += 1;
+                        other
+                    }
+                    (None, None) => return Ok(()),
+                };
+                if !has_secret {
+                    // A sanitized row carries no secret: the existing key keeps its own.
+                    row.key_hash = target.key_hash.clone();
+                    row.encrypted_key = target.encrypted_key.clone();
+                    row.key_preview = target.key_preview.clone();
+                }
+                self.check_encrypted_copy(&row, true);
+                self.tally.keys.overwritten += 1;
+                self.known_keys.insert(target.id);
+                if self.pass == Pass::Write {
+                    transfer::overwrite_key(conn, target.id, &row)
+                        .await
+                        .with_context(|| at.clone())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Which existing key stands for an imported key that was not written: the one with its
+    /// id, else the one with its secret.
+    fn stand_in(&mut self, row: &KeyRow, clash: &KeyClash) {
+        match (&clash.same_id, &clash.same_secret) {
+            (None, Some(other)) => {
+                self.merged.insert(row.id, other.id);
+                self.tally.keys_merged += 1;
+                self.known_keys.insert(other.id);
+            }
+            _ => {
+                self.known_keys.insert(row.id);
+            }
+        }
+    }
+
+    /// Counts encrypted copies this server's Fernet key cannot read back to the key's hash.
+    fn check_encrypted_copy(&mut self, row: &KeyRow, has_secret: bool) {
+        let Some(token) = row.encrypted_key.as_deref().filter(|_| has_secret) else {
+            return;
+        };
+        let readable = self
+            .keyring
+            .fernet
+            .decrypt(token)
+            .ok()
+            .and_then(|plain| String::from_utf8(plain).ok())
+            .is_some_and(|secret| keys::hash_hex(&secret) == row.key_hash);
+        if !readable {
+            self.tally.undecryptable += 1;
+        }
+    }
+
+    async fn log(
+        &mut self,
+        conn: &mut SqliteConnection,
+        index: usize,
+        mut row: LogRow,
+    ) -> anyhow::Result<()> {
+        let at = format!("data.logs[{index}] (id {})", row.id);
+        if let Some(key_id) = row.api_key_id {
+            let stand_in = self.merged.get(&key_id).copied().unwrap_or(key_id);
+            row.api_key_id = Some(stand_in);
+            if self.pass == Pass::Write && !self.key_known(conn, stand_in).await? {
+                bail!(
+                    "{at}: api_key_id {key_id} matches no key in this database or earlier in the file \
+                     (export the keys with the logs: --types apikeys,logs)"
+                );
+            }
+        }
+        if !transfer::log_exists(conn, row.id)
+            .await
+            .with_context(|| at.clone())?
+        {
+            self.tally.logs.new += 1;
+            if self.pass == Pass::Write {
+                transfer::insert_log(conn, &row)
+                    .await
+                    .with_context(|| at.clone())?;
+            }
+            return Ok(());
+        }
+        let what = format!("call log #{}", row.id);
+        match self.decide(Conflict::Log(row.id), &what)? {
+            None => self.unresolved.add(what),
+            Some(false) => self.tally.logs.skipped += 1,
+            Some(true) => {
+                self.tally.logs.overwritten += 1;
+                if self.pass == Pass::Write {
+                    transfer::overwrite_log(conn, &row)
+                        .await
+                        .with_context(|| at.clone())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn key_known(&mut self, conn: &mut SqliteConnection, id: i64) -> anyhow::Result<bool> {
+        if self.known_keys.contains(&id) {
+            return Ok(true);
+        }
+        let exists = transfer::key_exists(conn, id).await?;
+        if exists {
+            self.known_keys.insert(id);
+        }
+        Ok(exists)
+    }
+
+    /// Overwrite (Some(true)), keep the existing row (Some(false)), or no answer (None).
+    fn decide(&mut self, conflict: Conflict, what: &str) -> anyhow::Result<Option<bool>> {
+        let choices = match &mut self.resolve {
+            Resolve::Skip => return Ok(Some(false)),
+            Resolve::Overwrite => return Ok(Some(true)),
+            Resolve::Refuse => return Ok(None),
+            Resolve::Ask(choices) => choices,
+        };
+        let answered = match conflict {
+            Conflict::Key(id) => choices.keys.get(&id),
+            Conflict::Log(id) => choices.logs.get(&id),
+        };
+        if let Some(answer) = answered.copied().or(choices.rest) {
+            return Ok(Some(answer));
+        }
+        if self.pass == Pass::Write {
+            // A conflict that the asking pass did not see (the file repeats a row, or the
+            // database changed since): refused like any unanswered one.
+            return Ok(None);
+        }
+        let answer = self.progress.suspend(|| ask(what))?;
+        let (overwrite, rest) = match answer {
+            Answer::Yes => (true, None),
+            Answer::No => (false, None),
+            Answer::All => (true, Some(true)),
+            Answer::SkipAll => (false, Some(false)),
+        };
+        choices.rest = rest;
+        match conflict {
+            Conflict::Key(id) => choices.keys.insert(id, overwrite),
+            Conflict::Log(id) => choices.logs.insert(id, overwrite),
+        };
+        Ok(Some(overwrite))
+    }
+}
+
+fn describe_clash(row: &KeyRow, clash: &KeyClash) -> String {
+    match (&clash.same_id, &clash.same_secret) {
+        (Some(existing), _) => format!("key #{} '{}'", existing.id, existing.name),
+        (None, Some(other)) => format!(
+            "key #{} '{}' (the same secret as key #{} '{}' here)",
+            row.id, row.name, other.id, other.name
+        ),
+        (None, None) => format!("key #{}", row.id),
+    }
+}
+
+enum Answer {
+    Yes,
+    No,
+    All,
+    SkipAll,
+}
+
+/// Asks on stderr whether to overwrite an existing row; reads the answer from stdin.
+fn ask(what: &str) -> anyhow::Result<Answer> {
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("{what} already exists. Overwrite it? [y/N/a(ll)/s(kip all)] ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            bail!("no answer (end of input)");
+        }
+        match line.trim().to_ascii_lowercase().as_str() {
+            "y" | "yes" => return Ok(Answer::Yes),
+            "" | "n" | "no" => return Ok(Answer::No),
+            "a" | "all" => return Ok(Answer::All),
+            "s" | "skip all" | "skip" => return Ok(Answer::SkipAll),
+            _ => eprintln!("Answer y, n, a or s."),
+        }
+    }
+}

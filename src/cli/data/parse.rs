@@ -1,0 +1,375 @@
+//! Reading an export file: a streaming parse that checks each row and hands it over at once.
+
+use std::cell::{Cell, RefCell};
+use std::fmt;
+use std::io::Read;
+
+use anyhow::anyhow;
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use super::{DataType, Metadata, FORMAT_VERSION, VALID_TYPES};
+use crate::clock::parse_rfc3339;
+use crate::keys;
+use crate::store::keys::KeyRow;
+use crate::store::logs::LogRow;
+
+/// One thing read from the file, in file order.
+pub(super) enum Item {
+    Metadata(Metadata),
+    Key(usize, ImportedKey),
+    Log(usize, LogRow),
+}
+
+/// A key row of the file. `has_secret` is false for sanitized rows, whose `key_hash` is a
+/// fresh random one that no key matches.
+pub(super) struct ImportedKey {
+    pub(super) row: KeyRow,
+    pub(super) has_secret: bool,
+}
+
+/// Parses an export from `reader`, sending each row to `sink` as soon as it is read.
+pub(super) fn parse_export(reader: impl Read, sink: &mpsc::Sender<Item>) -> anyhow::Result<()> {
+    let line = Cell::new(1);
+    let row_error = RefCell::new(None);
+    let reading = Reading {
+        sink,
+        line: &line,
+        row_error: &row_error,
+    };
+    let mut de = serde_json::Deserializer::from_reader(LineCounter {
+        inner: reader,
+        line: &line,
+    });
+    let parsed = ExportSeed { reading }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+    match (parsed, row_error.take()) {
+        (Ok(()), _) => Ok(()),
+        // A row's own message already names its row, field and line.
+        (Err(_), Some(row_error)) => Err(anyhow!(row_error)),
+        (Err(err), None) => Err(err.into()),
+    }
+}
+
+/// Counts the lines read so far, so a row's error can name the line the row ends on.
+struct LineCounter<'a, R> {
+    inner: R,
+    line: &'a Cell<u64>,
+}
+
+impl<R: Read> Read for LineCounter<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let newlines = buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        self.line.set(self.line.get() + newlines);
+        Ok(n)
+    }
+}
+
+/// What every level of the parse shares: where rows go, the current line, and a bad row's
+/// message (kept whole rather than wrapped in serde_json's position).
+#[derive(Clone, Copy)]
+struct Reading<'a> {
+    sink: &'a mpsc::Sender<Item>,
+    line: &'a Cell<u64>,
+    row_error: &'a RefCell<Option<String>>,
+}
+
+impl Reading<'_> {
+    fn send<E: de::Error>(self, item: Item) -> Result<(), E> {
+        self.sink
+            .blocking_send(item)
+            .map_err(|_| E::custom("the import stopped"))
+    }
+
+    fn bad_row<E: de::Error>(self, message: String) -> E {
+        *self.row_error.borrow_mut() = Some(message);
+        E::custom("invalid row")
+    }
+}
+
+/// The top level: `metadata` first (checked), then `data`; other fields are ignored.
+struct ExportSeed<'a> {
+    reading: Reading<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for ExportSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ExportSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a keygate export: an object with `metadata` and then `data`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut sanitized = None;
+        let mut has_data = false;
+        while let Some(field) = map.next_key::<String>()? {
+            match field.as_str() {
+                "metadata" if sanitized.is_none() => {
+                    let metadata: Metadata = map.next_value()?;
+                    if metadata.format_version != FORMAT_VERSION {
+                        return Err(de::Error::custom(format_args!(
+                            "metadata.format_version is {}, but this keygate ({}) reads version {FORMAT_VERSION}",
+                            metadata.format_version,
+                            env!("CARGO_PKG_VERSION")
+                        )));
+                    }
+                    sanitized = Some(metadata.sanitized);
+                    self.reading.send(Item::Metadata(metadata))?;
+                }
+                "data" if !has_data => {
+                    let Some(sanitized) = sanitized else {
+                        return Err(de::Error::custom(
+                            "`metadata` must come before `data` (as keygate writes it)",
+                        ));
+                    };
+                    map.next_value_seed(DataSeed {
+                        reading: self.reading,
+                        sanitized,
+                    })?;
+                    has_data = true;
+                }
+                "metadata" | "data" => {
+                    return Err(de::Error::custom(format_args!("`{field}` appears twice")))
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if sanitized.is_none() {
+            return Err(de::Error::custom("no `metadata` block"));
+        }
+        if !has_data {
+            return Err(de::Error::custom("no `data` block"));
+        }
+        Ok(())
+    }
+}
+
+/// The `data` block: an array of rows per type.
+struct DataSeed<'a> {
+    reading: Reading<'a>,
+    sanitized: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DataSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object of row arrays: apikeys, logs")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(field) = map.next_key::<String>()? {
+            let data_type = DataType::parse(&field).ok_or_else(|| {
+                de::Error::custom(format_args!(
+                    "unknown type `data.{field}`; valid types are: {VALID_TYPES}"
+                ))
+            })?;
+            map.next_value_seed(RowsSeed {
+                reading: self.reading,
+                sanitized: self.sanitized,
+                data_type,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One type's array: each row is read, checked field by field and sent on its own.
+struct RowsSeed<'a> {
+    reading: Reading<'a>,
+    sanitized: bool,
+    data_type: DataType,
+}
+
+impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowsSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "an array of {} rows", self.data_type.name())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0;
+        while let Some(object) = seq.next_element::<Map<String, Value>>()? {
+            let mut fields = Fields::new(self.data_type, index, self.reading.line.get(), object);
+            let item = match self.data_type {
+                DataType::ApiKeys => fields.key(self.sanitized).map(|key| Item::Key(index, key)),
+                DataType::Logs => fields.log().map(|log| Item::Log(index, log)),
+            }
+            .and_then(|item| fields.finish().map(|()| item))
+            .map_err(|message| self.reading.bad_row(message))?;
+            self.reading.send(item)?;
+            index += 1;
+        }
+        Ok(())
+    }
+}
+
+/// One row of the file, taken apart field by field so that an error names its row and field.
+struct Fields {
+    map: Map<String, Value>,
+    at: String,
+}
+
+impl Fields {
+    fn new(data_type: DataType, index: usize, line: u64, map: Map<String, Value>) -> Self {
+        let name = data_type.name();
+        let at = match map.get("id").and_then(Value::as_i64) {
+            Some(id) => format!("data.{name}[{index}] (id {id}, line {line})"),
+            None => format!("data.{name}[{index}] (line {line})"),
+        };
+        Fields { map, at }
+    }
+
+    fn error(&self, field: &str, why: impl fmt::Display) -> String {
+        format!("{}: field `{field}`: {why}", self.at)
+    }
+
+    fn take<T: DeserializeOwned>(&mut self, field: &str) -> Result<T, String> {
+        let value = self.map.remove(field);
+        let missing = value.is_none();
+        serde_json::from_value(value.unwrap_or(Value::Null)).map_err(|err| {
+            if missing {
+                self.error(field, "missing")
+            } else {
+                self.error(field, err)
+            }
+        })
+    }
+
+    fn time(&mut self, field: &str) -> Result<i64, String> {
+        let text: String = self.take(field)?;
+        parse_rfc3339(&text)
+            .ok_or_else(|| self.error(field, format_args!("`{text}` is not an RFC 3339 date-time")))
+    }
+
+    fn opt_time(&mut self, field: &str) -> Result<Option<i64>, String> {
+        let text: Option<String> = self.take(field)?;
+        text.map(|text| {
+            parse_rfc3339(&text).ok_or_else(|| {
+                self.error(field, format_args!("`{text}` is not an RFC 3339 date-time"))
+            })
+        })
+        .transpose()
+    }
+
+    fn one_of(&mut self, field: &str, allowed: &[&str]) -> Result<String, String> {
+        let text: String = self.take(field)?;
+        if allowed.contains(&text.as_str()) {
+            Ok(text)
+        } else {
+            Err(self.error(
+                field,
+                format_args!("`{text}` is not one of: {}", allowed.join(", ")),
+            ))
+        }
+    }
+
+    fn key(&mut self, sanitized: bool) -> Result<ImportedKey, String> {
+        let id = self.take("id")?;
+        let key_hash: Option<String> = self.take("key_hash")?;
+        let encrypted_key: Option<String> = self.take("encrypted_key")?;
+        let secret = match key_hash.filter(|_| !sanitized) {
+            Some(hash) => {
+                if keys::decode_hash(&hash).map(hex::encode).as_deref() != Some(hash.as_str()) {
+                    return Err(self.error("key_hash", "not a lowercase hex SHA-256 digest"));
+                }
+                Some((hash, encrypted_key))
+            }
+            None => None,
+        };
+        let has_secret = secret.is_some();
+        // Without its secret a key gets a random hash that no presented key can match.
+        let (key_hash, encrypted_key) =
+            secret.unwrap_or_else(|| (keys::hash_hex(&keys::generate()), None));
+        let activation_unit: Option<String> = self.take("activation_unit")?;
+        if let Some(unit) = &activation_unit {
+            if keys::ActivationUnit::parse(unit).is_none() {
+                return Err(self.error(
+                    "activation_unit",
+                    format_args!("`{unit}` is not one of: hours, days"),
+                ));
+            }
+        }
+        let row = KeyRow {
+            id,
+            key_hash,
+            encrypted_key,
+            key_preview: self.take("key_preview")?,
+            name: self.take("name")?,
+            description: self.take("description")?,
+            created_at: self.time("created_at")?,
+            updated_at: self.time("updated_at")?,
+            expires_at: self.opt_time("expires_at")?,
+            expiration_mode: self.one_of("expiration_mode", &["fixed", "activation"])?,
+            activation_period: self.take("activation_period")?,
+            activation_unit,
+            activated_at: self.opt_time("activated_at")?,
+            is_active: self.take("is_active")?,
+            revoked_at: self.opt_time("revoked_at")?,
+            usage_count: self.take("usage_count")?,
+            last_used_at: self.opt_time("last_used_at")?,
+        };
+        Ok(ImportedKey { row, has_secret })
+    }
+
+    fn log(&mut self) -> Result<LogRow, String> {
+        Ok(LogRow {
+            id: self.take("id")?,
+            api_key_id: self.take("api_key_id")?,
+            timestamp: self.time("timestamp")?,
+            model: self.take("model")?,
+            status: self.one_of("status", &["success", "error"])?,
+            http_status: self.take("http_status")?,
+            response_time: self.take("response_time")?,
+            ip_address: self.take("ip_address")?,
+            endpoint: self.take("endpoint")?,
+            error_message: self.take("error_message")?,
+            request_size: self.take("request_size")?,
+            response_size: self.take("response_size")?,
+            prompt_tokens: self.take("prompt_tokens")?,
+            completion_tokens: self.take("completion_tokens")?,
+            total_tokens: self.take("total_tokens")?,
+            stream: self.take("stream")?,
+        })
+    }
+
+    /// A field this version does not know would be lost on import: refuse it.
+    fn finish(self) -> Result<(), String> {
+        match self.map.keys().next() {
+            Some(field) => Err(format!("{}: unknown field `{field}`", self.at)),
+            None => Ok(()),
+        }
+    }
+}
