@@ -179,42 +179,20 @@ pub async fn overwrite_key(conn: &mut SqliteConnection, id: i64, key: &KeyRow) -
     Ok(())
 }
 
-/// Inserts a call log with its own id.
-pub async fn insert_log(conn: &mut SqliteConnection, log: &LogRow) -> sqlx::Result<()> {
+/// Writes `log` with its own id: inserted, or every column written over the existing row.
+pub async fn put_log(conn: &mut SqliteConnection, log: &LogRow) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, http_status, response_time, \
          ip_address, endpoint, error_message, request_size, response_size, prompt_tokens, \
          completion_tokens, total_tokens, stream, id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(log.api_key_id)
-    .bind(log.timestamp)
-    .bind(&log.model)
-    .bind(&log.status)
-    .bind(log.http_status)
-    .bind(log.response_time)
-    .bind(&log.ip_address)
-    .bind(&log.endpoint)
-    .bind(&log.error_message)
-    .bind(log.request_size)
-    .bind(log.response_size)
-    .bind(log.prompt_tokens)
-    .bind(log.completion_tokens)
-    .bind(log.total_tokens)
-    .bind(log.stream)
-    .bind(log.id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Writes every column of `log` over the call log with its id.
-pub async fn overwrite_log(conn: &mut SqliteConnection, log: &LogRow) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE api_call_logs SET api_key_id = ?, timestamp = ?, model = ?, status = ?, http_status = ?, \
-         response_time = ?, ip_address = ?, endpoint = ?, error_message = ?, request_size = ?, \
-         response_size = ?, prompt_tokens = ?, completion_tokens = ?, total_tokens = ?, stream = ? \
-         WHERE id = ?",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET api_key_id = excluded.api_key_id, timestamp = excluded.timestamp, \
+         model = excluded.model, status = excluded.status, http_status = excluded.http_status, \
+         response_time = excluded.response_time, ip_address = excluded.ip_address, \
+         endpoint = excluded.endpoint, error_message = excluded.error_message, \
+         request_size = excluded.request_size, response_size = excluded.response_size, \
+         prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, \
+         total_tokens = excluded.total_tokens, stream = excluded.stream",
     )
     .bind(log.api_key_id)
     .bind(log.timestamp)

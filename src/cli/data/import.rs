@@ -402,7 +402,7 @@ impl<'a> Importer<'a> {
         {
             self.tally.logs.new += 1;
             if self.pass == Pass::Write {
-                transfer::insert_log(conn, &row)
+                transfer::put_log(conn, &row)
                     .await
                     .with_context(|| at.clone())?;
             }
@@ -415,7 +415,7 @@ impl<'a> Importer<'a> {
             Some(true) => {
                 self.tally.logs.overwritten += 1;
                 if self.pass == Pass::Write {
-                    transfer::overwrite_log(conn, &row)
+                    transfer::put_log(conn, &row)
                         .await
                         .with_context(|| at.clone())?;
                 }
