@@ -118,44 +118,22 @@ pub async fn log_exists(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<bo
         .await
 }
 
-/// Inserts a key with its own id (AUTOINCREMENT's sequence follows a larger explicit id).
-pub async fn insert_key(conn: &mut SqliteConnection, key: &KeyRow) -> sqlx::Result<()> {
+/// Writes `key` under `id`: inserted (AUTOINCREMENT's sequence follows a larger explicit id),
+/// or every column written over the existing key `id`. An upsert, never a delete and insert,
+/// so an overwritten key's call logs stay (deleting would cascade to them).
+pub async fn put_key(conn: &mut SqliteConnection, id: i64, key: &KeyRow) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO api_keys (key_hash, encrypted_key, key_preview, name, description, created_at, \
          updated_at, expires_at, expiration_mode, activation_period, activation_unit, activated_at, \
          is_active, revoked_at, usage_count, last_used_at, id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&key.key_hash)
-    .bind(&key.encrypted_key)
-    .bind(&key.key_preview)
-    .bind(&key.name)
-    .bind(&key.description)
-    .bind(key.created_at)
-    .bind(key.updated_at)
-    .bind(key.expires_at)
-    .bind(&key.expiration_mode)
-    .bind(key.activation_period)
-    .bind(&key.activation_unit)
-    .bind(key.activated_at)
-    .bind(key.is_active)
-    .bind(key.revoked_at)
-    .bind(key.usage_count)
-    .bind(key.last_used_at)
-    .bind(key.id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Writes every column of `key` but its id over the key `id`. An UPDATE, not a delete and
-/// insert, so the key's call logs stay (deleting would cascade to them).
-pub async fn overwrite_key(conn: &mut SqliteConnection, id: i64, key: &KeyRow) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE api_keys SET key_hash = ?, encrypted_key = ?, key_preview = ?, name = ?, description = ?, \
-         created_at = ?, updated_at = ?, expires_at = ?, expiration_mode = ?, activation_period = ?, \
-         activation_unit = ?, activated_at = ?, is_active = ?, revoked_at = ?, usage_count = ?, \
-         last_used_at = ? WHERE id = ?",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, encrypted_key = excluded.encrypted_key, \
+         key_preview = excluded.key_preview, name = excluded.name, description = excluded.description, \
+         created_at = excluded.created_at, updated_at = excluded.updated_at, expires_at = excluded.expires_at, \
+         expiration_mode = excluded.expiration_mode, activation_period = excluded.activation_period, \
+         activation_unit = excluded.activation_unit, activated_at = excluded.activated_at, \
+         is_active = excluded.is_active, revoked_at = excluded.revoked_at, \
+         usage_count = excluded.usage_count, last_used_at = excluded.last_used_at",
     )
     .bind(&key.key_hash)
     .bind(&key.encrypted_key)

@@ -295,7 +295,7 @@ impl<'a> Importer<'a> {
             self.check_encrypted_copy(&row, has_secret);
             self.known_keys.insert(row.id);
             if self.pass == Pass::Write {
-                transfer::insert_key(conn, &row)
+                transfer::put_key(conn, row.id, &row)
                     .await
                     .with_context(|| at.clone())?;
             }
@@ -338,7 +338,7 @@ impl<'a> Importer<'a> {
                 self.tally.keys.overwritten += 1;
                 self.known_keys.insert(target.id);
                 if self.pass == Pass::Write {
-                    transfer::overwrite_key(conn, target.id, &row)
+                    transfer::put_key(conn, target.id, &row)
                         .await
                         .with_context(|| at.clone())?;
                 }
