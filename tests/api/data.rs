@@ -4,10 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use clap::Parser;
 use serde_json::{json, Value};
 use sqlx::SqlitePool;
-use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
 
@@ -114,46 +112,6 @@ async fn app_with_history() -> (TestApp, Vec<(i64, String)>) {
     (app, vec![alpha, act, gone])
 }
 
-/// Serves `db` on a random port (against a mock upstream) until the token is cancelled.
-async fn serve(db: &Path) -> (String, CancellationToken) {
-    let upstream = spawn_mock_upstream().await;
-    let database_url = format!("sqlite://{}", db.display());
-    let upstream_url = format!("http://{}/v1", upstream.addr);
-    let cli = keygate::cli::Cli::try_parse_from([
-        "keygate",
-        "--database-url",
-        &database_url,
-        "--upstream-url",
-        &upstream_url,
-        "--upstream-api-key",
-        UPSTREAM_KEY,
-        "--admin-token",
-        ADMIN_TOKEN,
-    ])
-    .unwrap();
-    let config = keygate::Config::from_args(&cli.config).unwrap();
-    let state = keygate::AppState::build(config, keygate::Clock::System)
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(keygate::serve(state, listener, shutdown.clone()));
-    (base, shutdown)
-}
-
-async fn chat_status(base: &str, key: &str) -> u16 {
-    reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
-        .bearer_auth(key)
-        .json(&json!({"model": "gpt-test", "messages": []}))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test]
 async fn a_full_export_imports_losslessly_into_a_fresh_database() {
     let (app, keys) = app_with_history().await;
@@ -242,11 +200,10 @@ async fn a_full_export_imports_losslessly_into_a_fresh_database() {
     pool.close().await;
 
     // A server on the imported database: the secrets work as before, the revoked one does not.
-    let (base, shutdown) = serve(&db).await;
-    assert_eq!(chat_status(&base, &keys[0].1).await, 200);
-    assert_eq!(chat_status(&base, &keys[1].1).await, 200);
-    assert_eq!(chat_status(&base, &keys[2].1).await, 401);
-    shutdown.cancel();
+    let served = spawn_app_on(&db).await;
+    assert_eq!(served.chat_model(&keys[0].1, "gpt-test").await.0, 200);
+    assert_eq!(served.chat_model(&keys[1].1, "gpt-test").await.0, 200);
+    assert_eq!(served.chat_model(&keys[2].1, "gpt-test").await.0, 401);
 }
 
 #[tokio::test]
@@ -309,23 +266,17 @@ async fn a_sanitized_export_has_no_secrets_and_its_keys_need_regenerating() {
     pool.close().await;
 
     // Until regenerated, no secret works; after, the new one does.
-    let (base, shutdown) = serve(&db).await;
-    assert_eq!(chat_status(&base, &keys[0].1).await, 401);
-    let regenerated: Value = reqwest::Client::new()
-        .post(format!("{base}/api/api-keys/{}/regenerate", keys[0].0))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        chat_status(&base, regenerated["key"].as_str().unwrap()).await,
-        200
-    );
-    shutdown.cancel();
+    let served = spawn_app_on(&db).await;
+    assert_eq!(served.chat_model(&keys[0].1, "gpt-test").await.0, 401);
+    let (status, regenerated) = served
+        .post(
+            &format!("/api/api-keys/{}/regenerate", keys[0].0),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{regenerated}");
+    let new_key = regenerated["key"].as_str().unwrap();
+    assert_eq!(served.chat_model(new_key, "gpt-test").await.0, 200);
 }
 
 #[tokio::test]

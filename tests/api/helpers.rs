@@ -182,7 +182,7 @@ pub struct TestApp {
     pub db_path: std::path::PathBuf,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -196,9 +196,24 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
 }
 
 pub async fn spawn_app_against(upstream: MockUpstream, extra: &[&str]) -> TestApp {
-    log_buffer();
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("keygate.db");
+    start(upstream, db_path, Some(dir), extra).await
+}
+
+/// Serves an existing database file (e.g. one a test imported into); the file is not removed.
+pub async fn spawn_app_on(db_path: &std::path::Path) -> TestApp {
+    let upstream = spawn_mock_upstream().await;
+    start(upstream, db_path.to_path_buf(), None, &[]).await
+}
+
+async fn start(
+    upstream: MockUpstream,
+    db_path: std::path::PathBuf,
+    dir: Option<tempfile::TempDir>,
+    extra: &[&str],
+) -> TestApp {
+    log_buffer();
     let database_url = format!("sqlite://{}", db_path.display());
     let upstream_url = format!("http://{}/v1", upstream.addr);
     let mut args = vec![
@@ -328,14 +343,12 @@ impl TestApp {
         key
     }
 
-    /// Stops the server the way a signal does, and waits for the call log to be flushed.
-    pub async fn shutdown(self) -> std::path::PathBuf {
+    /// Stops the server the way a signal does and waits for it to finish; returns the
+    /// database's path and the temp dir holding it (removed when dropped).
+    pub async fn shutdown(self) -> (std::path::PathBuf, Option<tempfile::TempDir>) {
         self.shutdown.cancel();
         self.server.await.unwrap().unwrap();
-        let dir = self._dir;
-        let path = self.db_path.clone();
-        std::mem::forget(dir);
-        path
+        (self.db_path, self._dir)
     }
 }
 

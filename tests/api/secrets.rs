@@ -33,7 +33,7 @@ async fn a_full_key_is_never_logged_stored_or_echoed() {
     for secret in [key.as_str(), ADMIN_TOKEN, UPSTREAM_KEY] {
         assert!(!logs.contains(secret), "a secret reached the log output");
     }
-    let db_path = app.shutdown().await;
+    let (db_path, _dir) = app.shutdown().await;
     for file in ["keygate.db", "keygate.db-wal"] {
         let bytes = std::fs::read(db_path.with_file_name(file)).unwrap_or_default();
         assert!(

@@ -1,4 +1,4 @@
-//! Graceful shutdown: pending call-log rows are flushed before exit, in-process and on SIGTERM.
+//! Graceful shutdown: on SIGTERM the real binary flushes pending call-log rows before exit.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,17 +15,6 @@ async fn count_rows(db_path: &std::path::Path) -> i64 {
         .fetch_one(&pool)
         .await
         .unwrap()
-}
-
-#[tokio::test]
-async fn shutdown_flushes_pending_rows() {
-    let app = spawn_app().await;
-    let (_, key) = app.new_key().await;
-    for _ in 0..25 {
-        app.chat_model(&key, "gpt-test").await;
-    }
-    let db_path = app.shutdown().await;
-    assert_eq!(count_rows(&db_path).await, 25);
 }
 
 #[tokio::test]
