@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::key_ops::Keyring;
 use crate::relay::{self, upstream::Upstream};
 use crate::secrets;
+use crate::store;
 use crate::tasks::{log_writer::LogSink, sweeper};
 
 /// How long open connections (e.g. long streams) may take to finish after a shutdown signal.
@@ -49,7 +50,7 @@ impl AppState {
                 "KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) is unset: requests go upstream without a credential"
             );
         }
-        let (logs, _writer) = LogSink::spawn(pool.clone());
+        let logs = LogSink::spawn(&store::database_path(&config.database_url)?)?;
         Ok(AppState {
             pool,
             config: Arc::new(config),

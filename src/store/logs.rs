@@ -1,4 +1,4 @@
-//! SQL for `api_call_logs`: batched inserts with usage counters, filtered pages, per-key stats.
+//! SQL for reading `api_call_logs`: filtered pages and per-key stats (writes: `log_batch`).
 
 use std::collections::HashMap;
 
@@ -7,7 +7,6 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::Page;
 use crate::clock::{ser_ms, MS_PER_DAY};
-use crate::relay::record::CallRecord;
 
 /// One `api_call_logs` row, as the admin API shows it.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
@@ -33,88 +32,6 @@ pub struct LogRow {
 
 const COLUMNS: &str = "id, api_key_id, timestamp, model, status, http_status, response_time, ip_address, \
      endpoint, error_message, request_size, response_size, prompt_tokens, completion_tokens, total_tokens, stream";
-
-/// Rows per INSERT statement (16 parameters each, far below SQLite's limit).
-const ROWS_PER_STATEMENT: usize = 200;
-
-/// Writes a batch of call records and the usage they add to their keys, in one transaction.
-/// Records of keys deleted meanwhile are dropped, as their logs would have been.
-pub async fn insert_batch(pool: &SqlitePool, records: &[CallRecord]) -> sqlx::Result<usize> {
-    let mut usage: HashMap<i64, (i64, i64)> = HashMap::new();
-    for record in records.iter().filter(|r| r.authenticated) {
-        if let Some(id) = record.api_key_id {
-            let entry = usage.entry(id).or_insert((0, i64::MIN));
-            entry.0 += 1;
-            entry.1 = entry.1.max(record.timestamp);
-        }
-    }
-    // Holding the write lock from the start, no key can be deleted between the existence
-    // check and the insert.
-    let mut tx = super::begin_write(pool).await?;
-    for (id, (count, last_used)) in &usage {
-        sqlx::query(
-            "UPDATE api_keys SET usage_count = usage_count + ?, \
-             last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
-        )
-        .bind(count)
-        .bind(last_used)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    let existing = existing_key_ids(&mut tx, records).await?;
-    let kept: Vec<&CallRecord> = records
-        .iter()
-        .filter(|r| r.api_key_id.is_none_or(|id| existing.contains(&id)))
-        .collect();
-    for chunk in kept.chunks(ROWS_PER_STATEMENT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, http_status, response_time, \
-             ip_address, endpoint, error_message, request_size, response_size, prompt_tokens, \
-             completion_tokens, total_tokens, stream) ",
-        );
-        insert.push_values(chunk, |mut row, r| {
-            let usage = r.usage.unwrap_or_default();
-            row.push_bind(r.api_key_id)
-                .push_bind(r.timestamp)
-                .push_bind(&r.model)
-                .push_bind(r.status())
-                .push_bind(r.http_status as i64)
-                .push_bind(r.response_time)
-                .push_bind(&r.ip_address)
-                .push_bind(&r.endpoint)
-                .push_bind(&r.error_message)
-                .push_bind(r.request_size)
-                .push_bind(r.response_size)
-                .push_bind(usage.prompt_tokens)
-                .push_bind(usage.completion_tokens)
-                .push_bind(usage.total_tokens)
-                .push_bind(r.stream);
-        });
-        insert.build().execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(kept.len())
-}
-
-async fn existing_key_ids(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
-    records: &[CallRecord],
-) -> sqlx::Result<Vec<i64>> {
-    let mut ids: Vec<i64> = records.iter().filter_map(|r| r.api_key_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
-        return Ok(ids);
-    }
-    let mut query = QueryBuilder::<Sqlite>::new("SELECT id FROM api_keys WHERE id IN (");
-    let mut list = query.separated(", ");
-    for id in &ids {
-        list.push_bind(id);
-    }
-    query.push(")");
-    query.build_query_scalar().fetch_all(&mut **tx).await
-}
 
 /// What a log list is narrowed to.
 #[derive(Clone, Debug, Default)]

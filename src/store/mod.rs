@@ -1,9 +1,11 @@
 //! All SQL: connecting (WAL, foreign keys, busy timeout), migrating, and the small settings table.
 
 pub mod keys;
+pub mod log_batch;
 pub mod logs;
 pub mod transfer;
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -30,6 +32,13 @@ pub async fn connect(database_url: &str) -> anyhow::Result<SqlitePool> {
         .await
         .context("cannot migrate the database")?;
     Ok(pool)
+}
+
+/// The SQLite file DATABASE_URL names, for connections opened outside the pool.
+pub fn database_path(database_url: &str) -> anyhow::Result<PathBuf> {
+    let options = SqliteConnectOptions::from_str(database_url)
+        .with_context(|| format!("DATABASE_URL: cannot parse `{database_url}`"))?;
+    Ok(options.get_filename().to_path_buf())
 }
 
 /// A transaction that takes the write lock at once (`BEGIN IMMEDIATE`). Use it for every

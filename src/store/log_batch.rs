@@ -1,0 +1,102 @@
+//! The call-log writer's own SQLite connection: a batch of rows and the usage it adds to
+//! their keys in one transaction, through cached prepared statements.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+
+use crate::relay::record::CallRecord;
+
+const ADD_USAGE: &str = "UPDATE api_keys SET usage_count = usage_count + ?1, \
+     last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?3";
+const KEY_EXISTS: &str = "SELECT 1 FROM api_keys WHERE id = ?1";
+const INSERT_ROW: &str = "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, \
+     http_status, response_time, ip_address, endpoint, error_message, request_size, response_size, \
+     prompt_tokens, completion_tokens, total_tokens, stream) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+
+/// A connection used only for writing call logs (the schema is the sqlx pool's, migrated
+/// before this opens). sqlx would send each statement to a worker thread and re-prepare a
+/// multi-row INSERT per batch; here each row is one bind + step of a prepared statement.
+pub struct LogStore {
+    conn: Connection,
+}
+
+impl LogStore {
+    pub fn open(path: &Path) -> rusqlite::Result<LogStore> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.set_prepared_statement_cache_capacity(8);
+        Ok(LogStore { conn })
+    }
+
+    /// Writes the rows and adds their usage to their keys, in one transaction. Rows of keys
+    /// deleted meanwhile are dropped, as their logs would have been; returns the rows written.
+    pub fn write(&mut self, records: &[CallRecord]) -> rusqlite::Result<usize> {
+        let mut usage: HashMap<i64, (i64, i64)> = HashMap::new();
+        let mut exists: HashMap<i64, bool> = HashMap::new();
+        for record in records {
+            let Some(id) = record.api_key_id else {
+                continue;
+            };
+            exists.insert(id, false);
+            if record.authenticated {
+                let entry = usage.entry(id).or_insert((0, i64::MIN));
+                entry.0 += 1;
+                entry.1 = entry.1.max(record.timestamp);
+            }
+        }
+        // Holding the write lock from the start, no key can be deleted between the existence
+        // check and the insert.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut add_usage = tx.prepare_cached(ADD_USAGE)?;
+            for (id, (count, last_used)) in &usage {
+                add_usage.execute(params![count, last_used, id])?;
+            }
+            let mut key_exists = tx.prepare_cached(KEY_EXISTS)?;
+            for (id, found) in exists.iter_mut() {
+                *found = key_exists.exists(params![id])?;
+            }
+        }
+        let mut written = 0;
+        {
+            let mut insert = tx.prepare_cached(INSERT_ROW)?;
+            for r in records {
+                if r.api_key_id.is_some_and(|id| !exists[&id]) {
+                    continue;
+                }
+                let usage = r.usage.unwrap_or_default();
+                insert.execute(params![
+                    r.api_key_id,
+                    r.timestamp,
+                    r.model,
+                    r.status(),
+                    r.http_status,
+                    r.response_time,
+                    r.ip_address,
+                    r.endpoint,
+                    r.error_message,
+                    r.request_size,
+                    r.response_size,
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    usage.total_tokens,
+                    r.stream,
+                ])?;
+                written += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(written)
+    }
+}
