@@ -10,3 +10,4 @@ mod relay;
 mod sdk;
 mod secrets;
 mod shutdown;
+mod upstream_wire;

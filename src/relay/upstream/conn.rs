@@ -1,0 +1,235 @@
+//! Connections to the upstream: where it is, connecting (TCP, TLS by rustls), and the pool of
+//! idle keep-alive connections handed out newest first.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::BytesMut;
+use hyper::Uri;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+
+/// A connection idle longer than this is closed rather than reused (servers close theirs
+/// after 60–120 s; reusing one they are closing would cost a retry).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+/// At most this many idle connections are kept.
+const MAX_IDLE: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer per connection; it grows for larger answers.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// The upstream's address, parsed once from KEYGATE_UPSTREAM_URL.
+pub struct Target {
+    host: String,
+    port: u16,
+    /// `Host:` header value.
+    pub authority: String,
+    /// The URL's path without a trailing slash, e.g. `/v1`.
+    pub base_path: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> anyhow::Result<Target> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("KEYGATE_UPSTREAM_URL: `{url}` is not a URL"))?;
+        let secure = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => bail!("KEYGATE_UPSTREAM_URL: `{url}` must be an http:// or https:// URL"),
+        };
+        let authority = uri
+            .authority()
+            .with_context(|| format!("KEYGATE_UPSTREAM_URL: `{url}` has no host"))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = authority
+            .port_u16()
+            .unwrap_or(if secure { 443 } else { 80 });
+        let tls = if secure {
+            let name = ServerName::try_from(host.to_string()).with_context(|| {
+                format!("KEYGATE_UPSTREAM_URL: `{host}` is not a valid TLS server name")
+            })?;
+            Some((tls_connector()?, name))
+        } else {
+            None
+        };
+        Ok(Target {
+            host: host.to_string(),
+            port,
+            authority: authority
+                .as_str()
+                .rsplit('@')
+                .next()
+                .unwrap_or("")
+                .to_string(),
+            base_path: uri.path().trim_end_matches('/').to_string(),
+            tls,
+        })
+    }
+
+    async fn connect(&self) -> io::Result<Stream> {
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        tcp.set_nodelay(true)?;
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), tcp).await?;
+                Ok(Stream::Tls(Box::new(tls)))
+            }
+        }
+    }
+}
+
+fn tls_connector() -> anyhow::Result<TlsConnector> {
+    let roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("cannot set up TLS")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// A TCP or TLS byte stream.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One HTTP/1.1 connection and the bytes read from it but not yet parsed.
+pub struct Conn {
+    pub stream: Stream,
+    pub buf: BytesMut,
+    /// It served a request before: a failure before any answer may be the server having
+    /// closed it meanwhile, and is worth one more try on another connection.
+    pub reused: bool,
+}
+
+impl Conn {
+    /// Whether an idle connection can still be used: the peer has not closed it and sent
+    /// nothing unasked. Polls once without waiting (no system call unless the socket became
+    /// readable while idle).
+    fn still_open(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(
+            Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf),
+            Poll::Pending
+        )
+    }
+}
+
+/// Idle connections to one target, reused newest first.
+pub struct Pool {
+    pub target: Target,
+    idle: Mutex<Vec<(Conn, Instant)>>,
+}
+
+impl Pool {
+    pub fn new(target: Target) -> Pool {
+        Pool {
+            target,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection that is still open, or a new one.
+    pub async fn checkout(&self) -> io::Result<Conn> {
+        loop {
+            let parked = self.idle.lock().map(|mut idle| idle.pop()).ok().flatten();
+            let Some((mut conn, since)) = parked else {
+                break;
+            };
+            if since.elapsed() < IDLE_TIMEOUT && conn.still_open() {
+                conn.reused = true;
+                return Ok(conn);
+            }
+        }
+        Ok(Conn {
+            stream: self.target.connect().await?,
+            buf: BytesMut::with_capacity(READ_BUFFER),
+            reused: false,
+        })
+    }
+
+    /// Parks a connection whose exchange ended cleanly, for the next request.
+    pub fn checkin(&self, conn: Conn) {
+        if !conn.buf.is_empty() {
+            return; // bytes nobody asked for: the connection is out of step
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            // The oldest sit at the bottom, where a busy pool never reaches: close them here.
+            if idle
+                .first()
+                .is_some_and(|(_, since)| since.elapsed() >= IDLE_TIMEOUT)
+            {
+                idle.remove(0);
+            }
+            if idle.len() < MAX_IDLE {
+                idle.push((conn, Instant::now()));
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The upstream hop: build the request, swap credentials, and exchange it over a pooled
+//! keep-alive HTTP/1.1 connection driven by the relaying task itself.
+
+mod conn;
+pub mod http1;
+pub mod recorded;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Response, Uri};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Config;
+use conn::{Conn, Pool, Target};
+use http1::{Head, UpstreamBody};
+pub use recorded::{respond, RecordedBody};
+
+/// Why the upstream gave no response.
+#[derive(Debug)]
+pub enum UpstreamFailure {
+    Connect(String),
+    Timeout,
+    Other(String),
+}
+
+/// The upstream: its pooled connections, its credential, and how long it may take to answer.
+pub struct Upstream {
+    pool: Arc<Pool>,
+    credential: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+/// Request headers never forwarded: hop-by-hop, the client's credentials and cookies, and
+/// accept-encoding (so the answer arrives readable for its usage).
+const DROPPED_REQUEST_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "content-length",
+    "accept-encoding",
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+    "expect",
+];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), dropped in both directions.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+impl Upstream {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let credential = config
+            .upstream_api_key
+            .as_ref()
+            .map(|key| {
+                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).context(
+                    "KEYGATE_UPSTREAM_API_KEY: contains characters not allowed in a header",
+                )?;
+                value.set_sensitive(true);
+                anyhow::Ok(value)
+            })
+            .transpose()?;
+        Ok(Upstream {
+            pool: Arc::new(Pool::new(Target::parse(&config.upstream_url)?)),
+            credential,
+            timeout: config.upstream_timeout,
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends `/v1{rest}?{query}` to `{upstream}{rest}?{query}` with the upstream's credential
+    /// and returns once the response head has arrived.
+    pub async fn send(
+        &self,
+        method: Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
+        let target = &self.pool.target;
+        let rest = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
+        let path = match uri.query() {
+            Some(query) => format!("{}{rest}?{query}", target.base_path),
+            None => format!("{}{rest}", target.base_path),
+        };
+        let mut forwarded = HeaderMap::with_capacity(headers.len() + 1);
+        copy_headers(headers, &mut forwarded, DROPPED_REQUEST_HEADERS);
+        if let Some(credential) = &self.credential {
+            forwarded.insert(header::AUTHORIZATION, credential.clone());
+        }
+        let mut wire = Vec::with_capacity(512 + body.len());
+        http1::encode_request(
+            &mut wire,
+            &method,
+            &path,
+            &target.authority,
+            &forwarded,
+            body.len(),
+        );
+        wire.extend_from_slice(&body);
+        match tokio::time::timeout(self.timeout, self.exchange(&wire, &method)).await {
+            Err(_) => Err(UpstreamFailure::Timeout),
+            Ok(result) => result,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        wire: &[u8],
+        method: &Method,
+    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
+        loop {
+            let mut conn = self
+                .pool
+                .checkout()
+                .await
+                .map_err(|err| UpstreamFailure::Connect(err.to_string()))?;
+            match round_trip(&mut conn, wire, method).await {
+                Ok(head) => {
+                    let mut response =
+                        Response::new(UpstreamBody::new(conn, &head, self.pool.clone()));
+                    *response.status_mut() = head.status;
+                    *response.headers_mut() = head.headers;
+                    return Ok(response);
+                }
+                // A kept-alive connection the server closed meanwhile: the request was not
+                // answered, so it goes out again on another connection (a new one at worst).
+                Err(err) if conn.reused && conn.buf.is_empty() && is_closed(&err) => {
+                    tracing::debug!(error = %err, "pooled upstream connection was closed; retrying");
+                }
+                Err(err) => return Err(UpstreamFailure::Other(err.to_string())),
+            }
+        }
+    }
+}
+
+/// Writes the request and reads the response head.
+async fn round_trip(conn: &mut Conn, wire: &[u8], method: &Method) -> std::io::Result<Head> {
+    conn.stream.write_all(wire).await?;
+    conn.stream.flush().await?;
+    loop {
+        if let Some(head) = http1::parse_head(&mut conn.buf, method)? {
+            return Ok(head);
+        }
+        if conn.buf.capacity() - conn.buf.len() < 4096 {
+            conn.buf.reserve(8192);
+        }
+        if conn.stream.read_buf(&mut conn.buf).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the upstream closed the connection without answering",
+            ));
+        }
+    }
+}
+
+/// Errors that mean the peer had closed the connection.
+fn is_closed(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        err.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected
+    )
+}
+
+/// Copies end-to-end headers, leaving out hop-by-hop ones, those named in `Connection`, and `extra`.
+pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, extra: &[&str]) {
+    let named_by_connection: Vec<HeaderName> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for (name, value) in from {
+        let text = name.as_str();
+        if HOP_BY_HOP.contains(&text) || extra.contains(&text) || named_by_connection.contains(name)
+        {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
