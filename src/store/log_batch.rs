@@ -17,6 +17,9 @@ const INSERT_ROW: &str = "INSERT INTO api_call_logs (api_key_id, timestamp, mode
      prompt_tokens, completion_tokens, total_tokens, stream) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
+/// Rows inserted between two calls of the caller's `pause`.
+const PAUSE_EVERY: usize = 16;
+
 /// A connection used only for writing call logs (the schema is the sqlx pool's, migrated
 /// before this opens). sqlx would send each statement to a worker thread and re-prepare a
 /// multi-row INSERT per batch; here each row is one bind + step of a prepared statement.
@@ -39,7 +42,12 @@ impl LogStore {
 
     /// Writes the rows and adds their usage to their keys, in one transaction. Rows of keys
     /// deleted meanwhile are dropped, as their logs would have been; returns the rows written.
-    pub fn write(&mut self, records: &[CallRecord]) -> rusqlite::Result<usize> {
+    /// `pause` is called after every `PAUSE_EVERY` rows (the writer yields the CPU there).
+    pub fn write(
+        &mut self,
+        records: &[CallRecord],
+        mut pause: impl FnMut(),
+    ) -> rusqlite::Result<usize> {
         let mut usage: HashMap<i64, (i64, i64)> = HashMap::new();
         let mut exists: HashMap<i64, bool> = HashMap::new();
         for record in records {
@@ -94,6 +102,9 @@ impl LogStore {
                     r.stream,
                 ])?;
                 written += 1;
+                if written % PAUSE_EVERY == 0 {
+                    pause();
+                }
             }
         }
         tx.commit()?;
