@@ -14,6 +14,9 @@ use crate::store::log_batch::LogStore;
 
 /// Pending rows are written at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Batches up to this size yield the CPU every few rows; larger ones mean the writer is
+/// behind (over 20,000 rows/s at the 50 ms tick) and run without yielding.
+const YIELD_UP_TO_ROWS: usize = 1_000;
 /// Attempts at a batch before its rows are given up (and the loss logged).
 const ATTEMPTS: u32 = 3;
 /// The writer's niceness: when the CPU is contended, relaying goes first and the rows a
@@ -119,7 +122,14 @@ fn write(store: &mut LogStore, pending: &mut Vec<CallRecord>) {
         return;
     }
     for attempt in 1..=ATTEMPTS {
-        match store.write(pending, thread::yield_now) {
+        // Yielding costs the writer its turn whenever requests wait: only while it keeps up.
+        let keeping_up = pending.len() <= YIELD_UP_TO_ROWS;
+        let pause = || {
+            if keeping_up {
+                thread::yield_now();
+            }
+        };
+        match store.write(pending, pause) {
             Ok(written) => {
                 tracing::debug!(rows = written, "call logs written");
                 pending.clear();

@@ -21,12 +21,12 @@ const MAX_HEADERS: usize = 128;
 const READ_RESERVE: usize = 8 * 1024;
 
 /// Writes `METHOD target HTTP/1.1`, Host, the headers and Content-Length into `out`.
-pub fn encode_request(
+pub fn encode_request<'a>(
     out: &mut Vec<u8>,
     method: &Method,
     target: &str,
     host: &str,
-    headers: &HeaderMap,
+    headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     body_len: usize,
 ) {
     let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
@@ -91,16 +91,31 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head
             let _ = buf.split_to(used);
             continue;
         }
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
-        for h in response.headers.iter() {
+        // Values are sliced out of the head's bytes rather than copied one by one.
+        let base = buf.as_ptr() as usize;
+        let count = response.headers.len();
+        let mut fields: [(Option<HeaderName>, usize, usize); MAX_HEADERS] =
+            [const { (None, 0, 0) }; MAX_HEADERS];
+        for (field, h) in fields.iter_mut().zip(response.headers.iter()) {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| invalid("bad header name"))?;
-            let value =
-                HeaderValue::from_bytes(h.value).map_err(|_| invalid("bad header value"))?;
-            headers.append(name, value);
+            let start = if h.value.is_empty() {
+                0
+            } else {
+                h.value.as_ptr() as usize - base
+            };
+            *field = (Some(name), start, start + h.value.len());
         }
         let http11 = response.version == Some(1);
-        let _ = buf.split_to(used);
+        let bytes = buf.split_to(used).freeze();
+        let mut headers = HeaderMap::with_capacity(count);
+        for (name, start, end) in fields.iter_mut().take(count) {
+            let value = HeaderValue::from_maybe_shared(bytes.slice(*start..*end))
+                .map_err(|_| invalid("bad header value"))?;
+            if let Some(name) = name.take() {
+                headers.append(name, value);
+            }
+        }
         let framing = framing(&headers, status, method)?;
         let keep_alive = http11
             && framing != Framing::UntilClose
@@ -495,7 +510,7 @@ mod tests {
             &Method::POST,
             "/v1/chat?x=1",
             "api.example:8443",
-            &headers,
+            headers.iter(),
             2,
         );
         assert_eq!(

@@ -101,18 +101,18 @@ impl Upstream {
             Some(query) => format!("{}{rest}?{query}", target.base_path),
             None => format!("{}{rest}", target.base_path),
         };
-        let mut forwarded = HeaderMap::with_capacity(headers.len() + 1);
-        copy_headers(headers, &mut forwarded, DROPPED_REQUEST_HEADERS);
-        if let Some(credential) = &self.credential {
-            forwarded.insert(header::AUTHORIZATION, credential.clone());
-        }
+        let credential = self
+            .credential
+            .as_ref()
+            .map(|value| (&header::AUTHORIZATION, value));
+        let forwarded = end_to_end(headers, DROPPED_REQUEST_HEADERS).chain(credential);
         let mut wire = Vec::with_capacity(512 + body.len());
         http1::encode_request(
             &mut wire,
             &method,
             &path,
             &target.authority,
-            &forwarded,
+            forwarded,
             body.len(),
         );
         wire.extend_from_slice(&body);
@@ -181,21 +181,35 @@ fn is_closed(err: &std::io::Error) -> bool {
     )
 }
 
-/// Copies end-to-end headers, leaving out hop-by-hop ones, those named in `Connection`, and `extra`.
-pub fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, extra: &[&str]) {
-    let named_by_connection: Vec<HeaderName> = from
+/// Headers named in `Connection` (hop-by-hop for this message).
+fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for (name, value) in from {
+        .collect()
+}
+
+/// The end-to-end headers: all but hop-by-hop ones, those named in `Connection`, and `extra`.
+pub fn end_to_end<'a>(
+    headers: &'a HeaderMap,
+    extra: &'a [&str],
+) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
+    let named = named_by_connection(headers);
+    headers.iter().filter(move |(name, _)| {
         let text = name.as_str();
-        if HOP_BY_HOP.contains(&text) || extra.contains(&text) || named_by_connection.contains(name)
-        {
-            continue;
-        }
-        to.append(name.clone(), value.clone());
+        !(HOP_BY_HOP.contains(&text) || extra.contains(&text) || named.contains(name))
+    })
+}
+
+/// Removes hop-by-hop headers and those named in `Connection`, in place.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in named_by_connection(headers) {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
     }
 }

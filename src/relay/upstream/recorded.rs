@@ -12,8 +12,8 @@ use hyper::header;
 use hyper::Response;
 use tokio::time::Sleep;
 
-use super::copy_headers;
 use super::http1::UpstreamBody;
+use super::strip_hop_by_hop;
 use crate::relay::record::{CallRecord, UsageScan};
 use crate::tasks::log_writer::LogSink;
 
@@ -27,7 +27,7 @@ pub fn respond(
     sink: LogSink,
     idle_timeout: Duration,
 ) -> Response<RecordedBody> {
-    let (parts, body) = upstream.into_parts();
+    let (mut parts, body) = upstream.into_parts();
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -37,7 +37,7 @@ pub fn respond(
     record.stream = matches!(scan, UsageScan::Sse { .. });
     let mut response = Response::new(RecordedBody {
         inner: body,
-        idle: Box::pin(tokio::time::sleep(idle_timeout)),
+        idle: None,
         last_frame: tokio::time::Instant::now(),
         idle_timeout,
         call: Some(PendingCall {
@@ -49,7 +49,8 @@ pub fn respond(
         }),
     });
     *response.status_mut() = parts.status;
-    copy_headers(&parts.headers, response.headers_mut(), &[]);
+    strip_hop_by_hop(&mut parts.headers);
+    *response.headers_mut() = parts.headers;
     response
 }
 
@@ -66,8 +67,9 @@ struct PendingCall {
 pub struct RecordedBody {
     inner: UpstreamBody,
     /// Fires at the latest possible idle deadline; re-armed from `last_frame` only when it
-    /// fires, so a busy stream costs no timer work per frame.
-    idle: Pin<Box<Sleep>>,
+    /// fires, so a busy stream costs no timer work per frame. Armed at the first wait: a body
+    /// that arrived with its head needs no timer at all.
+    idle: Option<Pin<Box<Sleep>>>,
     last_frame: tokio::time::Instant,
     idle_timeout: Duration,
     call: Option<PendingCall>,
@@ -124,7 +126,7 @@ impl Body for RecordedBody {
                 }
                 if this.inner.is_end_stream() {
                     this.finish(None);
-                } else {
+                } else if this.idle.is_some() {
                     this.last_frame = tokio::time::Instant::now();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -140,13 +142,21 @@ impl Body for RecordedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                while this.call.is_some() && this.idle.as_mut().poll(cx).is_ready() {
+                let idle = match &mut this.idle {
+                    Some(idle) => idle,
+                    None => {
+                        this.last_frame = tokio::time::Instant::now();
+                        this.idle
+                            .insert(Box::pin(tokio::time::sleep(this.idle_timeout)))
+                    }
+                };
+                while this.call.is_some() && idle.as_mut().poll(cx).is_ready() {
                     let deadline = this.last_frame + this.idle_timeout;
                     if deadline <= tokio::time::Instant::now() {
                         this.finish(Some("upstream timed out mid-response".into()));
                         return Poll::Ready(Some(Err("upstream timed out mid-response".into())));
                     }
-                    this.idle.as_mut().reset(deadline);
+                    idle.as_mut().reset(deadline);
                 }
                 Poll::Pending
             }
