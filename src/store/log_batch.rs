@@ -5,61 +5,26 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, Statement, ToSql, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use crate::relay::record::CallRecord;
 
 const ADD_USAGE: &str = "UPDATE api_keys SET usage_count = usage_count + ?1, \
      last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?3";
 const KEY_EXISTS: &str = "SELECT 1 FROM api_keys WHERE id = ?1";
-const INSERT_INTO: &str = "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, \
+const INSERT_ROW: &str = "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, \
      http_status, response_time, ip_address, endpoint, error_message, request_size, response_size, \
-     prompt_tokens, completion_tokens, total_tokens, stream) VALUES ";
-const COLUMNS: usize = 15;
-/// Rows per INSERT statement: per-statement work (AUTOINCREMENT's sqlite_sequence update
-/// among it) is paid once per group; the caller's `pause` runs between groups.
-const ROWS_PER_INSERT: usize = 16;
+     prompt_tokens, completion_tokens, total_tokens, stream) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
-/// `INSERT … VALUES (?, …), …` for `rows` rows.
-fn insert_sql(rows: usize) -> String {
-    let row = format!("({})", vec!["?"; COLUMNS].join(", "));
-    format!("{INSERT_INTO}{}", vec![row; rows].join(", "))
-}
-
-/// Binds one record's columns from parameter `at + 1` on.
-fn bind_row(insert: &mut Statement<'_>, at: usize, r: &CallRecord) -> rusqlite::Result<()> {
-    let usage = r.usage.unwrap_or_default();
-    let status = r.status();
-    let values: [&dyn ToSql; COLUMNS] = [
-        &r.api_key_id,
-        &r.timestamp,
-        &r.model,
-        &status,
-        &r.http_status,
-        &r.response_time,
-        &r.ip_address,
-        &r.endpoint,
-        &r.error_message,
-        &r.request_size,
-        &r.response_size,
-        &usage.prompt_tokens,
-        &usage.completion_tokens,
-        &usage.total_tokens,
-        &r.stream,
-    ];
-    for (i, value) in values.into_iter().enumerate() {
-        insert.raw_bind_parameter(at + i + 1, value)?;
-    }
-    Ok(())
-}
+/// Rows inserted between two calls of the caller's `pause`.
+const PAUSE_EVERY: usize = 16;
 
 /// A connection used only for writing call logs (the schema is the sqlx pool's, migrated
 /// before this opens). sqlx would send each statement to a worker thread and re-prepare a
-/// multi-row INSERT per batch; here rows are bound into INSERTs prepared once.
+/// multi-row INSERT per batch; here each row is one bind + step of a prepared statement.
 pub struct LogStore {
     conn: Connection,
-    insert_group: String,
-    insert_one: String,
 }
 
 impl LogStore {
@@ -72,16 +37,12 @@ impl LogStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.set_prepared_statement_cache_capacity(8);
-        Ok(LogStore {
-            conn,
-            insert_group: insert_sql(ROWS_PER_INSERT),
-            insert_one: insert_sql(1),
-        })
+        Ok(LogStore { conn })
     }
 
     /// Writes the rows and adds their usage to their keys, in one transaction. Rows of keys
     /// deleted meanwhile are dropped, as their logs would have been; returns the rows written.
-    /// `pause` is called after every group of rows (the writer yields the CPU there).
+    /// `pause` is called after every `PAUSE_EVERY` rows (the writer yields the CPU there).
     pub fn write(
         &mut self,
         records: &[CallRecord],
@@ -115,27 +76,38 @@ impl LogStore {
                 *found = key_exists.exists(params![id])?;
             }
         }
-        let kept: Vec<&CallRecord> = records
-            .iter()
-            .filter(|r| r.api_key_id.is_none_or(|id| exists[&id]))
-            .collect();
-        let mut groups = kept.chunks_exact(ROWS_PER_INSERT);
+        let mut written = 0;
         {
-            let mut insert = tx.prepare_cached(&self.insert_group)?;
-            for group in &mut groups {
-                for (i, record) in group.iter().enumerate() {
-                    bind_row(&mut insert, i * COLUMNS, record)?;
+            let mut insert = tx.prepare_cached(INSERT_ROW)?;
+            for r in records {
+                if r.api_key_id.is_some_and(|id| !exists[&id]) {
+                    continue;
                 }
-                insert.raw_execute()?;
-                pause();
-            }
-            let mut insert = tx.prepare_cached(&self.insert_one)?;
-            for record in groups.remainder() {
-                bind_row(&mut insert, 0, record)?;
-                insert.raw_execute()?;
+                let usage = r.usage.unwrap_or_default();
+                insert.execute(params![
+                    r.api_key_id,
+                    r.timestamp,
+                    r.model,
+                    r.status(),
+                    r.http_status,
+                    r.response_time,
+                    r.ip_address,
+                    r.endpoint,
+                    r.error_message,
+                    r.request_size,
+                    r.response_size,
+                    usage.prompt_tokens,
+                    usage.completion_tokens,
+                    usage.total_tokens,
+                    r.stream,
+                ])?;
+                written += 1;
+                if written % PAUSE_EVERY == 0 {
+                    pause();
+                }
             }
         }
         tx.commit()?;
-        Ok(kept.len())
+        Ok(written)
     }
 }
