@@ -94,7 +94,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub database_url: String,
     pub data_dir: PathBuf,
-    pub upstream_url: String,
+    /// An http:// or https:// URL with a host (checked here).
+    pub upstream_url: hyper::Uri,
     pub upstream_api_key: Option<String>,
     pub admin_token: Option<String>,
     pub fernet_key: Option<String>,
@@ -113,12 +114,14 @@ impl Config {
                 args.listen
             )
         })?;
-        let upstream_url = args.upstream_url.trim_end_matches('/').to_string();
-        let uri: hyper::Uri = upstream_url
+        let text = args.upstream_url.trim_end_matches('/');
+        let upstream_url: hyper::Uri = text
             .parse()
-            .with_context(|| format!("KEYGATE_UPSTREAM_URL: `{upstream_url}` is not a URL"))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            bail!("KEYGATE_UPSTREAM_URL: `{upstream_url}` must be an http:// or https:// URL");
+            .with_context(|| format!("KEYGATE_UPSTREAM_URL: `{text}` is not a URL"))?;
+        if !matches!(upstream_url.scheme_str(), Some("http" | "https"))
+            || upstream_url.host().is_none()
+        {
+            bail!("KEYGATE_UPSTREAM_URL: `{text}` must be an http:// or https:// URL");
         }
         let non_empty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
         let upstream_api_key = non_empty(&args.upstream_api_key)

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use bytes::BytesMut;
 use hyper::Uri;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -25,6 +25,8 @@ const MAX_IDLE: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer per connection; it grows for larger answers.
 const READ_BUFFER: usize = 16 * 1024;
+/// Free space asked of the read buffer before each read.
+const READ_RESERVE: usize = 8 * 1024;
 
 /// The upstream's address, parsed once from KEYGATE_UPSTREAM_URL.
 pub struct Target {
@@ -38,18 +40,12 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn parse(url: &str) -> anyhow::Result<Target> {
-        let uri: Uri = url
-            .parse()
-            .with_context(|| format!("KEYGATE_UPSTREAM_URL: `{url}` is not a URL"))?;
-        let secure = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => bail!("KEYGATE_UPSTREAM_URL: `{url}` must be an http:// or https:// URL"),
-        };
+    /// The target of an http(s) URL with a host (as `Config` checked it).
+    pub fn new(uri: &Uri) -> anyhow::Result<Target> {
+        let secure = uri.scheme_str() == Some("https");
         let authority = uri
             .authority()
-            .with_context(|| format!("KEYGATE_UPSTREAM_URL: `{url}` has no host"))?;
+            .with_context(|| format!("KEYGATE_UPSTREAM_URL: `{uri}` has no host"))?;
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -167,6 +163,13 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Makes sure the read buffer has room for a read (one rule for heads and bodies).
+    pub fn make_room(&mut self) {
+        if self.buf.capacity() - self.buf.len() < READ_RESERVE {
+            self.buf.reserve(READ_RESERVE);
+        }
+    }
+
     /// Whether an idle connection can still be used: the peer has not closed it and sent
     /// nothing unasked. Polls once without waiting (no system call unless the socket became
     /// readable while idle).
@@ -231,5 +234,32 @@ impl Pool {
                 idle.push((conn, Instant::now()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_take_host_port_and_base_path_from_the_url() {
+        let plain = Target::new(&"http://127.0.0.1:9000/v1".parse().unwrap()).unwrap();
+        assert_eq!((plain.host.as_str(), plain.port), ("127.0.0.1", 9000));
+        assert_eq!(
+            (plain.authority.as_str(), plain.base_path.as_str()),
+            ("127.0.0.1:9000", "/v1")
+        );
+        assert!(plain.tls.is_none());
+
+        let secure = Target::new(&"https://api.openai.com/v1".parse().unwrap()).unwrap();
+        assert_eq!((secure.host.as_str(), secure.port), ("api.openai.com", 443));
+        assert!(secure.tls.is_some());
+
+        let v6 = Target::new(&"http://[::1]:8080".parse().unwrap()).unwrap();
+        assert_eq!(
+            (v6.host.as_str(), v6.port, v6.base_path.as_str()),
+            ("::1", 8080, "")
+        );
+        assert_eq!(v6.authority, "[::1]:8080");
     }
 }

@@ -17,8 +17,6 @@ use super::conn::{Conn, Pool};
 /// A response head larger than this is refused.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
-/// Free space asked of the read buffer before each read.
-const READ_RESERVE: usize = 8 * 1024;
 
 /// Writes `METHOD target HTTP/1.1`, Host, the headers and Content-Length into `out`.
 pub fn encode_request<'a>(
@@ -378,9 +376,7 @@ impl Body for UpstreamBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            if conn.buf.capacity() - conn.buf.len() < READ_RESERVE {
-                conn.buf.reserve(READ_RESERVE);
-            }
+            conn.make_room();
             match ready!(poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf)) {
                 Ok(0) => {
                     this.conn = None;

@@ -76,7 +76,7 @@ impl Upstream {
             })
             .transpose()?;
         Ok(Upstream {
-            pool: Arc::new(Pool::new(Target::parse(&config.upstream_url)?)),
+            pool: Arc::new(Pool::new(Target::new(&config.upstream_url)?)),
             credential,
             timeout: config.upstream_timeout,
         })
@@ -160,9 +160,7 @@ async fn round_trip(conn: &mut Conn, wire: &[u8], method: &Method) -> std::io::R
         if let Some(head) = http1::parse_head(&mut conn.buf, method)? {
             return Ok(head);
         }
-        if conn.buf.capacity() - conn.buf.len() < 4096 {
-            conn.buf.reserve(8192);
-        }
+        conn.make_room();
         if conn.stream.read_buf(&mut conn.buf).await? == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -193,7 +191,7 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// The end-to-end headers: all but hop-by-hop ones, those named in `Connection`, and `extra`.
-pub fn end_to_end<'a>(
+fn end_to_end<'a>(
     headers: &'a HeaderMap,
     extra: &'a [&str],
 ) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
@@ -205,7 +203,7 @@ pub fn end_to_end<'a>(
 }
 
 /// Removes hop-by-hop headers and those named in `Connection`, in place.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named_by_connection(headers) {
         headers.remove(name);
     }
