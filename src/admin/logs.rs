@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{page, Listing};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiQuery};
-use crate::store::logs::{LogFilter, LogRow};
+use crate::store::logs::{LogFilter, LogRow, LogStatus};
 use crate::store::Page;
 
 pub fn router() -> Router<AppState> {
@@ -38,13 +38,13 @@ pub async fn page_of_logs(
     status: Option<String>,
     page: Page,
 ) -> Result<Json<Listing<LogRow>>, ApiError> {
-    let status = status.filter(|s| !s.is_empty());
-    if status
-        .as_deref()
-        .is_some_and(|s| s != "success" && s != "error")
-    {
-        return Err(ApiError::invalid("status", "must be success or error"));
-    }
+    let status = match status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(
+            LogStatus::parse(text)
+                .ok_or_else(|| ApiError::invalid("status", "must be success or error"))?,
+        ),
+    };
     let (rows, total) =
         crate::store::logs::list(&state.pool, &LogFilter { key_id, status }, page).await?;
     Ok(Json(Listing::new(rows, page, total)))

@@ -33,24 +33,47 @@ pub struct LogRow {
 const COLUMNS: &str = "id, api_key_id, timestamp, model, status, http_status, response_time, ip_address, \
      endpoint, error_message, request_size, response_size, prompt_tokens, completion_tokens, total_tokens, stream";
 
+/// A log row's outcome, as a status filter names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogStatus {
+    Success,
+    Error,
+}
+
+impl LogStatus {
+    /// `success` or `error`; anything else is not a status.
+    pub fn parse(text: &str) -> Option<LogStatus> {
+        match text {
+            "success" => Some(LogStatus::Success),
+            "error" => Some(LogStatus::Error),
+            _ => None,
+        }
+    }
+}
+
 /// What a log list is narrowed to.
 #[derive(Clone, Debug, Default)]
 pub struct LogFilter {
     pub key_id: Option<i64>,
-    /// `success` or `error`.
-    pub status: Option<String>,
+    pub status: Option<LogStatus>,
 }
 
-fn push_filter(query: &mut QueryBuilder<'_, Sqlite>, filter: &LogFilter) {
+/// ` WHERE …` for the key and the condition given (if any). Status conditions are SQL
+/// literals: only `status = 'error'` written out lets SQLite use the partial `idx_logs_errors`.
+fn push_filter(query: &mut QueryBuilder<'_, Sqlite>, key_id: Option<i64>, condition: Option<&str>) {
     let mut word = " WHERE ";
-    if let Some(key_id) = filter.key_id {
+    if let Some(key_id) = key_id {
         query.push(word).push("api_key_id = ").push_bind(key_id);
         word = " AND ";
     }
-    if let Some(status) = &filter.status {
-        query.push(word).push("status = ").push_bind(status.clone());
+    if let Some(condition) = condition {
+        query.push(word).push(condition);
     }
 }
+
+const IS_ERROR: &str = "status = 'error'";
+/// `likely`: without it SQLite scans and sorts the whole table instead of walking a time index.
+const IS_SUCCESS: &str = "likely(status = 'success')";
 
 /// One page of logs, newest first, and the total matching the filter.
 pub async fn list(
@@ -58,11 +81,26 @@ pub async fn list(
     filter: &LogFilter,
     page: Page,
 ) -> sqlx::Result<(Vec<LogRow>, i64)> {
-    let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM api_call_logs");
-    push_filter(&mut count, filter);
+    // Success rows have no index of their own: they are all rows but the (indexed) errors,
+    // counted in one statement so that both counts see the same rows.
+    let mut count = QueryBuilder::<Sqlite>::new("SELECT (SELECT COUNT(*) FROM api_call_logs");
+    match filter.status {
+        None => push_filter(&mut count, filter.key_id, None),
+        Some(LogStatus::Error) => push_filter(&mut count, filter.key_id, Some(IS_ERROR)),
+        Some(LogStatus::Success) => {
+            push_filter(&mut count, filter.key_id, None);
+            count.push(") - (SELECT COUNT(*) FROM api_call_logs");
+            push_filter(&mut count, filter.key_id, Some(IS_ERROR));
+        }
+    }
+    count.push(")");
     let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+    let condition = filter.status.map(|status| match status {
+        LogStatus::Success => IS_SUCCESS,
+        LogStatus::Error => IS_ERROR,
+    });
     let mut select = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM api_call_logs"));
-    push_filter(&mut select, filter);
+    push_filter(&mut select, filter.key_id, condition);
     select
         .push(" ORDER BY timestamp DESC, id DESC LIMIT ")
         .push_bind(page.page_size)

@@ -128,9 +128,72 @@ async fn logs_page_newest_first_and_filter_by_status() {
         .get(&format!("/api/api-logs?key_id={id}&status=success"))
         .await;
     assert_eq!(successes["total"], 4);
+    let (_, all_errors) = app.get("/api/api-logs?status=error").await;
+    assert_eq!(all_errors["total"], 1);
+    let (_, all_successes) = app.get("/api/api-logs?status=success&page_size=1").await;
+    assert_eq!(all_successes["total"], 4);
+    assert_eq!(all_successes["items"][0]["status"], "success");
     let (status, error) = app.get("/api/api-logs?status=maybe").await;
     assert_eq!(
         (status.as_u16(), error["field"].as_str()),
         (400, Some("status"))
     );
+}
+
+/// A database made by the first schema (AUTOINCREMENT ids, a full status index) keeps every
+/// log row through the 0002 rebuild; filters and new rows work on the rebuilt table.
+#[tokio::test]
+async fn call_logs_survive_the_lean_schema_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("v1.db");
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&db_path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let mut first = sqlx::migrate!("./migrations");
+        first.migrations = first.migrations[..1].to_vec().into();
+        first.run(&pool).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO api_keys (key_hash, key_preview, name, created_at, updated_at) \
+             VALUES ('h', 'kg-…', 'old', 0, 0);
+             INSERT INTO api_call_logs (api_key_id, timestamp, model, status, http_status, \
+             response_time, endpoint, total_tokens) VALUES
+             (1, 1000, 'gpt-a', 'success', 200, 5, '/v1/chat/completions', 30),
+             (1, 2000, 'gpt-b', 'error', 502, 7, '/v1/chat/completions', NULL),
+             (1, 3000, 'gpt-c', 'success', 200, 9, '/v1/embeddings', 12);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let app = spawn_app_on(&db_path).await;
+    let (_, all) = app.get("/api/api-logs").await;
+    assert_eq!(all["total"], 3);
+    let models: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["gpt-c", "gpt-b", "gpt-a"]);
+    assert_eq!(all["items"][0]["total_tokens"], 12);
+    let (_, errors) = app.get("/api/api-logs?status=error").await;
+    assert_eq!(
+        (
+            errors["total"].as_i64(),
+            errors["items"][0]["http_status"].as_i64()
+        ),
+        (Some(1), Some(502))
+    );
+    let (_, successes) = app.get("/api/api-keys/1/logs?status=success").await;
+    assert_eq!(successes["total"], 2);
+
+    let (id, key) = app.new_key().await;
+    app.chat_model(&key, "gpt-new").await;
+    app.flush().await;
+    let rows = app.logs_of(id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["id"], 4, "new ids continue after the migrated ones");
 }
