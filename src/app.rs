@@ -1,12 +1,9 @@
-//! AppState, the Router (/v1 relay, /api admin, /healthz), and serve() with graceful shutdown.
+//! AppState, the Router (/api admin, /healthz), and serve() with graceful shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
@@ -16,8 +13,9 @@ use crate::admin::{self, auth::AdminAuth};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::key_ops::Keyring;
-use crate::relay::{self, upstream::Upstream};
+use crate::relay::upstream::Upstream;
 use crate::secrets;
+use crate::server;
 use crate::store;
 use crate::tasks::{log_writer::LogSink, sweeper};
 
@@ -66,7 +64,6 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .merge(relay::router())
         .merge(admin::router(&state))
         .with_state(state)
 }
@@ -88,23 +85,8 @@ pub async fn serve(
         shutdown.child_token(),
     );
     let logs = state.logs.clone();
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    // Without TCP_NODELAY each streamed chunk waits on Nagle's algorithm and delayed ACKs (~40 ms).
-    let listener = listener.tap_io(|socket| {
-        if let Err(err) = socket.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
-    });
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let grace = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(DRAIN_GRACE).await;
-    };
-    tokio::select! {
-        result = server => result.context("server failed")?,
-        _ = grace => tracing::warn!("connections still open after {DRAIN_GRACE:?}; closing them"),
-    }
+    let router = router(state.clone());
+    server::run(state, router, listener, shutdown, DRAIN_GRACE).await;
     sweeper.abort();
     logs.close().await;
     Ok(())

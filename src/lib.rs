@@ -10,6 +10,7 @@ pub mod key_ops;
 pub mod keys;
 pub mod relay;
 pub mod secrets;
+pub mod server;
 pub mod store;
 pub mod tasks;
 

@@ -11,21 +11,16 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
-use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::Request;
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use record::{CallRecord, RequestSummary};
 use upstream::UpstreamFailure;
-
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/{*path}", any(relay))
-}
 
 /// A request the relay answers itself, and the reason for its log row.
 struct Refusal {
@@ -42,11 +37,8 @@ impl Refusal {
     }
 }
 
-async fn relay(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
+/// Answers one `/v1/*` request (the server routes them here without the axum Router).
+pub async fn relay(state: &AppState, peer: SocketAddr, request: Request<Incoming>) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let mut record = CallRecord {
@@ -57,7 +49,7 @@ async fn relay(
         ),
         ..CallRecord::default()
     };
-    match forward(&state, parts, body, &mut record, started).await {
+    match forward(state, parts, body, &mut record, started).await {
         Ok(response) => response,
         Err(refusal) => {
             record.success = false;
@@ -73,7 +65,7 @@ async fn relay(
 async fn forward(
     state: &AppState,
     parts: Parts,
-    body: Body,
+    body: Incoming,
     record: &mut CallRecord,
     started: Instant,
 ) -> Result<Response, Refusal> {
@@ -137,7 +129,7 @@ fn refuse(failure: auth::AuthFailure) -> Refusal {
 }
 
 /// The whole request body, or 413 past the limit.
-async fn read_body(parts: &Parts, body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
+async fn read_body(parts: &Parts, body: Incoming, limit: usize) -> Result<bytes::Bytes, Refusal> {
     let too_large = || {
         Refusal::new(
             ApiError::PayloadTooLarge(limit),

@@ -344,3 +344,27 @@ async fn a_stream_that_stalls_is_ended_and_logged() {
         first.len()
     );
 }
+
+/// Only paths under `/v1/` reach the relay; look-alikes are the admin router's 404s.
+#[tokio::test]
+async fn only_paths_under_v1_are_relayed() {
+    let app = spawn_app().await;
+    let (_, key) = app.new_key().await;
+    for path in ["/v1", "/v1x/chat/completions", "/api/v1/chat/completions"] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-test", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+    }
+    assert!(app.upstream.seen().is_empty());
+    let (status, _) = app.chat_model(&key, "gpt-test").await;
+    assert_eq!(status, 200);
+    app.flush().await;
+    let (_, logs) = app.get("/api/api-logs").await;
+    assert_eq!(logs["total"], 1, "look-alike paths are not call-logged");
+}
