@@ -73,14 +73,9 @@ async fn forward(
         .await
         .map_err(refuse)?;
     record.api_key_id = Some(key.id);
-    policy::admit(
-        &state.pool,
-        &state.keyring.cache,
-        &key,
-        state.clock.now_ms(),
-    )
-    .await
-    .map_err(refuse)?;
+    policy::admit(&state.pool, &state.keyring.cache, &key, record.timestamp)
+        .await
+        .map_err(refuse)?;
     record.authenticated = true;
 
     let body = read_body(&parts, body, state.config.max_body_bytes).await?;
