@@ -18,20 +18,17 @@ pub fn generate() -> String {
 
 /// The canonical form of a presented key, or None when it is not a UUID
 /// (rejected before any lookup). Upper-case hex is accepted and lowered.
-pub fn canonical(presented: &str) -> Option<String> {
-    let bytes = presented.as_bytes();
-    if bytes.len() != 36 {
-        return None;
-    }
+pub fn canonical(presented: &str) -> Option<[u8; 36]> {
+    let bytes: [u8; 36] = presented.as_bytes().try_into().ok()?;
     let well_formed = bytes.iter().enumerate().all(|(i, b)| match i {
         8 | 13 | 18 | 23 => *b == b'-',
         _ => b.is_ascii_hexdigit(),
     });
-    well_formed.then(|| presented.to_ascii_lowercase())
+    well_formed.then(|| bytes.map(|b| b.to_ascii_lowercase()))
 }
 
-pub fn hash(key: &str) -> KeyHash {
-    Sha256::digest(key.as_bytes()).into()
+pub fn hash(key: impl AsRef<[u8]>) -> KeyHash {
+    Sha256::digest(key.as_ref()).into()
 }
 
 pub fn hash_hex(key: &str) -> String {
@@ -208,12 +205,15 @@ mod tests {
     #[test]
     fn generated_keys_are_canonical_uuids() {
         let key = generate();
-        assert_eq!(canonical(&key).as_deref(), Some(key.as_str()));
+        assert_eq!(
+            canonical(&key).as_ref().map(|c| &c[..]),
+            Some(key.as_bytes())
+        );
         assert_eq!(uuid::Uuid::parse_str(&key).unwrap().get_version_num(), 4);
         assert_ne!(generate(), key);
         assert_eq!(
-            canonical(&key.to_uppercase()).as_deref(),
-            Some(key.as_str())
+            canonical(&key.to_uppercase()).as_ref().map(|c| &c[..]),
+            Some(key.as_bytes())
         );
         assert_eq!(canonical("not-a-key"), None);
         assert_eq!(canonical(&format!("{}x", &key[..35])), None);

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::response::Response;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::app::AppState;
-use crate::relay;
+use crate::relay::{self, ReplyBody};
 
 /// Serves `listener` until `shutdown` is cancelled; then stops accepting, lets open
 /// connections finish their requests (up to `grace`) and returns.
@@ -82,11 +81,11 @@ async fn serve_connection(
                 relay::relay(&state, peer, request).await
             } else {
                 match router.call(request.map(Body::new)).await {
-                    Ok(response) => response,
+                    Ok(response) => response.map(ReplyBody::Local),
                     Err(never) => match never {},
                 }
             };
-            Ok::<Response, Infallible>(response)
+            Ok::<Response<ReplyBody>, Infallible>(response)
         }
     });
     let builder = auto::Builder::new(TokioExecutor::new());

@@ -118,7 +118,7 @@ pub async fn authenticate(
     let presented = presented_key(headers).ok_or(AuthFailure::anonymous("missing API key"))?;
     let canonical =
         keys::canonical(presented).ok_or(AuthFailure::anonymous("malformed API key"))?;
-    let hash = keys::hash(&canonical);
+    let hash = keys::hash(canonical);
     let found = match cache.get(&hash) {
         Some(found) => found,
         None => {

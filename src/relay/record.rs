@@ -1,5 +1,6 @@
 //! The CallRecord of one relayed request, and the scanner that reads `usage` out of the tee.
 
+use bytes::Bytes;
 use memchr::memmem;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -15,7 +16,8 @@ pub struct CallRecord {
     pub success: bool,
     pub http_status: u16,
     pub response_time: i64,
-    pub ip_address: Option<String>,
+    /// Formatted by the log writer, off the request path.
+    pub ip_address: Option<std::net::IpAddr>,
     pub endpoint: String,
     pub error_message: Option<String>,
     pub request_size: i64,
@@ -87,8 +89,13 @@ pub enum UsageScan {
         partial: Vec<u8>,
         usage: Option<Usage>,
     },
-    /// JSON: the body is kept (up to a limit) and parsed at the end.
-    Json { body: Vec<u8>, overflow: bool },
+    /// JSON: the body is kept (up to a limit) and parsed at the end: a body that came in one
+    /// frame is kept as that frame, without a copy.
+    Json {
+        first: Option<Bytes>,
+        rest: Vec<u8>,
+        overflow: bool,
+    },
     /// Anything else is only counted.
     Opaque,
 }
@@ -101,14 +108,18 @@ impl UsageScan {
                 usage: None,
             },
             Some(ct) if ct.contains("json") => UsageScan::Json {
-                body: Vec::new(),
+                first: None,
+                rest: Vec::new(),
                 overflow: false,
             },
             _ => UsageScan::Opaque,
         }
     }
 
-    pub fn feed(&mut self, chunk: &[u8]) {
+    pub fn feed(&mut self, chunk: &Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
         match self {
             UsageScan::Sse { partial, usage } => {
                 let Some(last_newline) = memchr::memrchr(b'\n', chunk) else {
@@ -125,12 +136,23 @@ impl UsageScan {
                 }
                 partial.extend_from_slice(rest);
             }
-            UsageScan::Json { body, overflow } => {
-                if body.len() + chunk.len() > JSON_KEEP_LIMIT {
+            UsageScan::Json {
+                first,
+                rest,
+                overflow,
+            } => {
+                let kept = first.as_ref().map_or(0, Bytes::len) + rest.len();
+                if *overflow || kept + chunk.len() > JSON_KEEP_LIMIT {
                     *overflow = true;
-                    body.clear();
-                } else if !*overflow {
-                    body.extend_from_slice(chunk);
+                    *first = None;
+                    *rest = Vec::new();
+                } else if kept == 0 {
+                    *first = Some(chunk.clone());
+                } else {
+                    if let Some(first) = first.take() {
+                        rest.extend_from_slice(&first);
+                    }
+                    rest.extend_from_slice(chunk);
                 }
             }
             UsageScan::Opaque => {}
@@ -146,9 +168,10 @@ impl UsageScan {
                 (*usage, None)
             }
             UsageScan::Json {
-                body,
+                first,
+                rest,
                 overflow: false,
-            } => match serde_json::from_slice::<UsageCarrier>(body) {
+            } => match serde_json::from_slice::<UsageCarrier>(first.as_deref().unwrap_or(rest)) {
                 Ok(carrier) => {
                     let message = carrier.error.and_then(|e| match e {
                         UpstreamError::Object { message } => message,
@@ -194,7 +217,7 @@ mod tests {
         let mut scan = UsageScan::for_content_type(Some("text/event-stream; charset=utf-8"));
         let stream = b"data: {\"choices\":[],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\ndata: [DONE]\n\n";
         for piece in stream.chunks(7) {
-            scan.feed(piece);
+            scan.feed(&Bytes::copy_from_slice(piece));
         }
         let (usage, _) = scan.finish();
         assert_eq!(
@@ -209,16 +232,21 @@ mod tests {
 
     #[test]
     fn json_usage_and_error_message() {
+        let body =
+            br#"{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        for split in [body.len(), 10] {
+            let mut scan = UsageScan::for_content_type(Some("application/json"));
+            scan.feed(&Bytes::from_static(&body[..split]));
+            scan.feed(&Bytes::from_static(&body[split..]));
+            assert_eq!(scan.finish().0.and_then(|u| u.total_tokens), Some(3));
+        }
         let mut scan = UsageScan::for_content_type(Some("application/json"));
-        scan.feed(
-            br#"{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
-        );
-        assert_eq!(scan.finish().0.and_then(|u| u.total_tokens), Some(3));
-        let mut scan = UsageScan::for_content_type(Some("application/json"));
-        scan.feed(br#"{"error":{"message":"Rate limit reached","type":"x"}}"#);
+        scan.feed(&Bytes::from_static(
+            br#"{"error":{"message":"Rate limit reached","type":"x"}}"#,
+        ));
         assert_eq!(scan.finish().1.as_deref(), Some("Rate limit reached"));
         let mut scan = UsageScan::for_content_type(Some("text/plain"));
-        scan.feed(b"hello");
+        scan.feed(&Bytes::from_static(b"hello"));
         assert_eq!(scan.finish(), (None, None));
     }
 

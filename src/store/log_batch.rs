@@ -2,6 +2,7 @@
 //! their keys in one transaction, through cached prepared statements.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -77,6 +78,7 @@ impl LogStore {
             }
         }
         let mut written = 0;
+        let mut ip_text = String::new();
         {
             let mut insert = tx.prepare_cached(INSERT_ROW)?;
             for r in records {
@@ -84,6 +86,11 @@ impl LogStore {
                     continue;
                 }
                 let usage = r.usage.unwrap_or_default();
+                let ip = r.ip_address.map(|ip| {
+                    ip_text.clear();
+                    let _ = write!(ip_text, "{ip}");
+                    ip_text.as_str()
+                });
                 insert.execute(params![
                     r.api_key_id,
                     r.timestamp,
@@ -91,7 +98,7 @@ impl LogStore {
                     r.status(),
                     r.http_status,
                     r.response_time,
-                    r.ip_address,
+                    ip,
                     r.endpoint,
                     r.error_message,
                     r.request_size,

@@ -20,10 +20,10 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 
 /// Writes `METHOD target HTTP/1.1`, Host, the headers and Content-Length into `out`.
-pub fn encode_request<'a>(
+pub fn encode_request<'a, 'p>(
     out: &mut Vec<u8>,
     method: &Method,
-    target: &str,
+    target: impl Iterator<Item = &'p str>,
     host: &str,
     headers: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     body_len: usize,
@@ -36,7 +36,9 @@ pub fn encode_request<'a>(
     };
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(target.as_bytes());
+    for piece in target {
+        out.extend_from_slice(piece.as_bytes());
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     line(out, b"host", host.as_bytes());
     for (name, value) in headers {
@@ -47,7 +49,8 @@ pub fn encode_request<'a>(
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
     );
     if body_len > 0 || !bodiless {
-        line(out, b"content-length", body_len.to_string().as_bytes());
+        let mut digits = itoa::Buffer::new();
+        line(out, b"content-length", digits.format(body_len).as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -511,7 +514,7 @@ mod tests {
         encode_request(
             &mut out,
             &Method::POST,
-            "/v1/chat?x=1",
+            ["/v1/chat", "?x=1"].into_iter(),
             "api.example:8443",
             headers.iter(),
             2,

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,33 +33,39 @@ pub struct Upstream {
     timeout: Duration,
 }
 
-/// Request headers never forwarded: hop-by-hop, the client's credentials and cookies, and
-/// accept-encoding (so the answer arrives readable for its usage).
-const DROPPED_REQUEST_HEADERS: &[&str] = &[
-    "host",
-    "authorization",
-    "x-api-key",
-    "cookie",
-    "content-length",
-    "accept-encoding",
-    "forwarded",
-    "x-forwarded-for",
-    "x-real-ip",
-    "expect",
-];
+/// Request headers never forwarded: the client's credentials and cookies, headers this hop
+/// rewrites, and accept-encoding (so the answer arrives readable for its usage).
+fn is_dropped_request_header(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "authorization"
+            | "x-api-key"
+            | "cookie"
+            | "content-length"
+            | "accept-encoding"
+            | "forwarded"
+            | "x-forwarded-for"
+            | "x-real-ip"
+            | "expect"
+    )
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), dropped in both directions.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 impl Upstream {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
@@ -86,37 +91,40 @@ impl Upstream {
         self.timeout
     }
 
-    /// Sends `/v1{rest}?{query}` to `{upstream}{rest}?{query}` with the upstream's credential
-    /// and returns once the response head has arrived.
-    pub async fn send(
-        &self,
-        method: Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
+    /// The wire form of `/v1{rest}?{query}` for `{upstream}{rest}?{query}`, with the
+    /// upstream's credential in place of the client's. Encoded before anything is awaited, so
+    /// the caller can drop the client's head (and the server's read buffer it pins) meanwhile.
+    pub fn encode(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
         let target = &self.pool.target;
         let rest = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
-        let path = match uri.query() {
-            Some(query) => format!("{}{rest}?{query}", target.base_path),
-            None => format!("{}{rest}", target.base_path),
-        };
         let credential = self
             .credential
             .as_ref()
             .map(|value| (&header::AUTHORIZATION, value));
-        let forwarded = end_to_end(headers, DROPPED_REQUEST_HEADERS).chain(credential);
+        let forwarded = end_to_end(headers, is_dropped_request_header).chain(credential);
         let mut wire = Vec::with_capacity(512 + body.len());
+        let path = [target.base_path.as_str(), rest];
+        let query = uri.query().map(|query| ["?", query]);
+        let path = path.iter().chain(query.iter().flatten()).copied();
         http1::encode_request(
             &mut wire,
-            &method,
-            &path,
+            method,
+            path,
             &target.authority,
             forwarded,
             body.len(),
         );
-        wire.extend_from_slice(&body);
-        match tokio::time::timeout(self.timeout, self.exchange(&wire, &method)).await {
+        wire.extend_from_slice(body);
+        wire
+    }
+
+    /// Sends an encoded request and returns once the response head has arrived.
+    pub async fn send(
+        &self,
+        wire: &[u8],
+        method: &Method,
+    ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
+        match tokio::time::timeout(self.timeout, self.exchange(wire, method)).await {
             Err(_) => Err(UpstreamFailure::Timeout),
             Ok(result) => result,
         }
@@ -193,21 +201,25 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
 /// The end-to-end headers: all but hop-by-hop ones, those named in `Connection`, and `extra`.
 fn end_to_end<'a>(
     headers: &'a HeaderMap,
-    extra: &'a [&str],
+    dropped: fn(&str) -> bool,
 ) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
     let named = named_by_connection(headers);
     headers.iter().filter(move |(name, _)| {
         let text = name.as_str();
-        !(HOP_BY_HOP.contains(&text) || extra.contains(&text) || named.contains(name))
+        !(is_hop_by_hop(text) || dropped(text) || named.contains(name))
     })
 }
 
-/// Removes hop-by-hop headers and those named in `Connection`, in place.
+/// Removes hop-by-hop headers and those named in `Connection`, in place (one pass to find
+/// them: usually there are none).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in named_by_connection(headers) {
+    let named = named_by_connection(headers);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name.as_str()) || named.contains(name))
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
     }
 }
