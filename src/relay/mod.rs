@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client_ip;
+mod json_scan;
 pub mod policy;
 pub mod record;
 pub mod upstream;

@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 use memchr::memmem;
+
+use super::json_scan::top_level_fields;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -44,7 +46,7 @@ pub struct Usage {
 }
 
 /// What a request body says about itself: only `model` and `stream` are read.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 pub struct RequestSummary {
     pub model: Option<String>,
     pub stream: Option<bool>,
@@ -52,18 +54,30 @@ pub struct RequestSummary {
 
 impl RequestSummary {
     pub fn read(body: &[u8]) -> Self {
-        if body.first().is_some_and(|b| *b == b'{') {
-            serde_json::from_slice(body).unwrap_or_default()
-        } else {
-            RequestSummary::default()
+        let Some([model, stream]) = top_level_fields(body, ["model", "stream"]) else {
+            return RequestSummary::default();
+        };
+        RequestSummary {
+            model: model.and_then(|raw| serde_json::from_slice(raw).ok()),
+            stream: stream.and_then(|raw| serde_json::from_slice(raw).ok()),
         }
     }
 }
 
-#[derive(Deserialize)]
-struct UsageCarrier {
-    usage: Option<Usage>,
-    error: Option<UpstreamError>,
+/// The `usage` of a response object (or SSE event), and the message of its `error`.
+fn usage_and_error(json: &[u8]) -> (Option<Usage>, Option<String>) {
+    let Some([usage, error]) = top_level_fields(json, ["usage", "error"]) else {
+        return (None, None);
+    };
+    let usage = usage.and_then(|raw| serde_json::from_slice::<Option<Usage>>(raw).ok()?);
+    let message = error
+        .and_then(|raw| serde_json::from_slice::<UpstreamError>(raw).ok())
+        .and_then(|error| match error {
+            UpstreamError::Object { message } => message,
+            UpstreamError::Text(text) => Some(text),
+            UpstreamError::Other(_) => None,
+        });
+    (usage, message)
 }
 
 #[derive(Deserialize)]
@@ -171,17 +185,7 @@ impl UsageScan {
                 first,
                 rest,
                 overflow: false,
-            } => match serde_json::from_slice::<UsageCarrier>(first.as_deref().unwrap_or(rest)) {
-                Ok(carrier) => {
-                    let message = carrier.error.and_then(|e| match e {
-                        UpstreamError::Object { message } => message,
-                        UpstreamError::Text(text) => Some(text),
-                        UpstreamError::Other(_) => None,
-                    });
-                    (carrier.usage, message)
-                }
-                Err(_) => (None, None),
-            },
+            } => usage_and_error(first.as_deref().unwrap_or(rest)),
             _ => (None, None),
         }
     }
@@ -199,10 +203,7 @@ fn scan_sse_lines(text: &[u8], usage: &mut Option<Usage>) {
         if memmem::find(data, b"\"usage\"").is_none() {
             continue;
         }
-        if let Ok(UsageCarrier {
-            usage: Some(found), ..
-        }) = serde_json::from_slice(data.trim_ascii())
-        {
+        if let (Some(found), _) = usage_and_error(data) {
             *usage = Some(found);
         }
     }

@@ -1,0 +1,149 @@
+//! Finds the raw values of a few top-level fields of a JSON object, skipping the rest without
+//! parsing it: the relay needs `model`, `stream`, `usage` and `error` out of bodies it only
+//! forwards, and a full parse of a long conversation costs far more than a skim.
+
+use memchr::memchr2;
+
+/// The raw JSON text of each `names[i]` at the top level of the object `json` (the first
+/// occurrence wins); `None` if `json` is not an object this skim can walk (the caller then
+/// has nothing to read). Values are checked only for their extent, not their validity.
+pub fn top_level_fields<'a, const N: usize>(
+    json: &'a [u8],
+    names: [&str; N],
+) -> Option<[Option<&'a [u8]>; N]> {
+    let mut found = [None; N];
+    let mut at = skip_ws(json, 0);
+    if json.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = skip_ws(json, at + 1);
+    if json.get(at) == Some(&b'}') {
+        return Some(found);
+    }
+    loop {
+        if json.get(at) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(json, at)?;
+        let key = &json[at + 1..key_end - 1];
+        at = skip_ws(json, key_end);
+        if json.get(at) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(json, at + 1);
+        let end = value_end(json, start)?;
+        // An escaped key would need decoding to compare; no field we look for has one.
+        if let Some(i) = names.iter().position(|name| name.as_bytes() == key) {
+            found[i].get_or_insert(&json[start..end]);
+        }
+        at = skip_ws(json, end);
+        match json.get(at) {
+            Some(b',') => at = skip_ws(json, at + 1),
+            Some(b'}') => return Some(found),
+            _ => return None,
+        }
+    }
+}
+
+fn skip_ws(json: &[u8], mut at: usize) -> usize {
+    while json
+        .get(at)
+        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        at += 1;
+    }
+    at
+}
+
+/// `json[at]` opens a string: the index just past its closing quote.
+fn string_end(json: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        i += memchr2(b'"', b'\\', json.get(i..)?)?;
+        if json[i] == b'"' {
+            return Some(i + 1);
+        }
+        i += 2; // an escape: the backslash and the character it escapes
+    }
+}
+
+/// The index just past the value starting at `json[at]`.
+fn value_end(json: &[u8], at: usize) -> Option<usize> {
+    match json.get(at)? {
+        b'"' => string_end(json, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            loop {
+                match json.get(i)? {
+                    b'"' => {
+                        i = string_end(json, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let len = json[at..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(json.len() - at);
+            (len > 0).then_some(at + len)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(found: Option<&[u8]>) -> Option<&str> {
+        found.map(|raw| std::str::from_utf8(raw).unwrap())
+    }
+
+    #[test]
+    fn finds_top_level_fields_only() {
+        let json =
+            br#" { "messages": [{"role":"user","model":"inner","content":"a \"quoted\" } ] {"}],
+            "model" : "gpt-4o", "n": -1.5e3, "stream":true, "usage": {"total_tokens": 3},
+            "model": "second" } "#;
+        let [model, stream, usage, missing] =
+            top_level_fields(json, ["model", "stream", "usage", "error"]).unwrap();
+        assert_eq!(text(model), Some(r#""gpt-4o""#));
+        assert_eq!(text(stream), Some("true"));
+        assert_eq!(text(usage), Some(r#"{"total_tokens": 3}"#));
+        assert_eq!(missing, None);
+    }
+
+    #[test]
+    fn escapes_and_empty_objects() {
+        let json = br#"{"a\\":"\\","model":"x\"y"}"#;
+        let [model] = top_level_fields(json, ["model"]).unwrap();
+        assert_eq!(text(model), Some(r#""x\"y""#));
+        assert_eq!(top_level_fields(b"{}", ["model"]), Some([None]));
+    }
+
+    #[test]
+    fn not_an_object_or_cut_short() {
+        for json in [
+            &b"[1,2]"[..],
+            b"not json",
+            b"",
+            br#"{"model":"gpt"#,
+            br#"{"messages":[{"a":1}"#,
+            br#"{"model" "x"}"#,
+            br#"{"model":}"#,
+        ] {
+            assert_eq!(top_level_fields(json, ["model"]), None, "{json:?}");
+        }
+    }
+}
