@@ -72,10 +72,11 @@ impl KeyCache {
         }
     }
 
-    fn get(&self, hash: &KeyHash) -> Option<Option<Arc<AuthedKey>>> {
+    /// The cached lookup of `hash`, if it is younger than the TTL at `now`.
+    fn get(&self, hash: &KeyHash, now: Instant) -> Option<Option<Arc<AuthedKey>>> {
         let entries = self.entries.read().ok()?;
         let entry = entries.get(hash)?;
-        (entry.fetched.elapsed() < CACHE_TTL).then(|| entry.key.clone())
+        (now.saturating_duration_since(entry.fetched) < CACHE_TTL).then(|| entry.key.clone())
     }
 
     fn put(&self, hash: KeyHash, key: Option<Arc<AuthedKey>>) {
@@ -109,17 +110,19 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Finds the key the request presents. A malformed key is refused before any lookup.
+/// Finds the key the request presents (received at `now`). A malformed key is refused
+/// before any lookup.
 pub async fn authenticate(
     pool: &SqlitePool,
     cache: &KeyCache,
     headers: &HeaderMap,
+    now: Instant,
 ) -> Result<Arc<AuthedKey>, AuthFailure> {
     let presented = presented_key(headers).ok_or(AuthFailure::anonymous("missing API key"))?;
     let canonical =
         keys::canonical(presented).ok_or(AuthFailure::anonymous("malformed API key"))?;
     let hash = keys::hash(canonical);
-    let found = match cache.get(&hash) {
+    let found = match cache.get(&hash, now) {
         Some(found) => found,
         None => {
             let found = lookup(pool, &hash).await?;

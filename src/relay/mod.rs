@@ -120,7 +120,7 @@ async fn forward(
     record: &mut CallRecord,
     started: Instant,
 ) -> Result<Response<ReplyBody>, Refusal> {
-    let key = auth::authenticate(&state.pool, &state.keyring.cache, &parts.headers)
+    let key = auth::authenticate(&state.pool, &state.keyring.cache, &parts.headers, started)
         .await
         .map_err(refuse)?;
     record.api_key_id = Some(key.id);
@@ -142,7 +142,7 @@ async fn forward(
     // The client's head and a small body are slices of the server's read buffer: released
     // now, hyper reuses that buffer instead of allocating a new one while we wait.
     drop((parts.uri, parts.headers, body));
-    let upstream = state.upstream.send(&wire, &method).await;
+    let upstream = state.upstream.send(&wire, &method, started).await;
     let response = upstream.map_err(|failure| match failure {
         UpstreamFailure::Connect(cause) => Refusal::new(
             ApiError::BadGateway("The upstream could not be reached; try again later".into()),

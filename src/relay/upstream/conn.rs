@@ -224,14 +224,15 @@ impl Pool {
         }
         if let Ok(mut idle) = self.idle.lock() {
             // The oldest sit at the bottom, where a busy pool never reaches: close them here.
+            let now = Instant::now();
             if idle
                 .first()
-                .is_some_and(|(_, since)| since.elapsed() >= IDLE_TIMEOUT)
+                .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= IDLE_TIMEOUT)
             {
                 idle.remove(0);
             }
             if idle.len() < MAX_IDLE {
-                idle.push((conn, Instant::now()));
+                idle.push((conn, now));
             }
         }
     }

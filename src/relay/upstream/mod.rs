@@ -118,13 +118,16 @@ impl Upstream {
         wire
     }
 
-    /// Sends an encoded request and returns once the response head has arrived.
+    /// Sends an encoded request and returns once the response head has arrived, or fails
+    /// when the upstream timeout has passed since `started`.
     pub async fn send(
         &self,
         wire: &[u8],
         method: &Method,
+        started: std::time::Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
-        match tokio::time::timeout(self.timeout, self.exchange(wire, method)).await {
+        let deadline = tokio::time::Instant::from_std(started) + self.timeout;
+        match tokio::time::timeout_at(deadline, self.exchange(wire, method)).await {
             Err(_) => Err(UpstreamFailure::Timeout),
             Ok(result) => result,
         }

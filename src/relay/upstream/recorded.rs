@@ -38,7 +38,7 @@ pub fn respond(
     let mut response = Response::new(RecordedBody {
         inner: body,
         idle: None,
-        last_frame: tokio::time::Instant::now(),
+        last_frame: tokio::time::Instant::from_std(started),
         idle_timeout,
         call: Some(PendingCall {
             record,
