@@ -9,13 +9,12 @@ pub mod record;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::{header, request::Parts};
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -139,10 +138,10 @@ async fn forward(
         .upstream
         .encode(&parts.method, &parts.uri, &parts.headers, &body);
     let method = parts.method;
-    // The client's head and a small body are slices of the server's read buffer: released
-    // now, hyper reuses that buffer instead of allocating a new one while we wait.
+    // Nothing of the client's request (slices of the server's read buffer) is held while the
+    // upstream answers, however long that takes.
     drop((parts.uri, parts.headers, body));
-    let upstream = state.upstream.send(&wire, &method, started).await;
+    let upstream = state.upstream.send(&wire, &method).await;
     let response = upstream.map_err(|failure| match failure {
         UpstreamFailure::Connect(cause) => Refusal::new(
             ApiError::BadGateway("The upstream could not be reached; try again later".into()),

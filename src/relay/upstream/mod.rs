@@ -118,16 +118,14 @@ impl Upstream {
         wire
     }
 
-    /// Sends an encoded request and returns once the response head has arrived, or fails
-    /// when the upstream timeout has passed since `started`.
+    /// Sends an encoded request and returns once the response head has arrived (or the
+    /// upstream timeout has passed).
     pub async fn send(
         &self,
         wire: &[u8],
         method: &Method,
-        started: std::time::Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
-        let deadline = tokio::time::Instant::from_std(started) + self.timeout;
-        match tokio::time::timeout_at(deadline, self.exchange(wire, method)).await {
+        match tokio::time::timeout(self.timeout, self.exchange(wire, method)).await {
             Err(_) => Err(UpstreamFailure::Timeout),
             Ok(result) => result,
         }
@@ -201,7 +199,8 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// The end-to-end headers: all but hop-by-hop ones, those named in `Connection`, and `extra`.
+/// The end-to-end headers: all but hop-by-hop ones, those named in `Connection`, and those
+/// `dropped` says no to.
 fn end_to_end<'a>(
     headers: &'a HeaderMap,
     dropped: fn(&str) -> bool,
