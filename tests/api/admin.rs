@@ -60,30 +60,19 @@ async fn console_login_sets_a_strict_http_only_session_cookie() {
     );
     let session = cookie.split(';').next().unwrap().to_string();
 
-    let listed = app
-        .client
-        .get(app.url("/api/api-keys"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(listed.status(), 200);
-    let logout = app
-        .client
-        .post(app.url("/api/auth/logout"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(logout.status(), 204);
-    let after = app
-        .client
-        .get(app.url("/api/api-keys"))
-        .header("cookie", &session)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(after.status(), 401);
+    let with_session = |request: reqwest::RequestBuilder| {
+        let request = request.header("cookie", session.clone());
+        async move { request.send().await.unwrap().status() }
+    };
+    let keys = || app.client.get(app.url("/api/api-keys"));
+    assert_eq!(with_session(keys()).await, 200);
+    let logout = app.client.post(app.url("/api/auth/logout"));
+    assert_eq!(with_session(logout).await, 204);
+    assert_eq!(
+        with_session(keys()).await,
+        401,
+        "the session ends at logout"
+    );
 }
 
 #[tokio::test]
