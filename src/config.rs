@@ -87,6 +87,14 @@ pub struct ConfigArgs {
         global = true
     )]
     pub upstream_timeout: String,
+    /// Most connections open to the upstream at once; past it requests wait briefly, then 503.
+    #[arg(
+        long,
+        env = "KEYGATE_UPSTREAM_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub upstream_max_connections: usize,
 }
 
 #[derive(Clone)]
@@ -103,6 +111,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub upstream_timeout: Duration,
+    pub upstream_max_connections: usize,
 }
 
 impl Config {
@@ -129,6 +138,9 @@ impl Config {
         if args.max_body_bytes == 0 {
             bail!("KEYGATE_MAX_BODY_BYTES: must be a positive number of bytes");
         }
+        if args.upstream_max_connections == 0 {
+            bail!("KEYGATE_UPSTREAM_MAX_CONNECTIONS: must be at least 1");
+        }
         Ok(Config {
             listen,
             data_dir: data_dir(&args.database_url)?,
@@ -143,6 +155,7 @@ impl Config {
             trusted_proxies: parse_proxies(&args.trusted_proxies)?,
             upstream_timeout: parse_duration(&args.upstream_timeout)
                 .context("KEYGATE_UPSTREAM_TIMEOUT")?,
+            upstream_max_connections: args.upstream_max_connections,
         })
     }
 }
@@ -162,6 +175,7 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("upstream_timeout", &self.upstream_timeout)
+            .field("upstream_max_connections", &self.upstream_max_connections)
             .finish()
     }
 }

@@ -31,6 +31,9 @@ pub enum ApiError {
     BadGateway(String),
     #[error("{0}")]
     GatewayTimeout(String),
+    /// 503 with `Retry-After: retry_after` seconds: keygate cannot take the request now.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: u32 },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -52,6 +55,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +74,7 @@ impl ApiError {
                 "The request body exceeds {limit} bytes; send a smaller one or raise KEYGATE_MAX_BODY_BYTES"
             ),
             ApiError::BadGateway(message) | ApiError::GatewayTimeout(message) => message.clone(),
+            ApiError::Unavailable { message, .. } => message.clone(),
             ApiError::Internal(_) => "Internal error; the server log has the details".into(),
         }
     }
@@ -109,6 +114,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::Unavailable { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         response
     }

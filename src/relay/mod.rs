@@ -147,6 +147,17 @@ async fn forward(
             ApiError::BadGateway("The upstream could not be reached; try again later".into()),
             format!("upstream connect failed: {cause}"),
         ),
+        UpstreamFailure::Busy => Refusal::new(
+            ApiError::Unavailable {
+                message: "Too many requests are waiting for the upstream; try again in a moment"
+                    .into(),
+                retry_after: 1,
+            },
+            format!(
+                "all {} upstream connections stayed busy (KEYGATE_UPSTREAM_MAX_CONNECTIONS)",
+                state.config.upstream_max_connections
+            ),
+        ),
         UpstreamFailure::Timeout => Refusal::new(
             ApiError::GatewayTimeout("The upstream did not answer in time; try again later".into()),
             format!("upstream timed out after {:?}", state.upstream.timeout()),

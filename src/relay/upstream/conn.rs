@@ -1,9 +1,10 @@
-//! Connections to the upstream: where it is, connecting (TCP, TLS by rustls), and the pool of
-//! idle keep-alive connections handed out newest first.
+//! Connections to the upstream: where it is, connecting (TCP, TLS by rustls), the cap on how
+//! many are open at once, and the pool of idle keep-alive connections handed out newest first.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use bytes::BytesMut;
 use hyper::Uri;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
@@ -27,6 +29,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_BUFFER: usize = 16 * 1024;
 /// Free space asked of the read buffer before each read.
 const READ_RESERVE: usize = 8 * 1024;
+/// How often idle connections are looked at: one the upstream closed or wrote to while idle
+/// is closed here rather than found out when reused.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+/// How long a request waits for a connection when all the allowed ones are busy.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 /// The upstream's address, parsed once from KEYGATE_UPSTREAM_URL.
 pub struct Target {
@@ -157,9 +164,10 @@ impl AsyncWrite for Stream {
 pub struct Conn {
     pub stream: Stream,
     pub buf: BytesMut,
-    /// It served a request before: a failure before any answer may be the server having
-    /// closed it meanwhile, and is worth one more try on another connection.
+    /// It served a request before (it came from the pool).
     pub reused: bool,
+    /// Its place under the cap of open connections, given back when it closes.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Conn {
@@ -184,43 +192,124 @@ impl Conn {
     }
 }
 
-/// Idle connections to one target, reused newest first.
+/// Why no connection could be had.
+#[derive(Debug)]
+pub enum CheckoutError {
+    /// Every allowed connection stayed busy for `QUEUE_WAIT`.
+    Busy,
+    Connect(io::Error),
+}
+
+/// Idle connections to one target, reused newest first, and the cap on open ones.
 pub struct Pool {
     pub target: Target,
     idle: Mutex<Vec<(Conn, Instant)>>,
+    /// One permit per open connection, idle or busy.
+    permits: Arc<Semaphore>,
+    /// Requests waiting for a permit: a connection finishing meanwhile is closed, not
+    /// parked, so that its permit goes to them.
+    waiting: AtomicUsize,
 }
 
 impl Pool {
-    pub fn new(target: Target) -> Pool {
+    pub fn new(target: Target, max_connections: usize) -> Pool {
         Pool {
             target,
             idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(max_connections)),
+            waiting: AtomicUsize::new(0),
         }
     }
 
-    /// An idle connection that is still open, or a new one.
-    pub async fn checkout(&self) -> io::Result<Conn> {
-        loop {
-            let parked = self.idle.lock().map(|mut idle| idle.pop()).ok().flatten();
-            let Some((mut conn, since)) = parked else {
-                break;
-            };
-            if since.elapsed() < IDLE_TIMEOUT && conn.still_open() {
-                conn.reused = true;
-                return Ok(conn);
+    /// Closes idle connections the upstream closed or wrote to, and those idle too long,
+    /// every `WATCH_EVERY` while the pool exists (as nginx's keepalive does with a read event
+    /// on an idle connection). Needs a Tokio runtime; without one, checkout still checks.
+    pub fn watch(pool: &Arc<Pool>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool: Weak<Pool> = Arc::downgrade(pool);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(WATCH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.close_stale();
             }
+        });
+    }
+
+    fn close_stale(&self) {
+        let now = Instant::now();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain_mut(|(conn, since)| {
+                now.saturating_duration_since(*since) < IDLE_TIMEOUT && conn.still_open()
+            });
         }
+    }
+
+    /// An idle connection that is still open, or a new one (waiting up to `QUEUE_WAIT` for
+    /// room under the cap).
+    pub async fn checkout(&self) -> Result<Conn, CheckoutError> {
+        if let Some(conn) = self.pop_idle() {
+            return Ok(conn);
+        }
+        self.connect().await
+    }
+
+    /// A new connection, never a pooled one.
+    pub async fn connect(&self) -> Result<Conn, CheckoutError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => self.wait_for_permit().await?,
+        };
+        let stream = self
+            .target
+            .connect()
+            .await
+            .map_err(CheckoutError::Connect)?;
         Ok(Conn {
-            stream: self.target.connect().await?,
+            stream,
             buf: BytesMut::with_capacity(READ_BUFFER),
             reused: false,
+            _permit: permit,
         })
+    }
+
+    fn pop_idle(&self) -> Option<Conn> {
+        loop {
+            let (mut conn, since) = self.idle.lock().ok()?.pop()?;
+            if since.elapsed() < IDLE_TIMEOUT && conn.still_open() {
+                conn.reused = true;
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        // Idle connections hold permits nobody will give back while we wait: close one.
+        if let Some(conn) = self.idle.lock().ok().and_then(|mut idle| {
+            (!idle.is_empty()).then(|| idle.remove(0))
+        }) {
+            drop(conn);
+        }
+        let permit = tokio::time::timeout(QUEUE_WAIT, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        match permit {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(CheckoutError::Busy),
+        }
     }
 
     /// Parks a connection whose exchange ended cleanly, for the next request.
     pub fn checkin(&self, conn: Conn) {
         if !conn.buf.is_empty() {
             return; // bytes nobody asked for: the connection is out of step
+        }
+        if self.waiting.load(Ordering::Relaxed) > 0 {
+            return; // closing it gives its permit to a request waiting for one
         }
         if let Ok(mut idle) = self.idle.lock() {
             // The oldest sit at the bottom, where a busy pool never reaches: close them here.

@@ -86,6 +86,9 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head
             &mut slots,
         );
         let used = match parsed {
+            Ok(httparse::Status::Complete(used)) if used > MAX_HEAD => {
+                return Err(invalid("response head too large"))
+            }
             Ok(httparse::Status::Complete(used)) => used,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return Err(invalid("response head too large"))
@@ -124,28 +127,55 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head
                 .map_err(|_| invalid("bad header value"))?;
             headers.append(name, value);
         }
-        let framing = framing(&headers, status, method)?;
+        let framing = framing(&mut headers, status, method)?;
         let keep_alive = http11
-            && framing != Framing::UntilClose
+            && reusable_after(status, method, framing)
             && !has_token(&headers, header::CONNECTION, "close");
         return Ok(Some(Head {
             status,
             headers,
-            framing,
+            framing: framing.body,
             keep_alive,
         }));
     }
 }
 
-fn framing(headers: &HeaderMap, status: StatusCode, method: &Method) -> io::Result<Framing> {
+/// A response's framing, and whether it was trustworthy enough to reuse the connection.
+#[derive(Clone, Copy)]
+struct Delimited {
+    body: Framing,
+    /// Both Transfer-Encoding and Content-Length came: the length is dropped (RFC 9112
+    /// §6.3) and the connection is not reused (it smells of response splitting).
+    conflicting: bool,
+}
+
+/// Whether the connection can carry another request after this answer. Not after an answer
+/// without a body (204, 304, HEAD) or a 101: bytes the upstream writes late could not be told
+/// from the next request's answer. Not after a body delimited by the connection's end or
+/// with conflicting framing.
+fn reusable_after(status: StatusCode, method: &Method, framing: Delimited) -> bool {
+    !(framing.conflicting
+        || framing.body == Framing::UntilClose
+        || *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || status.is_informational())
+}
+
+fn framing(headers: &mut HeaderMap, status: StatusCode, method: &Method) -> io::Result<Delimited> {
+    let plain = |body| Ok(Delimited {
+        body,
+        conflicting: false,
+    });
     if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok(Framing::Empty);
+        return plain(Framing::Empty);
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
+        let conflicting = headers.remove(header::CONTENT_LENGTH).is_some();
         let last = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
@@ -153,28 +183,36 @@ fn framing(headers: &HeaderMap, status: StatusCode, method: &Method) -> io::Resu
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .rfind(|t| !t.is_empty());
-        return Ok(match last {
+        let body = match last {
             Some(coding) if coding.eq_ignore_ascii_case("chunked") => Framing::Chunked,
             _ => Framing::UntilClose,
-        });
+        };
+        return Ok(Delimited { body, conflicting });
     }
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     match lengths.next() {
-        None => Ok(Framing::UntilClose),
+        None => plain(Framing::UntilClose),
         Some(value) => {
-            let parse =
-                |v: &HeaderValue| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
-            let n = parse(value).ok_or_else(|| invalid("bad content-length"))?;
-            if lengths.any(|other| parse(other) != Some(n)) {
+            let n = content_length(value).ok_or_else(|| invalid("bad content-length"))?;
+            if lengths.any(|other| content_length(other) != Some(n)) {
                 return Err(invalid("conflicting content-length headers"));
             }
-            Ok(if n == 0 {
+            plain(if n == 0 {
                 Framing::Empty
             } else {
                 Framing::Length(n)
             })
         }
     }
+}
+
+/// A Content-Length value: decimal digits only (no sign, no space, no list), as hyper takes it.
+fn content_length(value: &HeaderValue) -> Option<u64> {
+    let digits = value.as_bytes();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
@@ -190,7 +228,13 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
-/// Where a chunked body is between bytes.
+/// Chunk extensions (ignored) and trailer fields (dropped) may take this many bytes per body,
+/// each (hyper's limits).
+const CHUNK_EXTENSIONS_LIMIT: usize = 16 * 1024;
+const TRAILERS_LIMIT: usize = 16 * 1024;
+
+/// Where a chunked body is between bytes (RFC 9112 §7.1: lines end in CRLF, a size is hex
+/// digits, optionally followed by whitespace and `;`-extensions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
     /// Reading the hex size; `digits` seen so far.
@@ -198,8 +242,16 @@ enum Chunk {
         size: u64,
         digits: u8,
     },
-    /// After the size: extensions up to the line's end.
-    SizeLine {
+    /// Whitespace after the size.
+    SizeSpace {
+        size: u64,
+    },
+    /// A chunk extension, up to the line's end.
+    Extension {
+        size: u64,
+    },
+    /// The size line's CR came; its LF must follow.
+    SizeLf {
         size: u64,
     },
     Data(u64),
@@ -209,6 +261,7 @@ enum Chunk {
     TrailerStart,
     TrailerLine,
     TrailerLf,
+    EndLf,
     Done,
 }
 
@@ -216,12 +269,16 @@ enum Chunk {
 #[derive(Debug)]
 pub struct ChunkedDecoder {
     state: Chunk,
+    extension_bytes: usize,
+    trailer_bytes: usize,
 }
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
         ChunkedDecoder {
             state: Chunk::Size { size: 0, digits: 0 },
+            extension_bytes: 0,
+            trailer_bytes: 0,
         }
     }
 }
@@ -248,43 +305,73 @@ impl ChunkedDecoder {
             }
             let byte = input[at];
             at += 1;
-            self.state = match (self.state, byte) {
-                (Chunk::Size { size, digits }, b) if b.is_ascii_hexdigit() => {
-                    if digits >= 15 {
-                        return Err(invalid("chunk size too large"));
-                    }
-                    let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
-                    Chunk::Size {
-                        size: size * 16 + digit,
-                        digits: digits + 1,
-                    }
-                }
-                (Chunk::Size { digits: 0, .. }, _) => return Err(invalid("bad chunk size")),
-                (Chunk::Size { size, .. } | Chunk::SizeLine { size }, b'\n') => {
-                    if size == 0 {
-                        Chunk::TrailerStart
-                    } else {
-                        Chunk::Data(size)
-                    }
-                }
-                (Chunk::Size { size, .. } | Chunk::SizeLine { size }, _) => {
-                    Chunk::SizeLine { size }
-                }
-                (Chunk::DataCr, b'\r') => Chunk::DataLf,
-                (Chunk::DataLf, b'\n') => Chunk::Size { size: 0, digits: 0 },
-                (Chunk::DataCr | Chunk::DataLf, _) => {
-                    return Err(invalid("chunk data not followed by CRLF"))
-                }
-                (Chunk::TrailerStart, b'\r') => Chunk::TrailerLf,
-                (Chunk::TrailerStart | Chunk::TrailerLf, b'\n') => Chunk::Done,
-                (Chunk::TrailerLine, b'\n') => Chunk::TrailerStart,
-                (Chunk::TrailerLf, _) => return Err(invalid("bad end of chunked body")),
-                (Chunk::TrailerStart | Chunk::TrailerLine, _) => Chunk::TrailerLine,
-                (Chunk::Data(_) | Chunk::Done, _) => unreachable!("handled above"),
-            };
+            self.state = self.step(byte)?;
         }
         let _ = input.split_to(at);
         Ok(())
+    }
+
+    fn step(&mut self, byte: u8) -> io::Result<Chunk> {
+        let after_size = |size: u64| if size == 0 { Chunk::TrailerStart } else { Chunk::Data(size) };
+        Ok(match (self.state, byte) {
+            (Chunk::Size { size, digits }, b) if b.is_ascii_hexdigit() => {
+                let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
+                let size = size
+                    .checked_mul(16)
+                    .and_then(|s| s.checked_add(digit))
+                    .ok_or_else(|| invalid("chunk size too large"))?;
+                Chunk::Size {
+                    size,
+                    digits: digits.saturating_add(1),
+                }
+            }
+            (Chunk::Size { digits: 0, .. }, _) => return Err(invalid("bad chunk size")),
+            (Chunk::Size { size, .. } | Chunk::SizeSpace { size }, b' ' | b'\t') => {
+                Chunk::SizeSpace { size }
+            }
+            (Chunk::Size { size, .. } | Chunk::SizeSpace { size }, b';') => {
+                Chunk::Extension { size }
+            }
+            (
+                Chunk::Size { size, .. } | Chunk::SizeSpace { size } | Chunk::Extension { size },
+                b'\r',
+            ) => Chunk::SizeLf { size },
+            (Chunk::Size { .. } | Chunk::SizeSpace { .. }, _) => {
+                return Err(invalid("bad chunk size line"))
+            }
+            (Chunk::Extension { .. }, b'\n') => return Err(invalid("bare LF in a chunk extension")),
+            (Chunk::Extension { size }, _) => {
+                self.extension_bytes += 1;
+                if self.extension_bytes > CHUNK_EXTENSIONS_LIMIT {
+                    return Err(invalid("chunk extensions too large"));
+                }
+                Chunk::Extension { size }
+            }
+            (Chunk::SizeLf { size }, b'\n') => after_size(size),
+            (Chunk::SizeLf { .. }, _) => return Err(invalid("chunk size line not ended by CRLF")),
+            (Chunk::DataCr, b'\r') => Chunk::DataLf,
+            (Chunk::DataLf, b'\n') => Chunk::Size { size: 0, digits: 0 },
+            (Chunk::DataCr | Chunk::DataLf, _) => {
+                return Err(invalid("chunk data not followed by CRLF"))
+            }
+            (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
+            (Chunk::EndLf, b'\n') => Chunk::Done,
+            (Chunk::EndLf, _) => return Err(invalid("bad end of chunked body")),
+            (Chunk::TrailerLine, b'\r') => Chunk::TrailerLf,
+            (Chunk::TrailerStart | Chunk::TrailerLine, b'\n') => {
+                return Err(invalid("bare LF in a trailer"))
+            }
+            (Chunk::TrailerStart | Chunk::TrailerLine, _) => {
+                self.trailer_bytes += 1;
+                if self.trailer_bytes > TRAILERS_LIMIT {
+                    return Err(invalid("trailers too large"));
+                }
+                Chunk::TrailerLine
+            }
+            (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
+            (Chunk::TrailerLf, _) => return Err(invalid("trailer line not ended by CRLF")),
+            (Chunk::Data(_) | Chunk::Done, _) => return Err(invalid("chunked decoder misused")),
+        })
     }
 }
 
@@ -461,49 +548,68 @@ mod tests {
 
     #[test]
     fn malformed_chunks_are_errors() {
-        for wire in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"ffffffffffffffff\r\n"] {
+        for wire in [
+            &b"zz\r\n"[..],
+            b"5\r\nhelloXX",
+            b"1ffffffffffffffff\r\n",
+            b"5xyz\r\nhello\r\n",       // garbage after the size, no `;`
+            b"5 x\r\nhello\r\n",         // garbage after whitespace
+            b"5\nhello\r\n",              // bare LF ends the size line
+            b"5;a\nhello\r\n",            // bare LF in an extension
+            b"0\r\n\n",                   // bare LF ends the body
+            b"0\r\nx-t: 1\n\r\n",         // bare LF ends a trailer
+        ] {
             assert!(decode_in_pieces(wire, 64).is_err(), "{wire:?}");
         }
+        let mut long_extension = b"5;".to_vec();
+        long_extension.extend(std::iter::repeat_n(b'e', CHUNK_EXTENSIONS_LIMIT + 1));
+        assert!(decode_in_pieces(&long_extension, 4096).is_err());
+        let (out, done) = decode_in_pieces(b"5 \t;name=\"v\"\r\nhello\r\n0\r\n\r\n", 1).unwrap();
+        assert_eq!((out.as_slice(), done), (&b"hello"[..], true));
     }
 
     #[test]
-    fn heads_give_framing_and_keep_alive() {
+    fn heads_are_checked_strictly() {
         let post = Method::POST;
-        let cases: [(&[u8], Framing, bool); 5] = [
+        for wire in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(wire);
+            assert!(parse_head(&mut buf, &post).is_err(), "{wire:?}");
+        }
+        // A head over the limit is refused even when it arrives in one read.
+        let mut huge = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 70 * 1024));
+        huge.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+        assert!(parse_head(&mut BytesMut::from(&huge[..]), &post).is_err());
+    }
+
+    #[test]
+    fn answers_that_could_desync_the_connection_end_it() {
+        let post = Method::POST;
+        let not_reused: [(&[u8], &Method); 5] = [
+            (b"HTTP/1.1 204 No Content\r\n\r\n", &post),
+            (b"HTTP/1.1 304 Not Modified\r\n\r\n", &post),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", &Method::HEAD),
+            (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n", &post),
             (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
-                Framing::Length(12),
-                true,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                Framing::Chunked,
-                true,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
-                Framing::Length(1),
-                false,
-            ),
-            (b"HTTP/1.1 200 OK\r\n\r\n", Framing::UntilClose, false),
-            (
-                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
-                Framing::Empty,
-                true,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ntransfer-encoding: chunked\r\n\r\n",
+                &post,
             ),
         ];
-        for (wire, framing, keep_alive) in cases {
-            let mut buf = BytesMut::from(wire);
-            let head = parse_head(&mut buf, &post).unwrap().unwrap();
-            assert_eq!(
-                (head.framing, head.keep_alive),
-                (framing, keep_alive),
-                "{wire:?}"
-            );
-            assert!(buf.is_empty());
+        for (wire, method) in not_reused {
+            let head = parse_head(&mut BytesMut::from(wire), method).unwrap().unwrap();
+            assert!(!head.keep_alive, "{wire:?}");
         }
-        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Le"[..]);
-        assert!(parse_head(&mut partial, &post).unwrap().is_none());
+        let mut both = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+        );
+        let head = parse_head(&mut both, &post).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]

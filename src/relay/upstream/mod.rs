@@ -14,7 +14,7 @@ use hyper::{Method, Response, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
-use conn::{Conn, Pool, Target};
+use conn::{CheckoutError, Conn, Pool, Target};
 use http1::{Head, UpstreamBody};
 pub use recorded::{respond, RecordedBody};
 
@@ -22,6 +22,8 @@ pub use recorded::{respond, RecordedBody};
 #[derive(Debug)]
 pub enum UpstreamFailure {
     Connect(String),
+    /// Every allowed upstream connection stayed busy while the request waited for one.
+    Busy,
     Timeout,
     Other(String),
 }
@@ -80,8 +82,13 @@ impl Upstream {
                 anyhow::Ok(value)
             })
             .transpose()?;
+        let pool = Arc::new(Pool::new(
+            Target::new(&config.upstream_url)?,
+            config.upstream_max_connections,
+        ));
+        Pool::watch(&pool);
         Ok(Upstream {
-            pool: Arc::new(Pool::new(Target::new(&config.upstream_url)?)),
+            pool,
             credential,
             timeout: config.upstream_timeout,
         })
@@ -131,61 +138,111 @@ impl Upstream {
         }
     }
 
+    /// One exchange, sent again at most once and only when the request cannot have been
+    /// served: no byte of it was written, or it is idempotent and no byte of an answer came.
     async fn exchange(
         &self,
         wire: &[u8],
         method: &Method,
     ) -> Result<Response<UpstreamBody>, UpstreamFailure> {
-        loop {
-            let mut conn = self
-                .pool
-                .checkout()
-                .await
-                .map_err(|err| UpstreamFailure::Connect(err.to_string()))?;
-            match round_trip(&mut conn, wire, method).await {
-                Ok(head) => {
-                    let mut response =
-                        Response::new(UpstreamBody::new(conn, &head, self.pool.clone()));
-                    *response.status_mut() = head.status;
-                    *response.headers_mut() = head.headers;
-                    return Ok(response);
-                }
-                // A kept-alive connection the server closed meanwhile: the request was not
-                // answered, so it goes out again on another connection (a new one at worst).
-                Err(err) if conn.reused && conn.buf.is_empty() && is_closed(&err) => {
-                    tracing::debug!(error = %err, "pooled upstream connection was closed; retrying");
-                }
-                Err(err) => return Err(UpstreamFailure::Other(err.to_string())),
-            }
+        let conn = self.pool.checkout().await.map_err(checkout_failure)?;
+        let failed = match self.answer(conn, wire, method).await {
+            Ok(response) => return Ok(response),
+            Err(failed) => failed,
+        };
+        let resend = failed.written == 0 || (is_idempotent(method) && !failed.answered);
+        if !resend {
+            return Err(UpstreamFailure::Other(failed.error.to_string()));
         }
+        tracing::debug!(error = %failed.error, "upstream connection failed before the request was served; sending it once more on a new connection");
+        let conn = self.pool.connect().await.map_err(checkout_failure)?;
+        self.answer(conn, wire, method)
+            .await
+            .map_err(|failed| UpstreamFailure::Other(failed.error.to_string()))
     }
+
+    async fn answer(
+        &self,
+        mut conn: Conn,
+        wire: &[u8],
+        method: &Method,
+    ) -> Result<Response<UpstreamBody>, Failed> {
+        let head = round_trip(&mut conn, wire, method).await?;
+        let mut response = Response::new(UpstreamBody::new(conn, &head, self.pool.clone()));
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        Ok(response)
+    }
+}
+
+fn checkout_failure(err: CheckoutError) -> UpstreamFailure {
+    match err {
+        CheckoutError::Busy => UpstreamFailure::Busy,
+        CheckoutError::Connect(err) => UpstreamFailure::Connect(err.to_string()),
+    }
+}
+
+/// Methods a server may receive twice with the effect of once (RFC 9110 §9.2.2), of those
+/// the relay passes.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::DELETE)
+}
+
+/// An exchange that failed, and how far it got.
+struct Failed {
+    error: std::io::Error,
+    /// Bytes of the request written to the connection.
+    written: usize,
+    /// Some byte of an answer (an interim 1xx included) arrived.
+    answered: bool,
 }
 
 /// Writes the request and reads the response head.
-async fn round_trip(conn: &mut Conn, wire: &[u8], method: &Method) -> std::io::Result<Head> {
-    conn.stream.write_all(wire).await?;
-    conn.stream.flush().await?;
-    loop {
-        if let Some(head) = http1::parse_head(&mut conn.buf, method)? {
-            return Ok(head);
-        }
-        conn.make_room();
-        if conn.stream.read_buf(&mut conn.buf).await? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the upstream closed the connection without answering",
-            ));
+async fn round_trip(conn: &mut Conn, wire: &[u8], method: &Method) -> Result<Head, Failed> {
+    let mut written = 0;
+    let fail = |error, written, answered| Failed {
+        error,
+        written,
+        answered,
+    };
+    while written < wire.len() {
+        match conn.stream.write(&wire[written..]).await {
+            Ok(0) => {
+                let closed = std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    "the upstream connection took no more bytes",
+                );
+                return Err(fail(closed, written, false));
+            }
+            Ok(n) => written += n,
+            Err(err) => return Err(fail(err, written, false)),
         }
     }
-}
-
-/// Errors that mean the peer had closed the connection.
-fn is_closed(err: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        err.kind(),
-        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | NotConnected
-    )
+    if let Err(err) = conn.stream.flush().await {
+        return Err(fail(err, written, false));
+    }
+    let mut answered = false;
+    loop {
+        match http1::parse_head(&mut conn.buf, method) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
+            Err(err) => return Err(fail(err, written, true)),
+        }
+        conn.make_room();
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) => {
+                let message = if answered {
+                    "the upstream closed the connection in the middle of its answer's head"
+                } else {
+                    "the upstream closed the connection without answering"
+                };
+                let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, message);
+                return Err(fail(eof, written, answered));
+            }
+            Ok(_) => answered = true,
+            Err(err) => return Err(fail(err, written, answered)),
+        }
+    }
 }
 
 /// Headers named in `Connection` (hop-by-hop for this message).
