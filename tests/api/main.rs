@@ -11,3 +11,4 @@ mod sdk;
 mod secrets;
 mod shutdown;
 mod upstream_wire;
+mod wire_fuzz;

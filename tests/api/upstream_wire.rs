@@ -51,7 +51,9 @@ struct RawUpstream {
     closed_by_keygate: Arc<AtomicUsize>,
 }
 
-async fn raw_upstream(script: impl Fn(usize, usize, &str) -> Act + Send + Sync + 'static) -> RawUpstream {
+async fn raw_upstream(
+    script: impl Fn(usize, usize, &str) -> Act + Send + Sync + 'static,
+) -> RawUpstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = RawUpstream {
         addr: listener.local_addr().unwrap(),
@@ -81,7 +83,12 @@ async fn raw_upstream(script: impl Fn(usize, usize, &str) -> Act + Send + Sync +
 }
 
 /// Serves one connection; true when the upstream closed it, false when keygate did.
-async fn serve_raw(mut socket: TcpStream, conn: usize, script: &Script, requests: &AtomicUsize) -> bool {
+async fn serve_raw(
+    mut socket: TcpStream,
+    conn: usize,
+    script: &Script,
+    requests: &AtomicUsize,
+) -> bool {
     let mut buf = Vec::new();
     for n in 0.. {
         let Some(request) = read_request(&mut socket, &mut buf).await else {
@@ -156,7 +163,14 @@ async fn get_models(app: &TestApp, key: &str) -> (StatusCode, String) {
 async fn a_post_the_upstream_read_but_never_answered_is_not_sent_again() {
     // Each connection answers its first request, then reads the next one whole and closes
     // without a word: the upstream may have started (and billed) that work.
-    let raw = raw_upstream(|_, n, _| if n == 0 { Act::Answer(ok_answer()) } else { Act::Close }).await;
+    let raw = raw_upstream(|_, n, _| {
+        if n == 0 {
+            Act::Answer(ok_answer())
+        } else {
+            Act::Close
+        }
+    })
+    .await;
     let app = app_against(&raw, &[]).await;
     let (id, key) = app.new_key().await;
     let (status, _) = app.chat_model(&key, "gpt-test").await;
@@ -164,7 +178,11 @@ async fn a_post_the_upstream_read_but_never_answered_is_not_sent_again() {
     let (status, body) = app.chat_model(&key, "gpt-test").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(body["error"], "Bad Gateway");
-    assert_eq!(raw.requests.load(Ordering::SeqCst), 2, "the POST went upstream once");
+    assert_eq!(
+        raw.requests.load(Ordering::SeqCst),
+        2,
+        "the POST went upstream once"
+    );
     let logs = app.logs_of(id).await;
     assert_eq!(logs.len(), 2);
     let message = logs[0]["error_message"].as_str().unwrap();
@@ -205,9 +223,17 @@ async fn a_late_answer_after_a_bodiless_one_never_reaches_the_next_client() {
     let raw = raw_upstream(move |_, _, request| {
         let pause = Duration::from_millis(100);
         if request.contains("gpt-204") {
-            Act::AnswerThenLate(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(), pause, late_for_script.clone())
+            Act::AnswerThenLate(
+                b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+                pause,
+                late_for_script.clone(),
+            )
         } else if request.contains("gpt-304") {
-            Act::AnswerThenLate(b"HTTP/1.1 304 Not Modified\r\n\r\n".to_vec(), pause, late_for_script.clone())
+            Act::AnswerThenLate(
+                b"HTTP/1.1 304 Not Modified\r\n\r\n".to_vec(),
+                pause,
+                late_for_script.clone(),
+            )
         } else if request.contains("gpt-long") {
             // A body longer than its Content-Length: the rest is in the same write.
             let mut long = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec();
@@ -222,11 +248,17 @@ async fn a_late_answer_after_a_bodiless_one_never_reaches_the_next_client() {
     let (_, key) = app.new_key().await;
     for model in ["gpt-204", "gpt-304", "gpt-long", "gpt-204", "gpt-304"] {
         let (status, _) = app.chat_model(&key, model).await;
-        assert!(matches!(status.as_u16(), 204 | 304 | 200), "{model}: {status}");
+        assert!(
+            matches!(status.as_u16(), 204 | 304 | 200),
+            "{model}: {status}"
+        );
         // At once: the late bytes arrive while this request waits for its answer.
         let (status, body) = app.chat_model(&key, "gpt-test").await;
         assert_eq!(status, 200, "{model}");
-        assert_eq!(body["choices"][0]["message"]["content"], "raw", "after {model}: {body}");
+        assert_eq!(
+            body["choices"][0]["message"]["content"], "raw",
+            "after {model}: {body}"
+        );
     }
 }
 
@@ -272,7 +304,11 @@ async fn idle_connections_the_upstream_writes_to_or_closes_are_closed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += Duration::from_millis(50);
     }
-    assert_eq!(raw.closed_by_keygate.load(Ordering::SeqCst), 1, "closed while idle");
+    assert_eq!(
+        raw.closed_by_keygate.load(Ordering::SeqCst),
+        1,
+        "closed while idle"
+    );
     assert_eq!(app.chat_model(&key, "gpt-test").await.0, 200);
     assert_eq!(raw.connections.load(Ordering::SeqCst), 2);
 }
@@ -285,9 +321,16 @@ async fn requests_queue_for_a_connection_when_the_cap_is_reached() {
     let started = std::time::Instant::now();
     let calls = (0..3).map(|_| app.chat_model(&key, "gpt-test"));
     let answers = futures_util::future::join_all(calls).await;
-    assert!(answers.iter().all(|(status, _)| *status == 200), "{answers:?}");
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200),
+        "{answers:?}"
+    );
     // One connection at a time: the three 300 ms answers came one after another.
-    assert!(started.elapsed() >= Duration::from_millis(850), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(850),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -290,9 +290,12 @@ impl Pool {
     async fn wait_for_permit(&self) -> Result<OwnedSemaphorePermit, CheckoutError> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         // Idle connections hold permits nobody will give back while we wait: close one.
-        if let Some(conn) = self.idle.lock().ok().and_then(|mut idle| {
-            (!idle.is_empty()).then(|| idle.remove(0))
-        }) {
+        if let Some(conn) = self
+            .idle
+            .lock()
+            .ok()
+            .and_then(|mut idle| (!idle.is_empty()).then(|| idle.remove(0)))
+        {
             drop(conn);
         }
         let permit = tokio::time::timeout(QUEUE_WAIT, self.permits.clone().acquire_owned()).await;

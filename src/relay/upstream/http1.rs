@@ -163,10 +163,12 @@ fn reusable_after(status: StatusCode, method: &Method, framing: Delimited) -> bo
 }
 
 fn framing(headers: &mut HeaderMap, status: StatusCode, method: &Method) -> io::Result<Delimited> {
-    let plain = |body| Ok(Delimited {
-        body,
-        conflicting: false,
-    });
+    let plain = |body| {
+        Ok(Delimited {
+            body,
+            conflicting: false,
+        })
+    };
     if *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -232,6 +234,7 @@ fn invalid(what: &str) -> io::Error {
 /// each (hyper's limits).
 const CHUNK_EXTENSIONS_LIMIT: usize = 16 * 1024;
 const TRAILERS_LIMIT: usize = 16 * 1024;
+const MAX_TRAILERS: usize = 100;
 
 /// Where a chunked body is between bytes (RFC 9112 §7.1: lines end in CRLF, a size is hex
 /// digits, optionally followed by whitespace and `;`-extensions).
@@ -257,9 +260,10 @@ enum Chunk {
     Data(u64),
     DataCr,
     DataLf,
-    /// At the start of a trailer line (or of the final empty line).
+    /// At the start of a trailer field (or of the final empty line).
     TrailerStart,
-    TrailerLine,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
@@ -271,6 +275,7 @@ pub struct ChunkedDecoder {
     state: Chunk,
     extension_bytes: usize,
     trailer_bytes: usize,
+    trailers: usize,
 }
 
 impl Default for ChunkedDecoder {
@@ -279,6 +284,7 @@ impl Default for ChunkedDecoder {
             state: Chunk::Size { size: 0, digits: 0 },
             extension_bytes: 0,
             trailer_bytes: 0,
+            trailers: 0,
         }
     }
 }
@@ -312,7 +318,13 @@ impl ChunkedDecoder {
     }
 
     fn step(&mut self, byte: u8) -> io::Result<Chunk> {
-        let after_size = |size: u64| if size == 0 { Chunk::TrailerStart } else { Chunk::Data(size) };
+        let after_size = |size: u64| {
+            if size == 0 {
+                Chunk::TrailerStart
+            } else {
+                Chunk::Data(size)
+            }
+        };
         Ok(match (self.state, byte) {
             (Chunk::Size { size, digits }, b) if b.is_ascii_hexdigit() => {
                 let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
@@ -339,10 +351,12 @@ impl ChunkedDecoder {
             (Chunk::Size { .. } | Chunk::SizeSpace { .. }, _) => {
                 return Err(invalid("bad chunk size line"))
             }
-            (Chunk::Extension { .. }, b'\n') => return Err(invalid("bare LF in a chunk extension")),
+            (Chunk::Extension { .. }, b'\n') => {
+                return Err(invalid("bare LF in a chunk extension"))
+            }
             (Chunk::Extension { size }, _) => {
                 self.extension_bytes += 1;
-                if self.extension_bytes > CHUNK_EXTENSIONS_LIMIT {
+                if self.extension_bytes >= CHUNK_EXTENSIONS_LIMIT {
                     return Err(invalid("chunk extensions too large"));
                 }
                 Chunk::Extension { size }
@@ -357,22 +371,45 @@ impl ChunkedDecoder {
             (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
             (Chunk::EndLf, b'\n') => Chunk::Done,
             (Chunk::EndLf, _) => return Err(invalid("bad end of chunked body")),
-            (Chunk::TrailerLine, b'\r') => Chunk::TrailerLf,
-            (Chunk::TrailerStart | Chunk::TrailerLine, b'\n') => {
-                return Err(invalid("bare LF in a trailer"))
+            // Trailer fields are dropped, but must be well-formed fields (as hyper reads them).
+            (Chunk::TrailerStart | Chunk::TrailerName | Chunk::TrailerValue, _)
+                if self.count_trailer_byte() =>
+            {
+                return Err(invalid("trailers too large"))
             }
-            (Chunk::TrailerStart | Chunk::TrailerLine, _) => {
-                self.trailer_bytes += 1;
-                if self.trailer_bytes > TRAILERS_LIMIT {
-                    return Err(invalid("trailers too large"));
+            (Chunk::TrailerStart | Chunk::TrailerName, b) if is_token_byte(b) => Chunk::TrailerName,
+            (Chunk::TrailerName, b':') => Chunk::TrailerValue,
+            (Chunk::TrailerValue, b'\r') => Chunk::TrailerLf,
+            (Chunk::TrailerValue, b) if b == b'\t' || (b >= 0x20 && b != 0x7f) => {
+                Chunk::TrailerValue
+            }
+            (Chunk::TrailerStart | Chunk::TrailerName | Chunk::TrailerValue, _) => {
+                return Err(invalid("malformed trailer field"))
+            }
+            (Chunk::TrailerLf, b'\n') => {
+                self.trailers += 1;
+                if self.trailers > MAX_TRAILERS {
+                    return Err(invalid("too many trailer fields"));
                 }
-                Chunk::TrailerLine
+                Chunk::TrailerStart
             }
-            (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
             (Chunk::TrailerLf, _) => return Err(invalid("trailer line not ended by CRLF")),
             (Chunk::Data(_) | Chunk::Done, _) => return Err(invalid("chunked decoder misused")),
         })
     }
+}
+
+impl ChunkedDecoder {
+    /// Counts one byte of trailers; true when that is past the limit.
+    fn count_trailer_byte(&mut self) -> bool {
+        self.trailer_bytes += 1;
+        self.trailer_bytes > TRAILERS_LIMIT
+    }
+}
+
+/// A `tchar` of RFC 9110 §5.6.2 (header names).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 enum Reading {
@@ -552,12 +589,12 @@ mod tests {
             &b"zz\r\n"[..],
             b"5\r\nhelloXX",
             b"1ffffffffffffffff\r\n",
-            b"5xyz\r\nhello\r\n",       // garbage after the size, no `;`
-            b"5 x\r\nhello\r\n",         // garbage after whitespace
-            b"5\nhello\r\n",              // bare LF ends the size line
-            b"5;a\nhello\r\n",            // bare LF in an extension
-            b"0\r\n\n",                   // bare LF ends the body
-            b"0\r\nx-t: 1\n\r\n",         // bare LF ends a trailer
+            b"5xyz\r\nhello\r\n", // garbage after the size, no `;`
+            b"5 x\r\nhello\r\n",  // garbage after whitespace
+            b"5\nhello\r\n",      // bare LF ends the size line
+            b"5;a\nhello\r\n",    // bare LF in an extension
+            b"0\r\n\n",           // bare LF ends the body
+            b"0\r\nx-t: 1\n\r\n", // bare LF ends a trailer
         ] {
             assert!(decode_in_pieces(wire, 64).is_err(), "{wire:?}");
         }
@@ -593,15 +630,23 @@ mod tests {
         let not_reused: [(&[u8], &Method); 5] = [
             (b"HTTP/1.1 204 No Content\r\n\r\n", &post),
             (b"HTTP/1.1 304 Not Modified\r\n\r\n", &post),
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", &Method::HEAD),
-            (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n", &post),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                &Method::HEAD,
+            ),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+                &post,
+            ),
             (
                 b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ntransfer-encoding: chunked\r\n\r\n",
                 &post,
             ),
         ];
         for (wire, method) in not_reused {
-            let head = parse_head(&mut BytesMut::from(wire), method).unwrap().unwrap();
+            let head = parse_head(&mut BytesMut::from(wire), method)
+                .unwrap()
+                .unwrap();
             assert!(!head.keep_alive, "{wire:?}");
         }
         let mut both = BytesMut::from(
