@@ -82,7 +82,16 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        ApiError::Internal(anyhow::Error::new(err).context("database"))
+        match crate::store::unavailable_cause(&err) {
+            Some(message) => {
+                tracing::warn!(error = %err, "database unavailable");
+                ApiError::Unavailable {
+                    message: message.into(),
+                    retry_after: 2,
+                }
+            }
+            None => ApiError::Internal(anyhow::Error::new(err).context("database")),
+        }
     }
 }
 

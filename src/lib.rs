@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod key_ops;
 pub mod keys;
+pub mod log_output;
 pub mod relay;
 pub mod secrets;
 pub mod server;

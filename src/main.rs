@@ -14,7 +14,7 @@ async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            keygate::log_output::tell(&format!("error: {err:#}\n"));
             ExitCode::FAILURE
         }
     }
@@ -27,7 +27,9 @@ async fn run() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // A log line that cannot be written is dropped, never fatal (no eprintln fallback).
+        .with_writer(|| keygate::log_output::Stderr)
+        .log_internal_errors(false)
         .init();
     let config = Config::from_args(&cli.config)?;
     match cli.command.unwrap_or(Command::Serve) {

@@ -68,11 +68,15 @@ pub async fn admin_token_hash(pool: &SqlitePool, config: &Config) -> anyhow::Res
             .context("stored admin token hash is corrupt; set KEYGATE_ADMIN_TOKEN");
     }
     let token = format!("kgadm-{}", hex::encode(rand::random::<[u8; 24]>()));
-    store::set_setting(pool, ADMIN_TOKEN_SETTING, &keys::hash_hex(&token)).await?;
-    eprintln!(
+    let shown = crate::log_output::tell(&format!(
         "\n  keygate generated an admin token. It is shown this once; only its hash is kept:\n\n    {token}\n\n  \
          Use it as `Authorization: Bearer <token>` or to log in to the console.\n  \
-         To choose your own, set KEYGATE_ADMIN_TOKEN.\n"
-    );
+         To choose your own, set KEYGATE_ADMIN_TOKEN.\n\n"
+    ));
+    if !shown {
+        // Keeping a token nobody saw would lock the admin out for good.
+        bail!("cannot show the generated admin token (stderr is not writable); set KEYGATE_ADMIN_TOKEN");
+    }
+    store::set_setting(pool, ADMIN_TOKEN_SETTING, &keys::hash_hex(&token)).await?;
     Ok(keys::hash(&token))
 }

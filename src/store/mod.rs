@@ -70,6 +70,27 @@ pub async fn set_setting<'e>(
     Ok(())
 }
 
+/// Why the database cannot take a write now, when that is the cause of `err` (as opposed to a
+/// bug or bad data): another process holds its lock past the busy timeout, or the disk is full.
+pub fn unavailable_cause(err: &sqlx::Error) -> Option<&'static str> {
+    match err {
+        sqlx::Error::PoolTimedOut => Some("The database is busy; try again in a few seconds"),
+        sqlx::Error::Database(db) => {
+            let code: i64 = db.code()?.parse().ok()?;
+            match code & 0xff {
+                // SQLITE_BUSY, SQLITE_LOCKED (and their extended codes)
+                5 | 6 => Some(
+                    "The database is locked by another process (a backup, or an open sqlite3 shell?); try again in a few seconds",
+                ),
+                // SQLITE_FULL
+                13 => Some("The disk holding the database is full; free space, then try again"),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// A page request: 1-based page, page_size 1..=200.
 #[derive(Clone, Copy, Debug)]
 pub struct Page {

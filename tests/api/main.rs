@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod data;
 mod expiry;
+mod faults;
 mod helpers;
 mod logs;
 mod relay;
