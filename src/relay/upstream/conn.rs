@@ -164,8 +164,6 @@ impl AsyncWrite for Stream {
 pub struct Conn {
     pub stream: Stream,
     pub buf: BytesMut,
-    /// It served a request before (it came from the pool).
-    pub reused: bool,
     /// Its place under the cap of open connections, given back when it closes.
     _permit: OwnedSemaphorePermit,
 }
@@ -272,7 +270,6 @@ impl Pool {
         Ok(Conn {
             stream,
             buf: BytesMut::with_capacity(READ_BUFFER),
-            reused: false,
             _permit: permit,
         })
     }
@@ -281,7 +278,6 @@ impl Pool {
         loop {
             let (mut conn, since) = self.idle.lock().ok()?.pop()?;
             if since.elapsed() < IDLE_TIMEOUT && conn.still_open() {
-                conn.reused = true;
                 return Some(conn);
             }
         }
