@@ -87,6 +87,17 @@ pub struct ConfigArgs {
         global = true
     )]
     pub upstream_timeout: String,
+
+    // Upstream identity and deadline (issue 9).
+    /// `OpenAI-Organization` sent upstream (the client's own is never forwarded).
+    #[arg(long, env = "KEYGATE_UPSTREAM_ORGANIZATION", global = true)]
+    pub upstream_organization: Option<String>,
+    /// `OpenAI-Project` sent upstream (the client's own is never forwarded).
+    #[arg(long, env = "KEYGATE_UPSTREAM_PROJECT", global = true)]
+    pub upstream_project: Option<String>,
+    /// Longest a relayed request may take in all, streamed body included (unset: no limit).
+    #[arg(long, env = "KEYGATE_UPSTREAM_MAX_DURATION", global = true)]
+    pub upstream_max_duration: Option<String>,
 }
 
 #[derive(Clone)]
@@ -103,6 +114,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub upstream_timeout: Duration,
+
+    // Upstream identity and deadline (issue 9).
+    pub upstream_organization: Option<String>,
+    pub upstream_project: Option<String>,
+    /// None: a response may stream as long as it keeps within the idle timeout.
+    pub upstream_max_duration: Option<Duration>,
 }
 
 impl Config {
@@ -143,6 +160,13 @@ impl Config {
             trusted_proxies: parse_proxies(&args.trusted_proxies)?,
             upstream_timeout: parse_duration(&args.upstream_timeout)
                 .context("KEYGATE_UPSTREAM_TIMEOUT")?,
+
+            upstream_organization: non_empty(&args.upstream_organization),
+            upstream_project: non_empty(&args.upstream_project),
+            upstream_max_duration: non_empty(&args.upstream_max_duration)
+                .map(|text| parse_duration(&text))
+                .transpose()
+                .context("KEYGATE_UPSTREAM_MAX_DURATION")?,
         })
     }
 }
@@ -162,6 +186,9 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("upstream_timeout", &self.upstream_timeout)
+            .field("upstream_organization", &self.upstream_organization)
+            .field("upstream_project", &self.upstream_project)
+            .field("upstream_max_duration", &self.upstream_max_duration)
             .finish()
     }
 }
