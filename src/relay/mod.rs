@@ -147,7 +147,20 @@ async fn forward(
     // Nothing of the client's request (slices of the server's read buffer) is held while the
     // upstream answers, however long that takes.
     drop((parts.uri, parts.headers, body));
-    let upstream = state.upstream.send(&wire, &method).await;
+    let sending = state.upstream.send(&wire, &method);
+    let upstream = match state.upstream.deadline(started) {
+        None => sending.await,
+        Some(deadline) => tokio::time::timeout_at(deadline, sending)
+            .await
+            .map_err(|_| {
+                Refusal::new(
+                    ApiError::GatewayTimeout(
+                        "The upstream did not answer in time; try again later".into(),
+                    ),
+                    upstream::MAX_DURATION_EXCEEDED,
+                )
+            })?,
+    };
     let response = upstream.map_err(|failure| match failure {
         UpstreamFailure::Connect(cause) => Refusal::new(
             ApiError::BadGateway("The upstream could not be reached; try again later".into()),

@@ -579,4 +579,16 @@ async fn a_dripping_stream_is_ended_at_the_max_duration() {
         logs[0]["response_size"].as_i64().unwrap() as usize,
         received
     );
+
+    // An upstream slower to answer than the whole request may take: 504 at the deadline.
+    let app = spawn_app_with(&["--upstream-max-duration", "300ms"]).await;
+    let (id, key) = app.new_key().await;
+    let (status, body) = app.chat_model(&key, "gpt-slow").await;
+    assert_eq!(status, 504);
+    assert_eq!(body["error"], "Gateway Timeout");
+    let logs = app.logs_of(id).await;
+    assert_eq!(
+        logs[0]["error_message"],
+        "upstream exceeded KEYGATE_UPSTREAM_MAX_DURATION"
+    );
 }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::Config;
 use conn::{Conn, Pool, Target};
 use http1::{Head, UpstreamBody};
-pub use recorded::{respond, RecordedBody, Watch};
+pub use recorded::{respond, RecordedBody, Watch, MAX_DURATION_EXCEEDED};
 
 /// Why the upstream gave no response.
 #[derive(Debug)]
@@ -126,6 +126,12 @@ impl Upstream {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// When a request that arrived at `started` must be over (`KEYGATE_UPSTREAM_MAX_DURATION`).
+    pub fn deadline(&self, started: std::time::Instant) -> Option<tokio::time::Instant> {
+        let started = tokio::time::Instant::from_std(started);
+        self.max_duration.map(|max| started + max)
     }
 
     /// What a relayed body is held to: the idle timeout, the total deadline, and the

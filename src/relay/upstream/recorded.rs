@@ -24,8 +24,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// An upstream error's own message is kept up to this many characters in the call log.
 const UPSTREAM_DETAIL_CHARS: usize = 300;
 
-/// The row's reason when `KEYGATE_UPSTREAM_MAX_DURATION` ends a response.
-const MAX_DURATION_EXCEEDED: &str = "upstream exceeded KEYGATE_UPSTREAM_MAX_DURATION";
+/// The row's reason when `KEYGATE_UPSTREAM_MAX_DURATION` ends a request.
+pub const MAX_DURATION_EXCEEDED: &str = "upstream exceeded KEYGATE_UPSTREAM_MAX_DURATION";
 
 /// What every relayed body is held to: its clocks, and the secret its record must not keep.
 #[derive(Clone, Debug)]
