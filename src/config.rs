@@ -95,6 +95,17 @@ pub struct ConfigArgs {
         global = true
     )]
     pub upstream_max_connections: usize,
+
+    // Upstream identity and deadline (issue 9).
+    /// `OpenAI-Organization` sent upstream (the client's own is never forwarded).
+    #[arg(long, env = "KEYGATE_UPSTREAM_ORGANIZATION", global = true)]
+    pub upstream_organization: Option<String>,
+    /// `OpenAI-Project` sent upstream (the client's own is never forwarded).
+    #[arg(long, env = "KEYGATE_UPSTREAM_PROJECT", global = true)]
+    pub upstream_project: Option<String>,
+    /// Longest a relayed request may take in all, streamed body included (unset: no limit).
+    #[arg(long, env = "KEYGATE_UPSTREAM_MAX_DURATION", global = true)]
+    pub upstream_max_duration: Option<String>,
 }
 
 #[derive(Clone)]
@@ -112,6 +123,12 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     pub upstream_timeout: Duration,
     pub upstream_max_connections: usize,
+
+    // Upstream identity and deadline (issue 9).
+    pub upstream_organization: Option<String>,
+    pub upstream_project: Option<String>,
+    /// None: a response may stream as long as it keeps within the idle timeout.
+    pub upstream_max_duration: Option<Duration>,
 }
 
 impl Config {
@@ -156,6 +173,13 @@ impl Config {
             upstream_timeout: parse_duration(&args.upstream_timeout)
                 .context("KEYGATE_UPSTREAM_TIMEOUT")?,
             upstream_max_connections: args.upstream_max_connections,
+
+            upstream_organization: non_empty(&args.upstream_organization),
+            upstream_project: non_empty(&args.upstream_project),
+            upstream_max_duration: non_empty(&args.upstream_max_duration)
+                .map(|text| parse_duration(&text))
+                .transpose()
+                .context("KEYGATE_UPSTREAM_MAX_DURATION")?,
         })
     }
 }
@@ -176,6 +200,9 @@ impl fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("upstream_timeout", &self.upstream_timeout)
             .field("upstream_max_connections", &self.upstream_max_connections)
+            .field("upstream_organization", &self.upstream_organization)
+            .field("upstream_project", &self.upstream_project)
+            .field("upstream_max_duration", &self.upstream_max_duration)
             .finish()
     }
 }

@@ -23,6 +23,9 @@ pub enum ApiError {
     AdminAuth,
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 405 on the relay: only GET, POST and DELETE are relayed (the `Allow` header lists them).
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
     #[error("request body larger than {0} bytes")]
@@ -51,6 +54,7 @@ impl ApiError {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidKey | ApiError::AdminAuth => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -69,6 +73,10 @@ impl ApiError {
                 "Send Authorization: Bearer <KEYGATE_ADMIN_TOKEN>, or log in with POST /api/auth/login".into()
             }
             ApiError::NotFound(what) => format!("No {what} with that id; list them to find the right one"),
+            ApiError::MethodNotAllowed => format!(
+                "Only {} are relayed; send the request with one of them",
+                crate::relay::confine::ALLOWED_METHODS
+            ),
             ApiError::Conflict(message) => message.clone(),
             ApiError::PayloadTooLarge(limit) => format!(
                 "The request body exceeds {limit} bytes; send a smaller one or raise KEYGATE_MAX_BODY_BYTES"
@@ -128,6 +136,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        if matches!(self, ApiError::MethodNotAllowed) {
+            response.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static(crate::relay::confine::ALLOWED_METHODS),
+            );
         }
         response
     }

@@ -76,7 +76,9 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Migrate(MigrateCommand::ApikeyExpiry { days, dry_run }) => {
             expiry::migrate_expiry(&keyring, days, dry_run).await
         }
-        Command::Data(DataCommand::Export(args)) => data::export(&keyring, &args).await,
+        Command::Data(DataCommand::Export(args)) => {
+            data::export(&keyring, &args, config.upstream_api_key.as_deref()).await
+        }
         Command::Data(DataCommand::Import(args)) => data::import(&keyring, &args).await,
     }
 }

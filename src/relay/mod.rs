@@ -3,9 +3,11 @@
 
 pub mod auth;
 pub mod client_ip;
+pub mod confine;
 mod json_scan;
 pub mod policy;
 pub mod record;
+pub mod redact;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -34,11 +36,11 @@ struct Refusal {
 }
 
 impl Refusal {
+    /// The reason is capped like every stored error message.
     fn new(error: ApiError, reason: impl Into<String>) -> Self {
-        Refusal {
-            error,
-            reason: reason.into(),
-        }
+        let mut reason = reason.into();
+        record::cap(&mut reason, record::ERROR_MESSAGE_MAX_BYTES);
+        Refusal { error, reason }
     }
 }
 
@@ -91,7 +93,7 @@ pub async fn relay(
     let (parts, body) = request.into_parts();
     let mut record = CallRecord {
         timestamp: state.clock.now_ms(),
-        endpoint: parts.uri.path().to_string(),
+        endpoint: record::capped(parts.uri.path(), record::ENDPOINT_MAX_BYTES),
         ip_address: Some(client_ip::client_ip(
             peer,
             &parts.headers,
@@ -123,6 +125,10 @@ async fn forward(
         .await
         .map_err(refuse)?;
     record.api_key_id = Some(key.id);
+    // Before admission: a request that may not be relayed neither starts an activation-mode
+    // key's clock nor counts as the key's use; its row still names the key.
+    confine::check(&parts.method, parts.uri.path())
+        .map_err(|why| Refusal::new(why.error(), why.reason()))?;
     policy::admit(&state.pool, &state.keyring.cache, &key, record.timestamp)
         .await
         .map_err(refuse)?;
@@ -141,7 +147,20 @@ async fn forward(
     // Nothing of the client's request (slices of the server's read buffer) is held while the
     // upstream answers, however long that takes.
     drop((parts.uri, parts.headers, body));
-    let upstream = state.upstream.send(&wire, &method).await;
+    let sending = state.upstream.send(&wire, &method);
+    let upstream = match state.upstream.deadline(started) {
+        None => sending.await,
+        Some(deadline) => tokio::time::timeout_at(deadline, sending)
+            .await
+            .map_err(|_| {
+                Refusal::new(
+                    ApiError::GatewayTimeout(
+                        "The upstream did not answer in time; try again later".into(),
+                    ),
+                    upstream::MAX_DURATION_EXCEEDED,
+                )
+            })?,
+    };
     let response = upstream.map_err(|failure| match failure {
         UpstreamFailure::Connect(cause) => Refusal::new(
             ApiError::BadGateway("The upstream could not be reached; try again later".into()),
@@ -167,13 +186,12 @@ async fn forward(
             format!("upstream request failed: {cause}"),
         ),
     })?;
-    let timeout = state.upstream.timeout();
     Ok(upstream::respond(
         response,
         std::mem::take(record),
         started,
         state.logs.clone(),
-        timeout,
+        state.upstream.watch(),
     )
     .map(ReplyBody::Upstream))
 }

@@ -7,7 +7,34 @@ use super::json_scan::top_level_fields;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-/// One future `api_call_logs` row.
+/// The longest text each stored column holds, in bytes: longer text is cut at capture time
+/// (on a char boundary), so a record never holds more than these whatever the client sent.
+pub const ENDPOINT_MAX_BYTES: usize = 1024;
+pub const MODEL_MAX_BYTES: usize = 256;
+pub const ERROR_MESSAGE_MAX_BYTES: usize = 1024;
+
+/// The first `max` bytes of `text` at most, cut on a char boundary; copies only what is kept.
+pub fn capped(text: &str, max: usize) -> String {
+    text[..floor_char_boundary(text, max)].to_string()
+}
+
+/// `text` cut to `max` bytes at most, on a char boundary, in place.
+pub fn cap(text: &mut String, max: usize) {
+    let end = floor_char_boundary(text, max);
+    text.truncate(end);
+}
+
+fn floor_char_boundary(text: &str, max: usize) -> usize {
+    if text.len() <= max {
+        return text.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+/// One future `api_call_logs` row. Its texts are capped (the `*_MAX_BYTES` above).
 #[derive(Clone, Debug, Default)]
 pub struct CallRecord {
     pub api_key_id: Option<i64>,
@@ -29,6 +56,12 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
+    /// Sets `error_message`, capped at `ERROR_MESSAGE_MAX_BYTES`.
+    pub fn set_error(&mut self, mut message: String) {
+        cap(&mut message, ERROR_MESSAGE_MAX_BYTES);
+        self.error_message = Some(message);
+    }
+
     pub fn status(&self) -> &'static str {
         if self.success {
             "success"
@@ -45,7 +78,8 @@ pub struct Usage {
     pub total_tokens: Option<i64>,
 }
 
-/// What a request body says about itself: only `model` and `stream` are read.
+/// What a request body says about itself: only `model` (capped at `MODEL_MAX_BYTES`) and
+/// `stream` are read.
 #[derive(Debug, Default)]
 pub struct RequestSummary {
     pub model: Option<String>,
@@ -58,10 +92,57 @@ impl RequestSummary {
             return RequestSummary::default();
         };
         RequestSummary {
-            model: model.and_then(|raw| serde_json::from_slice(raw).ok()),
+            model: model.and_then(|raw| json_string_prefix(raw, MODEL_MAX_BYTES)),
             stream: stream.and_then(|raw| serde_json::from_slice(raw).ok()),
         }
     }
+}
+
+/// The JSON string `raw` decoded and capped at `max` bytes; a long string is decoded from a
+/// prefix only, so a megabyte of `model` costs no megabyte of memory. `None` if not a string.
+fn json_string_prefix(raw: &[u8], max: usize) -> Option<String> {
+    // One byte of text takes at most 6 bytes of JSON (`\u0001`), so this much JSON holds at
+    // least `max` bytes of text when the string is longer.
+    let enough = 6 * max + 2;
+    if raw.len() <= enough {
+        let mut text: String = serde_json::from_slice(raw).ok()?;
+        cap(&mut text, max);
+        return Some(text);
+    }
+    if raw.first() != Some(&b'"') {
+        return None;
+    }
+    // Cut before `enough` at the start of a character that is not inside an escape.
+    let mut cut = 1;
+    let mut at = 1;
+    while at < enough {
+        cut = at;
+        let unicode_escape = raw[at] == b'\\' && raw.get(at + 1) == Some(&b'u');
+        at += match raw[at] {
+            // A surrogate pair is one character: never cut between its two escapes.
+            b'\\' if unicode_escape && is_high_surrogate(&raw[at + 2..]) => 12,
+            b'\\' if unicode_escape => 6,
+            b'\\' => 2,
+            byte if byte < 0x80 => 1,
+            byte if byte >= 0xF0 => 4,
+            byte if byte >= 0xE0 => 3,
+            _ => 2,
+        };
+    }
+    let mut prefix = Vec::with_capacity(cut + 1);
+    prefix.extend_from_slice(&raw[..cut]);
+    prefix.push(b'"');
+    let mut text: String = serde_json::from_slice(&prefix).ok()?;
+    cap(&mut text, max);
+    Some(text)
+}
+
+/// `hex` starts with the four hex digits of a UTF-16 high surrogate (D800–DBFF).
+fn is_high_surrogate(hex: &[u8]) -> bool {
+    matches!(
+        hex,
+        [b'd' | b'D', b'8' | b'9' | b'a' | b'b' | b'A' | b'B', ..]
+    )
 }
 
 /// The `usage` of a response object (or SSE event), and the message of its `error`.
@@ -91,6 +172,9 @@ enum UpstreamError {
     Other(IgnoredAny),
 }
 
+/// The longest unfinished SSE line kept to scan; a usage event is a few hundred bytes.
+pub const SSE_LINE_LIMIT: usize = 64 * 1024;
+
 /// A JSON body is kept up to this size to read its `usage`; larger ones are only counted.
 const JSON_KEEP_LIMIT: usize = 4 * 1024 * 1024;
 
@@ -98,10 +182,12 @@ const JSON_KEEP_LIMIT: usize = 4 * 1024 * 1024;
 #[derive(Debug)]
 pub enum UsageScan {
     /// `text/event-stream`: complete `data:` lines that mention usage are parsed; `partial`
-    /// holds an unfinished line.
+    /// holds an unfinished line, up to `SSE_LINE_LIMIT` bytes: past it the line is dropped
+    /// and the scan `skipping` to the next newline.
     Sse {
         partial: Vec<u8>,
         usage: Option<Usage>,
+        skipping: bool,
     },
     /// JSON: the body is kept (up to a limit) and parsed at the end: a body that came in one
     /// frame is kept as that frame, without a copy.
@@ -120,6 +206,7 @@ impl UsageScan {
             Some(ct) if ct.starts_with("text/event-stream") => UsageScan::Sse {
                 partial: Vec::new(),
                 usage: None,
+                skipping: false,
             },
             Some(ct) if ct.contains("json") => UsageScan::Json {
                 first: None,
@@ -135,20 +222,38 @@ impl UsageScan {
             return;
         }
         match self {
-            UsageScan::Sse { partial, usage } => {
-                let Some(last_newline) = memchr::memrchr(b'\n', chunk) else {
-                    partial.extend_from_slice(chunk);
-                    return;
-                };
-                let (complete, rest) = chunk.split_at(last_newline + 1);
-                if partial.is_empty() {
-                    scan_sse_lines(complete, usage);
-                } else {
-                    partial.extend_from_slice(complete);
-                    scan_sse_lines(partial, usage);
-                    partial.clear();
+            UsageScan::Sse {
+                partial,
+                usage,
+                skipping,
+            } => {
+                let mut chunk = &chunk[..];
+                if *skipping {
+                    let Some(newline) = memchr::memchr(b'\n', chunk) else {
+                        return;
+                    };
+                    *skipping = false;
+                    chunk = &chunk[newline + 1..];
                 }
-                partial.extend_from_slice(rest);
+                let (complete, rest) = match memchr::memrchr(b'\n', chunk) {
+                    Some(last_newline) => chunk.split_at(last_newline + 1),
+                    None => (&[][..], chunk),
+                };
+                if !complete.is_empty() {
+                    if partial.is_empty() {
+                        scan_sse_lines(complete, usage);
+                    } else {
+                        partial.extend_from_slice(complete);
+                        scan_sse_lines(partial, usage);
+                        partial.clear();
+                    }
+                }
+                if partial.len() + rest.len() > SSE_LINE_LIMIT {
+                    *partial = Vec::new();
+                    *skipping = true;
+                } else {
+                    partial.extend_from_slice(rest);
+                }
             }
             UsageScan::Json {
                 first,
@@ -176,7 +281,7 @@ impl UsageScan {
     /// The usage found, and the upstream's error message if the body carried one.
     pub fn finish(&mut self) -> (Option<Usage>, Option<String>) {
         match self {
-            UsageScan::Sse { partial, usage } => {
+            UsageScan::Sse { partial, usage, .. } => {
                 let rest = std::mem::take(partial);
                 scan_sse_lines(&rest, usage);
                 (*usage, None)
@@ -249,6 +354,51 @@ mod tests {
         let mut scan = UsageScan::for_content_type(Some("text/plain"));
         scan.feed(&Bytes::from_static(b"hello"));
         assert_eq!(scan.finish(), (None, None));
+    }
+
+    #[test]
+    fn an_endless_sse_line_is_dropped_at_the_limit_and_the_scan_goes_on() {
+        let mut scan = UsageScan::for_content_type(Some("text/event-stream"));
+        let junk = Bytes::from(vec![b'x'; 16 * 1024]);
+        scan.feed(&Bytes::from_static(b"data: {\"usage\":"));
+        for _ in 0..64 {
+            scan.feed(&junk);
+            let UsageScan::Sse { partial, .. } = &scan else {
+                unreachable!()
+            };
+            assert!(partial.len() <= SSE_LINE_LIMIT, "{}", partial.len());
+        }
+        scan.feed(&Bytes::from_static(
+            b"xx\n\ndata: {\"usage\":{\"total_tokens\":9}}",
+        ));
+        scan.feed(&Bytes::from_static(b"\n\n"));
+        assert_eq!(scan.finish().0.and_then(|u| u.total_tokens), Some(9));
+    }
+
+    #[test]
+    fn stored_texts_are_capped_on_char_boundaries() {
+        assert_eq!(capped("héllo", 2), "h");
+        assert_eq!(capped("héllo", 3), "hé");
+        assert_eq!(capped("abc", 10), "abc");
+        let mut record = CallRecord::default();
+        record.set_error("é".repeat(1000));
+        assert_eq!(record.error_message.unwrap().len(), ERROR_MESSAGE_MAX_BYTES);
+    }
+
+    #[test]
+    fn a_long_model_is_read_from_a_prefix_and_capped() {
+        let long = format!(r#"{{"model":"{}","stream":true}}"#, "m".repeat(1 << 20));
+        let s = RequestSummary::read(long.as_bytes());
+        assert_eq!(s.model.unwrap(), "m".repeat(MODEL_MAX_BYTES));
+        assert_eq!(s.stream, Some(true));
+        // Escapes and multi-byte characters are never cut in the middle.
+        for unit in [r"\u00e9", r"\ud83d\ude00", r#"\""#, "é", "😀", r"\u0001"] {
+            let json = format!(r#"{{"model":"a{}"}}"#, unit.repeat(2000));
+            let model = RequestSummary::read(json.as_bytes()).model.unwrap();
+            assert!(model.len() <= MODEL_MAX_BYTES && model.len() > MODEL_MAX_BYTES - 4);
+        }
+        let number = format!(r#"{{"model":{}}}"#, "1".repeat(5000));
+        assert_eq!(RequestSummary::read(number.as_bytes()).model, None);
     }
 
     #[test]

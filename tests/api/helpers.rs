@@ -82,8 +82,11 @@ impl MockUpstream {
 
 /// A mock upstream that speaks like OpenAI. The request's `model` picks the behaviour:
 /// `gpt-fail` → 500, `gpt-slow` → answers after 5 s, `gpt-gated` → a stream that pauses after
-/// its first chunk until the test opens the gate, anything else → a normal completion
-/// (streamed as SSE with usage when `stream` is true).
+/// its first chunk until the test opens the gate, `gpt-echo-auth` → a 401 whose message echoes
+/// the Authorization header it got, `gpt-cookie` → a completion that sets a cookie,
+/// `gpt-drip` → a stream with a chunk every 100 ms that never ends, anything else → a normal
+/// completion (streamed as SSE with usage when `stream` is true). Any other path or method is
+/// answered (and seen) too.
 pub async fn spawn_mock_upstream() -> MockUpstream {
     let mock = Mock::default();
     let app = Router::new()
@@ -94,6 +97,7 @@ pub async fn spawn_mock_upstream() -> MockUpstream {
             }),
         )
         .route("/v1/{*path}", any(mock_answer))
+        .fallback(mock_answer)
         .with_state(mock.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -126,12 +130,33 @@ async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
                 .into_response()
         }
         "gpt-slow" => tokio::time::sleep(Duration::from_secs(5)).await,
+        "gpt-echo-auth" => {
+            let presented = parts
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            let message = format!(
+                "Invalid credentials: got Authorization: {} (check it)",
+                presented.unwrap_or("nothing")
+            );
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": {"message": message, "type": "invalid_request_error"}})),
+            )
+                .into_response();
+        }
+        "gpt-drip" => return drip(),
         _ => {}
     }
     if request["stream"] == json!(true) {
         return sse(model, mock.gate.clone());
     }
-    Json(json!({
+    let cookie = if model == "gpt-cookie" {
+        "upstream-session=abc; Path=/; HttpOnly"
+    } else {
+        ""
+    };
+    let mut answer = Json(json!({
         "id": "chatcmpl-mock",
         "object": "chat.completion",
         "created": 1,
@@ -139,7 +164,28 @@ async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from mock"}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
     }))
-    .into_response()
+    .into_response();
+    if !cookie.is_empty() {
+        answer
+            .headers_mut()
+            .append("set-cookie", cookie.parse().unwrap());
+    }
+    answer
+}
+
+/// An SSE stream that sends a chunk every 100 ms until the reader goes away.
+fn drip() -> Response {
+    let ticks = futures_util::stream::unfold(0u64, |n| async move {
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let text = chunk("gpt-drip", &n.to_string());
+        Some((Ok::<_, Infallible>(Bytes::from(text)), n + 1))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(ticks))
+        .unwrap()
 }
 
 fn chunk(model: &str, content: &str) -> String {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod cli;
+mod confine;
 mod data;
 mod expiry;
 mod faults;

@@ -4,6 +4,7 @@ use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::json;
 
+use crate::confine::raw_request;
 use crate::helpers::*;
 
 #[tokio::test]
@@ -45,7 +46,10 @@ async fn relays_with_the_upstream_credential_and_never_the_client_key() {
         request.headers["authorization"],
         format!("Bearer {UPSTREAM_KEY}").as_str()
     );
-    assert_eq!(request.headers["x-custom"], "kept");
+    assert!(
+        request.headers.get("x-custom").is_none(),
+        "only allowlisted headers are forwarded"
+    );
     let forwarded: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(
         forwarded["messages"][0]["content"], "hi",
@@ -367,4 +371,224 @@ async fn only_paths_under_v1_are_relayed() {
     app.flush().await;
     let (_, logs) = app.get("/api/api-logs").await;
     assert_eq!(logs["total"], 1, "look-alike paths are not call-logged");
+}
+
+#[tokio::test]
+async fn only_allowlisted_headers_go_upstream_and_the_organisation_comes_from_config() {
+    let app = spawn_app_with(&[
+        "--upstream-organization",
+        "org-from-config",
+        "--upstream-project",
+        "proj-from-config",
+    ])
+    .await;
+    let (_, key) = app.new_key().await;
+    let response = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("openai-organization", "org-chosen-by-client")
+        .header("openai-project", "proj-chosen-by-client")
+        .header("cookie", "session=client-cookie")
+        .header("x-custom", "not forwarded")
+        .header("x-forwarded-for", "10.9.9.9")
+        .header("accept-encoding", "gzip, br")
+        .header("openai-beta", "assistants=v2")
+        .header("x-stainless-lang", "python")
+        .header("idempotency-key", "idem-1")
+        .header("user-agent", "OpenAI/Python 1.0")
+        .json(&json!({"model": "gpt-test", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = app.upstream.seen();
+    let headers = &seen[0].headers;
+    assert_eq!(headers["openai-organization"], "org-from-config");
+    assert_eq!(headers["openai-project"], "proj-from-config");
+    assert_eq!(headers.get_all("openai-organization").iter().count(), 1);
+    assert_eq!(headers.get_all("openai-project").iter().count(), 1);
+    for dropped in ["cookie", "x-custom", "x-forwarded-for"] {
+        assert!(headers.get(dropped).is_none(), "{dropped} forwarded");
+    }
+    assert_eq!(headers["accept-encoding"], "identity");
+    assert_eq!(headers["openai-beta"], "assistants=v2");
+    assert_eq!(headers["x-stainless-lang"], "python");
+    assert_eq!(headers["idempotency-key"], "idem-1");
+    assert_eq!(headers["user-agent"], "OpenAI/Python 1.0");
+    assert_eq!(headers["content-type"], "application/json");
+
+    // Without configuration, neither header is sent, whatever the client says.
+    let app = spawn_app().await;
+    let (_, key) = app.new_key().await;
+    let response = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("openai-organization", "org-chosen-by-client")
+        .header("openai-project", "proj-chosen-by-client")
+        .json(&json!({"model": "gpt-test", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = &app.upstream.seen()[0].headers;
+    assert!(headers.get("openai-organization").is_none());
+    assert!(headers.get("openai-project").is_none());
+}
+
+#[tokio::test]
+async fn upstream_set_cookie_is_not_relayed() {
+    let app = spawn_app().await;
+    let (_, key) = app.new_key().await;
+    let response = app
+        .chat(&key, json!({"model": "gpt-cookie", "messages": []}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("set-cookie").is_none(),
+        "{:?}",
+        response.headers()
+    );
+    assert_eq!(app.upstream.seen().len(), 1, "the mock answered gpt-cookie");
+}
+
+#[tokio::test]
+async fn long_paths_and_models_are_stored_capped() {
+    use keygate::relay::record::{ENDPOINT_MAX_BYTES, MODEL_MAX_BYTES};
+    let app = spawn_app().await;
+    let (id, key) = app.new_key().await;
+    let auth = format!("authorization: Bearer {key}");
+    let path = format!("/v1/{}", "p".repeat(60 * 1024));
+    let raw = raw_request(&app, &format!("GET {path} HTTP/1.1"), &[&auth], "").await;
+    assert_eq!(raw.status, 200, "a long path is relayed");
+    // Past what an HTTP URI may hold (64 KiB), hyper answers 414 itself: no row, no upstream.
+    let too_long = format!("/v1/{}", "p".repeat(70 * 1024));
+    let raw = raw_request(&app, &format!("GET {too_long} HTTP/1.1"), &[&auth], "").await;
+    assert_eq!(raw.status, 414);
+    assert_eq!(app.upstream.seen().len(), 1);
+
+    let model = "m".repeat(1 << 20);
+    let (status, _) = app.chat_model(&key, &model).await;
+    assert_eq!(status, 200);
+    let logs = app.logs_of(id).await;
+    assert_eq!(logs.len(), 2);
+    let long_path = logs.iter().find(|l| l["model"].is_null()).unwrap();
+    assert_eq!(
+        long_path["endpoint"].as_str().unwrap(),
+        &path[..ENDPOINT_MAX_BYTES]
+    );
+    let long_model = logs.iter().find(|l| !l["model"].is_null()).unwrap();
+    assert_eq!(
+        long_model["model"].as_str().unwrap(),
+        &model[..MODEL_MAX_BYTES]
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_are_stored_and_exported_without_credentials() {
+    let app = spawn_app().await;
+    let (id, key) = app.new_key().await;
+    let (status, body) = app.chat_model(&key, "gpt-echo-auth").await;
+    assert_eq!(status, 401);
+    // The upstream's answer itself is relayed as it is (it is the client's to read).
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(UPSTREAM_KEY));
+    let logs = app.logs_of(id).await;
+    let stored = logs[0]["error_message"].as_str().unwrap();
+    assert_eq!(
+        stored,
+        "upstream returned HTTP 401: Invalid credentials: got Authorization: Bearer [redacted] (check it)"
+    );
+
+    // A row stored before keygate redacted (written here directly) is redacted by a sanitized
+    // export, as are bearer tokens and sk- keys of any origin.
+    sqlx::query(
+        "INSERT INTO api_call_logs (api_key_id, timestamp, status, http_status, response_time, \
+         endpoint, error_message) VALUES (?, 0, 'error', 401, 1, '/v1/x', ?)",
+    )
+    .bind(id)
+    .bind(format!(
+        "upstream returned HTTP 401: key {UPSTREAM_KEY} or Bearer other-token or sk-abcdefgh12345 \
+         cut at sk-upstream-secre"
+    ))
+    .execute(&app.state.pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sanitized.json");
+    let args = keygate::cli::data::ExportArgs {
+        output: Some(file.clone()),
+        types: "logs".into(),
+        sanitize: true,
+    };
+    keygate::cli::data::export(&app.state.keyring, &args, Some(UPSTREAM_KEY))
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    for secret in [UPSTREAM_KEY, "other-token", "sk-abcdefgh", "upstream-secre"] {
+        assert!(!text.contains(secret), "{secret} exported: {text}");
+    }
+    assert!(
+        text.contains("key [redacted] or Bearer [redacted] or sk-[redacted]"),
+        "{text}"
+    );
+    assert!(!captured_logs().contains(UPSTREAM_KEY));
+}
+
+#[tokio::test]
+async fn a_dripping_stream_is_ended_at_the_max_duration() {
+    let app = spawn_app_with(&["--upstream-max-duration", "1s"]).await;
+    let (id, key) = app.new_key().await;
+    let started = std::time::Instant::now();
+    let response = app
+        .chat(
+            &key,
+            json!({"model": "gpt-drip", "stream": true, "messages": []}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut received = 0;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(4), async {
+        loop {
+            match body.next().await {
+                Some(Ok(chunk)) => received += chunk.len(),
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("the dripping stream was not ended");
+    assert!(ended, "the client sees the body end with an error");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900) && took < std::time::Duration::from_secs(3),
+        "{took:?}"
+    );
+    let logs = app.logs_of(id).await;
+    assert_eq!(logs[0]["status"], "error");
+    assert_eq!(
+        logs[0]["error_message"],
+        "upstream exceeded KEYGATE_UPSTREAM_MAX_DURATION"
+    );
+    assert_eq!(
+        logs[0]["response_size"].as_i64().unwrap() as usize,
+        received
+    );
+
+    // An upstream slower to answer than the whole request may take: 504 at the deadline.
+    let app = spawn_app_with(&["--upstream-max-duration", "300ms"]).await;
+    let (id, key) = app.new_key().await;
+    let (status, body) = app.chat_model(&key, "gpt-slow").await;
+    assert_eq!(status, 504);
+    assert_eq!(body["error"], "Gateway Timeout");
+    let logs = app.logs_of(id).await;
+    assert_eq!(
+        logs[0]["error_message"],
+        "upstream exceeded KEYGATE_UPSTREAM_MAX_DURATION"
+    );
 }

@@ -13,13 +13,20 @@ use serde::{Serialize, Serializer};
 use super::{parse_types, progress_bar, DataType, ExportArgs, Metadata, FORMAT_VERSION};
 use crate::clock::rfc3339;
 use crate::key_ops::Keyring;
+use crate::relay::redact::redact;
 use crate::store::keys::KeyRow;
 use crate::store::transfer;
 
 /// Rows an export reads per statement.
 const ROWS_PER_READ: i64 = 10_000;
 
-pub async fn export(keyring: &Keyring, args: &ExportArgs) -> anyhow::Result<()> {
+/// Writes the export; sanitized, it also redacts `upstream_secret` (and anything shaped like a
+/// credential) from the logs' error messages, rows stored before keygate redacted them too.
+pub async fn export(
+    keyring: &Keyring,
+    args: &ExportArgs,
+    upstream_secret: Option<&str>,
+) -> anyhow::Result<()> {
     let types = parse_types(&args.types)?;
     let now = keyring.now();
     let path = args
@@ -27,7 +34,8 @@ pub async fn export(keyring: &Keyring, args: &ExportArgs) -> anyhow::Result<()> 
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("keygate-export-{}.json", &rfc3339(now)[..10])));
     let file = create_private(&path)?;
-    let counts = match write_export(keyring, &types, args.sanitize, now, file).await {
+    let sanitize = args.sanitize.then_some(Sanitize { upstream_secret });
+    let counts = match write_export(keyring, &types, sanitize, now, file).await {
         Ok(counts) => counts,
         Err(err) => {
             // A partial export is worse than none: it would import as a smaller backup.
@@ -44,8 +52,9 @@ pub async fn export(keyring: &Keyring, args: &ExportArgs) -> anyhow::Result<()> 
         .collect::<Vec<_>>()
         .join(" and ");
     let note = if args.sanitize {
-        "sanitized: no key hashes or encrypted keys, IP addresses masked; keys imported from it \
-         cannot authenticate until they are regenerated"
+        "sanitized: no key hashes or encrypted keys, IP addresses masked, credentials redacted \
+         from error messages; keys imported from it cannot authenticate until they are \
+         regenerated"
     } else {
         "not sanitized: it holds key hashes and encrypted keys, keep it private"
     };
@@ -71,11 +80,17 @@ fn create_private(path: &Path) -> anyhow::Result<File> {
     })
 }
 
+/// What a sanitized export needs to know.
+#[derive(Clone, Copy)]
+struct Sanitize<'a> {
+    upstream_secret: Option<&'a str>,
+}
+
 /// Writes the export, one row per line, from one snapshot of the database.
 async fn write_export(
     keyring: &Keyring,
     types: &[DataType],
-    sanitize: bool,
+    sanitize: Option<Sanitize<'_>>,
     now: i64,
     file: File,
 ) -> anyhow::Result<Vec<(DataType, u64)>> {
@@ -96,7 +111,7 @@ async fn write_export(
             .iter()
             .map(|(t, n)| (t.name().to_string(), *n))
             .collect(),
-        sanitized: sanitize,
+        sanitized: sanitize.is_some(),
         types: types.iter().map(|t| t.name().to_string()).collect(),
     };
     let progress = progress_bar(counts.iter().map(|(_, n)| n).sum(), "exporting");
@@ -123,7 +138,7 @@ async fn write_export(
                             written,
                             &ExportedKey {
                                 row: &row,
-                                sanitize,
+                                sanitize: sanitize.is_some(),
                             },
                         )?;
                         written += 1;
@@ -133,8 +148,10 @@ async fn write_export(
                     let mut rows = transfer::logs_after(&mut tx, after, ROWS_PER_READ);
                     while let Some(mut row) = rows.try_next().await? {
                         after = row.id;
-                        if sanitize {
+                        if let Some(Sanitize { upstream_secret }) = sanitize {
                             row.ip_address = row.ip_address.as_deref().and_then(mask_ip);
+                            row.error_message =
+                                row.error_message.map(|text| redact(&text, upstream_secret));
                         }
                         write_row(&mut out, written, &row)?;
                         written += 1;

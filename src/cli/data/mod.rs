@@ -26,7 +26,7 @@ pub struct ExportArgs {
     /// Comma-separated: apikeys, logs.
     #[arg(long, default_value = "apikeys,logs")]
     pub types: String,
-    /// Drop key hashes and encrypted keys, mask IPs.
+    /// Drop key hashes and encrypted keys, mask IPs, redact credentials from error messages.
     #[arg(long)]
     pub sanitize: bool,
 }

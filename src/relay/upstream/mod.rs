@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::Config;
 use conn::{CheckoutError, Conn, Pool, Target};
 use http1::{Head, UpstreamBody};
-pub use recorded::{respond, RecordedBody};
+pub use recorded::{respond, RecordedBody, Watch, MAX_DURATION_EXCEEDED};
 
 /// Why the upstream gave no response.
 #[derive(Debug)]
@@ -28,32 +28,45 @@ pub enum UpstreamFailure {
     Other(String),
 }
 
-/// The upstream: its pooled connections, its credential, and how long it may take to answer.
+/// The upstream: its pooled connections, the headers this hop adds (its credential), and how
+/// long it may take to answer.
 pub struct Upstream {
     pool: Arc<Pool>,
-    credential: Option<HeaderValue>,
+    /// Added to every request, encoded once at start: `Authorization` with the upstream's
+    /// credential, `OpenAI-Organization` and `OpenAI-Project` when configured, and
+    /// `Accept-Encoding: identity` (so the answer arrives readable for its usage).
+    added: Vec<(HeaderName, HeaderValue)>,
+    /// The upstream's credential, redacted from the upstream errors a call record keeps.
+    secret: Option<Arc<str>>,
     timeout: Duration,
+    max_duration: Option<Duration>,
 }
 
-/// Request headers never forwarded: the client's credentials and cookies, headers this hop
-/// rewrites, and accept-encoding (so the answer arrives readable for its usage).
-fn is_dropped_request_header(name: &str) -> bool {
+/// The client's request headers that are forwarded upstream; all others are dropped (the
+/// client's credentials and cookies, `OpenAI-Organization`/`OpenAI-Project` (set from
+/// configuration only), forwarding and proxy headers, `Host`, `Content-Length`, `Expect`,
+/// `Accept-Encoding`, hop-by-hop headers, anything unknown). The list: content headers, what
+/// the client accepts, its user agent, the SDKs' own headers (`X-Stainless-*` telemetry,
+/// `Idempotency-Key`, `X-Request-Id`), OpenAI's `OpenAI-Beta`, Anthropic's
+/// `Anthropic-Version` and `Anthropic-Beta`. Names arrive lower-case.
+fn is_forwarded_request_header(name: &str) -> bool {
     matches!(
         name,
-        "host"
-            | "authorization"
-            | "x-api-key"
-            | "cookie"
-            | "content-length"
-            | "accept-encoding"
-            | "forwarded"
-            | "x-forwarded-for"
-            | "x-real-ip"
-            | "expect"
-    )
+        "content-type"
+            | "content-encoding"
+            | "accept"
+            | "accept-language"
+            | "user-agent"
+            | "openai-beta"
+            | "idempotency-key"
+            | "x-request-id"
+            | "anthropic-version"
+            | "anthropic-beta"
+    ) || name.starts_with("x-stainless-")
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), dropped in both directions.
+/// Hop-by-hop headers (RFC 9110 §7.6.1), dropped from responses (requests forward only the
+/// allowlist, which has none of them).
 fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name,
@@ -71,17 +84,39 @@ fn is_hop_by_hop(name: &str) -> bool {
 
 impl Upstream {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let credential = config
-            .upstream_api_key
-            .as_ref()
-            .map(|key| {
-                let mut value = HeaderValue::from_str(&format!("Bearer {key}")).context(
-                    "KEYGATE_UPSTREAM_API_KEY: contains characters not allowed in a header",
-                )?;
-                value.set_sensitive(true);
-                anyhow::Ok(value)
-            })
-            .transpose()?;
+        let mut added = Vec::new();
+        let configured = [
+            (
+                header::AUTHORIZATION,
+                config
+                    .upstream_api_key
+                    .as_ref()
+                    .map(|key| format!("Bearer {key}")),
+                "KEYGATE_UPSTREAM_API_KEY",
+            ),
+            (
+                HeaderName::from_static("openai-organization"),
+                config.upstream_organization.clone(),
+                "KEYGATE_UPSTREAM_ORGANIZATION",
+            ),
+            (
+                HeaderName::from_static("openai-project"),
+                config.upstream_project.clone(),
+                "KEYGATE_UPSTREAM_PROJECT",
+            ),
+        ];
+        for (name, value, variable) in configured {
+            let Some(value) = value else { continue };
+            let mut value = HeaderValue::from_str(&value).with_context(|| {
+                format!("{variable}: contains characters not allowed in a header")
+            })?;
+            value.set_sensitive(name == header::AUTHORIZATION);
+            added.push((name, value));
+        }
+        added.push((
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        ));
         let pool = Arc::new(Pool::new(
             Target::new(&config.upstream_url)?,
             config.upstream_max_connections,
@@ -89,8 +124,10 @@ impl Upstream {
         Pool::watch(&pool);
         Ok(Upstream {
             pool,
-            credential,
+            added,
+            secret: config.upstream_api_key.as_deref().map(Arc::from),
             timeout: config.upstream_timeout,
+            max_duration: config.upstream_max_duration,
         })
     }
 
@@ -98,17 +135,31 @@ impl Upstream {
         self.timeout
     }
 
-    /// The wire form of `/v1{rest}?{query}` for `{upstream}{rest}?{query}`, with the
-    /// upstream's credential in place of the client's. Encoded before anything is awaited, so
-    /// the caller can drop the client's head (and the server's read buffer it pins) meanwhile.
+    /// When a request that arrived at `started` must be over (`KEYGATE_UPSTREAM_MAX_DURATION`).
+    pub fn deadline(&self, started: std::time::Instant) -> Option<tokio::time::Instant> {
+        let started = tokio::time::Instant::from_std(started);
+        self.max_duration.map(|max| started + max)
+    }
+
+    /// What a relayed body is held to: the idle timeout, the total deadline, and the
+    /// credential to redact from its record.
+    pub fn watch(&self) -> Watch {
+        Watch {
+            idle_timeout: self.timeout,
+            max_duration: self.max_duration,
+            secret: self.secret.clone(),
+        }
+    }
+
+    /// The wire form of `/v1{rest}?{query}` for `{upstream}{rest}?{query}`: the client's
+    /// allowed headers, then the ones this hop adds (the upstream's credential in place of the
+    /// client's). Encoded before anything is awaited, so the caller can drop the client's head
+    /// (and the server's read buffer it pins) meanwhile.
     pub fn encode(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
         let target = &self.pool.target;
         let rest = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
-        let credential = self
-            .credential
-            .as_ref()
-            .map(|value| (&header::AUTHORIZATION, value));
-        let forwarded = end_to_end(headers, is_dropped_request_header).chain(credential);
+        let added = self.added.iter().map(|(name, value)| (name, value));
+        let forwarded = end_to_end(headers).chain(added);
         let mut wire = Vec::with_capacity(512 + body.len());
         let path = [target.base_path.as_str(), rest];
         let query = uri.query().map(|query| ["?", query]);
@@ -256,26 +307,28 @@ fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// The end-to-end headers: all but hop-by-hop ones, those named in `Connection`, and those
-/// `dropped` says no to.
+/// The client's headers to forward: those on the allowlist, unless `Connection` names them
+/// (then they are hop-by-hop for this message). Matched by name: nothing is allocated unless
+/// the request has a `Connection` header.
 fn end_to_end<'a>(
     headers: &'a HeaderMap,
-    dropped: fn(&str) -> bool,
 ) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
     let named = named_by_connection(headers);
     headers.iter().filter(move |(name, _)| {
-        let text = name.as_str();
-        !(is_hop_by_hop(text) || dropped(text) || named.contains(name))
+        is_forwarded_request_header(name.as_str()) && !named.contains(name)
     })
 }
 
-/// Removes hop-by-hop headers and those named in `Connection`, in place (one pass to find
-/// them: usually there are none).
+/// Removes from a response the hop-by-hop headers, those named in `Connection`, and
+/// `Set-Cookie` (the upstream's cookies are not the client's business), in place (one pass to
+/// find them: usually there are none).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named = named_by_connection(headers);
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_hop_by_hop(name.as_str()) || named.contains(name))
+        .filter(|name| {
+            is_hop_by_hop(name.as_str()) || *name == header::SET_COOKIE || named.contains(name)
+        })
         .cloned()
         .collect();
     for name in doomed {

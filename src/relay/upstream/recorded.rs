@@ -1,8 +1,9 @@
 //! The client's response: the upstream's status and headers, and its body teed into the call
-//! record (bytes, usage, errors, idle timeout) as it is forwarded.
+//! record (bytes, usage, errors, idle timeout and total deadline) as it is forwarded.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -15,9 +16,27 @@ use tokio::time::Sleep;
 use super::http1::UpstreamBody;
 use super::strip_hop_by_hop;
 use crate::relay::record::{CallRecord, UsageScan};
+use crate::relay::redact::redact;
 use crate::tasks::log_writer::LogSink;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream error's own message is kept up to this many characters in the call log.
+const UPSTREAM_DETAIL_CHARS: usize = 300;
+
+/// The row's reason when `KEYGATE_UPSTREAM_MAX_DURATION` ends a request.
+pub const MAX_DURATION_EXCEEDED: &str = "upstream exceeded KEYGATE_UPSTREAM_MAX_DURATION";
+
+/// What every relayed body is held to: its clocks, and the secret its record must not keep.
+#[derive(Clone, Debug)]
+pub struct Watch {
+    /// Longest wait for the next chunk.
+    pub idle_timeout: Duration,
+    /// Longest the whole request may take, from its arrival (None: no limit).
+    pub max_duration: Option<Duration>,
+    /// The upstream's credential, redacted from the upstream's error messages.
+    pub secret: Option<Arc<str>>,
+}
 
 /// Builds the client's response from the upstream's, its body teed into the call record.
 pub fn respond(
@@ -25,7 +44,7 @@ pub fn respond(
     mut record: CallRecord,
     started: Instant,
     sink: LogSink,
-    idle_timeout: Duration,
+    watch: Watch,
 ) -> Response<RecordedBody> {
     let (mut parts, body) = upstream.into_parts();
     let content_type = parts
@@ -35,17 +54,20 @@ pub fn respond(
     let scan = UsageScan::for_content_type(content_type);
     record.http_status = parts.status.as_u16();
     record.stream = matches!(scan, UsageScan::Sse { .. });
+    let started_at = tokio::time::Instant::from_std(started);
     let mut response = Response::new(RecordedBody {
         inner: body,
-        idle: None,
-        last_frame: tokio::time::Instant::from_std(started),
-        idle_timeout,
+        timer: None,
+        last_frame: started_at,
+        idle_timeout: watch.idle_timeout,
+        deadline: watch.max_duration.map(|max| started_at + max),
         call: Some(PendingCall {
             record,
             started,
             scan,
             sink,
             upstream_ok: parts.status.is_success(),
+            secret: watch.secret,
         }),
     });
     *response.status_mut() = parts.status;
@@ -60,18 +82,22 @@ struct PendingCall {
     scan: UsageScan,
     sink: LogSink,
     upstream_ok: bool,
+    secret: Option<Arc<str>>,
 }
 
 /// The upstream's body, forwarded frame by frame as it arrives; it counts, scans for usage,
 /// and sends the call record exactly once: at the end, on an error, or when dropped early.
 pub struct RecordedBody {
     inner: UpstreamBody,
-    /// Fires at the latest possible idle deadline; re-armed from `last_frame` only when it
-    /// fires, so a busy stream costs no timer work per frame. Armed at the first wait: a body
-    /// that arrived with its head needs no timer at all.
-    idle: Option<Pin<Box<Sleep>>>,
+    /// The one timer: fires at the latest possible idle deadline or at the total `deadline`,
+    /// whichever is first; re-armed from `last_frame` only when it fires, so a busy stream
+    /// costs no timer work per frame. Armed at the first wait: a body that arrived with its
+    /// head needs no timer at all.
+    timer: Option<Pin<Box<Sleep>>>,
     last_frame: tokio::time::Instant,
     idle_timeout: Duration,
+    /// When the whole request must be over (`KEYGATE_UPSTREAM_MAX_DURATION`), if set.
+    deadline: Option<tokio::time::Instant>,
     call: Option<PendingCall>,
 }
 
@@ -87,7 +113,7 @@ impl RecordedBody {
         match failure {
             Some(failure) => {
                 record.success = false;
-                record.error_message = Some(failure);
+                record.set_error(failure);
             }
             None if call.upstream_ok => record.success = true,
             None => {
@@ -95,9 +121,9 @@ impl RecordedBody {
                 let mut message = format!("upstream returned HTTP {}", record.http_status);
                 if let Some(detail) = upstream_message {
                     message.push_str(": ");
-                    message.extend(detail.chars().take(300));
+                    message.push_str(&stored_detail(&detail, call.secret.as_deref()));
                 }
-                record.error_message = Some(message);
+                record.set_error(message);
             }
         }
         tracing::debug!(
@@ -107,6 +133,31 @@ impl RecordedBody {
         );
         call.sink.record(call.record);
     }
+}
+
+/// When the timer must next fire: the idle deadline, or the total one if sooner.
+fn next_deadline(
+    last_frame: tokio::time::Instant,
+    idle_timeout: Duration,
+    deadline: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    let idle = last_frame + idle_timeout;
+    deadline.map_or(idle, |deadline| deadline.min(idle))
+}
+
+/// An upstream error's message as the call log keeps it: credentials redacted, then cut to
+/// `UPSTREAM_DETAIL_CHARS` (redacted first, over a little more, so a secret is never cut in
+/// two before it is found).
+fn stored_detail(detail: &str, secret: Option<&str>) -> String {
+    let window = UPSTREAM_DETAIL_CHARS + secret.map_or(0, str::len) + 64;
+    let end = detail
+        .char_indices()
+        .nth(window)
+        .map_or(detail.len(), |(at, _)| at);
+    redact(&detail[..end], secret)
+        .chars()
+        .take(UPSTREAM_DETAIL_CHARS)
+        .collect()
 }
 
 impl Body for RecordedBody {
@@ -126,7 +177,7 @@ impl Body for RecordedBody {
                 }
                 if this.inner.is_end_stream() {
                     this.finish(None);
-                } else if this.idle.is_some() {
+                } else if this.timer.is_some() {
                     this.last_frame = tokio::time::Instant::now();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -142,21 +193,28 @@ impl Body for RecordedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let idle = match &mut this.idle {
-                    Some(idle) => idle,
+                let timer = match &mut this.timer {
+                    Some(timer) => timer,
                     None => {
                         this.last_frame = tokio::time::Instant::now();
-                        this.idle
-                            .insert(Box::pin(tokio::time::sleep(this.idle_timeout)))
+                        let first =
+                            next_deadline(this.last_frame, this.idle_timeout, this.deadline);
+                        this.timer.insert(Box::pin(tokio::time::sleep_until(first)))
                     }
                 };
-                while this.call.is_some() && idle.as_mut().poll(cx).is_ready() {
-                    let deadline = this.last_frame + this.idle_timeout;
-                    if deadline <= tokio::time::Instant::now() {
-                        this.finish(Some("upstream timed out mid-response".into()));
-                        return Poll::Ready(Some(Err("upstream timed out mid-response".into())));
-                    }
-                    idle.as_mut().reset(deadline);
+                while this.call.is_some() && timer.as_mut().poll(cx).is_ready() {
+                    let now = tokio::time::Instant::now();
+                    let failure = if this.deadline.is_some_and(|deadline| deadline <= now) {
+                        MAX_DURATION_EXCEEDED
+                    } else if this.last_frame + this.idle_timeout <= now {
+                        "upstream timed out mid-response"
+                    } else {
+                        let next = next_deadline(this.last_frame, this.idle_timeout, this.deadline);
+                        timer.as_mut().reset(next);
+                        continue;
+                    };
+                    this.finish(Some(failure.into()));
+                    return Poll::Ready(Some(Err(failure.into())));
                 }
                 Poll::Pending
             }
