@@ -1,4 +1,7 @@
-//! Redaction of credentials from texts that are stored (upstream error messages) or exported.
+//! Redaction of credentials from texts that are stored (upstream error messages) or exported,
+//! and masking of the upstream's credential in error answers relayed to the client.
+
+use bytes::Bytes;
 
 /// What a redacted credential is replaced with.
 pub const REDACTED: &str = "[redacted]";
@@ -23,6 +26,24 @@ pub fn redact(text: &str, secret: Option<&str>) -> String {
         |b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-',
         8,
     )
+}
+
+/// `data` with every occurrence of `secret` overwritten by `*` (same length, so a declared
+/// Content-Length still holds); `data` itself when it has none. For upstream error answers: an
+/// upstream that echoes the request's Authorization header must not hand the client its key.
+pub fn mask(data: Bytes, secret: &str) -> Bytes {
+    let secret = secret.as_bytes();
+    if secret.len() < MIN_SECRET_LEN || memchr::memmem::find(&data, secret).is_none() {
+        return data;
+    }
+    let mut masked = data.to_vec();
+    let mut at = 0;
+    while let Some(found) = memchr::memmem::find(&masked[at..], secret) {
+        let start = at + found;
+        masked[start..start + secret.len()].fill(b'*');
+        at = start + secret.len();
+    }
+    Bytes::from(masked)
 }
 
 /// Shorter secrets are not searched for (they would match ordinary words).
@@ -82,6 +103,19 @@ fn find_ignore_case(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masking_keeps_the_length_and_hides_every_occurrence() {
+        let data = Bytes::from_static(b"got Bearer sk-secret-123456 and sk-secret-123456!");
+        let masked = mask(data.clone(), "sk-secret-123456");
+        assert_eq!(masked.len(), data.len());
+        assert_eq!(
+            &masked[..],
+            b"got Bearer **************** and ****************!"
+        );
+        let clean = Bytes::from_static(b"nothing here");
+        assert_eq!(mask(clean.clone(), "sk-secret-123456"), clean);
+    }
 
     #[test]
     fn redacts_the_secret_bearer_tokens_and_sk_keys() {

@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 use super::http1::UpstreamBody;
 use super::strip_hop_by_hop;
 use crate::relay::record::{CallRecord, UsageScan};
-use crate::relay::redact::redact;
+use crate::relay::redact::{mask, redact};
 use crate::tasks::log_writer::LogSink;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -170,10 +170,18 @@ impl Body for RecordedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(call)) = (frame.data_ref(), this.call.as_mut()) {
-                    call.record.response_size += data.len() as i64;
-                    call.scan.feed(data);
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(call) = this.call.as_mut() {
+                    if let (false, Some(secret)) = (call.upstream_ok, &call.secret) {
+                        frame = match frame.into_data() {
+                            Ok(data) => Frame::data(mask(data, secret)),
+                            Err(frame) => frame,
+                        };
+                    }
+                    if let Some(data) = frame.data_ref() {
+                        call.record.response_size += data.len() as i64;
+                        call.scan.feed(data);
+                    }
                 }
                 if this.inner.is_end_stream() {
                     this.finish(None);
