@@ -5,6 +5,7 @@ mod cli;
 mod data;
 mod expiry;
 mod helpers;
+mod hostile;
 mod logs;
 mod relay;
 mod sdk;
