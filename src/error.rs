@@ -21,12 +21,18 @@ pub enum ApiError {
     /// 401 on the admin API.
     #[error("admin authentication required")]
     AdminAuth,
+    /// 403: authenticated, but the request may not be made this way; the message says why.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 429 with `Retry-After: retry_after` seconds.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     #[error("{0}")]
     BadGateway(String),
     #[error("{0}")]
@@ -47,9 +53,11 @@ impl ApiError {
         match self {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidKey | ApiError::AdminAuth => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -65,7 +73,10 @@ impl ApiError {
                 "Send Authorization: Bearer <KEYGATE_ADMIN_TOKEN>, or log in with POST /api/auth/login".into()
             }
             ApiError::NotFound(what) => format!("No {what} with that id; list them to find the right one"),
-            ApiError::Conflict(message) => message.clone(),
+            ApiError::Conflict(message) | ApiError::Forbidden(message) => message.clone(),
+            ApiError::TooManyRequests { message, retry_after } => {
+                format!("{message}; retry in {retry_after} s")
+            }
             ApiError::PayloadTooLarge(limit) => format!(
                 "The request body exceeds {limit} bytes; send a smaller one or raise KEYGATE_MAX_BODY_BYTES"
             ),
@@ -109,6 +120,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         response
     }

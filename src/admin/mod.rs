@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod keys;
 pub mod logs;
+pub mod throttle;
 
 use axum::middleware;
 use axum::Router;
