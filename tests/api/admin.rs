@@ -448,3 +448,23 @@ async fn the_session_cookie_is_secure_behind_an_https_proxy() {
         .1
         .contains("Secure"));
 }
+
+#[tokio::test]
+async fn a_huge_page_is_refused_not_wrapped_to_page_one() {
+    let app = spawn_app().await;
+    let (id, _) = app.new_key().await;
+    for path in [
+        "/api/api-keys".to_string(),
+        "/api/api-logs".to_string(),
+        format!("/api/api-keys/{id}/logs"),
+    ] {
+        let (status, body) = app.get(&format!("{path}?page=9223372036854775807")).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["field"], "page", "{body}");
+        // The largest page whose offset fits is simply empty.
+        let last = i64::MAX / 50;
+        let (status, body) = app.get(&format!("{path}?page={last}")).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["items"], json!([]), "{path}");
+    }
+}

@@ -1,5 +1,5 @@
-//! Slow, idle, crowding and oversized clients on raw sockets and HTTP/2: timeouts, the
-//! connection cap, and the body limit on HTTP/2.
+//! Slow, idle, crowding and oversized clients on raw sockets and HTTP/2 (timeouts, the
+//! connection cap, the body limit on HTTP/2), and other local users (file modes).
 
 use std::time::{Duration, Instant};
 
@@ -293,4 +293,45 @@ async fn an_http2_connection_that_never_opens_a_stream_is_closed_after_the_heade
     let closed = closed.expect("the server closes the connection");
     assert!(closed >= Duration::from_millis(900), "closed at {closed:?}");
     assert_serves(&app).await;
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+#[tokio::test]
+async fn the_data_directory_and_the_database_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = data.join("inner").join("keygate.db");
+    let app = spawn_app_on(&db).await;
+    app.new_key().await;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("inner")), 0o700);
+    let files = [db.clone(), with_suffix(&db, "-wal"), with_suffix(&db, "-shm")];
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+
+    // Files left readable by others (an older keygate, a copy) are tightened at start.
+    for file in &files {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let again = spawn_app_on(&db).await;
+    for file in &files {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    assert_eq!(again.get("/api/api-keys").await.0, 200);
 }
