@@ -198,8 +198,11 @@ async fn serve_connection(
     let mut closing_by: Option<Instant> = None;
     let result = loop {
         // At least once per idle period: a request may have ended since the last look.
-        let wake = closing_by
-            .unwrap_or_else(|| activity.deadline(timeouts).min(Instant::now() + timeouts.idle));
+        let wake = closing_by.unwrap_or_else(|| {
+            activity
+                .deadline(timeouts)
+                .min(Instant::now() + timeouts.idle)
+        });
         tokio::select! {
             biased;
             result = conn.as_mut() => break result,

@@ -147,11 +147,19 @@ pub async fn require_admin(
 
 /// CSRF beyond SameSite, for a request made with the session cookie: a state-changing request
 /// must come from the console's own origin (`Sec-Fetch-Site`, else `Origin` against `Host`).
-fn same_origin(method: &Method, headers: &HeaderMap, uri: &axum::http::Uri) -> Result<(), ApiError> {
+fn same_origin(
+    method: &Method,
+    headers: &HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<(), ApiError> {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
-    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     if let Some(site) = text("sec-fetch-site") {
         return if site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none") {
             Ok(())

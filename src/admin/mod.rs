@@ -40,7 +40,10 @@ pub fn page(page: Option<i64>, page_size: Option<i64>) -> Result<Page, ApiError>
     if page.checked_offset().is_none() {
         return Err(ApiError::invalid(
             "page",
-            format!("is too large: page × page_size must stay below {}", i64::MAX),
+            format!(
+                "is too large: page × page_size must stay below {}",
+                i64::MAX
+            ),
         ));
     }
     Ok(page)

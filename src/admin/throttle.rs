@@ -182,7 +182,13 @@ mod tests {
         }
         let refused = throttle.admit(a, t0 + Duration::from_secs(20)).unwrap_err();
         assert!(
-            matches!(refused, ApiError::TooManyRequests { retry_after: 40, .. }),
+            matches!(
+                refused,
+                ApiError::TooManyRequests {
+                    retry_after: 40,
+                    ..
+                }
+            ),
             "{refused:?}"
         );
         assert!(throttle.admit(ip("192.0.2.2"), t0).is_ok());
@@ -198,7 +204,10 @@ mod tests {
             assert!(matches!(throttle.failed(from, t0), ApiError::AdminAuth));
         }
         let fresh = ip("198.51.100.1");
-        assert!(throttle.admit(fresh, t0).is_ok(), "the right token may still pass");
+        assert!(
+            throttle.admit(fresh, t0).is_ok(),
+            "the right token may still pass"
+        );
         assert!(is_429(&throttle.failed(fresh, t0)));
         assert!(matches!(
             throttle.failed(fresh, t0 + WINDOW),

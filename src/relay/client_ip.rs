@@ -34,7 +34,10 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
 }
 
 fn parse_hop(hop: &str) -> Option<IpAddr> {
-    hop.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+    hop.trim()
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -82,7 +85,10 @@ mod tests {
         // Several fields are one list, the last field nearest.
         let headers = xff(&["203.0.113.5", "10.0.0.7"]);
         assert_eq!(client_ip(proxy, &headers, &trusted), ip("203.0.113.5"));
-        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(proxy, &HeaderMap::new(), &trusted),
+            ip("10.0.0.1")
+        );
     }
 
     #[test]

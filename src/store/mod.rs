@@ -145,6 +145,9 @@ mod tests {
         assert_eq!(page(i64::MAX, 50).checked_offset(), None);
         assert_eq!(page(i64::MAX, 50).offset(), i64::MAX);
         assert_eq!(page(i64::MIN, 50).offset(), i64::MAX);
-        assert_eq!(page(i64::MAX / 50, 50).checked_offset(), Some((i64::MAX / 50 - 1) * 50));
+        assert_eq!(
+            page(i64::MAX / 50, 50).checked_offset(),
+            Some((i64::MAX / 50 - 1) * 50)
+        );
     }
 }

@@ -282,7 +282,11 @@ async fn with_token(
         .headers()
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_string());
-    (response.status(), retry_after, response.json().await.unwrap())
+    (
+        response.status(),
+        retry_after,
+        response.json().await.unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -296,7 +300,10 @@ async fn wrong_admin_tokens_are_throttled_per_address() {
     assert_eq!(statuses[..10], [401; 10], "{statuses:?}");
     assert_eq!(statuses[10..], [429; 10], "{statuses:?}");
     let (status, retry_after, body) = with_token(&attacker, &app, ADMIN_TOKEN).await;
-    assert_eq!(status, 429, "the throttled address is refused even with the right token");
+    assert_eq!(
+        status, 429,
+        "the throttled address is refused even with the right token"
+    );
     let retry_after: u64 = retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert_eq!(body["error"], "Too Many Requests");
@@ -372,7 +379,10 @@ async fn login_cookie(app: &TestApp, headers: &[(&str, &str)]) -> (String, Strin
     }
     let response = request.send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_string();
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
     (cookie.split(';').next().unwrap().to_string(), cookie)
 }
 
@@ -391,24 +401,35 @@ async fn cookie_requests_that_change_things_must_come_from_the_same_origin() {
         }
         async move {
             let response = request.send().await.unwrap();
-            (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap())
+            (
+                response.status().as_u16(),
+                response.json::<serde_json::Value>().await.unwrap(),
+            )
         }
     };
     let host = app.base.trim_start_matches("http://").to_string();
     let (status, body) = create(&[]).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"], "Forbidden");
-    assert!(body["message"].as_str().unwrap().contains("Origin"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("Origin"),
+        "{body}"
+    );
     assert_eq!(create(&[("origin", "https://evil.example")]).await.0, 403);
     assert_eq!(create(&[("origin", "null")]).await.0, 403);
     assert_eq!(create(&[("sec-fetch-site", "cross-site")]).await.0, 403);
     assert_eq!(
-        create(&[("sec-fetch-site", "same-site"), ("origin", &app.base)]).await.0,
+        create(&[("sec-fetch-site", "same-site"), ("origin", &app.base)])
+            .await
+            .0,
         403,
         "Sec-Fetch-Site decides when present"
     );
     assert_eq!(create(&[("origin", &app.base)]).await.0, 201);
-    assert_eq!(create(&[("origin", &format!("https://{host}"))]).await.0, 201);
+    assert_eq!(
+        create(&[("origin", &format!("https://{host}"))]).await.0,
+        201
+    );
     assert_eq!(create(&[("sec-fetch-site", "same-origin")]).await.0, 201);
     assert_eq!(create(&[("sec-fetch-site", "none")]).await.0, 201);
     // Reading needs no check; the bearer token is not affected.
@@ -442,7 +463,13 @@ async fn the_session_cookie_is_secure_behind_an_https_proxy() {
 
     let always = spawn_app_with(&["--secure-cookie", "always"]).await;
     assert!(login_cookie(&always, &[]).await.1.contains("; Secure"));
-    let never = spawn_app_with(&["--trusted-proxies", "127.0.0.0/8", "--secure-cookie", "never"]).await;
+    let never = spawn_app_with(&[
+        "--trusted-proxies",
+        "127.0.0.0/8",
+        "--secure-cookie",
+        "never",
+    ])
+    .await;
     assert!(!login_cookie(&never, &[("x-forwarded-proto", "https")])
         .await
         .1

@@ -116,7 +116,10 @@ async fn over_the_connection_cap_a_new_connection_is_refused_at_once() {
     let started = Instant::now();
     let mut fourth = TcpStream::connect(addr(&app)).await.unwrap();
     let (got, closed) = read_until_closed(&mut fourth, Duration::from_secs(2)).await;
-    assert!(closed.is_some(), "the fourth connection is not left hanging");
+    assert!(
+        closed.is_some(),
+        "the fourth connection is not left hanging"
+    );
     assert!(started.elapsed() < Duration::from_secs(1));
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
@@ -173,7 +176,9 @@ async fn an_http2_client_over_the_body_limit_gets_the_413() {
         .post(app.url("/v1/chat/completions"))
         .bearer_auth(&key)
         .header("content-type", "application/json")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .expect("an answer, not a stream error");
@@ -231,7 +236,11 @@ async fn h2_oversized(
     .await
     .ok()
     .and_then(Result::ok);
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), reset)
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        reset,
+    )
 }
 
 #[tokio::test]
@@ -320,7 +329,11 @@ async fn the_data_directory_and_the_database_files_are_private() {
     app.new_key().await;
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("inner")), 0o700);
-    let files = [db.clone(), with_suffix(&db, "-wal"), with_suffix(&db, "-shm")];
+    let files = [
+        db.clone(),
+        with_suffix(&db, "-wal"),
+        with_suffix(&db, "-shm"),
+    ];
     for file in &files {
         assert_eq!(mode(file), 0o600, "{}", file.display());
     }
