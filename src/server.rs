@@ -318,7 +318,7 @@ fn file_limit() -> Option<u64> {
         };
         // SAFETY: getrlimit only writes the struct it is given.
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-            return Some(limit.rlim_cur as u64);
+            return Some(limit.rlim_cur);
         }
     }
     None
@@ -344,8 +344,8 @@ pub fn raise_file_limit() -> Option<u64> {
                 };
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
                     tracing::warn!(
-                        soft = limit.rlim_cur as u64,
-                        hard = limit.rlim_max as u64,
+                        soft = limit.rlim_cur,
+                        hard = limit.rlim_max,
                         "cannot raise the open-file limit"
                     );
                 }

@@ -348,3 +348,60 @@ async fn the_data_directory_and_the_database_files_are_private() {
     }
     assert_eq!(again.get("/api/api-keys").await.0, 200);
 }
+
+#[test]
+fn serve_raises_the_open_file_limit_to_the_hard_limit() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    let hard = limit.rlim_max;
+    if hard <= 256 {
+        return; // nothing to raise on this machine
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 256 && exec \"$0\" serve")
+        .arg(env!("CARGO_BIN_EXE_keygate"))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}/keygate.db", dir.path().display()),
+        )
+        .env("KEYGATE_LISTEN", "127.0.0.1:0")
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("open-file limit") {
+                let _ = tx.send(line);
+                return;
+            }
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("keygate logs its open-file limit at start");
+    assert!(
+        line.contains(&format!("open_file_limit={hard}")),
+        "raised from 256 to the hard limit {hard}: {line}"
+    );
+}
