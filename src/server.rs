@@ -44,7 +44,7 @@ const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/json\r\n\
 retry-after: 1\r\n\
 connection: close\r\n\
-content-length: 99\r\n\r\n\
+content-length: 88\r\n\r\n\
 {\"error\":\"Service Unavailable\",\"message\":\"Too many open connections; retry in a moment\"}";
 
 /// Serves `listener` until `shutdown` is cancelled; then stops accepting, lets open

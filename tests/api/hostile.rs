@@ -124,7 +124,12 @@ async fn over_the_connection_cap_a_new_connection_is_refused_at_once() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(text.contains("retry-after: 1"), "{text}");
-    let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.contains(&format!("content-length: {}", body.len())),
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap();
     assert_eq!(body["error"], "Service Unavailable");
 
     // The three held connections still work; once they close, new ones are served.
