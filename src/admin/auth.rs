@@ -138,7 +138,7 @@ pub async fn require_admin(
         (Credential::None, _) => Err(ApiError::AdminAuth),
         (_, false) => Err(admin.throttle.failed(ip, Instant::now())),
         (Credential::Session, true) => {
-            same_origin(request.method(), request.headers(), request.uri())?;
+            same_origin(&request, &state.config)?;
             Ok(next.run(request).await)
         }
         (Credential::Bearer, true) => Ok(next.run(request).await),
@@ -146,15 +146,16 @@ pub async fn require_admin(
 }
 
 /// CSRF beyond SameSite, for a request made with the session cookie: a state-changing request
-/// must come from the console's own origin (`Sec-Fetch-Site`, else `Origin` against `Host`).
-fn same_origin(
-    method: &Method,
-    headers: &HeaderMap,
-    uri: &axum::http::Uri,
-) -> Result<(), ApiError> {
-    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+/// must come from the console's own origin: `Sec-Fetch-Site` when the browser sends it, else
+/// `Origin` against `Host` (or a trusted proxy's `X-Forwarded-Host`).
+fn same_origin(request: &Request, config: &Config) -> Result<(), ApiError> {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
         return Ok(());
     }
+    let headers = request.headers();
     let text = |name| {
         headers
             .get(name)
@@ -164,19 +165,27 @@ fn same_origin(
         return if site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none") {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!(
-                "Cross-site request refused (Sec-Fetch-Site: {site}); use the console at this address, or send Authorization: Bearer <KEYGATE_ADMIN_TOKEN> instead of the session cookie"
-            )))
+            Err(ApiError::Forbidden(
+                "Cross-site request refused (Sec-Fetch-Site is not same-origin); use the console at this address, or send Authorization: Bearer <KEYGATE_ADMIN_TOKEN> instead of the session cookie".into(),
+            ))
         };
     }
-    let host = text("host").or_else(|| uri.authority().map(|a| a.as_str()));
-    let matches = match (text("origin"), host) {
-        (Some(origin), Some(host)) => origin
+    let host = text("host").or_else(|| request.uri().authority().map(|a| a.as_str()));
+    let forwarded_host = text("x-forwarded-host")
+        .filter(|_| from_trusted_proxy(request, config))
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    let origin_host = text("origin").and_then(|origin| {
+        origin
             .strip_prefix("https://")
             .or_else(|| origin.strip_prefix("http://"))
-            .is_some_and(|origin_host| origin_host.eq_ignore_ascii_case(host)),
-        _ => false,
-    };
+    });
+    let matches = origin_host.is_some_and(|origin| {
+        [host, forwarded_host]
+            .into_iter()
+            .flatten()
+            .any(|host| origin.eq_ignore_ascii_case(host))
+    });
     if matches {
         Ok(())
     } else {
@@ -184,6 +193,11 @@ fn same_origin(
             "A request made with the session cookie that changes something needs an Origin header matching this host (browsers send it); or send Authorization: Bearer <KEYGATE_ADMIN_TOKEN>".into(),
         ))
     }
+}
+
+fn from_trusted_proxy(request: &Request, config: &Config) -> bool {
+    let peer = peer(request).ip().to_canonical();
+    config.trusted_proxies.iter().any(|net| net.contains(&peer))
 }
 
 pub fn public_router() -> Router<AppState> {
@@ -229,9 +243,7 @@ fn secure_cookie(config: &Config, request: &Request) -> bool {
         SecureCookie::Always => true,
         SecureCookie::Never => false,
         SecureCookie::Auto => {
-            let peer = peer(request).ip().to_canonical();
-            let from_proxy = config.trusted_proxies.iter().any(|net| net.contains(&peer));
-            from_proxy
+            from_trusted_proxy(request, config)
                 && request
                     .headers()
                     .get("x-forwarded-proto")

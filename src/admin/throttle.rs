@@ -40,11 +40,14 @@ impl Window {
         }
     }
 
-    /// Starts a new window if this one is over.
-    fn roll(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.start) >= WINDOW {
-            *self = Window::new(now);
+    /// Starts a new window if this one is over; returns how many attempts the old one refused.
+    fn roll(&mut self, now: Instant) -> u32 {
+        if now.saturating_duration_since(self.start) < WINDOW {
+            return 0;
         }
+        let refused = self.refused;
+        *self = Window::new(now);
+        refused
     }
 
     /// Whole seconds until the window ends, at least 1.
@@ -74,7 +77,7 @@ impl Throttle {
         let Some(window) = state.ips.get_mut(&bucket(ip)) else {
             return Ok(());
         };
-        window.roll(now);
+        log_refused(Some(ip), window.roll(now));
         if window.failures < self.per_ip {
             return Ok(());
         }
@@ -92,7 +95,7 @@ impl Throttle {
             return ApiError::AdminAuth;
         };
         let State { ips, total } = &mut *state;
-        total.roll(now);
+        log_refused(None, total.roll(now));
         total.failures = total.failures.saturating_add(1);
         if total.failures == self.total + 1 {
             tracing::warn!(
@@ -108,7 +111,7 @@ impl Throttle {
         }
         let window = if ips.len() < MAX_TRACKED || ips.contains_key(&key) {
             let window = ips.entry(key).or_insert_with(|| Window::new(now));
-            window.roll(now);
+            log_refused(Some(ip), window.roll(now));
             window.failures = window.failures.saturating_add(1);
             if window.failures == self.per_ip {
                 tracing::warn!(
@@ -138,6 +141,17 @@ impl Throttle {
             ),
             _ => ApiError::AdminAuth,
         }
+    }
+}
+
+/// The count of a throttled window, logged once when it ends (at the next attempt).
+fn log_refused(ip: Option<IpAddr>, refused: u32) {
+    if refused == 0 {
+        return;
+    }
+    match ip {
+        Some(ip) => tracing::info!(%ip, refused, "admin authentication: attempts refused with 429 from this address in the last window"),
+        None => tracing::info!(refused, "admin authentication: wrong attempts refused with 429 over the total limit in the last window"),
     }
 }
 

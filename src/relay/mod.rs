@@ -191,8 +191,13 @@ async fn read_body(parts: &Parts, body: Incoming, limit: usize) -> Result<bytes:
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(declared) = declared.filter(|n| *n > limit as u64) {
-        if declared <= DRAIN_MAX_BYTES {
-            drain(body).await;
+        // A client waiting for `100 Continue` has sent nothing yet: answer at once.
+        let waits = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits && declared - limit as u64 <= DRAIN_MAX_BYTES {
+            drain(body, declared).await;
         }
         return Err(too_large());
     }
@@ -200,7 +205,7 @@ async fn read_body(parts: &Parts, body: Incoming, limit: usize) -> Result<bytes:
     match Limited::new(&mut body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
-            drain(body).await;
+            drain(body, DRAIN_MAX_BYTES).await;
             Err(too_large())
         }
         Err(err) => Err(Refusal::new(
@@ -217,9 +222,10 @@ async fn read_body(parts: &Parts, body: Incoming, limit: usize) -> Result<bytes:
 const DRAIN_MAX_BYTES: u64 = 1 << 20;
 const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
-async fn drain(mut body: Incoming) {
+/// Reads and drops up to `budget` bytes of `body` (at most `DRAIN_MAX_TIME`).
+async fn drain(mut body: Incoming, budget: u64) {
     let read = async {
-        let mut left = DRAIN_MAX_BYTES;
+        let mut left = budget;
         while let Some(Ok(frame)) = body.frame().await {
             let len = frame.data_ref().map_or(0, |data| data.len() as u64);
             match left.checked_sub(len) {

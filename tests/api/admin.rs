@@ -495,3 +495,26 @@ async fn a_huge_page_is_refused_not_wrapped_to_page_one() {
         assert_eq!(body["items"], json!([]), "{path}");
     }
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_origin_may_match_x_forwarded_host() {
+    for (trusted, expected) in [(true, 201), (false, 403)] {
+        let app = if trusted {
+            spawn_app_with(&["--trusted-proxies", "127.0.0.1"]).await
+        } else {
+            spawn_app().await
+        };
+        let (session, _) = login_cookie(&app, &[]).await;
+        let response = app
+            .client
+            .post(app.url("/api/api-keys"))
+            .header("cookie", &session)
+            .header("origin", "https://keygate.example")
+            .header("x-forwarded-host", "keygate.example")
+            .json(&json!({"name": "proxied"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "trusted proxy: {trusted}");
+    }
+}
