@@ -135,8 +135,9 @@ pub async fn require_admin(
     let admin = &state.admin;
     admin.throttle.admit(ip, Instant::now())?;
     match admin.check(request.headers()) {
-        (Credential::None, _) => Err(ApiError::AdminAuth),
-        (_, false) => Err(admin.throttle.failed(ip, Instant::now())),
+        // A stale session cookie (after a restart or logout) is no guess: 256 random bits.
+        (Credential::None, _) | (Credential::Session, false) => Err(ApiError::AdminAuth),
+        (Credential::Bearer, false) => Err(admin.throttle.failed(ip, Instant::now())),
         (Credential::Session, true) => {
             same_origin(&request, &state.config)?;
             Ok(next.run(request).await)
