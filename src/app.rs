@@ -41,6 +41,7 @@ impl AppState {
         let pool = keyring.pool.clone();
         let admin = Arc::new(AdminAuth::new(
             secrets::admin_token_hash(&pool, &config).await?,
+            &config,
         ));
         let upstream = Arc::new(Upstream::new(&config)?);
         if config.upstream_api_key.is_none() {

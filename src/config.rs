@@ -106,6 +106,67 @@ pub struct ConfigArgs {
     /// Longest a relayed request may take in all, streamed body included (unset: no limit).
     #[arg(long, env = "KEYGATE_UPSTREAM_MAX_DURATION", global = true)]
     pub upstream_max_duration: Option<String>,
+
+    // --- Connections and admin protection (issue 9: items 5, 10, 11) ---
+    /// Time allowed for a request head to arrive, from the connection's start or the end of the
+    /// previous response (so it also bounds the wait between keep-alive requests).
+    #[arg(
+        long,
+        env = "KEYGATE_HEADER_TIMEOUT",
+        default_value = "30s",
+        global = true
+    )]
+    pub header_timeout: String,
+    /// A connection with no request open for this long is closed (HTTP/1.1 and HTTP/2).
+    #[arg(
+        long,
+        env = "KEYGATE_IDLE_TIMEOUT",
+        default_value = "60s",
+        global = true
+    )]
+    pub idle_timeout: String,
+    /// Most client connections open at once; over it a new connection gets a 503 and is closed.
+    #[arg(
+        long,
+        env = "KEYGATE_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_connections: usize,
+    /// Failed admin logins/tokens per client IP per minute before it gets 429.
+    #[arg(
+        long,
+        env = "KEYGATE_ADMIN_FAILURES_PER_IP",
+        default_value_t = 10,
+        global = true
+    )]
+    pub admin_failures_per_ip: u32,
+    /// Failed admin logins/tokens per minute from all IPs before wrong attempts get 429.
+    #[arg(
+        long,
+        env = "KEYGATE_ADMIN_FAILURES_TOTAL",
+        default_value_t = 100,
+        global = true
+    )]
+    pub admin_failures_total: u32,
+    /// `Secure` on the console cookie: auto (when a trusted proxy says X-Forwarded-Proto: https),
+    /// always, or never.
+    #[arg(
+        long,
+        env = "KEYGATE_SECURE_COOKIE",
+        default_value = "auto",
+        global = true
+    )]
+    pub secure_cookie: String,
+}
+
+/// When the console session cookie carries `Secure`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecureCookie {
+    /// When a trusted proxy forwards `X-Forwarded-Proto: https`.
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Clone)]
@@ -129,6 +190,12 @@ pub struct Config {
     pub upstream_project: Option<String>,
     /// None: a response may stream as long as it keeps within the idle timeout.
     pub upstream_max_duration: Option<Duration>,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub admin_failures_per_ip: u32,
+    pub admin_failures_total: u32,
+    pub secure_cookie: SecureCookie,
 }
 
 impl Config {
@@ -152,6 +219,18 @@ impl Config {
         let non_empty = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
         let upstream_api_key = non_empty(&args.upstream_api_key)
             .or_else(|| non_empty(&std::env::var("OPENAI_API_KEY").ok()));
+        if args.max_connections == 0 {
+            bail!("KEYGATE_MAX_CONNECTIONS: must be at least 1");
+        }
+        if args.admin_failures_per_ip == 0 || args.admin_failures_total == 0 {
+            bail!("KEYGATE_ADMIN_FAILURES_PER_IP and KEYGATE_ADMIN_FAILURES_TOTAL: must be at least 1");
+        }
+        let secure_cookie = match args.secure_cookie.trim().to_ascii_lowercase().as_str() {
+            "auto" => SecureCookie::Auto,
+            "always" => SecureCookie::Always,
+            "never" => SecureCookie::Never,
+            other => bail!("KEYGATE_SECURE_COOKIE: `{other}` is not one of auto, always, never"),
+        };
         if args.max_body_bytes == 0 {
             bail!("KEYGATE_MAX_BODY_BYTES: must be a positive number of bytes");
         }
@@ -180,6 +259,13 @@ impl Config {
                 .map(|text| parse_duration(&text))
                 .transpose()
                 .context("KEYGATE_UPSTREAM_MAX_DURATION")?,
+            header_timeout: parse_duration(&args.header_timeout)
+                .context("KEYGATE_HEADER_TIMEOUT")?,
+            idle_timeout: parse_duration(&args.idle_timeout).context("KEYGATE_IDLE_TIMEOUT")?,
+            max_connections: args.max_connections,
+            admin_failures_per_ip: args.admin_failures_per_ip,
+            admin_failures_total: args.admin_failures_total,
+            secure_cookie,
         })
     }
 }
@@ -203,6 +289,12 @@ impl fmt::Debug for Config {
             .field("upstream_organization", &self.upstream_organization)
             .field("upstream_project", &self.upstream_project)
             .field("upstream_max_duration", &self.upstream_max_duration)
+            .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("admin_failures_per_ip", &self.admin_failures_per_ip)
+            .field("admin_failures_total", &self.admin_failures_total)
+            .field("secure_cookie", &self.secure_cookie)
             .finish()
     }
 }

@@ -21,6 +21,9 @@ pub enum ApiError {
     /// 401 on the admin API.
     #[error("admin authentication required")]
     AdminAuth,
+    /// 403: authenticated, but the request may not be made this way; the message says why.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     /// 405 on the relay: only GET, POST and DELETE are relayed (the `Allow` header lists them).
@@ -30,13 +33,16 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 429 with `Retry-After: retry_after` seconds.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     #[error("{0}")]
     BadGateway(String),
     #[error("{0}")]
     GatewayTimeout(String),
     /// 503 with `Retry-After: retry_after` seconds: keygate cannot take the request now.
     #[error("{message}")]
-    Unavailable { message: String, retry_after: u32 },
+    Unavailable { message: String, retry_after: u64 },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -53,10 +59,12 @@ impl ApiError {
         match self {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidKey | ApiError::AdminAuth => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -77,7 +85,10 @@ impl ApiError {
                 "Only {} are relayed; send the request with one of them",
                 crate::relay::confine::ALLOWED_METHODS
             ),
-            ApiError::Conflict(message) => message.clone(),
+            ApiError::Conflict(message) | ApiError::Forbidden(message) => message.clone(),
+            ApiError::TooManyRequests { message, retry_after } => {
+                format!("{message}; retry in {retry_after} s")
+            }
             ApiError::PayloadTooLarge(limit) => format!(
                 "The request body exceeds {limit} bytes; send a smaller one or raise KEYGATE_MAX_BODY_BYTES"
             ),
@@ -132,7 +143,9 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::Unavailable { retry_after, .. } = &self {
+        if let ApiError::Unavailable { retry_after, .. }
+        | ApiError::TooManyRequests { retry_after, .. } = &self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));

@@ -141,6 +141,15 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Creates the data directory (and missing parents) 0700; an existing one is left as it is.
+fn create_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Longest expiry accepted, in days.
 const MAX_DAYS: i64 = 36_500;
 
@@ -157,7 +166,7 @@ pub struct Keyring {
 impl Keyring {
     /// Opens the store and the encryption key named by `config` (the server and the CLI alike).
     pub async fn open(config: &crate::config::Config, clock: Clock) -> anyhow::Result<Keyring> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|err| {
+        create_data_dir(&config.data_dir).map_err(|err| {
             anyhow::anyhow!(
                 "cannot create the data directory {}: {err}",
                 config.data_dir.display()

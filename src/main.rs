@@ -40,6 +40,11 @@ async fn run() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
+    // Idle and slow clients each hold a file: the default soft limit (often 1024) is far too low.
+    match keygate::server::raise_file_limit() {
+        Some(files) => tracing::info!(open_file_limit = files, "open-file limit"),
+        None => tracing::warn!("cannot read the open-file limit"),
+    }
     let state = AppState::build(config, Clock::System).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

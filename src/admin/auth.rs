@@ -1,35 +1,51 @@
-//! Admin authentication: the admin token as a bearer, or a console session cookie from login.
+//! Admin authentication: the admin token as a bearer, or a console session cookie from login;
+//! failures throttled per client IP and in total; cookie requests checked against CSRF.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::throttle::Throttle;
 use crate::app::AppState;
+use crate::config::{Config, SecureCookie};
 use crate::error::{ApiError, ApiJson};
 use crate::keys::{self, KeyHash};
+use crate::relay::client_ip::client_ip;
 
 const COOKIE: &str = "keygate_session";
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
-/// The admin token's hash and the open console sessions (by hash of their id).
+/// The admin token's hash, the open console sessions (by hash of their id), and the count of
+/// failed attempts.
 pub struct AdminAuth {
     token_hash: KeyHash,
     sessions: Mutex<HashMap<KeyHash, Instant>>,
+    throttle: Throttle,
+}
+
+/// How a request presented itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    None,
+    Bearer,
+    Session,
 }
 
 impl AdminAuth {
-    pub fn new(token_hash: KeyHash) -> Self {
+    pub fn new(token_hash: KeyHash, config: &Config) -> Self {
         AdminAuth {
             token_hash,
             sessions: Mutex::new(HashMap::new()),
+            throttle: Throttle::new(config.admin_failures_per_ip, config.admin_failures_total),
         }
     }
 
@@ -62,18 +78,41 @@ impl AdminAuth {
         }
     }
 
-    fn admits(&self, headers: &HeaderMap) -> bool {
-        let bearer = headers
+    /// The credential the request presented, and whether it is good.
+    fn check(&self, headers: &HeaderMap) -> (Credential, bool) {
+        let authorization = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim());
-        match bearer {
-            Some(token) => self.token_matches(token),
-            None => session_cookie(headers).is_some_and(|id| self.session_valid(id)),
+            .map(|v| v.to_str().unwrap_or_default());
+        if let Some(value) = authorization {
+            let token = value
+                .trim()
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim());
+            return (
+                Credential::Bearer,
+                token.is_some_and(|t| self.token_matches(t)),
+            );
+        }
+        match session_cookie(headers) {
+            Some(id) => (Credential::Session, self.session_valid(id)),
+            None => (Credential::None, false),
         }
     }
+}
+
+/// The peer address the server put on the request.
+fn peer(request: &Request) -> SocketAddr {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| *peer)
+        .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+}
+
+/// The client's address: the peer, or X-Forwarded-For from a trusted proxy.
+fn client_of(request: &Request, config: &Config) -> IpAddr {
+    client_ip(peer(request), request.headers(), &config.trusted_proxies)
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
@@ -92,11 +131,74 @@ pub async fn require_admin(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if state.admin.admits(request.headers()) {
-        Ok(next.run(request).await)
-    } else {
-        Err(ApiError::AdminAuth)
+    let ip = client_of(&request, &state.config);
+    let admin = &state.admin;
+    admin.throttle.admit(ip, Instant::now())?;
+    match admin.check(request.headers()) {
+        // A stale session cookie (after a restart or logout) is no guess: 256 random bits.
+        (Credential::None, _) | (Credential::Session, false) => Err(ApiError::AdminAuth),
+        (Credential::Bearer, false) => Err(admin.throttle.failed(ip, Instant::now())),
+        (Credential::Session, true) => {
+            same_origin(&request, &state.config)?;
+            Ok(next.run(request).await)
+        }
+        (Credential::Bearer, true) => Ok(next.run(request).await),
     }
+}
+
+/// CSRF beyond SameSite, for a request made with the session cookie: a state-changing request
+/// must come from the console's own origin: `Sec-Fetch-Site` when the browser sends it, else
+/// `Origin` against `Host` (or a trusted proxy's `X-Forwarded-Host`).
+fn same_origin(request: &Request, config: &Config) -> Result<(), ApiError> {
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return Ok(());
+    }
+    let headers = request.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = text("sec-fetch-site") {
+        return if site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none") {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "Cross-site request refused (Sec-Fetch-Site is not same-origin); use the console at this address, or send Authorization: Bearer <KEYGATE_ADMIN_TOKEN> instead of the session cookie".into(),
+            ))
+        };
+    }
+    let host = text("host").or_else(|| request.uri().authority().map(|a| a.as_str()));
+    let forwarded_host = text("x-forwarded-host")
+        .filter(|_| from_trusted_proxy(request, config))
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    let origin_host = text("origin").and_then(|origin| {
+        origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+    });
+    let matches = origin_host.is_some_and(|origin| {
+        [host, forwarded_host]
+            .into_iter()
+            .flatten()
+            .any(|host| origin.eq_ignore_ascii_case(host))
+    });
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "A request made with the session cookie that changes something needs an Origin header matching this host (browsers send it); or send Authorization: Bearer <KEYGATE_ADMIN_TOKEN>".into(),
+        ))
+    }
+}
+
+fn from_trusted_proxy(request: &Request, config: &Config) -> bool {
+    let peer = peer(request).ip().to_canonical();
+    config.trusted_proxies.iter().any(|net| net.contains(&peer))
 }
 
 pub fn public_router() -> Router<AppState> {
@@ -113,18 +215,19 @@ struct Login {
     token: String,
 }
 
-async fn login(
-    State(state): State<AppState>,
-    ApiJson(login): ApiJson<Login>,
-) -> Result<Response, ApiError> {
+async fn login(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let ip = client_of(&request, &state.config);
+    state.admin.throttle.admit(ip, Instant::now())?;
+    let secure = secure_cookie(&state.config, &request);
+    let ApiJson(login) = ApiJson::<Login>::from_request(request, &state).await?;
     if !state.admin.token_matches(login.token.trim()) {
-        tracing::warn!("console login with a wrong admin token");
-        return Err(ApiError::AdminAuth);
+        return Err(state.admin.throttle.failed(ip, Instant::now()));
     }
     let id = state.admin.open_session();
     let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        SESSION_TTL.as_secs()
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        if secure { "; Secure" } else { "" }
     );
     let mut response = Json(serde_json::json!({ "ok": true })).into_response();
     response.headers_mut().insert(
@@ -134,11 +237,33 @@ async fn login(
     Ok(response)
 }
 
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(id) = session_cookie(&headers) {
+/// `Secure` on the cookie: always, never, or (auto) when a trusted proxy says the client came
+/// over HTTPS.
+fn secure_cookie(config: &Config, request: &Request) -> bool {
+    match config.secure_cookie {
+        SecureCookie::Always => true,
+        SecureCookie::Never => false,
+        SecureCookie::Auto => {
+            from_trusted_proxy(request, config)
+                && request
+                    .headers()
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(',').next())
+                    .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"))
+        }
+    }
+}
+
+async fn logout(State(state): State<AppState>, request: Request) -> Response {
+    if let Some(id) = session_cookie(request.headers()) {
         state.admin.close_session(id);
     }
-    let expired = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    let secure = secure_cookie(&state.config, &request);
+    let expired = format!(
+        "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+        if secure { "; Secure" } else { "" }
+    );
     let mut response = StatusCode::NO_CONTENT.into_response();
     if let Ok(value) = HeaderValue::from_str(&expired) {
         response.headers_mut().insert(header::SET_COOKIE, value);

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod keys;
 pub mod logs;
+pub mod throttle;
 
 use axum::middleware;
 use axum::Router;
@@ -35,7 +36,17 @@ pub fn page(page: Option<i64>, page_size: Option<i64>) -> Result<Page, ApiError>
     if !(1..=200).contains(&page_size) {
         return Err(ApiError::invalid("page_size", "must be between 1 and 200"));
     }
-    Ok(Page { page, page_size })
+    let page = Page { page, page_size };
+    if page.checked_offset().is_none() {
+        return Err(ApiError::invalid(
+            "page",
+            format!(
+                "is too large: page × page_size must stay below {}",
+                i64::MAX
+            ),
+        ));
+    }
+    Ok(page)
 }
 
 /// A page of a list: `{items, page, page_size, total}`.

@@ -1,5 +1,6 @@
 //! CLI commands of the expiry lifecycle: the default-expiry migration and the seed test keys.
 
+use super::keys::printable;
 use crate::clock::{rfc3339, MS_PER_DAY};
 use crate::key_ops::{CreateKey, KeyPatch, Keyring};
 
@@ -17,7 +18,7 @@ pub async fn migrate_expiry(keyring: &Keyring, days: i64, dry_run: bool) -> anyh
         changed.len()
     );
     for row in &changed {
-        println!("  #{:<5} {}", row.id, row.name);
+        println!("  #{:<5} {}", row.id, printable(&row.name));
     }
     if dry_run {
         println!("Dry run: nothing was changed. Run again without --dry-run to apply.");
@@ -85,7 +86,7 @@ pub async fn seed_test(keyring: &Keyring) -> anyhow::Result<()> {
         println!(
             "{:<6} {:<20} {:<9} {:<26} {secret}",
             view.id,
-            view.name,
+            printable(&view.name),
             view.status.as_str(),
             expires
         );

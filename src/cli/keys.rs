@@ -1,5 +1,6 @@
 //! `keygate keys …`: the key commands, with a coloured table or `--json`.
 
+use std::borrow::Cow;
 use std::io::IsTerminal;
 
 use anyhow::{bail, Context};
@@ -178,7 +179,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
             let (row, secret) = keyring.regenerate(id).await?;
             println!(
                 "New key for #{id} '{}' (shown once, store it now):\n\n  {secret}\n",
-                row.name
+                printable(&row.name)
             );
             println!("The old key stopped working.");
             Ok(())
@@ -188,7 +189,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
             if !yes
                 && !confirm(&format!(
                     "Delete key #{id} '{}' and all its call logs? This cannot be undone",
-                    row.name
+                    printable(&row.name)
                 ))?
             {
                 println!("Not deleted.");
@@ -272,7 +273,7 @@ async fn create(keyring: &Keyring, args: CreateArgs) -> anyhow::Result<()> {
     println!(
         "Created key #{} '{}', {}.",
         view.id,
-        view.name,
+        printable(&view.name),
         describe_expiry(&view)
     );
     println!("\n  {secret}\n\nThis is the only time the full key is shown: store it now.");
@@ -380,7 +381,7 @@ pub fn print_keys(views: &[KeyView], json: bool) -> anyhow::Result<()> {
         println!(
             "{:>5}  {:<24} {:<10} {status}{} {:<22} {:>7}  {}",
             view.id,
-            truncate(&view.name, 24),
+            truncate(&printable(&view.name), 24),
             view.key_preview,
             " ".repeat(pad),
             expires,
@@ -398,5 +399,42 @@ fn truncate(text: &str, width: usize) -> String {
         text.to_string()
     } else {
         text.chars().take(width - 1).collect::<String>() + "…"
+    }
+}
+
+/// Text from the store as it may be shown on a terminal: control characters (ESC, BEL, CR,
+/// DEL, C1) and bidirectional overrides are written as `\u{1b}` escapes, so a key name cannot
+/// move the cursor, recolour or rewrite the screen. Every name or description printed goes
+/// through it.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("plain name é"), "plain name é");
+        assert_eq!(
+            printable("a\u{1b}[2J\u{7}b\r\u{9b}c\u{202e}d"),
+            "a\\u{1b}[2J\\u{7}b\\u{d}\\u{9b}c\\u{202e}d"
+        );
     }
 }

@@ -7,7 +7,7 @@ use clap::CommandFactory;
 use dialoguer::theme::ColorfulTheme;
 use dialoguer::{Confirm, Input, Select};
 
-use super::keys::{describe_expiry, parse_expiry, print_keys};
+use super::keys::{describe_expiry, parse_expiry, print_keys, printable};
 use super::Cli;
 use crate::clock::{rfc3339, MS_PER_DAY};
 use crate::key_ops::{KeyPatch, KeyView, Keyring, RenewExpiring};
@@ -81,7 +81,7 @@ fn label(view: &KeyView) -> String {
     format!(
         "#{} {} — {}, {}",
         view.id,
-        view.name,
+        printable(&view.name),
         view.status.as_str(),
         describe_expiry(view)
     )
@@ -209,7 +209,8 @@ async fn delete(keyring: &Keyring, theme: &ColorfulTheme) -> anyhow::Result<()> 
     };
     let question = format!(
         "Delete key #{} '{}' and all its call logs? This cannot be undone",
-        view.id, view.name
+        view.id,
+        printable(&view.name)
     );
     if Confirm::with_theme(theme)
         .with_prompt(question)

@@ -219,15 +219,49 @@ async fn read_body(parts: &Parts, body: Incoming, limit: usize) -> Result<bytes:
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(declared) = declared.filter(|n| *n > limit as u64) {
+        // A client waiting for `100 Continue` has sent nothing yet: answer at once.
+        let waits = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits && declared - limit as u64 <= DRAIN_MAX_BYTES {
+            drain(body, declared).await;
+        }
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
+    let mut body = body;
+    match Limited::new(&mut body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            drain(body, DRAIN_MAX_BYTES).await;
+            Err(too_large())
+        }
         Err(err) => Err(Refusal::new(
             ApiError::invalid("body", "the request body could not be read; send it again"),
             format!("client request body failed: {err}"),
         )),
     }
+}
+
+/// Past the body limit, up to this much more of the body (for up to `DRAIN_MAX_TIME`) is read
+/// and dropped before the 413, so that the client has finished sending when the answer comes:
+/// an early answer ends the HTTP/2 stream with RST_STREAM(NO_ERROR), which clients such as
+/// curl report as a stream error instead of the 413 (and HTTP/1.1 clients as a broken pipe).
+const DRAIN_MAX_BYTES: u64 = 1 << 20;
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops up to `budget` bytes of `body` (at most `DRAIN_MAX_TIME`).
+async fn drain(mut body: Incoming, budget: u64) {
+    let read = async {
+        let mut left = budget;
+        while let Some(Ok(frame)) = body.frame().await {
+            let len = frame.data_ref().map_or(0, |data| data.len() as u64);
+            match left.checked_sub(len) {
+                Some(rest) => left = rest,
+                None => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, read).await;
 }

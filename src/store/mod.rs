@@ -5,7 +5,7 @@ pub mod log_batch;
 pub mod logs;
 pub mod transfer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -16,7 +16,9 @@ use sqlx::{SqliteExecutor, SqlitePool};
 /// Opens (creating if needed) the SQLite file and brings its schema up to date.
 pub async fn connect(database_url: &str) -> anyhow::Result<SqlitePool> {
     let options = SqliteConnectOptions::from_str(database_url)
-        .with_context(|| format!("DATABASE_URL: cannot parse `{database_url}`"))?
+        .with_context(|| format!("DATABASE_URL: cannot parse `{database_url}`"))?;
+    owner_only(options.get_filename())?;
+    let options = options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
@@ -32,6 +34,48 @@ pub async fn connect(database_url: &str) -> anyhow::Result<SqlitePool> {
         .await
         .context("cannot migrate the database")?;
     Ok(pool)
+}
+
+/// Makes the database readable by its owner only: a new file is created 0600 before SQLite
+/// opens it (SQLite gives its -wal and -shm the database's mode), and an existing database,
+/// -wal or -shm with a looser mode is tightened to 0600.
+fn owner_only(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+            return Ok(());
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            // Let SQLite report a missing folder or a read-only location in its own words.
+            Err(_) => return Ok(()),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let file = PathBuf::from(file);
+            let Ok(meta) = std::fs::metadata(&file) else {
+                continue;
+            };
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| {
+                        format!("cannot make {} readable by its owner only", file.display())
+                    })?;
+                tracing::info!(file = %file.display(), "database file mode tightened to 0600");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// The SQLite file DATABASE_URL names, for connections opened outside the pool.
@@ -99,7 +143,32 @@ pub struct Page {
 }
 
 impl Page {
+    /// Rows to skip; None when it does not fit an i64 (a page far past any table).
+    pub fn checked_offset(self) -> Option<i64> {
+        self.page.checked_sub(1)?.checked_mul(self.page_size)
+    }
+
+    /// Rows to skip, saturating: a page past the end is empty, never page 1 again.
     pub fn offset(self) -> i64 {
-        (self.page - 1) * self.page_size
+        self.checked_offset().unwrap_or(i64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Page;
+
+    #[test]
+    fn offsets_do_not_wrap() {
+        let page = |page, page_size| Page { page, page_size };
+        assert_eq!(page(1, 50).offset(), 0);
+        assert_eq!(page(3, 50).offset(), 100);
+        assert_eq!(page(i64::MAX, 50).checked_offset(), None);
+        assert_eq!(page(i64::MAX, 50).offset(), i64::MAX);
+        assert_eq!(page(i64::MIN, 50).offset(), i64::MAX);
+        assert_eq!(
+            page(i64::MAX / 50, 50).checked_offset(),
+            Some((i64::MAX / 50 - 1) * 50)
+        );
     }
 }

@@ -66,7 +66,10 @@ async fn console_login_sets_a_strict_http_only_session_cookie() {
     };
     let keys = || app.client.get(app.url("/api/api-keys"));
     assert_eq!(with_session(keys()).await, 200);
-    let logout = app.client.post(app.url("/api/auth/logout"));
+    let logout = app
+        .client
+        .post(app.url("/api/auth/logout"))
+        .header("origin", &app.base);
     assert_eq!(with_session(logout).await, 204);
     assert_eq!(
         with_session(keys()).await,
@@ -254,4 +257,264 @@ async fn delete_removes_the_key_and_its_logs() {
         (status.as_u16(), body.to_string()),
         (401, INVALID_KEY_BODY.to_string())
     );
+}
+
+/// A client whose connections come from `ip` (any 127/8 address is loopback).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn with_token(
+    client: &reqwest::Client,
+    app: &TestApp,
+    token: &str,
+) -> (reqwest::StatusCode, Option<String>, serde_json::Value) {
+    let response = client
+        .get(app.url("/api/api-keys"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (
+        response.status(),
+        retry_after,
+        response.json().await.unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn wrong_admin_tokens_are_throttled_per_address() {
+    let app = spawn_app().await;
+    let attacker = client_from("127.0.0.1");
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(with_token(&attacker, &app, "wrong-token").await.0.as_u16());
+    }
+    assert_eq!(statuses[..10], [401; 10], "{statuses:?}");
+    assert_eq!(statuses[10..], [429; 10], "{statuses:?}");
+    let (status, retry_after, body) = with_token(&attacker, &app, ADMIN_TOKEN).await;
+    assert_eq!(
+        status, 429,
+        "the throttled address is refused even with the right token"
+    );
+    let retry_after: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(body["error"], "Too Many Requests");
+    assert!(
+        body["message"].as_str().unwrap().contains("retry in"),
+        "{body}"
+    );
+
+    let admin = client_from("127.0.0.2");
+    assert_eq!(
+        with_token(&admin, &app, ADMIN_TOKEN).await.0,
+        200,
+        "the right token works from another address"
+    );
+    let logs = captured_logs();
+    assert!(
+        logs.contains("10 failures in 60s from this address"),
+        "one aggregate warning"
+    );
+    assert!(!logs.contains("wrong-token"));
+}
+
+#[tokio::test]
+async fn console_logins_are_throttled_too() {
+    let app = spawn_app().await;
+    let attacker = client_from("127.0.0.3");
+    let login = |client: &reqwest::Client, token: &str| {
+        client
+            .post(app.url("/api/auth/login"))
+            .json(&json!({"token": token}))
+            .send()
+    };
+    for _ in 0..10 {
+        assert_eq!(login(&attacker, "wrong").await.unwrap().status(), 401);
+    }
+    let refused = login(&attacker, ADMIN_TOKEN).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let other = client_from("127.0.0.4");
+    assert_eq!(login(&other, ADMIN_TOKEN).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn past_the_total_limit_wrong_tokens_get_429_but_the_right_one_works() {
+    let app = spawn_app_with(&[
+        "--admin-failures-per-ip",
+        "5",
+        "--admin-failures-total",
+        "12",
+    ])
+    .await;
+    for n in 0..3 {
+        let client = client_from(&format!("127.0.1.{n}"));
+        for _ in 0..4 {
+            assert_eq!(with_token(&client, &app, "wrong").await.0, 401);
+        }
+    }
+    let fresh = client_from("127.0.1.9");
+    let (status, retry_after, _) = with_token(&fresh, &app, "wrong").await;
+    assert_eq!(status, 429, "the 13th failure overall");
+    assert!(retry_after.is_some());
+    assert_eq!(with_token(&fresh, &app, ADMIN_TOKEN).await.0, 200);
+}
+
+/// Logs in; returns the `name=value` of the session cookie and the whole Set-Cookie.
+async fn login_cookie(app: &TestApp, headers: &[(&str, &str)]) -> (String, String) {
+    let mut request = app
+        .client
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"token": ADMIN_TOKEN}));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (cookie.split(';').next().unwrap().to_string(), cookie)
+}
+
+#[tokio::test]
+async fn cookie_requests_that_change_things_must_come_from_the_same_origin() {
+    let app = spawn_app().await;
+    let (session, _) = login_cookie(&app, &[]).await;
+    let create = |headers: &[(&str, &str)]| {
+        let mut request = app
+            .client
+            .post(app.url("/api/api-keys"))
+            .header("cookie", &session)
+            .json(&json!({"name": "csrf"}));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let host = app.base.trim_start_matches("http://").to_string();
+    let (status, body) = create(&[]).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "Forbidden");
+    assert!(
+        body["message"].as_str().unwrap().contains("Origin"),
+        "{body}"
+    );
+    assert_eq!(create(&[("origin", "https://evil.example")]).await.0, 403);
+    assert_eq!(create(&[("origin", "null")]).await.0, 403);
+    assert_eq!(create(&[("sec-fetch-site", "cross-site")]).await.0, 403);
+    assert_eq!(
+        create(&[("sec-fetch-site", "same-site"), ("origin", &app.base)])
+            .await
+            .0,
+        403,
+        "Sec-Fetch-Site decides when present"
+    );
+    assert_eq!(create(&[("origin", &app.base)]).await.0, 201);
+    assert_eq!(
+        create(&[("origin", &format!("https://{host}"))]).await.0,
+        201
+    );
+    assert_eq!(create(&[("sec-fetch-site", "same-origin")]).await.0, 201);
+    assert_eq!(create(&[("sec-fetch-site", "none")]).await.0, 201);
+    // Reading needs no check; the bearer token is not affected.
+    let list = app
+        .client
+        .get(app.url("/api/api-keys"))
+        .header("cookie", &session)
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 200);
+    let (status, _) = app.post("/api/api-keys", json!({"name": "bearer"})).await;
+    assert_eq!(status, 201);
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_secure_behind_an_https_proxy() {
+    let app = spawn_app().await;
+    let (_, plain) = login_cookie(&app, &[("x-forwarded-proto", "https")]).await;
+    assert!(
+        !plain.contains("Secure"),
+        "X-Forwarded-Proto from an untrusted peer is ignored: {plain}"
+    );
+
+    let proxied = spawn_app_with(&["--trusted-proxies", "127.0.0.0/8"]).await;
+    let (_, secure) = login_cookie(&proxied, &[("x-forwarded-proto", "https")]).await;
+    assert!(secure.contains("; Secure"), "{secure}");
+    let (_, plain) = login_cookie(&proxied, &[("x-forwarded-proto", "http")]).await;
+    assert!(!plain.contains("Secure"), "{plain}");
+
+    let always = spawn_app_with(&["--secure-cookie", "always"]).await;
+    assert!(login_cookie(&always, &[]).await.1.contains("; Secure"));
+    let never = spawn_app_with(&[
+        "--trusted-proxies",
+        "127.0.0.0/8",
+        "--secure-cookie",
+        "never",
+    ])
+    .await;
+    assert!(!login_cookie(&never, &[("x-forwarded-proto", "https")])
+        .await
+        .1
+        .contains("Secure"));
+}
+
+#[tokio::test]
+async fn a_huge_page_is_refused_not_wrapped_to_page_one() {
+    let app = spawn_app().await;
+    let (id, _) = app.new_key().await;
+    for path in [
+        "/api/api-keys".to_string(),
+        "/api/api-logs".to_string(),
+        format!("/api/api-keys/{id}/logs"),
+    ] {
+        let (status, body) = app.get(&format!("{path}?page=9223372036854775807")).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["field"], "page", "{body}");
+        // The largest page whose offset fits is simply empty.
+        let last = i64::MAX / 50;
+        let (status, body) = app.get(&format!("{path}?page={last}")).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["items"], json!([]), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_origin_may_match_x_forwarded_host() {
+    for (trusted, expected) in [(true, 201), (false, 403)] {
+        let app = if trusted {
+            spawn_app_with(&["--trusted-proxies", "127.0.0.1"]).await
+        } else {
+            spawn_app().await
+        };
+        let (session, _) = login_cookie(&app, &[]).await;
+        let response = app
+            .client
+            .post(app.url("/api/api-keys"))
+            .header("cookie", &session)
+            .header("origin", "https://keygate.example")
+            .header("x-forwarded-host", "keygate.example")
+            .json(&json!({"name": "proxied"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "trusted proxy: {trusted}");
+    }
 }

@@ -7,6 +7,7 @@ mod data;
 mod expiry;
 mod faults;
 mod helpers;
+mod hostile;
 mod logs;
 mod relay;
 mod sdk;
