@@ -87,6 +87,32 @@ pub struct ConfigArgs {
         global = true
     )]
     pub upstream_timeout: String,
+
+    // --- Call-log writer and shutdown (issue 9: rows never lost) ---
+    /// Call-log rows that may wait for the writer; at the bound new requests wait for room.
+    #[arg(
+        long,
+        env = "KEYGATE_LOG_QUEUE_ROWS",
+        default_value_t = crate::tasks::log_writer::DEFAULT_QUEUE_ROWS,
+        global = true
+    )]
+    pub log_queue_rows: usize,
+    /// How long the call-log writer waits for a database lock before it backs off and retries.
+    #[arg(
+        long,
+        env = "KEYGATE_LOG_BUSY_TIMEOUT",
+        default_value = "10s",
+        global = true
+    )]
+    pub log_busy_timeout: String,
+    /// How long open connections may take to finish after a shutdown signal.
+    #[arg(
+        long,
+        env = "KEYGATE_SHUTDOWN_GRACE",
+        default_value = "30s",
+        global = true
+    )]
+    pub shutdown_grace: String,
 }
 
 #[derive(Clone)]
@@ -103,6 +129,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub upstream_timeout: Duration,
+
+    // --- Call-log writer and shutdown ---
+    pub log_queue_rows: usize,
+    pub log_busy_timeout: Duration,
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -129,6 +160,9 @@ impl Config {
         if args.max_body_bytes == 0 {
             bail!("KEYGATE_MAX_BODY_BYTES: must be a positive number of bytes");
         }
+        if args.log_queue_rows == 0 {
+            bail!("KEYGATE_LOG_QUEUE_ROWS: must be a positive number of rows (default 4096)");
+        }
         Ok(Config {
             listen,
             data_dir: data_dir(&args.database_url)?,
@@ -143,6 +177,11 @@ impl Config {
             trusted_proxies: parse_proxies(&args.trusted_proxies)?,
             upstream_timeout: parse_duration(&args.upstream_timeout)
                 .context("KEYGATE_UPSTREAM_TIMEOUT")?,
+            log_queue_rows: args.log_queue_rows,
+            log_busy_timeout: parse_duration(&args.log_busy_timeout)
+                .context("KEYGATE_LOG_BUSY_TIMEOUT")?,
+            shutdown_grace: parse_duration(&args.shutdown_grace)
+                .context("KEYGATE_SHUTDOWN_GRACE")?,
         })
     }
 }
@@ -162,6 +201,9 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("upstream_timeout", &self.upstream_timeout)
+            .field("log_queue_rows", &self.log_queue_rows)
+            .field("log_busy_timeout", &self.log_busy_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
             .finish()
     }
 }

@@ -10,9 +10,10 @@ use axum::body::Body;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
@@ -21,7 +22,8 @@ use crate::app::AppState;
 use crate::relay::{self, ReplyBody};
 
 /// Serves `listener` until `shutdown` is cancelled; then stops accepting, lets open
-/// connections finish their requests (up to `grace`) and returns.
+/// connections finish their requests (up to `grace`), closes those still open and waits for
+/// them (and their HTTP/2 streams) to end: every call record of theirs has then been sent.
 pub async fn run(
     state: AppState,
     router: Router,
@@ -30,7 +32,10 @@ pub async fn run(
     grace: Duration,
 ) {
     let state = Arc::new(state);
-    let connections = TaskTracker::new();
+    // Connections can be aborted at the end of the grace; HTTP/2 streams run as tasks of
+    // their own, tracked to be waited for.
+    let mut connections = JoinSet::new();
+    let streams = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -44,21 +49,57 @@ pub async fn run(
                     state.clone(),
                     router.clone(),
                     shutdown.clone(),
+                    TrackedExecutor(streams.clone()),
                 );
                 connections.spawn(conn);
+                // Reap the connections that ended (a lock per connection, none per request).
+                while connections.try_join_next().is_some() {}
             }
             Err(err) => accept_failed(err).await,
         }
     }
-    connections.close();
-    if tokio::time::timeout(grace, connections.wait())
-        .await
-        .is_err()
-    {
+    drain(&mut connections, &streams, grace).await;
+}
+
+/// Lets open connections finish for `grace`, then drops the rest. Dropping a connection drops
+/// its requests: each sends its call record (`relay::Unanswered`, `RecordedBody`) as it goes.
+async fn drain(connections: &mut JoinSet<()>, streams: &TaskTracker, grace: Duration) {
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, finished).await.is_err() {
         tracing::warn!(
             open = connections.len(),
             "connections still open after {grace:?}; closing them"
         );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
+    // A dropped HTTP/2 connection resets its streams, which then end at once.
+    streams.close();
+    if tokio::time::timeout(STREAMS_END_WITHIN, streams.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = streams.len(),
+            "HTTP/2 streams still running after their connections closed"
+        );
+    }
+}
+
+/// How long HTTP/2 streams may take to notice that their connection was closed.
+const STREAMS_END_WITHIN: Duration = Duration::from_secs(5);
+
+/// Runs hyper's HTTP/2 stream tasks on the runtime, tracked so the shutdown can wait for them.
+#[derive(Clone)]
+struct TrackedExecutor(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn(future);
     }
 }
 
@@ -68,6 +109,7 @@ async fn serve_connection(
     state: Arc<AppState>,
     router: Router,
     shutdown: CancellationToken,
+    executor: TrackedExecutor,
 ) {
     // Without TCP_NODELAY each streamed chunk waits on Nagle's algorithm and delayed ACKs (~40 ms).
     if let Err(err) = socket.set_nodelay(true) {
@@ -88,7 +130,7 @@ async fn serve_connection(
             Ok::<Response<ReplyBody>, Infallible>(response)
         }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = auto::Builder::new(executor);
     let conn = builder.serve_connection(TokioIo::new(socket), service);
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -81,7 +81,7 @@ impl MockUpstream {
 }
 
 /// A mock upstream that speaks like OpenAI. The request's `model` picks the behaviour:
-/// `gpt-fail` → 500, `gpt-slow` → answers after 5 s, `gpt-gated` → a stream that pauses after
+/// `gpt-fail` → 500, `gpt-slow` → answers after 5 s (`gpt-slow-1s`: 1.5 s), `gpt-gated` → a stream that pauses after
 /// its first chunk until the test opens the gate, anything else → a normal completion
 /// (streamed as SSE with usage when `stream` is true).
 pub async fn spawn_mock_upstream() -> MockUpstream {
@@ -126,6 +126,7 @@ async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
                 .into_response()
         }
         "gpt-slow" => tokio::time::sleep(Duration::from_secs(5)).await,
+        "gpt-slow-1s" => tokio::time::sleep(Duration::from_millis(1500)).await,
         _ => {}
     }
     if request["stream"] == json!(true) {

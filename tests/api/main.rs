@@ -7,6 +7,7 @@ mod expiry;
 mod helpers;
 mod logs;
 mod relay;
+mod rows;
 mod sdk;
 mod secrets;
 mod shutdown;
