@@ -154,7 +154,10 @@ pub struct Stage {
     /// The largest call-log id when staging began: ids above it that appear meanwhile were
     /// given by the server to its own rows.
     log_floor: i64,
-    uncommitted: u64,
+    /// Rows staged in the open transaction on the staging file (none open: `None`). It is
+    /// opened at the first row, so merely checking a file (at a terminal, while a person
+    /// answers) holds no read of the database open.
+    uncommitted: Option<u64>,
 }
 
 impl Stage {
@@ -175,7 +178,7 @@ impl Stage {
             conn,
             path,
             log_floor: 0,
-            uncommitted: 0,
+            uncommitted: None,
         };
         // Throwaway: no journal, no fsync. `overwrite`: the row existed in the database when
         // it was staged (a conflict resolved by overwriting it).
@@ -194,7 +197,6 @@ impl Stage {
         stage.log_floor = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM main.api_call_logs")
             .fetch_one(&mut stage.conn)
             .await?;
-        sqlx::query("BEGIN").execute(&mut stage.conn).await?;
         Ok(stage)
     }
 
@@ -203,14 +205,28 @@ impl Stage {
         &mut self.conn
     }
 
-    /// Counts a staged row; commits the staging file every few thousand rows.
+    /// Opens a transaction on the staging file if none is: rows are written in slices.
+    async fn begin(&mut self) -> sqlx::Result<()> {
+        if self.uncommitted.is_none() {
+            sqlx::query("BEGIN").execute(&mut self.conn).await?;
+            self.uncommitted = Some(0);
+        }
+        Ok(())
+    }
+
+    /// Counts a staged row; commits the slice every few thousand rows.
     async fn staged(&mut self) -> sqlx::Result<()> {
-        self.uncommitted += 1;
-        if self.uncommitted >= STAGE_COMMIT_EVERY {
-            sqlx::raw_sql("COMMIT; BEGIN")
-                .execute(&mut self.conn)
-                .await?;
-            self.uncommitted = 0;
+        let rows = self.uncommitted.get_or_insert(0);
+        *rows += 1;
+        if *rows >= STAGE_COMMIT_EVERY {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> sqlx::Result<()> {
+        if self.uncommitted.take().is_some() {
+            sqlx::query("COMMIT").execute(&mut self.conn).await?;
         }
         Ok(())
     }
@@ -221,7 +237,7 @@ impl Stage {
     /// ids, and the call logs of a moved key follow it. A key created meanwhile with the
     /// secret of a staged key fails the whole move.
     pub async fn move_in(mut self) -> anyhow::Result<Moved> {
-        sqlx::query("COMMIT").execute(&mut self.conn).await?;
+        self.commit().await?;
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::raw_sql(
             "CREATE TEMP TABLE IF NOT EXISTS taken_log_ids (id INTEGER PRIMARY KEY); \
@@ -416,6 +432,7 @@ pub async fn log_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
 /// or every column written over the existing key `id`. An upsert, never a delete and insert,
 /// so an overwritten key's call logs stay (deleting would cascade to them).
 pub async fn put_key(stage: &mut Stage, id: i64, key: &KeyRow) -> sqlx::Result<()> {
+    stage.begin().await?;
     sqlx::query(concat!(
         "INSERT INTO stage.api_keys (",
         key_columns!(),
@@ -449,6 +466,7 @@ pub async fn put_key(stage: &mut Stage, id: i64, key: &KeyRow) -> sqlx::Result<(
 
 /// Stages `log` with its own id: inserted, or every column written over the existing row.
 pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
+    stage.begin().await?;
     let insert = sqlx::query(concat!(
         "INSERT INTO stage.api_call_logs (",
         log_data!(),
@@ -464,6 +482,7 @@ pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
 
 /// Stages `log` if no row has its id yet (in the database or staged); false if one has.
 pub async fn put_new_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<bool> {
+    stage.begin().await?;
     let insert = sqlx::query(concat!(
         "INSERT INTO stage.api_call_logs (",
         log_data!(),

@@ -285,8 +285,8 @@ async fn a_large_import_while_traffic_runs_loses_nothing_and_blocks_no_admin_wri
     // The database's write lock is taken only for the short move at the end (an import
     // holding it throughout made admin writes wait for the whole import, then fail).
     assert!(
-        slowest_write < Duration::from_secs(1),
-        "an admin write waited {slowest_write:?}"
+        slowest_write * 3 < took,
+        "an admin write waited {slowest_write:?} of the import's {took:?}"
     );
 
     app.flush().await;
