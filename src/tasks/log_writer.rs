@@ -195,8 +195,18 @@ fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
     let mut acks = Vec::new();
     let mut closing = false;
     let mut streak: Option<Streak> = None;
+    // Ticks are counted from the start of the last batch, not its end: a batch that took a
+    // while is followed by the next one sooner, so a row waits at most a tick plus a batch.
+    let mut batch_started = Instant::now();
     loop {
-        thread::park_timeout(streak.as_ref().map_or(FLUSH_EVERY, |s| s.retry_in));
+        let wait = match &streak {
+            Some(streak) => streak.retry_in,
+            None => FLUSH_EVERY.saturating_sub(batch_started.elapsed()),
+        };
+        if !wait.is_zero() {
+            thread::park_timeout(wait);
+        }
+        batch_started = Instant::now();
         loop {
             match rx.try_recv() {
                 Ok(Msg::Record(record)) => pending.push(record),
