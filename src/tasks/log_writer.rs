@@ -265,11 +265,14 @@ fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
                 }
             }
         }
+        if closing {
+            // Before the answer: the process may exit as soon as it has it.
+            tracing::info!("call-log writer flushed and stopped");
+        }
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
         if closing {
-            tracing::info!("call-log writer flushed and stopped");
             return;
         }
     }
