@@ -247,12 +247,18 @@ impl Stage {
         )
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO temp.taken_log_ids SELECT id FROM main.api_call_logs WHERE id > ?",
+        // Staged call-log ids the server gave its own rows meanwhile (above the floor, within
+        // the staged range: usually none, and then nothing below scans for them).
+        let taken_logs = sqlx::query(
+            "INSERT INTO temp.taken_log_ids SELECT m.id FROM main.api_call_logs m \
+             JOIN stage.api_call_logs s ON s.id = m.id WHERE m.id > ?1 \
+             AND m.id BETWEEN (SELECT MIN(id) FROM stage.api_call_logs) \
+             AND (SELECT MAX(id) FROM stage.api_call_logs)",
         )
         .bind(self.log_floor)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
         let taken_keys: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM stage.api_keys WHERE NOT overwrite \
              AND id IN (SELECT id FROM main.api_keys) ORDER BY id",
@@ -329,24 +335,28 @@ impl Stage {
         .execute(&mut *tx)
         .await
         .map_err(write("overwritten call logs"))?;
-        let moved_logs = sqlx::query(concat!(
-            "INSERT INTO main.api_call_logs (",
-            log_data!(),
-            ") SELECT ",
-            log_data_moved!(),
-            " FROM stage.api_call_logs WHERE NOT overwrite ",
-            "AND id IN (SELECT id FROM temp.taken_log_ids) ORDER BY id"
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(write("new call logs"))?;
+        let mut moved_logs = 0;
+        if taken_logs > 0 {
+            moved_logs = sqlx::query(concat!(
+                "INSERT INTO main.api_call_logs (",
+                log_data!(),
+                ") SELECT ",
+                log_data_moved!(),
+                " FROM stage.api_call_logs WHERE NOT overwrite ",
+                "AND id IN (SELECT id FROM temp.taken_log_ids) ORDER BY id"
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(write("new call logs"))?
+            .rows_affected();
+        }
         tx.commit().await?;
         sqlx::query("DETACH DATABASE stage")
             .execute(&mut self.conn)
             .await?;
         Ok(Moved {
             keys: taken_keys.len() as u64,
-            logs: moved_logs.rows_affected(),
+            logs: moved_logs,
         })
     }
 }
