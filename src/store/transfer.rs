@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use futures_util::Stream;
-use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::keys::KeyRow;
 use super::logs::LogRow;
@@ -162,7 +162,15 @@ pub struct Stage {
 
 impl Stage {
     pub async fn open(pool: &SqlitePool) -> anyhow::Result<Stage> {
-        let mut conn = pool.acquire().await?.detach();
+        // A connection of its own (the pool's settings): its statements run long by design, so
+        // sqlx's "slow statement" warnings are off.
+        let mut conn = pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .disable_statement_logging()
+            .connect()
+            .await?;
         let main: String =
             sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
                 .fetch_one(&mut conn)
