@@ -1,7 +1,6 @@
 //! AppState, the Router (/api admin, /healthz), and serve() with graceful shutdown.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
@@ -17,10 +16,8 @@ use crate::relay::upstream::Upstream;
 use crate::secrets;
 use crate::server;
 use crate::store;
-use crate::tasks::{log_writer::LogSink, sweeper};
-
-/// How long open connections (e.g. long streams) may take to finish after a shutdown signal.
-const DRAIN_GRACE: Duration = Duration::from_secs(30);
+use crate::tasks::log_writer::{LogSink, WriterSettings};
+use crate::tasks::sweeper;
 
 /// Cheap handles shared by every request.
 #[derive(Clone)]
@@ -49,7 +46,13 @@ impl AppState {
                 "KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) is unset: requests go upstream without a credential"
             );
         }
-        let logs = LogSink::spawn(&store::database_path(&config.database_url)?)?;
+        let logs = LogSink::spawn(
+            &store::database_path(&config.database_url)?,
+            WriterSettings {
+                queue_rows: config.log_queue_rows,
+                busy_timeout: config.log_busy_timeout,
+            },
+        )?;
         Ok(AppState {
             pool,
             config: Arc::new(config),
@@ -73,7 +76,9 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Serves until `shutdown` is cancelled, then drains connections and flushes the call log.
+/// Serves until `shutdown` is cancelled, then drains connections (for KEYGATE_SHUTDOWN_GRACE,
+/// then closes the rest: their rows are sent as they close) and only then flushes and stops
+/// the call-log writer, so no row of a request that reached the relay is lost.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
@@ -87,7 +92,8 @@ pub async fn serve(
     );
     let logs = state.logs.clone();
     let router = router(state.clone());
-    server::run(state, router, listener, shutdown, DRAIN_GRACE).await;
+    let grace = state.config.shutdown_grace;
+    server::run(state, router, listener, shutdown, grace).await;
     sweeper.abort();
     logs.close().await;
     Ok(())

@@ -158,6 +158,32 @@ pub struct ConfigArgs {
         global = true
     )]
     pub secure_cookie: String,
+
+    // --- Call-log writer and shutdown (issue 9: rows never lost) ---
+    /// Call-log rows that may wait for the writer; at the bound new requests wait for room.
+    #[arg(
+        long,
+        env = "KEYGATE_LOG_QUEUE_ROWS",
+        default_value_t = crate::tasks::log_writer::DEFAULT_QUEUE_ROWS,
+        global = true
+    )]
+    pub log_queue_rows: usize,
+    /// How long the call-log writer waits for a database lock before it backs off and retries.
+    #[arg(
+        long,
+        env = "KEYGATE_LOG_BUSY_TIMEOUT",
+        default_value = "10s",
+        global = true
+    )]
+    pub log_busy_timeout: String,
+    /// How long open connections may take to finish after a shutdown signal.
+    #[arg(
+        long,
+        env = "KEYGATE_SHUTDOWN_GRACE",
+        default_value = "30s",
+        global = true
+    )]
+    pub shutdown_grace: String,
 }
 
 /// When the console session cookie carries `Secure`.
@@ -196,6 +222,11 @@ pub struct Config {
     pub admin_failures_per_ip: u32,
     pub admin_failures_total: u32,
     pub secure_cookie: SecureCookie,
+
+    // --- Call-log writer and shutdown ---
+    pub log_queue_rows: usize,
+    pub log_busy_timeout: Duration,
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -237,6 +268,9 @@ impl Config {
         if args.upstream_max_connections == 0 {
             bail!("KEYGATE_UPSTREAM_MAX_CONNECTIONS: must be at least 1");
         }
+        if args.log_queue_rows == 0 {
+            bail!("KEYGATE_LOG_QUEUE_ROWS: must be a positive number of rows (default 4096)");
+        }
         Ok(Config {
             listen,
             data_dir: data_dir(&args.database_url)?,
@@ -266,6 +300,11 @@ impl Config {
             admin_failures_per_ip: args.admin_failures_per_ip,
             admin_failures_total: args.admin_failures_total,
             secure_cookie,
+            log_queue_rows: args.log_queue_rows,
+            log_busy_timeout: parse_duration(&args.log_busy_timeout)
+                .context("KEYGATE_LOG_BUSY_TIMEOUT")?,
+            shutdown_grace: parse_duration(&args.shutdown_grace)
+                .context("KEYGATE_SHUTDOWN_GRACE")?,
         })
     }
 }
@@ -295,6 +334,9 @@ impl fmt::Debug for Config {
             .field("admin_failures_per_ip", &self.admin_failures_per_ip)
             .field("admin_failures_total", &self.admin_failures_total)
             .field("secure_cookie", &self.secure_cookie)
+            .field("log_queue_rows", &self.log_queue_rows)
+            .field("log_busy_timeout", &self.log_busy_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
             .finish()
     }
 }

@@ -17,9 +17,10 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,7 +49,8 @@ content-length: 88\r\n\r\n\
 {\"error\":\"Service Unavailable\",\"message\":\"Too many open connections; retry in a moment\"}";
 
 /// Serves `listener` until `shutdown` is cancelled; then stops accepting, lets open
-/// connections finish their requests (up to `grace`) and returns.
+/// connections finish their requests (up to `grace`), closes those still open and waits for
+/// them (and their HTTP/2 streams) to end: every call record of theirs has then been sent.
 pub async fn run(
     state: AppState,
     router: Router,
@@ -56,7 +58,14 @@ pub async fn run(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let http = Arc::new(http_builder(&state.config));
+    // Connections can be aborted at the end of the grace; HTTP/2 streams run as tasks of
+    // their own, tracked to be waited for.
+    let mut connections = JoinSet::new();
+    let streams = TaskTracker::new();
+    let http = Arc::new(http_builder(
+        &state.config,
+        TrackedExecutor(streams.clone()),
+    ));
     let timeouts = Timeouts {
         first_head: state.config.header_timeout,
         idle: state.config.idle_timeout,
@@ -65,7 +74,6 @@ pub async fn run(
     let state = Arc::new(state);
     let open = Arc::new(AtomicUsize::new(0));
     let mut refused: u64 = 0;
-    let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -97,25 +105,60 @@ pub async fn run(
                     slot,
                 );
                 connections.spawn(conn);
+                // Reap the connections that ended (a lock per connection, none per request).
+                while connections.try_join_next().is_some() {}
             }
             Err(err) => accept_failed(err).await,
         }
     }
-    connections.close();
-    if tokio::time::timeout(grace, connections.wait())
-        .await
-        .is_err()
-    {
+    drain(&mut connections, &streams, grace).await;
+}
+
+/// HTTP/1.1 and HTTP/2 settings. The timer comes first: hyper panics on a timeout without one.
+/// Lets open connections finish for `grace`, then drops the rest. Dropping a connection drops
+/// its requests: each sends its call record (`relay::Unanswered`, `RecordedBody`) as it goes.
+async fn drain(connections: &mut JoinSet<()>, streams: &TaskTracker, grace: Duration) {
+    let finished = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, finished).await.is_err() {
         tracing::warn!(
             open = connections.len(),
             "connections still open after {grace:?}; closing them"
         );
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
+    // A dropped HTTP/2 connection resets its streams, which then end at once.
+    streams.close();
+    if tokio::time::timeout(STREAMS_END_WITHIN, streams.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = streams.len(),
+            "HTTP/2 streams still running after their connections closed"
+        );
     }
 }
 
-/// HTTP/1.1 and HTTP/2 settings. The timer comes first: hyper panics on a timeout without one.
-fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// How long HTTP/2 streams may take to notice that their connection was closed.
+const STREAMS_END_WITHIN: Duration = Duration::from_secs(5);
+
+/// Runs hyper's HTTP/2 stream tasks on the runtime, tracked so the shutdown can wait for them.
+#[derive(Clone)]
+struct TrackedExecutor(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn(future);
+    }
+}
+
+fn http_builder(config: &Config, executor: TrackedExecutor) -> auto::Builder<TrackedExecutor> {
+    let mut builder = auto::Builder::new(executor);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -165,7 +208,7 @@ async fn serve_connection(
     peer: SocketAddr,
     state: Arc<AppState>,
     router: Router,
-    http: Arc<auto::Builder<TokioExecutor>>,
+    http: Arc<auto::Builder<TrackedExecutor>>,
     timeouts: Timeouts,
     shutdown: CancellationToken,
     _slot: Slot,

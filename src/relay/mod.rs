@@ -26,6 +26,7 @@ use hyper::{Request, Response};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::tasks::log_writer::LogSink;
 use record::{CallRecord, RequestSummary};
 use upstream::{RecordedBody, UpstreamFailure};
 
@@ -90,20 +91,35 @@ pub async fn relay(
     request: Request<Incoming>,
 ) -> Response<ReplyBody> {
     let started = Instant::now();
+    // Back-pressure: while the call-log queue is at its bound, new requests wait here (their
+    // time counts in response_time). A client that leaves while waiting gets no row: nothing
+    // of its request was read or sent on.
+    if !state.logs.has_room() {
+        state.logs.wait_for_room().await;
+    }
     let (parts, body) = request.into_parts();
-    let mut record = CallRecord {
-        timestamp: state.clock.now_ms(),
-        endpoint: record::capped(parts.uri.path(), record::ENDPOINT_MAX_BYTES),
-        ip_address: Some(client_ip::client_ip(
-            peer,
-            &parts.headers,
-            &state.config.trusted_proxies,
-        )),
-        ..CallRecord::default()
+    let mut call = Unanswered {
+        record: CallRecord {
+            timestamp: state.clock.now_ms(),
+            endpoint: record::capped(parts.uri.path(), record::ENDPOINT_MAX_BYTES),
+            ip_address: Some(client_ip::client_ip(
+                peer,
+                &parts.headers,
+                &state.config.trusted_proxies,
+            )),
+            ..CallRecord::default()
+        },
+        started,
+        sink: &state.logs,
+        armed: true,
     };
-    match forward(state, parts, body, &mut record, started).await {
+    let outcome = forward(state, parts, body, &mut call.record, started).await;
+    // From here the record is sent by this function or (moved into it) by the response body.
+    call.armed = false;
+    match outcome {
         Ok(response) => response,
         Err(refusal) => {
+            let mut record = std::mem::take(&mut call.record);
             record.success = false;
             record.http_status = refusal.error.status().as_u16();
             record.error_message = Some(refusal.reason);
@@ -111,6 +127,38 @@ pub async fn relay(
             state.logs.record(record);
             refusal.error.into_response().map(ReplyBody::Local)
         }
+    }
+}
+
+/// `http_status` of the row of a request whose client left before the upstream answered:
+/// nginx's 499 "Client Closed Request" (no response was sent, so no real status exists).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+/// `error_message` of that row.
+pub const CLIENT_LEFT: &str = "client disconnected before the upstream answered";
+
+/// The call record of a request under way. hyper drops `relay()`'s future when the client
+/// closes its connection (or keygate closes it at the end of the shutdown grace), and then
+/// this sends the row, unless `relay()` disarmed it on handing the record over. It lives on
+/// the future's stack: no allocation per request.
+struct Unanswered<'a> {
+    record: CallRecord,
+    started: Instant,
+    sink: &'a LogSink,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut record = std::mem::take(&mut self.record);
+        record.success = false;
+        record.http_status = CLIENT_CLOSED_REQUEST;
+        record.error_message = Some(CLIENT_LEFT.into());
+        record.response_time = self.started.elapsed().as_millis() as i64;
+        tracing::debug!(key_id = record.api_key_id, "{CLIENT_LEFT}");
+        self.sink.record(record);
     }
 }
 

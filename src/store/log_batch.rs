@@ -29,12 +29,14 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub fn open(path: &Path) -> rusqlite::Result<LogStore> {
+    /// `busy_timeout`: how long a batch waits for another writer's lock before it fails (the
+    /// writer then backs off and retries it).
+    pub fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<LogStore> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(busy_timeout)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         conn.set_prepared_statement_cache_capacity(8);

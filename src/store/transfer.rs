@@ -1,8 +1,11 @@
-//! SQL for `keygate data export|import`: rows streamed from one snapshot, and rows written back
-//! with their own ids (inserted, or written over an existing row) inside the import's transaction.
+//! SQL for `keygate data export|import`: rows streamed from one snapshot; imported rows staged
+//! in a file of their own and moved into the database in one short transaction.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use futures_util::Stream;
-use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::keys::KeyRow;
 use super::logs::LogRow;
@@ -66,8 +69,324 @@ pub fn logs_after(
         .fetch(conn)
 }
 
-/// The existing keys an imported key collides with: the one with its id, and another one
-/// (a different id) holding the same secret.
+/// The columns of `api_keys` an import writes, but `id`.
+macro_rules! key_data {
+    () => {
+        "key_hash, encrypted_key, key_preview, name, description, created_at, updated_at, \
+         expires_at, expiration_mode, activation_period, activation_unit, activated_at, is_active, \
+         revoked_at, usage_count, last_used_at"
+    };
+}
+
+/// The columns of `api_keys` an import writes, `id` last.
+macro_rules! key_columns {
+    () => {
+        concat!(key_data!(), ", id")
+    };
+}
+
+/// Every column of an existing key overwritten by the inserted one.
+macro_rules! key_overwrite {
+    () => {
+        " ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, \
+         encrypted_key = excluded.encrypted_key, key_preview = excluded.key_preview, \
+         name = excluded.name, description = excluded.description, \
+         created_at = excluded.created_at, updated_at = excluded.updated_at, \
+         expires_at = excluded.expires_at, expiration_mode = excluded.expiration_mode, \
+         activation_period = excluded.activation_period, \
+         activation_unit = excluded.activation_unit, activated_at = excluded.activated_at, \
+         is_active = excluded.is_active, revoked_at = excluded.revoked_at, \
+         usage_count = excluded.usage_count, last_used_at = excluded.last_used_at"
+    };
+}
+
+/// The columns of `api_call_logs` an import writes, but `api_key_id` and `id`.
+macro_rules! log_tail {
+    () => {
+        "timestamp, model, status, http_status, response_time, ip_address, endpoint, \
+         error_message, request_size, response_size, prompt_tokens, completion_tokens, \
+         total_tokens, stream"
+    };
+}
+
+/// The columns of `api_call_logs` an import writes, but `id`.
+macro_rules! log_data {
+    () => {
+        concat!("api_key_id, ", log_tail!())
+    };
+}
+
+/// `log_data` of a staged row, its key id following a key that moved to a fresh id.
+macro_rules! log_data_moved {
+    () => {
+        concat!(
+            "COALESCE((SELECT new FROM temp.key_moves WHERE old = api_key_id), api_key_id), ",
+            log_tail!()
+        )
+    };
+}
+
+macro_rules! log_overwrite {
+    () => {
+        " ON CONFLICT (id) DO UPDATE SET api_key_id = excluded.api_key_id, \
+         timestamp = excluded.timestamp, model = excluded.model, status = excluded.status, \
+         http_status = excluded.http_status, response_time = excluded.response_time, \
+         ip_address = excluded.ip_address, endpoint = excluded.endpoint, \
+         error_message = excluded.error_message, request_size = excluded.request_size, \
+         response_size = excluded.response_size, prompt_tokens = excluded.prompt_tokens, \
+         completion_tokens = excluded.completion_tokens, total_tokens = excluded.total_tokens, \
+         stream = excluded.stream"
+    };
+}
+
+/// Staged rows are committed in slices of this many: no statement or transaction on the
+/// staging file runs for the whole import, and a read of the database is never held long.
+const STAGE_COMMIT_EVERY: u64 = 10_000;
+
+/// An import's staging area: a throwaway SQLite file next to the database, ATTACHed as
+/// `stage` to a connection of its own. Rows are checked against the database and written
+/// there without taking the database's write lock (the server keeps writing call logs and
+/// admin changes meanwhile); `move_in` then copies them over in one short transaction.
+/// The file is removed when the stage is dropped.
+pub struct Stage {
+    conn: SqliteConnection,
+    path: PathBuf,
+    /// The largest call-log id when staging began: ids above it that appear meanwhile were
+    /// given by the server to its own rows.
+    log_floor: i64,
+    /// Rows staged in the open transaction on the staging file (none open: `None`). It is
+    /// opened at the first row, so merely checking a file (at a terminal, while a person
+    /// answers) holds no read of the database open.
+    uncommitted: Option<u64>,
+}
+
+impl Stage {
+    pub async fn open(pool: &SqlitePool) -> anyhow::Result<Stage> {
+        // A connection of its own (the pool's settings): its statements run long by design, so
+        // sqlx's "slow statement" warnings are off.
+        let mut conn = pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .disable_statement_logging()
+            .connect()
+            .await?;
+        let main: String =
+            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_one(&mut conn)
+                .await?;
+        let path = PathBuf::from(format!("{main}.import-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        sqlx::query("ATTACH DATABASE ? AS stage")
+            .bind(path.to_string_lossy().as_ref())
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("cannot create the staging file {}", path.display()))?;
+        let mut stage = Stage {
+            conn,
+            path,
+            log_floor: 0,
+            uncommitted: None,
+        };
+        // Throwaway: no journal, no fsync. `overwrite`: the row existed in the database when
+        // it was staged (a conflict resolved by overwriting it).
+        sqlx::raw_sql(concat!(
+            "PRAGMA stage.journal_mode = OFF; PRAGMA stage.synchronous = OFF; ",
+            "CREATE TABLE stage.api_keys (id INTEGER PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, ",
+            "encrypted_key, key_preview, name, description, created_at, updated_at, expires_at, ",
+            "expiration_mode, activation_period, activation_unit, activated_at, is_active, ",
+            "revoked_at, usage_count, last_used_at, overwrite INTEGER NOT NULL); ",
+            "CREATE TABLE stage.api_call_logs (id INTEGER PRIMARY KEY, ",
+            log_data!(),
+            ", overwrite INTEGER NOT NULL);"
+        ))
+        .execute(&mut stage.conn)
+        .await?;
+        stage.log_floor = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM main.api_call_logs")
+            .fetch_one(&mut stage.conn)
+            .await?;
+        Ok(stage)
+    }
+
+    /// The connection that reads the database and writes the stage.
+    pub fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    /// Opens a transaction on the staging file if none is: rows are written in slices.
+    async fn begin(&mut self) -> sqlx::Result<()> {
+        if self.uncommitted.is_none() {
+            sqlx::query("BEGIN").execute(&mut self.conn).await?;
+            self.uncommitted = Some(0);
+        }
+        Ok(())
+    }
+
+    /// Counts a staged row; commits the slice every few thousand rows.
+    async fn staged(&mut self) -> sqlx::Result<()> {
+        let rows = self.uncommitted.get_or_insert(0);
+        *rows += 1;
+        if *rows >= STAGE_COMMIT_EVERY {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> sqlx::Result<()> {
+        if self.uncommitted.take().is_some() {
+            sqlx::query("COMMIT").execute(&mut self.conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Copies the staged rows into the database in one transaction (all or nothing), then
+    /// removes the staging file. New rows keep their ids, except those whose id the server
+    /// gave to a row of its own meanwhile (an admin's new key, a call log): they get fresh
+    /// ids, and the call logs of a moved key follow it. A key created meanwhile with the
+    /// secret of a staged key fails the whole move.
+    pub async fn move_in(mut self) -> anyhow::Result<Moved> {
+        self.commit().await?;
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::raw_sql(
+            "CREATE TEMP TABLE IF NOT EXISTS taken_log_ids (id INTEGER PRIMARY KEY); \
+             DELETE FROM temp.taken_log_ids; \
+             CREATE TEMP TABLE IF NOT EXISTS key_moves (old INTEGER PRIMARY KEY, new INTEGER NOT NULL); \
+             DELETE FROM temp.key_moves;",
+        )
+        .execute(&mut *tx)
+        .await?;
+        // Staged call-log ids the server gave its own rows meanwhile (above the floor, within
+        // the staged range: usually none, and then nothing below scans for them).
+        let taken_logs = sqlx::query(
+            "INSERT INTO temp.taken_log_ids SELECT m.id FROM main.api_call_logs m \
+             JOIN stage.api_call_logs s ON s.id = m.id WHERE m.id > ?1 \
+             AND m.id BETWEEN (SELECT MIN(id) FROM stage.api_call_logs) \
+             AND (SELECT MAX(id) FROM stage.api_call_logs)",
+        )
+        .bind(self.log_floor)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let taken_keys: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM stage.api_keys WHERE NOT overwrite \
+             AND id IN (SELECT id FROM main.api_keys) ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let write = |what: &'static str| {
+            move |err: sqlx::Error| {
+                anyhow::Error::new(err).context(format!(
+                    "cannot write the {what} (changed in the database while the file was read?)"
+                ))
+            }
+        };
+        sqlx::query(concat!(
+            "INSERT INTO main.api_keys (",
+            key_columns!(),
+            ") SELECT ",
+            key_columns!(),
+            " FROM stage.api_keys WHERE NOT overwrite ",
+            "AND id NOT IN (SELECT id FROM main.api_keys) ORDER BY id"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(write("new keys"))?;
+        sqlx::query(concat!(
+            "INSERT INTO main.api_keys (",
+            key_columns!(),
+            ") SELECT ",
+            key_columns!(),
+            " FROM stage.api_keys WHERE overwrite ORDER BY id",
+            key_overwrite!()
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(write("overwritten keys"))?;
+        // After every kept id: fresh ids follow the largest one.
+        for old in &taken_keys {
+            let moved = sqlx::query(concat!(
+                "INSERT INTO main.api_keys (",
+                key_data!(),
+                ") SELECT ",
+                key_data!(),
+                " FROM stage.api_keys WHERE id = ?"
+            ))
+            .bind(old)
+            .execute(&mut *tx)
+            .await
+            .map_err(write("new keys"))?;
+            sqlx::query("INSERT INTO temp.key_moves (old, new) VALUES (?, ?)")
+                .bind(old)
+                .bind(moved.last_insert_rowid())
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(concat!(
+            "INSERT INTO main.api_call_logs (",
+            log_data!(),
+            ", id) SELECT ",
+            log_data_moved!(),
+            ", id FROM stage.api_call_logs WHERE NOT overwrite ",
+            "AND id NOT IN (SELECT id FROM temp.taken_log_ids) ORDER BY id"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(write("new call logs"))?;
+        sqlx::query(concat!(
+            "INSERT INTO main.api_call_logs (",
+            log_data!(),
+            ", id) SELECT ",
+            log_data_moved!(),
+            ", id FROM stage.api_call_logs WHERE overwrite ORDER BY id",
+            log_overwrite!()
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(write("overwritten call logs"))?;
+        let mut moved_logs = 0;
+        if taken_logs > 0 {
+            moved_logs = sqlx::query(concat!(
+                "INSERT INTO main.api_call_logs (",
+                log_data!(),
+                ") SELECT ",
+                log_data_moved!(),
+                " FROM stage.api_call_logs WHERE NOT overwrite ",
+                "AND id IN (SELECT id FROM temp.taken_log_ids) ORDER BY id"
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(write("new call logs"))?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        sqlx::query("DETACH DATABASE stage")
+            .execute(&mut self.conn)
+            .await?;
+        Ok(Moved {
+            keys: taken_keys.len() as u64,
+            logs: moved_logs,
+        })
+    }
+}
+
+/// New rows of an import that got fresh ids: the server gave theirs to its own rows while
+/// the file was read.
+#[derive(Debug, Default)]
+pub struct Moved {
+    pub keys: u64,
+    pub logs: u64,
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        // Unlinking an open file is fine: its space is freed when the connection closes.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The keys an imported key collides with: the one with its id, and another one (a
+/// different id) holding the same secret. Staged keys stand for the database's keys of the
+/// same id.
 #[derive(Debug, Default)]
 pub struct KeyClash {
     pub same_id: Option<KeyRow>,
@@ -80,18 +399,19 @@ impl KeyClash {
     }
 }
 
-pub async fn key_clash(
-    conn: &mut SqliteConnection,
-    id: i64,
-    key_hash: &str,
-) -> sqlx::Result<KeyClash> {
+pub async fn key_clash(stage: &mut Stage, id: i64, key_hash: &str) -> sqlx::Result<KeyClash> {
     let rows: Vec<KeyRow> = sqlx::query_as(concat!(
-        select_keys!(),
-        " WHERE id = ?1 OR key_hash = ?2 ORDER BY id"
+        "SELECT ",
+        key_columns!(),
+        " FROM stage.api_keys WHERE id = ?1 OR key_hash = ?2 ",
+        "UNION ALL SELECT ",
+        key_columns!(),
+        " FROM main.api_keys WHERE (id = ?1 OR key_hash = ?2) ",
+        "AND id NOT IN (SELECT id FROM stage.api_keys) ORDER BY id"
     ))
     .bind(id)
     .bind(key_hash)
-    .fetch_all(conn)
+    .fetch_all(stage.conn())
     .await?;
     let mut clash = KeyClash::default();
     for row in rows {
@@ -104,37 +424,42 @@ pub async fn key_clash(
     Ok(clash)
 }
 
-pub async fn key_exists(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = ?)")
-        .bind(id)
-        .fetch_one(conn)
-        .await
+/// The database's (staged or existing) key `id`.
+pub async fn key_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM stage.api_keys WHERE id = ?1) \
+         OR EXISTS (SELECT 1 FROM main.api_keys WHERE id = ?1)",
+    )
+    .bind(id)
+    .fetch_one(stage.conn())
+    .await
 }
 
-pub async fn log_exists(conn: &mut SqliteConnection, id: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_call_logs WHERE id = ?)")
-        .bind(id)
-        .fetch_one(conn)
-        .await
+/// The (staged or existing) call log `id`.
+pub async fn log_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM stage.api_call_logs WHERE id = ?1) \
+         OR EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?1)",
+    )
+    .bind(id)
+    .fetch_one(stage.conn())
+    .await
 }
 
-/// Writes `key` under `id`: inserted (AUTOINCREMENT's sequence follows a larger explicit id),
+/// Stages `key` under `id`: inserted (AUTOINCREMENT's sequence follows a larger explicit id),
 /// or every column written over the existing key `id`. An upsert, never a delete and insert,
 /// so an overwritten key's call logs stay (deleting would cascade to them).
-pub async fn put_key(conn: &mut SqliteConnection, id: i64, key: &KeyRow) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO api_keys (key_hash, encrypted_key, key_preview, name, description, created_at, \
-         updated_at, expires_at, expiration_mode, activation_period, activation_unit, activated_at, \
-         is_active, revoked_at, usage_count, last_used_at, id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, encrypted_key = excluded.encrypted_key, \
-         key_preview = excluded.key_preview, name = excluded.name, description = excluded.description, \
-         created_at = excluded.created_at, updated_at = excluded.updated_at, expires_at = excluded.expires_at, \
-         expiration_mode = excluded.expiration_mode, activation_period = excluded.activation_period, \
-         activation_unit = excluded.activation_unit, activated_at = excluded.activated_at, \
-         is_active = excluded.is_active, revoked_at = excluded.revoked_at, \
-         usage_count = excluded.usage_count, last_used_at = excluded.last_used_at",
-    )
+pub async fn put_key(stage: &mut Stage, id: i64, key: &KeyRow) -> sqlx::Result<()> {
+    stage.begin().await?;
+    sqlx::query(concat!(
+        "INSERT INTO stage.api_keys (",
+        key_columns!(),
+        ", overwrite) ",
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ",
+        "EXISTS (SELECT 1 FROM main.api_keys WHERE id = ?17))",
+        key_overwrite!(),
+        ", overwrite = excluded.overwrite"
+    ))
     .bind(&key.key_hash)
     .bind(&key.encrypted_key)
     .bind(&key.key_preview)
@@ -152,43 +477,65 @@ pub async fn put_key(conn: &mut SqliteConnection, id: i64, key: &KeyRow) -> sqlx
     .bind(key.usage_count)
     .bind(key.last_used_at)
     .bind(id)
-    .execute(conn)
+    .execute(stage.conn())
     .await?;
-    Ok(())
+    stage.staged().await
 }
 
-/// Writes `log` with its own id: inserted, or every column written over the existing row.
-pub async fn put_log(conn: &mut SqliteConnection, log: &LogRow) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, http_status, response_time, \
-         ip_address, endpoint, error_message, request_size, response_size, prompt_tokens, \
-         completion_tokens, total_tokens, stream, id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (id) DO UPDATE SET api_key_id = excluded.api_key_id, timestamp = excluded.timestamp, \
-         model = excluded.model, status = excluded.status, http_status = excluded.http_status, \
-         response_time = excluded.response_time, ip_address = excluded.ip_address, \
-         endpoint = excluded.endpoint, error_message = excluded.error_message, \
-         request_size = excluded.request_size, response_size = excluded.response_size, \
-         prompt_tokens = excluded.prompt_tokens, completion_tokens = excluded.completion_tokens, \
-         total_tokens = excluded.total_tokens, stream = excluded.stream",
-    )
-    .bind(log.api_key_id)
-    .bind(log.timestamp)
-    .bind(&log.model)
-    .bind(&log.status)
-    .bind(log.http_status)
-    .bind(log.response_time)
-    .bind(&log.ip_address)
-    .bind(&log.endpoint)
-    .bind(&log.error_message)
-    .bind(log.request_size)
-    .bind(log.response_size)
-    .bind(log.prompt_tokens)
-    .bind(log.completion_tokens)
-    .bind(log.total_tokens)
-    .bind(log.stream)
-    .bind(log.id)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// Stages `log` with its own id: inserted, or every column written over the existing row.
+pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
+    stage.begin().await?;
+    let insert = sqlx::query(concat!(
+        "INSERT INTO stage.api_call_logs (",
+        log_data!(),
+        ", id, overwrite) ",
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ",
+        "EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?16))",
+        log_overwrite!(),
+        ", overwrite = excluded.overwrite"
+    ));
+    bind_log(insert, log).execute(stage.conn()).await?;
+    stage.staged().await
+}
+
+/// Stages `log` if no row has its id yet (in the database or staged); false if one has.
+pub async fn put_new_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<bool> {
+    stage.begin().await?;
+    let insert = sqlx::query(concat!(
+        "INSERT INTO stage.api_call_logs (",
+        log_data!(),
+        ", id, overwrite) ",
+        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0 ",
+        "WHERE NOT EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?16) ",
+        "AND NOT EXISTS (SELECT 1 FROM stage.api_call_logs WHERE id = ?16)"
+    ));
+    let done = bind_log(insert, log).execute(stage.conn()).await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    stage.staged().await?;
+    Ok(true)
+}
+
+type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// Binds `?1`..`?16`: the columns of `log_data!()`, then the id.
+fn bind_log<'q>(query: Query<'q>, log: &'q LogRow) -> Query<'q> {
+    query
+        .bind(log.api_key_id)
+        .bind(log.timestamp)
+        .bind(&log.model)
+        .bind(&log.status)
+        .bind(log.http_status)
+        .bind(log.response_time)
+        .bind(&log.ip_address)
+        .bind(&log.endpoint)
+        .bind(&log.error_message)
+        .bind(log.request_size)
+        .bind(log.response_size)
+        .bind(log.prompt_tokens)
+        .bind(log.completion_tokens)
+        .bind(log.total_tokens)
+        .bind(log.stream)
+        .bind(log.id)
 }

@@ -81,7 +81,7 @@ impl MockUpstream {
 }
 
 /// A mock upstream that speaks like OpenAI. The request's `model` picks the behaviour:
-/// `gpt-fail` → 500, `gpt-slow` → answers after 5 s, `gpt-gated` → a stream that pauses after
+/// `gpt-fail` → 500, `gpt-slow` → answers after 5 s (`gpt-slow-1s`: 1.5 s), `gpt-gated` → a stream that pauses after
 /// its first chunk until the test opens the gate, `gpt-echo-auth` → a 401 whose message echoes
 /// the Authorization header it got, `gpt-cookie` → a completion that sets a cookie,
 /// `gpt-drip` → a stream with a chunk every 100 ms that never ends, anything else → a normal
@@ -146,6 +146,7 @@ async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
                 .into_response();
         }
         "gpt-drip" => return drip(),
+        "gpt-slow-1s" => tokio::time::sleep(Duration::from_millis(1500)).await,
         _ => {}
     }
     if request["stream"] == json!(true) {

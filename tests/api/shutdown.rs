@@ -91,3 +91,71 @@ async fn sigterm_flushes_the_call_log_of_the_real_binary() {
     assert!(!status.1.contains(key) && !status.1.contains(ADMIN_TOKEN));
     assert_eq!(count_rows(&db_path).await, 30);
 }
+
+#[tokio::test]
+async fn rows_of_requests_still_open_when_the_grace_ends_are_written() {
+    let app = spawn_app_with(&["--shutdown-grace", "1s"]).await;
+    let (key_id, key) = app.new_key().await;
+    // A stream paused after its first chunk, and a request the upstream answers after 5 s.
+    let mut stream = app
+        .chat(
+            &key,
+            json!({"model": "gpt-gated", "stream": true, "messages": []}),
+        )
+        .await;
+    assert_eq!(stream.status(), 200);
+    let first = stream.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("Hel"));
+    let slow = {
+        let (client, url, key) = (
+            app.client.clone(),
+            app.url("/v1/chat/completions"),
+            key.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(key)
+                .json(&json!({"model": "gpt-slow", "messages": []}))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    let (db_path, _dir) = app.shutdown().await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(slow.await.unwrap().is_err(), "the connection was closed");
+    drop(stream);
+
+    let pool = keygate::store::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap();
+    let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+        "SELECT model, error_message, stream FROM api_call_logs WHERE api_key_id = ? ORDER BY model",
+    )
+    .bind(key_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "gpt-gated".to_string(),
+                Some("client disconnected before the response was complete".to_string()),
+                1
+            ),
+            (
+                "gpt-slow".to_string(),
+                Some("client disconnected before the upstream answered".to_string()),
+                0
+            ),
+        ]
+    );
+}

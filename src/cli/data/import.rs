@@ -7,17 +7,15 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use indicatif::ProgressBar;
-use sqlx::SqliteConnection;
 use tokio::sync::mpsc;
 
 use super::parse::{parse_export, ImportedKey, Item};
 use super::{progress_bar, DataType, ImportArgs};
 use crate::key_ops::Keyring;
 use crate::keys;
-use crate::store;
 use crate::store::keys::KeyRow;
 use crate::store::logs::LogRow;
-use crate::store::transfer::{self, KeyClash};
+use crate::store::transfer::{self, KeyClash, Stage};
 
 /// Conflicts named in the error that refuses an import.
 const CONFLICTS_LISTED: usize = 5;
@@ -29,10 +27,12 @@ pub async fn import(keyring: &Keyring, args: &ImportArgs) -> anyhow::Result<()> 
     } else if args.force {
         Resolve::Overwrite
     } else if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
-        // Ask before the write transaction starts, so no lock is held while a person thinks.
+        // Ask before anything is staged, so no lock is held while a person thinks.
         let mut asking = Importer::new(keyring, Pass::Ask, Resolve::Ask(Choices::default()));
-        let mut conn = keyring.pool.acquire().await?;
-        read_into(&args.input, &mut conn, &mut asking)
+        let mut stage = Stage::open(&keyring.pool)
+            .await
+            .context("cannot prepare the import")?;
+        read_into(&args.input, &mut stage, &mut asking)
             .await
             .with_context(|| format!("cannot import {file}; nothing was changed"))?;
         asking.resolve
@@ -40,15 +40,16 @@ pub async fn import(keyring: &Keyring, args: &ImportArgs) -> anyhow::Result<()> 
         Resolve::Refuse
     };
     let mut importer = Importer::new(keyring, Pass::Write, resolve);
-    // The write lock is held from the start, so the conflicts checked stay true until commit.
-    let mut tx = store::begin_write(&keyring.pool)
+    // Every row is checked and written to a staging file first, without holding the
+    // database's write lock (the server keeps logging calls and admins keep writing);
+    // `move_in` then copies it all in one short transaction, or nothing.
+    let mut stage = Stage::open(&keyring.pool)
         .await
-        .context("cannot start the import transaction")?;
-    read_into(&args.input, &mut tx, &mut importer)
+        .context("cannot prepare the import")?;
+    read_into(&args.input, &mut stage, &mut importer)
         .await
         .with_context(|| format!("cannot import {file}; nothing was changed"))?;
     if importer.unresolved.count > 0 {
-        tx.rollback().await?;
         bail!(
             "{} row(s) of {file} already exist in this database: {}. Nothing was imported. \
              Pass --skip-conflicts to keep the existing rows or --force to overwrite them \
@@ -58,18 +59,28 @@ pub async fn import(keyring: &Keyring, args: &ImportArgs) -> anyhow::Result<()> 
         );
     }
     if args.dry_run {
-        tx.rollback().await?;
+        drop(stage);
         println!(
             "Dry run of {file}: would import {}. Nothing was changed.",
             importer.tally.describe(&importer.types)
         );
     } else {
-        tx.commit().await.context("cannot commit the import")?;
+        let moved = stage
+            .move_in()
+            .await
+            .with_context(|| format!("cannot import {file}; nothing was changed"))?;
         keyring.cache.clear();
         println!(
             "Imported {file}: {}.",
             importer.tally.describe(&importer.types)
         );
+        if moved.keys + moved.logs > 0 {
+            println!(
+                "{} key(s) and {} call log(s) got new ids: keygate gave theirs to its own new \
+                 rows while the file was read (the keys' call logs follow them).",
+                moved.keys, moved.logs
+            );
+        }
     }
     if importer.tally.keys_to_regenerate > 0 {
         println!(
@@ -100,7 +111,7 @@ pub async fn import(keyring: &Keyring, args: &ImportArgs) -> anyhow::Result<()> 
 /// time over a bounded channel; this side applies them. Either side's error stops both.
 async fn read_into(
     path: &Path,
-    conn: &mut SqliteConnection,
+    stage: &mut Stage,
     importer: &mut Importer<'_>,
 ) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -108,7 +119,7 @@ async fn read_into(
     let reader = tokio::task::spawn_blocking(move || parse_export(BufReader::new(file), &sink));
     let applied = async {
         while let Some(item) = items.recv().await {
-            importer.apply(conn, item).await?;
+            importer.apply(stage, item).await?;
         }
         anyhow::Ok(())
     }
@@ -244,7 +255,7 @@ impl<'a> Importer<'a> {
         }
     }
 
-    async fn apply(&mut self, conn: &mut SqliteConnection, item: Item) -> anyhow::Result<()> {
+    async fn apply(&mut self, stage: &mut Stage, item: Item) -> anyhow::Result<()> {
         match item {
             Item::Metadata(metadata) => {
                 let types: Vec<DataType> = metadata
@@ -262,11 +273,11 @@ impl<'a> Importer<'a> {
                 self.progress = progress_bar(metadata.counts.values().sum(), verb);
             }
             Item::Key(index, key) => {
-                self.key(conn, index, key).await?;
+                self.key(stage, index, key).await?;
                 self.progress.inc(1);
             }
             Item::Log(index, log) => {
-                self.log(conn, index, log).await?;
+                self.log(stage, index, log).await?;
                 self.progress.inc(1);
             }
         }
@@ -275,7 +286,7 @@ impl<'a> Importer<'a> {
 
     async fn key(
         &mut self,
-        conn: &mut SqliteConnection,
+        stage: &mut Stage,
         index: usize,
         key: ImportedKey,
     ) -> anyhow::Result<()> {
@@ -284,7 +295,7 @@ impl<'a> Importer<'a> {
             has_secret,
         } = key;
         let at = format!("data.apikeys[{index}] (id {})", row.id);
-        let clash = transfer::key_clash(conn, row.id, &row.key_hash)
+        let clash = transfer::key_clash(stage, row.id, &row.key_hash)
             .await
             .with_context(|| at.clone())?;
         if clash.is_none() {
@@ -295,7 +306,7 @@ impl<'a> Importer<'a> {
             self.check_encrypted_copy(&row, has_secret);
             self.known_keys.insert(row.id);
             if self.pass == Pass::Write {
-                transfer::put_key(conn, row.id, &row)
+                transfer::put_key(stage, row.id, &row)
                     .await
                     .with_context(|| at.clone())?;
             }
@@ -338,7 +349,7 @@ impl<'a> Importer<'a> {
                 self.tally.keys.overwritten += 1;
                 self.known_keys.insert(target.id);
                 if self.pass == Pass::Write {
-                    transfer::put_key(conn, target.id, &row)
+                    transfer::put_key(stage, target.id, &row)
                         .await
                         .with_context(|| at.clone())?;
                 }
@@ -381,7 +392,7 @@ impl<'a> Importer<'a> {
 
     async fn log(
         &mut self,
-        conn: &mut SqliteConnection,
+        stage: &mut Stage,
         index: usize,
         mut row: LogRow,
     ) -> anyhow::Result<()> {
@@ -389,23 +400,23 @@ impl<'a> Importer<'a> {
         if let Some(key_id) = row.api_key_id {
             let stand_in = self.merged.get(&key_id).copied().unwrap_or(key_id);
             row.api_key_id = Some(stand_in);
-            if self.pass == Pass::Write && !self.key_known(conn, stand_in).await? {
+            if self.pass == Pass::Write && !self.key_known(stage, stand_in).await? {
                 bail!(
                     "{at}: api_key_id {key_id} matches no key in this database or earlier in the file \
                      (export the keys with the logs: --types apikeys,logs)"
                 );
             }
         }
-        if !transfer::log_exists(conn, row.id)
-            .await
-            .with_context(|| at.clone())?
-        {
+        // Writing, a new row is checked and staged by one statement (one per row).
+        let new = match self.pass {
+            Pass::Write => transfer::put_new_log(stage, &row).await,
+            Pass::Ask => transfer::log_exists(stage, row.id)
+                .await
+                .map(|found| !found),
+        }
+        .with_context(|| at.clone())?;
+        if new {
             self.tally.logs.new += 1;
-            if self.pass == Pass::Write {
-                transfer::put_log(conn, &row)
-                    .await
-                    .with_context(|| at.clone())?;
-            }
             return Ok(());
         }
         let what = format!("call log #{}", row.id);
@@ -415,7 +426,7 @@ impl<'a> Importer<'a> {
             Some(true) => {
                 self.tally.logs.overwritten += 1;
                 if self.pass == Pass::Write {
-                    transfer::put_log(conn, &row)
+                    transfer::put_log(stage, &row)
                         .await
                         .with_context(|| at.clone())?;
                 }
@@ -424,11 +435,11 @@ impl<'a> Importer<'a> {
         Ok(())
     }
 
-    async fn key_known(&mut self, conn: &mut SqliteConnection, id: i64) -> anyhow::Result<bool> {
+    async fn key_known(&mut self, stage: &mut Stage, id: i64) -> anyhow::Result<bool> {
         if self.known_keys.contains(&id) {
             return Ok(true);
         }
-        let exists = transfer::key_exists(conn, id).await?;
+        let exists = transfer::key_exists(stage, id).await?;
         if exists {
             self.known_keys.insert(id);
         }

@@ -1,0 +1,320 @@
+//! A call-log row for every request: clients that leave early, a store that fails for a
+//! while, a full queue (back-pressure), and a large import while traffic runs.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use crate::helpers::*;
+
+/// Waits (bounded) until `key_id` has `rows` call-log rows; returns them.
+async fn wait_for_rows(app: &TestApp, key_id: i64, rows: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let logs = app.logs_of(key_id).await;
+        if logs.len() >= rows || started.elapsed() > Duration::from_secs(3) {
+            return logs;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Holds SQLite's write lock on the database (as a long admin write or import would).
+fn lock_database(app: &TestApp) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(&app.db_path).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn
+}
+
+fn unlock_database(conn: rusqlite::Connection) {
+    conn.execute_batch("ROLLBACK").unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_upstream_answers_gets_its_row() {
+    let app = spawn_app().await;
+    let (key_id, key) = app.new_key().await;
+    let body = r#"{"model":"gpt-slow-1s","messages":[{"role":"user","content":"hi"}]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let addr = app.base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(body.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(socket);
+
+    let logs = wait_for_rows(&app, key_id, 1).await;
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    let row = &logs[0];
+    assert_eq!(
+        row["error_message"],
+        "client disconnected before the upstream answered"
+    );
+    assert_eq!(row["status"], "error");
+    assert_eq!(row["http_status"], 499);
+    assert_eq!(row["model"], "gpt-slow-1s");
+    assert_eq!(app.key_json(key_id).await["usage_count"], 1);
+    // The upstream did answer later: still the one row.
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    assert_eq!(app.logs_of(key_id).await.len(), 1);
+    assert_eq!(app.upstream.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn the_writer_keeps_its_rows_through_a_store_failure() {
+    let app = spawn_app_with(&["--log-busy-timeout", "100ms"]).await;
+    let (key_id, key) = app.new_key().await;
+    assert_eq!(app.chat_model(&key, "gpt-test").await.0, StatusCode::OK);
+    app.flush().await;
+    assert_eq!(app.state.logs.failing(), None);
+
+    let lock = lock_database(&app);
+    for _ in 0..10 {
+        assert_eq!(app.chat_model(&key, "gpt-test").await.0, StatusCode::OK);
+    }
+    // Several batches fail (each after the 100 ms busy timeout) while the lock is held.
+    let started = Instant::now();
+    while app.state.logs.failing().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "no failure seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let failure = app.state.logs.failing().expect("still failing");
+    assert!(failure.contains("locked"), "{failure}");
+    assert_eq!(app.state.logs.queued(), 10);
+    unlock_database(lock);
+
+    let logs = app.logs_of(key_id).await;
+    assert_eq!(logs.len(), 11, "every row arrives once the store is back");
+    assert_eq!(app.key_json(key_id).await["usage_count"], 11);
+    assert_eq!(app.state.logs.failing(), None);
+    assert_eq!(app.state.logs.queued(), 0);
+    assert!(captured_logs().contains("call-log writer recovered; no row was lost"));
+}
+
+#[tokio::test]
+async fn new_requests_wait_while_the_call_log_queue_is_full() {
+    let app = spawn_app_with(&["--log-queue-rows", "4"]).await;
+    let (key_id, key) = app.new_key().await;
+    assert_eq!(app.chat_model(&key, "gpt-test").await.0, StatusCode::OK);
+    app.flush().await;
+
+    let lock = lock_database(&app);
+    let answered = Arc::new(AtomicUsize::new(0));
+    let traffic = {
+        let (client, url, key, answered) = (
+            app.client.clone(),
+            app.url("/v1/chat/completions"),
+            key.clone(),
+            answered.clone(),
+        );
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                let response = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&json!({"model": "gpt-test", "messages": []}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                response.bytes().await.unwrap();
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The writer is stuck behind the lock: four rows fill the queue, the fifth request waits.
+    assert_eq!(answered.load(Ordering::SeqCst), 4);
+    assert_eq!(app.state.logs.queued(), 4);
+    unlock_database(lock);
+
+    tokio::time::timeout(Duration::from_secs(3), traffic)
+        .await
+        .expect("requests resume once the queue drains")
+        .unwrap();
+    let logs = app.logs_of(key_id).await;
+    assert_eq!(logs.len(), 11);
+    assert_eq!(app.key_json(key_id).await["usage_count"], 11);
+}
+
+/// The file's key: its id is taken by the second key an admin creates during the import.
+const FILE_KEY: i64 = 3;
+/// The file's call-log ids: the ones the server gives its own rows during the import are
+/// among them.
+const FILE_LOG_IDS_FROM: i64 = 3;
+
+/// Writes an export of `rows` call logs of one key, made by `keygate data export` from a
+/// database filled directly.
+async fn export_file(rows: i64, dir: &std::path::Path) -> std::path::PathBuf {
+    let db = dir.join("source.db");
+    let pool = keygate::store::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    pool.close().await;
+    let mut conn = rusqlite::Connection::open(&db).unwrap();
+    let tx = conn.transaction().unwrap();
+    tx.execute(
+        "INSERT INTO api_keys (id, key_hash, key_preview, name, created_at, updated_at) \
+         VALUES (?1, ?2, 'sk-…imp', 'imported', 1, 1)",
+        rusqlite::params![FILE_KEY, keygate::keys::hash_hex("imported")],
+    )
+    .unwrap();
+    {
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO api_call_logs (id, api_key_id, timestamp, model, status, http_status, \
+                 response_time, endpoint) VALUES (?1, ?2, ?3, 'gpt-old', 'success', 200, 5, \
+                 '/v1/chat/completions')",
+            )
+            .unwrap();
+        for i in 0..rows {
+            insert
+                .execute([FILE_LOG_IDS_FROM + i, FILE_KEY, 1_700_000_000_000 + i])
+                .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    let file = dir.join("export.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["data", "export", "--output", file.to_str().unwrap()])
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("RUST_LOG", "warn")
+        .env_remove("KEYGATE_FERNET_KEY")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    file
+}
+
+fn staging_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".import-"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_large_import_while_traffic_runs_loses_nothing_and_blocks_no_admin_write() {
+    const ROWS: i64 = 30_000;
+    let files = tempfile::tempdir().unwrap();
+    let file = export_file(ROWS, files.path()).await;
+    let app = spawn_app().await;
+    let (key_id, key) = app.new_key().await;
+    assert_eq!(app.chat_model(&key, "gpt-test").await.0, StatusCode::OK);
+    app.flush().await;
+
+    let db_dir = app.db_path.parent().unwrap().to_path_buf();
+    let started = Instant::now();
+    let import = {
+        let (db, file, dir) = (app.db_path.clone(), file.clone(), db_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
+                .args(["data", "import", "--input", file.to_str().unwrap()])
+                .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+                .env("RUST_LOG", "warn")
+                .env_remove("KEYGATE_FERNET_KEY")
+                .current_dir(dir)
+                .output()
+                .unwrap()
+        })
+    };
+    // Traffic starts once the import has checked the file's key (its id is then free).
+    while staging_files(&db_dir) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no staging file"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Relayed requests and admin writes until the import is done.
+    let (mut relayed, mut created) = (1i64, 0i64);
+    let mut slowest_write = Duration::ZERO;
+    while !import.is_finished() {
+        assert_eq!(app.chat_model(&key, "gpt-test").await.0, StatusCode::OK);
+        relayed += 1;
+        let write = Instant::now();
+        let (status, body) = app
+            .post("/api/api-keys", json!({"name": "during import"}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        slowest_write = slowest_write.max(write.elapsed());
+        created += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = import.await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("call logs: {ROWS} new, 0 overwritten, 0 skipped")),
+        "{said}"
+    );
+    assert!(
+        created >= 2,
+        "only {created} admin writes during the import"
+    );
+    // The admins' second key took the file key's id, and the traffic the first log ids.
+    assert!(
+        said.contains("1 key(s) and ") && !said.contains("1 key(s) and 0 call log(s)"),
+        "{said}"
+    );
+    eprintln!(
+        "import of {ROWS} rows under traffic: {took:?}, {relayed} requests, {created} keys, \
+         slowest admin write {slowest_write:?}"
+    );
+    // The database's write lock is taken only for the short move at the end (an import
+    // holding it throughout made admin writes wait for the whole import, then fail).
+    assert!(
+        slowest_write * 3 < took,
+        "an admin write waited {slowest_write:?} of the import's {took:?}"
+    );
+
+    app.flush().await;
+    let pool = &app.state.pool;
+    let traffic: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM api_call_logs WHERE api_key_id = ?")
+            .bind(key_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(traffic, relayed);
+    assert_eq!(app.key_json(key_id).await["usage_count"], relayed);
+    let (imported_key, imported): (i64, i64) = sqlx::query_as(
+        "SELECT k.id, (SELECT COUNT(*) FROM api_call_logs l WHERE l.api_key_id = k.id) \
+         FROM api_keys k WHERE k.name = 'imported'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_ne!(imported_key, FILE_KEY);
+    assert_eq!(imported, ROWS);
+    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, 2 + created);
+    assert_eq!(staging_files(&db_dir), 0, "the staging file is removed");
+}
