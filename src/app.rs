@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use sqlx::SqlitePool;
@@ -72,8 +74,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// 200 while keygate can serve and record; 503 naming the cause while its call log cannot be
+/// written (a load balancer then routes elsewhere; rows wait in the queue meanwhile).
+async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    match state.logs.failing() {
+        None => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))),
+        Some(cause) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "status": "unavailable",
+                "cause": format!("the call log cannot be written: {cause}"),
+                "queued_rows": state.logs.queued(),
+                "queue_bound": state.logs.bound(),
+            })),
+        ),
+    }
 }
 
 /// Serves until `shutdown` is cancelled, then drains connections (for KEYGATE_SHUTDOWN_GRACE,

@@ -159,6 +159,16 @@ pub struct ConfigArgs {
     )]
     pub secure_cookie: String,
 
+    /// How long an admin write waits for a database lock held elsewhere (a backup, an open
+    /// sqlite3 shell) before it is answered 503.
+    #[arg(
+        long,
+        env = "KEYGATE_DB_BUSY_TIMEOUT",
+        default_value = "5s",
+        global = true
+    )]
+    pub db_busy_timeout: String,
+
     // --- Call-log writer and shutdown (issue 9: rows never lost) ---
     /// Call-log rows that may wait for the writer; at the bound new requests wait for room.
     #[arg(
@@ -223,6 +233,7 @@ pub struct Config {
     pub admin_failures_total: u32,
     pub secure_cookie: SecureCookie,
 
+    pub db_busy_timeout: Duration,
     // --- Call-log writer and shutdown ---
     pub log_queue_rows: usize,
     pub log_busy_timeout: Duration,
@@ -300,6 +311,8 @@ impl Config {
             admin_failures_per_ip: args.admin_failures_per_ip,
             admin_failures_total: args.admin_failures_total,
             secure_cookie,
+            db_busy_timeout: parse_duration(&args.db_busy_timeout)
+                .context("KEYGATE_DB_BUSY_TIMEOUT")?,
             log_queue_rows: args.log_queue_rows,
             log_busy_timeout: parse_duration(&args.log_busy_timeout)
                 .context("KEYGATE_LOG_BUSY_TIMEOUT")?,
@@ -334,6 +347,7 @@ impl fmt::Debug for Config {
             .field("admin_failures_per_ip", &self.admin_failures_per_ip)
             .field("admin_failures_total", &self.admin_failures_total)
             .field("secure_cookie", &self.secure_cookie)
+            .field("db_busy_timeout", &self.db_busy_timeout)
             .field("log_queue_rows", &self.log_queue_rows)
             .field("log_busy_timeout", &self.log_busy_timeout)
             .field("shutdown_grace", &self.shutdown_grace)

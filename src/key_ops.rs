@@ -173,7 +173,7 @@ impl Keyring {
             )
         })?;
         Ok(Keyring {
-            pool: store::connect(&config.database_url).await?,
+            pool: store::open(&config.database_url, config.db_busy_timeout).await?,
             clock,
             fernet: Arc::new(crate::secrets::fernet(config)?),
             cache: Arc::new(KeyCache::default()),

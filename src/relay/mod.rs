@@ -93,9 +93,19 @@ pub async fn relay(
     let started = Instant::now();
     // Back-pressure: while the call-log queue is at its bound, new requests wait here (their
     // time counts in response_time). A client that leaves while waiting gets no row: nothing
-    // of its request was read or sent on.
+    // of its request was read or sent on. When the store cannot write (a full disk, a lock
+    // held elsewhere) and the queue is full, requests are refused at once instead: nothing is
+    // served without its row, and nobody hangs.
     if !state.logs.has_room() {
-        state.logs.wait_for_room().await;
+        if let Err(cause) = state.logs.wait_for_room().await {
+            tracing::debug!(%cause, "refusing a request: the call log cannot be written");
+            return ApiError::Unavailable {
+                message: "keygate cannot write its call log right now (its database is full or locked); retry shortly".into(),
+                retry_after: 5,
+            }
+            .into_response()
+            .map(ReplyBody::Local);
+        }
     }
     let (parts, body) = request.into_parts();
     let mut call = Unanswered {

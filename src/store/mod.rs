@@ -13,8 +13,17 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{SqliteExecutor, SqlitePool};
 
+/// How long a statement waits for a lock another connection or process holds, by default.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens (creating if needed) the SQLite file and brings its schema up to date.
 pub async fn connect(database_url: &str) -> anyhow::Result<SqlitePool> {
+    open(database_url, DEFAULT_BUSY_TIMEOUT).await
+}
+
+/// `connect`, waiting at most `busy_timeout` for a lock held elsewhere (then the statement
+/// fails with SQLITE_BUSY, which the admin API answers with 503).
+pub async fn open(database_url: &str, busy_timeout: Duration) -> anyhow::Result<SqlitePool> {
     let options = SqliteConnectOptions::from_str(database_url)
         .with_context(|| format!("DATABASE_URL: cannot parse `{database_url}`"))?;
     owner_only(options.get_filename())?;
@@ -23,7 +32,7 @@ pub async fn connect(database_url: &str) -> anyhow::Result<SqlitePool> {
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10));
+        .busy_timeout(busy_timeout);
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
         .connect_with(options)

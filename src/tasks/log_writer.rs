@@ -132,21 +132,25 @@ impl LogSink {
         self.shared.queued.load(Relaxed) < self.shared.bound
     }
 
-    /// Returns once the queue is below its bound (at once if it is).
-    pub async fn wait_for_room(&self) {
+    /// Returns once the queue is below its bound (at once if it is), or the store's error when
+    /// the queue is full and the store is failing (no room is coming soon).
+    pub async fn wait_for_room(&self) -> Result<(), String> {
         loop {
             let notified = self.shared.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if self.has_room() {
-                return;
+                return Ok(());
+            }
+            // A full queue that the store cannot empty: waiting would hang the client.
+            if let Some(cause) = self.failing() {
+                return Err(cause);
             }
             self.shared.writer.unpark();
             notified.await;
         }
     }
 
-    /// Rows queued and not yet in the database.
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Relaxed)
     }
@@ -268,6 +272,8 @@ fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
                     }
                     *lock(&shared.last_error) = Some(message);
                     shared.failing.store(true, Relaxed);
+                    // Requests waiting for room learn that none is coming soon.
+                    shared.room.notify_waiters();
                     // Flushes are answered once their rows are written.
                     continue;
                 }
