@@ -57,8 +57,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     keygate::serve(state, listener, shutdown).await
 }
 
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+/// Cancels `shutdown` on Ctrl-C or SIGTERM; a second one exits at once (a shutdown can wait
+/// on a store that cannot write, since rows are never dropped: the operator decides).
 async fn stop_on_signal(shutdown: CancellationToken) {
+    stop_signal().await;
+    tracing::info!("shutting down: draining connections, then flushing the call log (a second signal exits at once)");
+    shutdown.cancel();
+    stop_signal().await;
+    tracing::error!("second signal: exiting now; call-log rows not yet written are lost");
+    std::process::exit(1);
+}
+
+/// The next Ctrl-C or SIGTERM.
+async fn stop_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     let term = async {
@@ -75,6 +86,4 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down: draining connections, then flushing the call log");
-    shutdown.cancel();
 }

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::parse::{parse_export, ImportedKey, Item};
 use super::{progress_bar, DataType, ImportArgs};
 use crate::key_ops::Keyring;
+use crate::cli::keys::printable;
 use crate::keys;
 use crate::store::keys::KeyRow;
 use crate::store::logs::LogRow;
@@ -329,7 +330,7 @@ impl<'a> Importer<'a> {
                          cannot overwrite two: delete one of them first, or pass --skip-conflicts",
                         row.id,
                         other.id,
-                        other.name
+                        printable(&other.name)
                     ),
                     (Some(existing), None) => existing,
                     (None, Some(other)) => {
@@ -484,10 +485,13 @@ impl<'a> Importer<'a> {
 
 fn describe_clash(row: &KeyRow, clash: &KeyClash) -> String {
     match (&clash.same_id, &clash.same_secret) {
-        (Some(existing), _) => format!("key #{} '{}'", existing.id, existing.name),
+        (Some(existing), _) => format!("key #{} '{}'", existing.id, printable(&existing.name)),
         (None, Some(other)) => format!(
             "key #{} '{}' (the same secret as key #{} '{}' here)",
-            row.id, row.name, other.id, other.name
+            row.id,
+            printable(&row.name),
+            other.id,
+            printable(&other.name)
         ),
         (None, None) => format!("key #{}", row.id),
     }
