@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 
 use super::parse::{parse_export, ImportedKey, Item};
 use super::{progress_bar, DataType, ImportArgs};
-use crate::key_ops::Keyring;
 use crate::cli::keys::printable;
+use crate::key_ops::Keyring;
 use crate::keys;
 use crate::store::keys::KeyRow;
 use crate::store::logs::LogRow;
