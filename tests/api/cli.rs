@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
+/// Runs `keygate <args>` (the real binary) on the app's database.
 fn keygate(app: &TestApp, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(args)
@@ -21,7 +22,8 @@ fn keygate(app: &TestApp, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(app: &TestApp, args: &[&str]) -> String {
+/// `keygate <args>` that must succeed; its stdout.
+pub fn ok(app: &TestApp, args: &[&str]) -> String {
     let out = keygate(app, args);
     assert!(
         out.status.success(),

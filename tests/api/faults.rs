@@ -35,23 +35,11 @@ fn spawn_binary(
         }
         Output::ClosedPipe => (Stdio::piped(), Stdio::piped()),
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .arg("serve")
-        .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.join("keygate.db").display()),
-        )
-        .env(
-            "KEYGATE_UPSTREAM_URL",
-            format!("http://{}/v1", upstream.addr),
-        )
-        .env("KEYGATE_UPSTREAM_API_KEY", UPSTREAM_KEY)
-        .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+    let mut child = serve_env(command.arg("serve"), upstream, dir, port)
         // Every request logs a line: each one would be a failed write.
         .env("RUST_LOG", "debug")
         .current_dir(dir)
-        .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
         .spawn()
@@ -66,26 +54,11 @@ async fn unwritable_log_output_is_never_fatal() {
     for output in [Output::DevFull, Output::ClosedPipe] {
         let upstream = spawn_mock_upstream().await;
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
         let mut child = spawn_binary(output, &upstream, dir.path(), port);
+        wait_until_serving(&base, &mut child).await;
         let client = reqwest::Client::new();
-        let started = Instant::now();
-        while client.get(format!("{base}/healthz")).send().await.is_err() {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "keygate died at start with unwritable log output"
-            );
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "keygate did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         let (status, key) = read(
             client
                 .post(format!("{base}/api/api-keys"))
@@ -136,27 +109,16 @@ async fn unwritable_log_output_is_never_fatal() {
 /// namespace made by `unshare`, so no privilege is needed beyond user namespaces); the test
 /// reaches that filesystem through `/proc/<pid>/root`.
 fn spawn_on_small_disk(upstream: &MockUpstream, dir: &std::path::Path, port: u16) -> Child {
-    Command::new("unshare")
+    let mut command = Command::new("unshare");
+    command
         .args(["-rm", "sh", "-c"])
         .arg(r#"mount -t tmpfs -o size=2m tmpfs "$1" && shift && exec "$@""#)
         .arg("sh")
         .arg(dir)
         .arg(env!("CARGO_BIN_EXE_keygate"))
-        .arg("serve")
-        .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", dir.join("keygate.db").display()),
-        )
-        .env(
-            "KEYGATE_UPSTREAM_URL",
-            format!("http://{}/v1", upstream.addr),
-        )
-        .env("KEYGATE_UPSTREAM_API_KEY", UPSTREAM_KEY)
-        .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .arg("serve");
+    serve_env(&mut command, upstream, dir, port)
         .env("KEYGATE_LOG_QUEUE_ROWS", "40")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -183,23 +145,11 @@ fn fill(path: &std::path::Path) {
 async fn a_full_disk_refuses_requests_it_cannot_record_and_recovers_with_every_row() {
     let upstream = spawn_mock_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = spawn_on_small_disk(&upstream, dir.path(), port);
+    wait_until_serving(&base, &mut child).await;
     let client = reqwest::Client::new();
-    let started = Instant::now();
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(child.try_wait().unwrap().is_none(), "keygate did not start");
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "keygate did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let admin = |method: reqwest::Method, path: &str| {
         client
             .request(method, format!("{base}{path}"))

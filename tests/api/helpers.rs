@@ -404,3 +404,53 @@ pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
+
+/// A free loopback port (for the real binary, which binds its own).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sets what the real binary needs to `serve` on 127.0.0.1:`port`, its database in `dir`,
+/// relaying to `upstream`.
+pub fn serve_env<'c>(
+    command: &'c mut std::process::Command,
+    upstream: &MockUpstream,
+    dir: &std::path::Path,
+    port: u16,
+) -> &'c mut std::process::Command {
+    command
+        .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("keygate.db").display()),
+        )
+        .env(
+            "KEYGATE_UPSTREAM_URL",
+            format!("http://{}/v1", upstream.addr),
+        )
+        .env("KEYGATE_UPSTREAM_API_KEY", UPSTREAM_KEY)
+        .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+}
+
+/// Waits until the real binary answers `/healthz` at `base` (it must not exit meanwhile).
+pub async fn wait_until_serving(base: &str, child: &mut std::process::Child) {
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "keygate exited at start"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "keygate did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -411,26 +411,6 @@ fn serve_raises_the_open_file_limit_to_the_hard_limit() {
     );
 }
 
-/// Runs `keygate <args>` (the real binary) on the app's database; returns its stdout.
-fn cli(app: &TestApp, args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .args(args)
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}", app.db_path.display()),
-        )
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn key_names_are_printed_with_control_characters_escaped() {
     let app = spawn_app().await;
@@ -443,13 +423,13 @@ async fn key_names_are_printed_with_control_characters_escaped() {
         vec!["keys", "show", &id.to_string()],
         vec!["keys", "renew-expiring", "--within", "7", "--extend", "1"],
     ] {
-        let out = cli(&app, &args);
+        let out = crate::cli::ok(&app, &args);
         assert!(
             !out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\u{9b}'),
             "{args:?}: {out:?}"
         );
         assert!(out.contains(r"evil\u{1b}[2J"), "{args:?}: {out}");
     }
-    let json = cli(&app, &["keys", "list", "--json"]);
+    let json = crate::cli::ok(&app, &["keys", "list", "--json"]);
     assert!(!json.contains('\u{1b}'), "JSON escapes it too: {json}");
 }

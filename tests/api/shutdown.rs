@@ -21,38 +21,18 @@ async fn count_rows(db_path: &std::path::Path) -> i64 {
 async fn sigterm_flushes_the_call_log_of_the_real_binary() {
     let upstream = spawn_mock_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let db_path = dir.path().join("keygate.db");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .arg("serve")
-        .env("KEYGATE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", format!("sqlite://{}", db_path.display()))
-        .env(
-            "KEYGATE_UPSTREAM_URL",
-            format!("http://{}/v1", upstream.addr),
-        )
-        .env("KEYGATE_UPSTREAM_API_KEY", UPSTREAM_KEY)
-        .env("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "warn")
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+    let mut child = serve_env(command.arg("serve"), &upstream, dir.path(), port)
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    wait_until_serving(&base, &mut child).await;
     let client = reqwest::Client::new();
-    let started = Instant::now();
-    while client.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "keygate did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let created: serde_json::Value = client
         .post(format!("{base}/api/api-keys"))
         .bearer_auth(ADMIN_TOKEN)
