@@ -11,6 +11,8 @@ completion, embedding and responses models that have per-token prices, and write
 Run from anywhere: `python3 scripts/update_prices.py`. Prices are never typed by hand.
 """
 
+from __future__ import annotations
+
 import datetime
 import json
 import pathlib
@@ -85,7 +87,7 @@ def main() -> None:
     metadata = {
         "source": f"LiteLLM {PRICES_MEMBER} (https://github.com/BerriAI/litellm), MIT licence: see LICENSE-litellm",
         "litellm_version": version,
-        "date": datetime.date.today().isoformat(),
+        "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
         "modes": sorted(MODES),
         "models": len(models),
         "unit": "USD per token",
