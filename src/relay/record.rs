@@ -86,15 +86,17 @@ pub struct Usage {
     pub cached_tokens: Option<i64>,
 }
 
+/// `usage` as answers spell it; the Responses API's names are read when OpenAI's are absent
+/// (separate fields, not aliases: an answer carrying both names still parses).
 #[derive(Deserialize)]
 struct WireUsage {
-    #[serde(alias = "input_tokens")]
     prompt_tokens: Option<i64>,
-    #[serde(alias = "output_tokens")]
     completion_tokens: Option<i64>,
     total_tokens: Option<i64>,
-    #[serde(alias = "input_tokens_details")]
     prompt_tokens_details: Option<TokenDetails>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    input_tokens_details: Option<TokenDetails>,
 }
 
 #[derive(Deserialize)]
@@ -104,11 +106,13 @@ struct TokenDetails {
 
 impl From<WireUsage> for Usage {
     fn from(wire: WireUsage) -> Self {
+        let cached = |details: Option<TokenDetails>| details.and_then(|d| d.cached_tokens);
         Usage {
-            prompt_tokens: wire.prompt_tokens,
-            completion_tokens: wire.completion_tokens,
+            prompt_tokens: wire.prompt_tokens.or(wire.input_tokens),
+            completion_tokens: wire.completion_tokens.or(wire.output_tokens),
             total_tokens: wire.total_tokens,
-            cached_tokens: wire.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            cached_tokens: cached(wire.prompt_tokens_details)
+                .or_else(|| cached(wire.input_tokens_details)),
         }
     }
 }
@@ -409,6 +413,14 @@ mod tests {
                 total_tokens: Some(35),
                 cached_tokens: Some(12),
             }
+        );
+        let both: Usage = serde_json::from_str(
+            r#"{"prompt_tokens":7,"input_tokens":6,"completion_tokens":1,"output_tokens":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (both.prompt_tokens, both.completion_tokens),
+            (Some(7), Some(1))
         );
     }
 
