@@ -3,11 +3,14 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
 use ipnet::IpNet;
+
+use crate::prices::Prices;
 
 /// Every setting, as flags that fall back to environment variables (see `.env.example`).
 #[derive(Args, Clone, Debug)]
@@ -194,6 +197,13 @@ pub struct ConfigArgs {
         global = true
     )]
     pub shutdown_grace: String,
+
+    // --- Cost (issue 10) ---
+    /// A JSON price file that overrides or adds models to the embedded LiteLLM table:
+    /// `{"models": {"<model>": {"input_cost_per_token": …, "output_cost_per_token": …}}}` or
+    /// LiteLLM's own model_prices_and_context_window.json.
+    #[arg(long, env = "KEYGATE_PRICES_FILE", global = true)]
+    pub prices_file: Option<PathBuf>,
 }
 
 /// When the console session cookie carries `Secure`.
@@ -238,6 +248,10 @@ pub struct Config {
     pub log_queue_rows: usize,
     pub log_busy_timeout: Duration,
     pub shutdown_grace: Duration,
+
+    // --- Cost ---
+    /// The embedded table with KEYGATE_PRICES_FILE's models over it.
+    pub prices: Arc<Prices>,
 }
 
 impl Config {
@@ -318,6 +332,11 @@ impl Config {
                 .context("KEYGATE_LOG_BUSY_TIMEOUT")?,
             shutdown_grace: parse_duration(&args.shutdown_grace)
                 .context("KEYGATE_SHUTDOWN_GRACE")?,
+            prices: Arc::new(Prices::load(
+                args.prices_file
+                    .as_deref()
+                    .filter(|path| !path.as_os_str().is_empty()),
+            )?),
         })
     }
 }
@@ -351,6 +370,7 @@ impl fmt::Debug for Config {
             .field("log_queue_rows", &self.log_queue_rows)
             .field("log_busy_timeout", &self.log_busy_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("prices", &self.prices)
             .finish()
     }
 }

@@ -52,6 +52,8 @@ pub struct CallRecord {
     pub request_size: i64,
     pub response_size: i64,
     pub usage: Option<Usage>,
+    /// USD, from the price table when the call ends (0 without usage or a price).
+    pub cost: f64,
     pub stream: bool,
 }
 
@@ -71,11 +73,48 @@ impl CallRecord {
     }
 }
 
+/// The token counts of one response: OpenAI's `usage` (or the Responses API's
+/// `input_tokens`/`output_tokens`), with the cached part of the prompt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "WireUsage")]
 pub struct Usage {
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,
     pub total_tokens: Option<i64>,
+    /// Prompt tokens read from the provider's cache (`prompt_tokens_details.cached_tokens`),
+    /// part of `prompt_tokens`.
+    pub cached_tokens: Option<i64>,
+}
+
+/// `usage` as answers spell it; the Responses API's names are read when OpenAI's are absent
+/// (separate fields, not aliases: an answer carrying both names still parses).
+#[derive(Deserialize)]
+struct WireUsage {
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    total_tokens: Option<i64>,
+    prompt_tokens_details: Option<TokenDetails>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    input_tokens_details: Option<TokenDetails>,
+}
+
+#[derive(Deserialize)]
+struct TokenDetails {
+    cached_tokens: Option<i64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(wire: WireUsage) -> Self {
+        let cached = |details: Option<TokenDetails>| details.and_then(|d| d.cached_tokens);
+        Usage {
+            prompt_tokens: wire.prompt_tokens.or(wire.input_tokens),
+            completion_tokens: wire.completion_tokens.or(wire.output_tokens),
+            total_tokens: wire.total_tokens,
+            cached_tokens: cached(wire.prompt_tokens_details)
+                .or_else(|| cached(wire.input_tokens_details)),
+        }
+    }
 }
 
 /// What a request body says about itself: only `model` (capped at `MODEL_MAX_BYTES`) and
@@ -331,8 +370,57 @@ mod tests {
             Some(Usage {
                 prompt_tokens: Some(3),
                 completion_tokens: Some(4),
-                total_tokens: Some(7)
+                total_tokens: Some(7),
+                cached_tokens: None,
             })
+        );
+    }
+
+    #[test]
+    fn cached_prompt_tokens_are_read_from_json_and_sse() {
+        let body = br#"{"usage":{"prompt_tokens":20,"completion_tokens":2,"total_tokens":22,"prompt_tokens_details":{"cached_tokens":16,"audio_tokens":0}}}"#;
+        let mut scan = UsageScan::for_content_type(Some("application/json"));
+        scan.feed(&Bytes::from_static(body));
+        let usage = scan.finish().0.unwrap();
+        assert_eq!(
+            (usage.prompt_tokens, usage.cached_tokens),
+            (Some(20), Some(16))
+        );
+        let mut scan = UsageScan::for_content_type(Some("text/event-stream"));
+        scan.feed(&Bytes::from_static(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":1,\"total_tokens\":10,\"prompt_tokens_details\":{\"cached_tokens\":8}}}\n\n",
+        ));
+        assert_eq!(scan.finish().0.and_then(|u| u.cached_tokens), Some(8));
+        // No details, or null ones: no cached count, the rest still read.
+        for usage in [
+            r#"{"prompt_tokens":3}"#,
+            r#"{"prompt_tokens":3,"prompt_tokens_details":null}"#,
+            r#"{"prompt_tokens":3,"prompt_tokens_details":{"cached_tokens":null}}"#,
+        ] {
+            let usage: Usage = serde_json::from_str(usage).unwrap();
+            assert_eq!((usage.prompt_tokens, usage.cached_tokens), (Some(3), None));
+        }
+        // The Responses API's names.
+        let usage: Usage = serde_json::from_str(
+            r#"{"input_tokens":30,"output_tokens":5,"total_tokens":35,"input_tokens_details":{"cached_tokens":12}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            usage,
+            Usage {
+                prompt_tokens: Some(30),
+                completion_tokens: Some(5),
+                total_tokens: Some(35),
+                cached_tokens: Some(12),
+            }
+        );
+        let both: Usage = serde_json::from_str(
+            r#"{"prompt_tokens":7,"input_tokens":6,"completion_tokens":1,"output_tokens":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (both.prompt_tokens, both.completion_tokens),
+            (Some(7), Some(1))
         );
     }
 

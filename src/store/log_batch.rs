@@ -15,8 +15,8 @@ const ADD_USAGE: &str = "UPDATE api_keys SET usage_count = usage_count + ?1, \
 const KEY_EXISTS: &str = "SELECT 1 FROM api_keys WHERE id = ?1";
 const INSERT_ROW: &str = "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, \
      http_status, response_time, ip_address, endpoint, error_message, request_size, response_size, \
-     prompt_tokens, completion_tokens, total_tokens, stream) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+     prompt_tokens, completion_tokens, total_tokens, stream, cost, cached_tokens) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
 
 /// Rows inserted between two calls of the caller's `pause`.
 const PAUSE_EVERY: usize = 16;
@@ -109,6 +109,8 @@ impl LogStore {
                     usage.completion_tokens,
                     usage.total_tokens,
                     r.stream,
+                    r.cost,
+                    usage.cached_tokens,
                 ])?;
                 written += 1;
                 if written % PAUSE_EVERY == 0 {

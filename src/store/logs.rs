@@ -28,10 +28,15 @@ pub struct LogRow {
     pub completion_tokens: Option<i64>,
     pub total_tokens: Option<i64>,
     pub stream: bool,
+    /// USD.
+    pub cost: f64,
+    /// Prompt tokens read from the provider's cache (part of `prompt_tokens`).
+    pub cached_tokens: Option<i64>,
 }
 
 const COLUMNS: &str = "id, api_key_id, timestamp, model, status, http_status, response_time, ip_address, \
-     endpoint, error_message, request_size, response_size, prompt_tokens, completion_tokens, total_tokens, stream";
+     endpoint, error_message, request_size, response_size, prompt_tokens, completion_tokens, total_tokens, stream, \
+     cost, cached_tokens";
 
 /// A log row's outcome, as a status filter names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +123,8 @@ pub struct ModelStats {
     pub error_calls: i64,
     pub avg_response_time_ms: f64,
     pub total_tokens: i64,
+    /// USD.
+    pub cost: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -141,25 +148,30 @@ pub struct KeyStats {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub total_tokens: i64,
+    pub cached_tokens: i64,
+    /// USD.
+    pub total_cost: f64,
     pub by_model: Vec<ModelStats>,
     pub by_day: Vec<DayStats>,
 }
 
-type Totals = (i64, i64, f64, i64, i64, i64);
+type Totals = (i64, i64, f64, i64, i64, i64, i64, f64);
 
 pub async fn stats(pool: &SqlitePool, key_id: i64, days: i64, now: i64) -> sqlx::Result<KeyStats> {
     let since = (now.div_euclid(MS_PER_DAY) - (days - 1)) * MS_PER_DAY;
-    let (total_calls, success_calls, avg, prompt, completion, tokens): Totals = sqlx::query_as(
+    let (total_calls, success_calls, avg, prompt, completion, tokens, cached, cost): Totals = sqlx::query_as(
         "SELECT COUNT(*), COALESCE(SUM(status = 'success'), 0), COALESCE(AVG(response_time), 0.0), \
-         COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(total_tokens), 0) \
+         COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(total_tokens), 0), \
+         COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cost), 0.0) \
          FROM api_call_logs WHERE api_key_id = ? AND timestamp >= ?",
     )
     .bind(key_id)
     .bind(since)
     .fetch_one(pool)
     .await?;
-    let by_model = sqlx::query_as::<_, (Option<String>, i64, i64, f64, i64)>(
-        "SELECT model, COUNT(*), SUM(status = 'success'), AVG(response_time), COALESCE(SUM(total_tokens), 0) \
+    let by_model = sqlx::query_as::<_, (Option<String>, i64, i64, f64, i64, f64)>(
+        "SELECT model, COUNT(*), SUM(status = 'success'), AVG(response_time), COALESCE(SUM(total_tokens), 0), \
+         COALESCE(SUM(cost), 0.0) \
          FROM api_call_logs WHERE api_key_id = ? AND timestamp >= ? GROUP BY model ORDER BY COUNT(*) DESC, model",
     )
     .bind(key_id)
@@ -167,13 +179,14 @@ pub async fn stats(pool: &SqlitePool, key_id: i64, days: i64, now: i64) -> sqlx:
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|(model, calls, success, avg, tokens)| ModelStats {
+    .map(|(model, calls, success, avg, tokens, cost)| ModelStats {
         model,
         calls,
         success_calls: success,
         error_calls: calls - success,
         avg_response_time_ms: round2(avg),
         total_tokens: tokens,
+        cost,
     })
     .collect();
     let counted: HashMap<i64, (i64, i64)> = sqlx::query_as::<_, (i64, i64, i64)>(
@@ -214,6 +227,8 @@ pub async fn stats(pool: &SqlitePool, key_id: i64, days: i64, now: i64) -> sqlx:
         prompt_tokens: prompt,
         completion_tokens: completion,
         total_tokens: tokens,
+        cached_tokens: cached,
+        total_cost: cost,
         by_model,
         by_day,
     })

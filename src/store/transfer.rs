@@ -22,7 +22,7 @@ macro_rules! select_logs {
     () => {
         "SELECT id, api_key_id, timestamp, model, status, http_status, response_time, ip_address, \
          endpoint, error_message, request_size, response_size, prompt_tokens, completion_tokens, \
-         total_tokens, stream FROM api_call_logs"
+         total_tokens, stream, cost, cached_tokens FROM api_call_logs"
     };
 }
 
@@ -105,7 +105,7 @@ macro_rules! log_tail {
     () => {
         "timestamp, model, status, http_status, response_time, ip_address, endpoint, \
          error_message, request_size, response_size, prompt_tokens, completion_tokens, \
-         total_tokens, stream"
+         total_tokens, stream, cost, cached_tokens"
     };
 }
 
@@ -135,7 +135,7 @@ macro_rules! log_overwrite {
          error_message = excluded.error_message, request_size = excluded.request_size, \
          response_size = excluded.response_size, prompt_tokens = excluded.prompt_tokens, \
          completion_tokens = excluded.completion_tokens, total_tokens = excluded.total_tokens, \
-         stream = excluded.stream"
+         stream = excluded.stream, cost = excluded.cost, cached_tokens = excluded.cached_tokens"
     };
 }
 
@@ -489,8 +489,8 @@ pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
         "INSERT INTO stage.api_call_logs (",
         log_data!(),
         ", id, overwrite) ",
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ",
-        "EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?16))",
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ",
+        "EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?18))",
         log_overwrite!(),
         ", overwrite = excluded.overwrite"
     ));
@@ -505,9 +505,9 @@ pub async fn put_new_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<bool> 
         "INSERT INTO stage.api_call_logs (",
         log_data!(),
         ", id, overwrite) ",
-        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0 ",
-        "WHERE NOT EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?16) ",
-        "AND NOT EXISTS (SELECT 1 FROM stage.api_call_logs WHERE id = ?16)"
+        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, 0 ",
+        "WHERE NOT EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?18) ",
+        "AND NOT EXISTS (SELECT 1 FROM stage.api_call_logs WHERE id = ?18)"
     ));
     let done = bind_log(insert, log).execute(stage.conn()).await?;
     if done.rows_affected() == 0 {
@@ -519,7 +519,7 @@ pub async fn put_new_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<bool> 
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
-/// Binds `?1`..`?16`: the columns of `log_data!()`, then the id.
+/// Binds `?1`..`?18`: the columns of `log_data!()`, then the id.
 fn bind_log<'q>(query: Query<'q>, log: &'q LogRow) -> Query<'q> {
     query
         .bind(log.api_key_id)
@@ -537,5 +537,7 @@ fn bind_log<'q>(query: Query<'q>, log: &'q LogRow) -> Query<'q> {
         .bind(log.completion_tokens)
         .bind(log.total_tokens)
         .bind(log.stream)
+        .bind(log.cost)
+        .bind(log.cached_tokens)
         .bind(log.id)
 }

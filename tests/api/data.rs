@@ -9,7 +9,7 @@ use sqlx::SqlitePool;
 
 use crate::helpers::*;
 
-fn run(db: &Path, dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn run(db: &Path, dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_keygate"))
         .args(args)
         .current_dir(dir)
@@ -23,7 +23,7 @@ fn run(db: &Path, dir: &Path, args: &[&str]) -> Output {
 }
 
 /// Runs `keygate` on the database `db` (cwd `dir`); returns stdout, asserting success.
-fn ok(db: &Path, dir: &Path, args: &[&str]) -> String {
+pub(crate) fn ok(db: &Path, dir: &Path, args: &[&str]) -> String {
     let out = run(db, dir, args);
     assert!(
         out.status.success(),
@@ -34,7 +34,7 @@ fn ok(db: &Path, dir: &Path, args: &[&str]) -> String {
 }
 
 /// Runs `keygate` expecting it to fail; returns stderr.
-fn fails(db: &Path, dir: &Path, args: &[&str]) -> String {
+pub(crate) fn fails(db: &Path, dir: &Path, args: &[&str]) -> String {
     let out = run(db, dir, args);
     assert!(
         !out.status.success(),
@@ -44,12 +44,12 @@ fn fails(db: &Path, dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
-fn path_str(path: &Path) -> &str {
+pub(crate) fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
 /// A fresh database folder; with `fernet_from`, it gets that folder's Fernet key.
-fn fresh_db(fernet_from: Option<&Path>) -> (tempfile::TempDir, PathBuf) {
+pub(crate) fn fresh_db(fernet_from: Option<&Path>) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     if let Some(db) = fernet_from {
         let key = db.parent().unwrap().join("fernet.key");
@@ -59,7 +59,7 @@ fn fresh_db(fernet_from: Option<&Path>) -> (tempfile::TempDir, PathBuf) {
     (dir, db)
 }
 
-async fn open(db: &Path) -> SqlitePool {
+pub(crate) async fn open(db: &Path) -> SqlitePool {
     keygate::store::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap()
@@ -134,7 +134,7 @@ async fn a_full_export_imports_losslessly_into_a_fresh_database() {
     }
     let export: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     let metadata = &export["metadata"];
-    assert_eq!(metadata["format_version"], 1);
+    assert_eq!(metadata["format_version"], 2);
     assert_eq!(metadata["keygate_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(metadata["counts"], json!({"apikeys": 3, "logs": 6}));
     assert_eq!(metadata["sanitized"], false);
@@ -457,13 +457,16 @@ async fn a_corrupt_file_changes_nothing_and_says_where() {
         error.contains("`metadata` must come before `data`"),
         "{error}"
     );
-    std::fs::write(&other, r#"{"metadata": {"format_version": 2}, "data": {}}"#).unwrap();
+    std::fs::write(&other, r#"{"metadata": {"format_version": 3}, "data": {}}"#).unwrap();
     let error = fails(
         &db,
         dir.path(),
         &["data", "import", "--input", path_str(&other)],
     );
-    assert!(error.contains("format_version is 2"), "{error}");
+    assert!(
+        error.contains("format_version is 3") && error.contains("reads versions 1 to 2"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

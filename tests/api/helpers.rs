@@ -149,8 +149,10 @@ async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
         "gpt-slow-1s" => tokio::time::sleep(Duration::from_millis(1500)).await,
         _ => {}
     }
+    // A request may say which `usage` the mock answers with (keygate forwards it unchanged).
+    let usage = request.get("mock_usage").cloned();
     if request["stream"] == json!(true) {
-        return sse(model, mock.gate.clone());
+        return sse(model, usage, mock.gate.clone());
     }
     let cookie = if model == "gpt-cookie" {
         "upstream-session=abc; Path=/; HttpOnly"
@@ -163,7 +165,7 @@ async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
         "created": 1,
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from mock"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+        "usage": usage.unwrap_or(json!({"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}))
     }))
     .into_response();
     if !cookie.is_empty() {
@@ -195,7 +197,7 @@ fn chunk(model: &str, content: &str) -> String {
     format!("data: {event}\n\n")
 }
 
-fn sse(model: String, gate: Arc<Notify>) -> Response {
+fn sse(model: String, usage: Option<Value>, gate: Arc<Notify>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(8);
     tokio::spawn(async move {
         let _ = tx.send(chunk(&model, "Hel")).await;
@@ -205,7 +207,7 @@ fn sse(model: String, gate: Arc<Notify>) -> Response {
         let _ = tx.send(chunk(&model, "lo")).await;
         let _ = tx.send(chunk(&model, "!")).await;
         let usage = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
-            "choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}});
+            "choices": [], "usage": usage.unwrap_or(json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}))});
         let _ = tx.send(format!("data: {usage}\n\n")).await;
         let _ = tx.send("data: [DONE]\n\n".to_string()).await;
     });

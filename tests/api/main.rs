@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod confine;
+mod cost;
 mod data;
 mod expiry;
 mod faults;

@@ -47,8 +47,11 @@ pub struct ImportArgs {
     pub dry_run: bool,
 }
 
-/// The version of the file layout this binary writes and reads.
-const FORMAT_VERSION: u32 = 1;
+/// The version of the file layout this binary writes. 2: call logs carry `cost` and
+/// `cached_tokens`.
+const FORMAT_VERSION: u32 = 2;
+/// The oldest layout this binary still reads (version 1 logs import with cost 0).
+const FIRST_FORMAT_VERSION: u32 = 1;
 
 /// What an export can hold, in the order it is written (keys before the logs that refer to them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

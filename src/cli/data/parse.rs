@@ -11,7 +11,7 @@ use serde::de::{
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::{DataType, Metadata, FORMAT_VERSION, VALID_TYPES};
+use super::{DataType, Metadata, FIRST_FORMAT_VERSION, FORMAT_VERSION, VALID_TYPES};
 use crate::clock::parse_rfc3339;
 use crate::keys;
 use crate::store::keys::KeyRow;
@@ -92,6 +92,14 @@ impl Reading<'_> {
     }
 }
 
+/// What the metadata says about the rows that follow.
+#[derive(Clone, Copy)]
+struct Layout {
+    sanitized: bool,
+    /// Version 1 logs have no `cost` (read as 0) nor `cached_tokens`.
+    version: u32,
+}
+
 /// The top level: `metadata` first (checked), then `data`; other fields are ignored.
 struct ExportSeed<'a> {
     reading: Reading<'a>,
@@ -113,31 +121,34 @@ impl<'de> Visitor<'de> for ExportSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut sanitized = None;
+        let mut layout = None;
         let mut has_data = false;
         while let Some(field) = map.next_key::<String>()? {
             match field.as_str() {
-                "metadata" if sanitized.is_none() => {
+                "metadata" if layout.is_none() => {
                     let metadata: Metadata = map.next_value()?;
-                    if metadata.format_version != FORMAT_VERSION {
+                    if !(FIRST_FORMAT_VERSION..=FORMAT_VERSION).contains(&metadata.format_version) {
                         return Err(de::Error::custom(format_args!(
-                            "metadata.format_version is {}, but this keygate ({}) reads version {FORMAT_VERSION}",
+                            "metadata.format_version is {}, but this keygate ({}) reads versions {FIRST_FORMAT_VERSION} to {FORMAT_VERSION}",
                             metadata.format_version,
                             env!("CARGO_PKG_VERSION")
                         )));
                     }
-                    sanitized = Some(metadata.sanitized);
+                    layout = Some(Layout {
+                        sanitized: metadata.sanitized,
+                        version: metadata.format_version,
+                    });
                     self.reading.send(Item::Metadata(metadata))?;
                 }
                 "data" if !has_data => {
-                    let Some(sanitized) = sanitized else {
+                    let Some(layout) = layout else {
                         return Err(de::Error::custom(
                             "`metadata` must come before `data` (as keygate writes it)",
                         ));
                     };
                     map.next_value_seed(DataSeed {
                         reading: self.reading,
-                        sanitized,
+                        layout,
                     })?;
                     has_data = true;
                 }
@@ -149,7 +160,7 @@ impl<'de> Visitor<'de> for ExportSeed<'_> {
                 }
             }
         }
-        if sanitized.is_none() {
+        if layout.is_none() {
             return Err(de::Error::custom("no `metadata` block"));
         }
         if !has_data {
@@ -162,7 +173,7 @@ impl<'de> Visitor<'de> for ExportSeed<'_> {
 /// The `data` block: an array of rows per type.
 struct DataSeed<'a> {
     reading: Reading<'a>,
-    sanitized: bool,
+    layout: Layout,
 }
 
 impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
@@ -189,7 +200,7 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
             })?;
             map.next_value_seed(RowsSeed {
                 reading: self.reading,
-                sanitized: self.sanitized,
+                layout: self.layout,
                 data_type,
             })?;
         }
@@ -200,7 +211,7 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
 /// One type's array: each row is read, checked field by field and sent on its own.
 struct RowsSeed<'a> {
     reading: Reading<'a>,
-    sanitized: bool,
+    layout: Layout,
     data_type: DataType,
 }
 
@@ -224,8 +235,12 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
         while let Some(object) = seq.next_element::<Map<String, Value>>()? {
             let mut fields = Fields::new(self.data_type, index, self.reading.line.get(), object);
             let item = match self.data_type {
-                DataType::ApiKeys => fields.key(self.sanitized).map(|key| Item::Key(index, key)),
-                DataType::Logs => fields.log().map(|log| Item::Log(index, log)),
+                DataType::ApiKeys => fields
+                    .key(self.layout.sanitized)
+                    .map(|key| Item::Key(index, key)),
+                DataType::Logs => fields
+                    .log(self.layout.version)
+                    .map(|log| Item::Log(index, log)),
             }
             .and_then(|item| fields.finish().map(|()| item))
             .map_err(|message| self.reading.bad_row(message))?;
@@ -344,7 +359,16 @@ impl Fields {
         Ok(ImportedKey { row, has_secret })
     }
 
-    fn log(&mut self) -> Result<LogRow, String> {
+    /// A log row; `version` 1 rows have no cost (0) nor cached tokens.
+    fn log(&mut self, version: u32) -> Result<LogRow, String> {
+        let (cost, cached_tokens): (f64, _) = if version >= 2 {
+            (self.take("cost")?, self.take("cached_tokens")?)
+        } else {
+            (0.0, None)
+        };
+        if cost < 0.0 {
+            return Err(self.error("cost", "must be 0 or more (USD)"));
+        }
         Ok(LogRow {
             id: self.take("id")?,
             api_key_id: self.take("api_key_id")?,
@@ -362,6 +386,8 @@ impl Fields {
             completion_tokens: self.take("completion_tokens")?,
             total_tokens: self.take("total_tokens")?,
             stream: self.take("stream")?,
+            cost,
+            cached_tokens,
         })
     }
 

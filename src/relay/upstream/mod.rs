@@ -40,6 +40,8 @@ pub struct Upstream {
     secret: Option<Arc<str>>,
     timeout: Duration,
     max_duration: Option<Duration>,
+    /// Prices every relayed call's usage when it ends.
+    prices: Arc<crate::prices::Prices>,
 }
 
 /// The client's request headers that are forwarded upstream; all others are dropped (the
@@ -128,6 +130,7 @@ impl Upstream {
             secret: config.upstream_api_key.as_deref().map(Arc::from),
             timeout: config.upstream_timeout,
             max_duration: config.upstream_max_duration,
+            prices: config.prices.clone(),
         })
     }
 
@@ -148,6 +151,7 @@ impl Upstream {
             idle_timeout: self.timeout,
             max_duration: self.max_duration,
             secret: self.secret.clone(),
+            prices: self.prices.clone(),
         }
     }
 

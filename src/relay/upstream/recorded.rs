@@ -15,6 +15,7 @@ use tokio::time::Sleep;
 
 use super::http1::UpstreamBody;
 use super::strip_hop_by_hop;
+use crate::prices::Prices;
 use crate::relay::record::{CallRecord, UsageScan};
 use crate::relay::redact::{mask, redact};
 use crate::tasks::log_writer::LogSink;
@@ -36,6 +37,8 @@ pub struct Watch {
     pub max_duration: Option<Duration>,
     /// The upstream's credential, redacted from the upstream's error messages.
     pub secret: Option<Arc<str>>,
+    /// What the call's usage costs.
+    pub prices: Arc<Prices>,
 }
 
 /// Builds the client's response from the upstream's, its body teed into the call record.
@@ -68,6 +71,7 @@ pub fn respond(
             sink,
             upstream_ok: parts.status.is_success(),
             secret: watch.secret,
+            prices: watch.prices,
         }),
     });
     *response.status_mut() = parts.status;
@@ -83,6 +87,7 @@ struct PendingCall {
     sink: LogSink,
     upstream_ok: bool,
     secret: Option<Arc<str>>,
+    prices: Arc<Prices>,
 }
 
 /// The upstream's body, forwarded frame by frame as it arrives; it counts, scans for usage,
@@ -108,6 +113,9 @@ impl RecordedBody {
         };
         let (usage, upstream_message) = call.scan.finish();
         let record = &mut call.record;
+        if let Some(usage) = &usage {
+            record.cost = call.prices.cost(record.model.as_deref(), usage);
+        }
         record.usage = usage;
         record.response_time = call.started.elapsed().as_millis() as i64;
         match failure {
