@@ -194,6 +194,25 @@ pub struct ConfigArgs {
         global = true
     )]
     pub shutdown_grace: String,
+
+    // --- Streamed usage (issue 10) ---
+    /// `inject`: streamed chat/completions requests get `stream_options.include_usage` added
+    /// (and the usage chunk removed from the client's stream) so their tokens are counted;
+    /// `off`: never (for upstreams that refuse `stream_options`).
+    #[arg(
+        long,
+        env = "KEYGATE_STREAM_USAGE",
+        default_value = "inject",
+        global = true
+    )]
+    pub stream_usage: String,
+}
+
+/// Whether streamed requests get `stream_options.include_usage` added (`KEYGATE_STREAM_USAGE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamUsage {
+    Inject,
+    Off,
 }
 
 /// When the console session cookie carries `Secure`.
@@ -238,6 +257,7 @@ pub struct Config {
     pub log_queue_rows: usize,
     pub log_busy_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub stream_usage: StreamUsage,
 }
 
 impl Config {
@@ -272,6 +292,11 @@ impl Config {
             "always" => SecureCookie::Always,
             "never" => SecureCookie::Never,
             other => bail!("KEYGATE_SECURE_COOKIE: `{other}` is not one of auto, always, never"),
+        };
+        let stream_usage = match args.stream_usage.trim().to_ascii_lowercase().as_str() {
+            "inject" => StreamUsage::Inject,
+            "off" => StreamUsage::Off,
+            other => bail!("KEYGATE_STREAM_USAGE: `{other}` is not one of inject, off"),
         };
         if args.max_body_bytes == 0 {
             bail!("KEYGATE_MAX_BODY_BYTES: must be a positive number of bytes");
@@ -318,6 +343,7 @@ impl Config {
                 .context("KEYGATE_LOG_BUSY_TIMEOUT")?,
             shutdown_grace: parse_duration(&args.shutdown_grace)
                 .context("KEYGATE_SHUTDOWN_GRACE")?,
+            stream_usage,
         })
     }
 }
@@ -351,6 +377,7 @@ impl fmt::Debug for Config {
             .field("log_queue_rows", &self.log_queue_rows)
             .field("log_busy_timeout", &self.log_busy_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("stream_usage", &self.stream_usage)
             .finish()
     }
 }

@@ -3,7 +3,9 @@
 use bytes::Bytes;
 use memchr::memmem;
 
-use super::json_scan::top_level_fields;
+use std::ops::Range;
+
+use super::json_scan::{key_text, top_level_fields, walk_object};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -78,22 +80,39 @@ pub struct Usage {
     pub total_tokens: Option<i64>,
 }
 
-/// What a request body says about itself: only `model` (capped at `MODEL_MAX_BYTES`) and
-/// `stream` are read.
+/// What a request body says about itself: `model` (capped at `MODEL_MAX_BYTES`), `stream`,
+/// and where `stream_options` and the object's end are (for the streamed-usage splice), all
+/// from one skim of the top level. Keys are compared with their escapes decoded; `stream` and
+/// `stream_options` are the last occurrence, as upstream JSON parsers take them.
 #[derive(Debug, Default)]
 pub struct RequestSummary {
     pub model: Option<String>,
     pub stream: Option<bool>,
+    /// Byte range of the value of the top-level `stream_options`.
+    pub stream_options: Option<Range<usize>>,
+    /// Index of the top-level object's closing brace (None: the body is not a JSON object).
+    pub end: Option<usize>,
 }
 
 impl RequestSummary {
     pub fn read(body: &[u8]) -> Self {
-        let Some([model, stream]) = top_level_fields(body, ["model", "stream"]) else {
+        let (mut model, mut stream, mut stream_options) = (None, None, None);
+        let end = walk_object(body, |member| match &*key_text(member.key) {
+            b"model" => {
+                model.get_or_insert(member.value);
+            }
+            b"stream" => stream = Some(member.value),
+            b"stream_options" => stream_options = Some(member.value),
+            _ => {}
+        });
+        if end.is_none() {
             return RequestSummary::default();
-        };
+        }
         RequestSummary {
-            model: model.and_then(|raw| json_string_prefix(raw, MODEL_MAX_BYTES)),
-            stream: stream.and_then(|raw| serde_json::from_slice(raw).ok()),
+            model: model.and_then(|raw| json_string_prefix(&body[raw], MODEL_MAX_BYTES)),
+            stream: stream.and_then(|raw| serde_json::from_slice(&body[raw]).ok()),
+            stream_options,
+            end,
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::time::Sleep;
 use super::http1::UpstreamBody;
 use super::strip_hop_by_hop;
 use crate::relay::record::{CallRecord, UsageScan};
+use crate::relay::stream_usage::UsageStrip;
 use crate::relay::redact::{mask, redact};
 use crate::tasks::log_writer::LogSink;
 
@@ -39,12 +40,15 @@ pub struct Watch {
 }
 
 /// Builds the client's response from the upstream's, its body teed into the call record.
+/// `injected`: keygate added `include_usage` to the request, so a successful event stream has
+/// what that brought removed (`relay::stream_usage`).
 pub fn respond(
     upstream: Response<UpstreamBody>,
     mut record: CallRecord,
     started: Instant,
     sink: LogSink,
     watch: Watch,
+    injected: bool,
 ) -> Response<RecordedBody> {
     let (mut parts, body) = upstream.into_parts();
     let content_type = parts
@@ -54,6 +58,11 @@ pub fn respond(
     let scan = UsageScan::for_content_type(content_type);
     record.http_status = parts.status.as_u16();
     record.stream = matches!(scan, UsageScan::Sse { .. });
+    let strip = (injected && record.stream && parts.status.is_success()).then(|| {
+        // Events are removed: the upstream's length, if it sent one, no longer holds.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Box::default()
+    });
     let started_at = tokio::time::Instant::from_std(started);
     let mut response = Response::new(RecordedBody {
         inner: body,
@@ -61,6 +70,7 @@ pub fn respond(
         last_frame: started_at,
         idle_timeout: watch.idle_timeout,
         deadline: watch.max_duration.map(|max| started_at + max),
+        strip,
         call: Some(PendingCall {
             record,
             started,
@@ -98,6 +108,9 @@ pub struct RecordedBody {
     idle_timeout: Duration,
     /// When the whole request must be over (`KEYGATE_UPSTREAM_MAX_DURATION`), if set.
     deadline: Option<tokio::time::Instant>,
+    /// Removes the usage chunk keygate asked for from a stream (None: the stream passes as it
+    /// comes).
+    strip: Option<Box<UsageStrip>>,
     call: Option<PendingCall>,
 }
 
@@ -135,6 +148,20 @@ impl RecordedBody {
     }
 }
 
+/// `a` then `b`, copying only when both have bytes.
+fn joined(a: Bytes, b: Bytes) -> Bytes {
+    if b.is_empty() {
+        return a;
+    }
+    if a.is_empty() {
+        return b;
+    }
+    let mut both = bytes::BytesMut::with_capacity(a.len() + b.len());
+    both.extend_from_slice(&a);
+    both.extend_from_slice(&b);
+    both.freeze()
+}
+
 /// When the timer must next fire: the idle deadline, or the total one if sooner.
 fn next_deadline(
     last_frame: tokio::time::Instant,
@@ -169,7 +196,8 @@ impl Body for RecordedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        loop {
+            return match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(mut frame))) => {
                 if let Some(call) = this.call.as_mut() {
                     if let (false, Some(secret)) = (call.upstream_ok, &call.secret) {
@@ -179,14 +207,39 @@ impl Body for RecordedBody {
                         };
                     }
                     if let Some(data) = frame.data_ref() {
-                        call.record.response_size += data.len() as i64;
                         call.scan.feed(data);
+                        if this.strip.is_none() {
+                            call.record.response_size += data.len() as i64;
+                        }
                     }
+                }
+                if this.timer.is_some() {
+                    this.last_frame = tokio::time::Instant::now();
+                }
+                if let Some(strip) = this.strip.as_deref_mut() {
+                    frame = match frame.into_data() {
+                        Ok(data) => {
+                            let mut kept = strip.feed(data);
+                            if this.inner.is_end_stream() {
+                                kept = joined(kept, strip.finish());
+                            }
+                            if let Some(call) = this.call.as_mut() {
+                                call.record.response_size += kept.len() as i64;
+                            }
+                            if kept.is_empty() {
+                                if !this.inner.is_end_stream() {
+                                    continue;
+                                }
+                                this.finish(None);
+                                return Poll::Ready(None);
+                            }
+                            Frame::data(kept)
+                        }
+                        Err(frame) => frame,
+                    };
                 }
                 if this.inner.is_end_stream() {
                     this.finish(None);
-                } else if this.timer.is_some() {
-                    this.last_frame = tokio::time::Instant::now();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -197,6 +250,14 @@ impl Body for RecordedBody {
                 Poll::Ready(Some(Err(err.into())))
             }
             Poll::Ready(None) => {
+                let rest = this.strip.as_deref_mut().map(UsageStrip::finish);
+                if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
+                    if let Some(call) = this.call.as_mut() {
+                        call.record.response_size += rest.len() as i64;
+                    }
+                    this.finish(None);
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
                 this.finish(None);
                 Poll::Ready(None)
             }
@@ -226,15 +287,19 @@ impl Body for RecordedBody {
                 }
                 Poll::Pending
             }
+            };
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.is_end_stream() && !self.strip.as_ref().is_some_and(|strip| strip.holds())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.strip {
+            None => self.inner.size_hint(),
+            Some(_) => SizeHint::default(),
+        }
     }
 }
 
