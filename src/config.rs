@@ -450,6 +450,23 @@ mod tests {
     }
 
     #[test]
+    fn stream_usage_setting() {
+        let parse = |value: &str| {
+            let cli = <crate::cli::Cli as clap::Parser>::try_parse_from([
+                "keygate",
+                "--stream-usage",
+                value,
+            ])
+            .unwrap();
+            Config::from_args(&cli.config)
+        };
+        assert_eq!(parse("inject").unwrap().stream_usage, StreamUsage::Inject);
+        assert_eq!(parse(" OFF ").unwrap().stream_usage, StreamUsage::Off);
+        let err = parse("maybe").err().unwrap().to_string();
+        assert!(err.starts_with("KEYGATE_STREAM_USAGE: `maybe`"), "{err}");
+    }
+
+    #[test]
     fn data_dir_and_proxies() {
         assert_eq!(
             data_dir("sqlite://data/keygate.db").unwrap(),

@@ -221,7 +221,11 @@ async fn forward(
     drop((parts.uri, parts.headers, body));
     let sending = async {
         match &splice {
-            None => state.upstream.send(&wire, &method).await.map(|r| (r, false)),
+            None => state
+                .upstream
+                .send(&wire, &method)
+                .await
+                .map(|r| (r, false)),
             Some(splice) => stream_usage::send(&state.upstream, &mut wire, &method, splice).await,
         }
     };

@@ -57,10 +57,7 @@ fn assert_plain_stream(stream: &str) {
     assert!(!stream.contains("usage"), "{stream}");
     assert!(stream.ends_with("}\n\ndata: [DONE]\n\n"), "{stream}");
     for event in events(stream) {
-        assert!(
-            !event["choices"].as_array().unwrap().is_empty(),
-            "{event}"
-        );
+        assert!(!event["choices"].as_array().unwrap().is_empty(), "{event}");
     }
 }
 
@@ -82,7 +79,10 @@ async fn a_stream_without_include_usage_is_counted_and_the_client_sees_no_usage(
         1,
     );
     assert_eq!(String::from_utf8_lossy(&seen[0].body), want);
-    assert_eq!(seen[0].headers["content-length"], want.len().to_string().as_str());
+    assert_eq!(
+        seen[0].headers["content-length"],
+        want.len().to_string().as_str()
+    );
 
     let logs = app.logs_of(id).await;
     assert_eq!(logs.len(), 1);
@@ -103,7 +103,9 @@ async fn a_client_that_asked_for_usage_gets_the_upstream_stream_unchanged() {
     assert_eq!(app.upstream.seen()[0].body, body.as_bytes());
     let events = events(&stream);
     assert_eq!(events.len(), 4, "{stream}");
-    assert!(events[..3].iter().all(|e| e["usage"].is_null() && e.get("usage").is_some()));
+    assert!(events[..3]
+        .iter()
+        .all(|e| e["usage"].is_null() && e.get("usage").is_some()));
     assert_eq!(events[3]["choices"], json!([]));
     assert_eq!(events[3]["usage"]["total_tokens"], STREAMED_USAGE.2);
     assert_eq!(tokens(&app.logs_of(id).await[0]), COUNTED);
@@ -118,7 +120,10 @@ async fn include_usage_false_is_turned_on_upstream_and_its_usage_removed() {
     assert_eq!(status, 200);
     assert_plain_stream(&stream);
     let seen = String::from_utf8(app.upstream.seen()[0].body.to_vec()).unwrap();
-    assert_eq!(seen, body.replace("\"include_usage\" : false", "\"include_usage\" : true"));
+    assert_eq!(
+        seen,
+        body.replace("\"include_usage\" : false", "\"include_usage\" : true")
+    );
 
     // Present without include_usage: added beside the other members.
     let body = r#"{"model":"gpt-test","stream":true,"stream_options":{"include_obfuscation":false},"messages":[]}"#;
@@ -147,10 +152,22 @@ async fn legacy_completions_are_injected_and_other_requests_are_not() {
     assert_eq!(status, 200);
     assert_plain_stream(&stream);
     let untouched = [
-        ("/v1/responses", r#"{"model":"gpt-test","stream":true,"input":"hi"}"#),
-        ("/v1/chat/completions", r#"{"model":"gpt-test","messages":[]}"#),
-        ("/v1/chat/completions", r#"{"model":"gpt-test","stream":false}"#),
-        ("/v1/chat/completions", r#"{"model":"gpt-test","stream":true,"stream_options":"x"}"#),
+        (
+            "/v1/responses",
+            r#"{"model":"gpt-test","stream":true,"input":"hi"}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-test","messages":[]}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-test","stream":false}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-test","stream":true,"stream_options":"x"}"#,
+        ),
     ];
     for (path, body) in untouched {
         send_raw(&app, &key, path, body).await;
@@ -176,7 +193,10 @@ async fn an_upstream_that_refuses_stream_options_gets_the_request_again_without_
         assert_eq!(seen.len(), 2, "{model}");
         assert!(String::from_utf8_lossy(&seen[0].body).contains("stream_options"));
         assert_eq!(seen[1].body, body.as_bytes(), "the client's own request");
-        assert_eq!(seen[1].headers["content-length"], body.len().to_string().as_str());
+        assert_eq!(
+            seen[1].headers["content-length"],
+            body.len().to_string().as_str()
+        );
 
         // Remembered: the next stream goes out as the client sent it, at once.
         let (status, stream) = send_raw(&app, &key, "/v1/chat/completions", &body).await;
@@ -186,7 +206,11 @@ async fn an_upstream_that_refuses_stream_options_gets_the_request_again_without_
         assert_eq!(seen[2].body, body.as_bytes());
 
         let logs = app.logs_of(id).await;
-        assert_eq!(logs.len(), 2, "one row per request, not per upstream exchange");
+        assert_eq!(
+            logs.len(),
+            2,
+            "one row per request, not per upstream exchange"
+        );
         for row in &logs {
             assert_eq!(row["status"], "success", "{row}");
             assert_eq!(tokens(row), (None, None, None), "unknown, not guessed");
@@ -213,7 +237,10 @@ async fn an_error_that_does_not_name_stream_options_is_forwarded_as_it_came() {
     let (status, answer) = send_raw(&app, &key, "/v1/chat/completions", body).await;
     assert_eq!(status, 400);
     let answer: Value = serde_json::from_str(&answer).unwrap();
-    assert_eq!(answer["error"]["message"], "'messages' is a required property");
+    assert_eq!(
+        answer["error"]["message"],
+        "'messages' is a required property"
+    );
     assert_eq!(app.upstream.seen().len(), 1);
     let logs = app.logs_of(id).await;
     assert_eq!(
@@ -221,7 +248,13 @@ async fn an_error_that_does_not_name_stream_options_is_forwarded_as_it_came() {
         "upstream returned HTTP 400: 'messages' is a required property"
     );
     // Nothing was learnt: the next stream still asks for usage.
-    let (_, stream) = send_raw(&app, &key, "/v1/chat/completions", r#"{"model":"gpt-test","stream":true}"#).await;
+    let (_, stream) = send_raw(
+        &app,
+        &key,
+        "/v1/chat/completions",
+        r#"{"model":"gpt-test","stream":true}"#,
+    )
+    .await;
     assert_plain_stream(&stream);
     assert!(String::from_utf8_lossy(&app.upstream.seen()[1].body).contains("include_usage"));
 }

@@ -45,7 +45,10 @@ impl UsageStrip {
         } else {
             self.partial.extend_from_slice(&data);
             let (out, done) = filter(&self.partial);
-            let out = out.map_or_else(|| Bytes::copy_from_slice(&self.partial[..done]), BytesMut::freeze);
+            let out = out.map_or_else(
+                || Bytes::copy_from_slice(&self.partial[..done]),
+                BytesMut::freeze,
+            );
             self.partial.drain(..done);
             out
         };
@@ -172,7 +175,9 @@ fn judge(event: &[u8]) -> Verdict {
             };
             Verdict::Cut(start + cut.start..start + cut.end)
         }
-        [b'{', ..] if choices.is_some_and(|choices| is_empty_array(&json[choices])) => Verdict::Drop,
+        [b'{', ..] if choices.is_some_and(|choices| is_empty_array(&json[choices])) => {
+            Verdict::Drop
+        }
         _ => Verdict::Keep,
     }
 }

@@ -163,7 +163,9 @@ mod tests {
     #[test]
     fn other_members_are_kept() {
         assert_eq!(
-            check(r#"{"stream":true,"stream_options":{"include_obfuscation":false,"n":{"a":[1,"}"]}}}"#),
+            check(
+                r#"{"stream":true,"stream_options":{"include_obfuscation":false,"n":{"a":[1,"}"]}}}"#
+            ),
             r#"{"stream":true,"stream_options":{"include_obfuscation":false,"n":{"a":[1,"}"]},"include_usage":true}}"#
         );
         assert_eq!(
@@ -227,9 +229,12 @@ mod tests {
             r#"{"stream":true,"stream_options":{}}"#.to_string(),
         ] {
             let summary = RequestSummary::read(body.as_bytes());
-            let (spliced, edit) =
-                include_usage(body.as_bytes(), summary.stream_options, summary.end.unwrap())
-                    .unwrap();
+            let (spliced, edit) = include_usage(
+                body.as_bytes(),
+                summary.stream_options,
+                summary.end.unwrap(),
+            )
+            .unwrap();
             let mut wire = encode(&spliced);
             assert!(edit.undo(&mut wire), "{body}");
             assert_eq!(

@@ -16,8 +16,8 @@ use tokio::time::Sleep;
 use super::http1::UpstreamBody;
 use super::strip_hop_by_hop;
 use crate::relay::record::{CallRecord, UsageScan};
-use crate::relay::stream_usage::UsageStrip;
 use crate::relay::redact::{mask, redact};
+use crate::relay::stream_usage::UsageStrip;
 use crate::tasks::log_writer::LogSink;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -198,95 +198,96 @@ impl Body for RecordedBody {
         let this = &mut *self;
         loop {
             return match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(mut frame))) => {
-                if let Some(call) = this.call.as_mut() {
-                    if let (false, Some(secret)) = (call.upstream_ok, &call.secret) {
+                Poll::Ready(Some(Ok(mut frame))) => {
+                    if let Some(call) = this.call.as_mut() {
+                        if let (false, Some(secret)) = (call.upstream_ok, &call.secret) {
+                            frame = match frame.into_data() {
+                                Ok(data) => Frame::data(mask(data, secret)),
+                                Err(frame) => frame,
+                            };
+                        }
+                        if let Some(data) = frame.data_ref() {
+                            call.scan.feed(data);
+                            if this.strip.is_none() {
+                                call.record.response_size += data.len() as i64;
+                            }
+                        }
+                    }
+                    if this.timer.is_some() {
+                        this.last_frame = tokio::time::Instant::now();
+                    }
+                    if let Some(strip) = this.strip.as_deref_mut() {
                         frame = match frame.into_data() {
-                            Ok(data) => Frame::data(mask(data, secret)),
+                            Ok(data) => {
+                                let mut kept = strip.feed(data);
+                                if this.inner.is_end_stream() {
+                                    kept = joined(kept, strip.finish());
+                                }
+                                if let Some(call) = this.call.as_mut() {
+                                    call.record.response_size += kept.len() as i64;
+                                }
+                                if kept.is_empty() {
+                                    if !this.inner.is_end_stream() {
+                                        continue;
+                                    }
+                                    this.finish(None);
+                                    return Poll::Ready(None);
+                                }
+                                Frame::data(kept)
+                            }
                             Err(frame) => frame,
                         };
                     }
-                    if let Some(data) = frame.data_ref() {
-                        call.scan.feed(data);
-                        if this.strip.is_none() {
-                            call.record.response_size += data.len() as i64;
-                        }
+                    if this.inner.is_end_stream() {
+                        this.finish(None);
                     }
+                    Poll::Ready(Some(Ok(frame)))
                 }
-                if this.timer.is_some() {
-                    this.last_frame = tokio::time::Instant::now();
+                Poll::Ready(Some(Err(err))) => {
+                    this.finish(Some(format!(
+                        "upstream connection failed mid-response: {err}"
+                    )));
+                    Poll::Ready(Some(Err(err.into())))
                 }
-                if let Some(strip) = this.strip.as_deref_mut() {
-                    frame = match frame.into_data() {
-                        Ok(data) => {
-                            let mut kept = strip.feed(data);
-                            if this.inner.is_end_stream() {
-                                kept = joined(kept, strip.finish());
-                            }
-                            if let Some(call) = this.call.as_mut() {
-                                call.record.response_size += kept.len() as i64;
-                            }
-                            if kept.is_empty() {
-                                if !this.inner.is_end_stream() {
-                                    continue;
-                                }
-                                this.finish(None);
-                                return Poll::Ready(None);
-                            }
-                            Frame::data(kept)
+                Poll::Ready(None) => {
+                    let rest = this.strip.as_deref_mut().map(UsageStrip::finish);
+                    if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
+                        if let Some(call) = this.call.as_mut() {
+                            call.record.response_size += rest.len() as i64;
                         }
-                        Err(frame) => frame,
-                    };
-                }
-                if this.inner.is_end_stream() {
-                    this.finish(None);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(err))) => {
-                this.finish(Some(format!(
-                    "upstream connection failed mid-response: {err}"
-                )));
-                Poll::Ready(Some(Err(err.into())))
-            }
-            Poll::Ready(None) => {
-                let rest = this.strip.as_deref_mut().map(UsageStrip::finish);
-                if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
-                    if let Some(call) = this.call.as_mut() {
-                        call.record.response_size += rest.len() as i64;
+                        this.finish(None);
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
                     this.finish(None);
-                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    Poll::Ready(None)
                 }
-                this.finish(None);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                let timer = match &mut this.timer {
-                    Some(timer) => timer,
-                    None => {
-                        this.last_frame = tokio::time::Instant::now();
-                        let first =
-                            next_deadline(this.last_frame, this.idle_timeout, this.deadline);
-                        this.timer.insert(Box::pin(tokio::time::sleep_until(first)))
-                    }
-                };
-                while this.call.is_some() && timer.as_mut().poll(cx).is_ready() {
-                    let now = tokio::time::Instant::now();
-                    let failure = if this.deadline.is_some_and(|deadline| deadline <= now) {
-                        MAX_DURATION_EXCEEDED
-                    } else if this.last_frame + this.idle_timeout <= now {
-                        "upstream timed out mid-response"
-                    } else {
-                        let next = next_deadline(this.last_frame, this.idle_timeout, this.deadline);
-                        timer.as_mut().reset(next);
-                        continue;
+                Poll::Pending => {
+                    let timer = match &mut this.timer {
+                        Some(timer) => timer,
+                        None => {
+                            this.last_frame = tokio::time::Instant::now();
+                            let first =
+                                next_deadline(this.last_frame, this.idle_timeout, this.deadline);
+                            this.timer.insert(Box::pin(tokio::time::sleep_until(first)))
+                        }
                     };
-                    this.finish(Some(failure.into()));
-                    return Poll::Ready(Some(Err(failure.into())));
+                    while this.call.is_some() && timer.as_mut().poll(cx).is_ready() {
+                        let now = tokio::time::Instant::now();
+                        let failure = if this.deadline.is_some_and(|deadline| deadline <= now) {
+                            MAX_DURATION_EXCEEDED
+                        } else if this.last_frame + this.idle_timeout <= now {
+                            "upstream timed out mid-response"
+                        } else {
+                            let next =
+                                next_deadline(this.last_frame, this.idle_timeout, this.deadline);
+                            timer.as_mut().reset(next);
+                            continue;
+                        };
+                        this.finish(Some(failure.into()));
+                        return Poll::Ready(Some(Err(failure.into())));
+                    }
+                    Poll::Pending
                 }
-                Poll::Pending
-            }
             };
         }
     }
