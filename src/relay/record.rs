@@ -426,5 +426,13 @@ mod tests {
         assert_eq!(s.model.as_deref(), Some("gpt-4o"));
         assert_eq!(s.stream, Some(true));
         assert!(RequestSummary::read(b"not json").model.is_none());
+        // `stream` and `stream_options` as a last-wins parser upstream reads them, escaped
+        // keys included: what decides whether keygate asks for a stream's usage.
+        let body =
+            br#"{"stream":false,"str\u0065am":true,"stream_options":1,"stream_option\u0073":{}}"#;
+        let s = RequestSummary::read(body);
+        assert_eq!(s.stream, Some(true));
+        assert_eq!(&body[s.stream_options.unwrap()], b"{}");
+        assert_eq!(s.end, Some(body.len() - 1));
     }
 }
