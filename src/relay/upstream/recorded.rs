@@ -148,6 +148,31 @@ impl RecordedBody {
     }
 }
 
+impl RecordedBody {
+    /// A frame of a stream keygate asked the usage of, as the client gets it; `None` when
+    /// nothing of it is to be sent now.
+    fn strip_frame(&mut self, frame: Frame<Bytes>) -> Option<Frame<Bytes>> {
+        let strip = self.strip.as_deref_mut()?;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => return Some(frame),
+        };
+        let mut kept = strip.feed(data);
+        if self.inner.is_end_stream() {
+            kept = joined(kept, strip.finish());
+        }
+        self.count(kept.len());
+        (!kept.is_empty()).then(|| Frame::data(kept))
+    }
+
+    /// Counts bytes sent to the client.
+    fn count(&mut self, len: usize) {
+        if let Some(call) = self.call.as_mut() {
+            call.record.response_size += len as i64;
+        }
+    }
+}
+
 /// `a` then `b`, copying only when both have bytes.
 fn joined(a: Bytes, b: Bytes) -> Bytes {
     if b.is_empty() {
@@ -196,99 +221,89 @@ impl Body for RecordedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        loop {
-            return match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(mut frame))) => {
-                    if let Some(call) = this.call.as_mut() {
-                        if let (false, Some(secret)) = (call.upstream_ok, &call.secret) {
-                            frame = match frame.into_data() {
-                                Ok(data) => Frame::data(mask(data, secret)),
-                                Err(frame) => frame,
-                            };
-                        }
-                        if let Some(data) = frame.data_ref() {
-                            call.scan.feed(data);
-                            if this.strip.is_none() {
-                                call.record.response_size += data.len() as i64;
-                            }
-                        }
-                    }
-                    if this.timer.is_some() {
-                        this.last_frame = tokio::time::Instant::now();
-                    }
-                    if let Some(strip) = this.strip.as_deref_mut() {
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(call) = this.call.as_mut() {
+                    if let (false, Some(secret)) = (call.upstream_ok, &call.secret) {
                         frame = match frame.into_data() {
-                            Ok(data) => {
-                                let mut kept = strip.feed(data);
-                                if this.inner.is_end_stream() {
-                                    kept = joined(kept, strip.finish());
-                                }
-                                if let Some(call) = this.call.as_mut() {
-                                    call.record.response_size += kept.len() as i64;
-                                }
-                                if kept.is_empty() {
-                                    if !this.inner.is_end_stream() {
-                                        continue;
-                                    }
-                                    this.finish(None);
-                                    return Poll::Ready(None);
-                                }
-                                Frame::data(kept)
-                            }
+                            Ok(data) => Frame::data(mask(data, secret)),
                             Err(frame) => frame,
                         };
                     }
-                    if this.inner.is_end_stream() {
-                        this.finish(None);
-                    }
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(err))) => {
-                    this.finish(Some(format!(
-                        "upstream connection failed mid-response: {err}"
-                    )));
-                    Poll::Ready(Some(Err(err.into())))
-                }
-                Poll::Ready(None) => {
-                    let rest = this.strip.as_deref_mut().map(UsageStrip::finish);
-                    if let Some(rest) = rest.filter(|rest| !rest.is_empty()) {
-                        if let Some(call) = this.call.as_mut() {
-                            call.record.response_size += rest.len() as i64;
+                    if let Some(data) = frame.data_ref() {
+                        call.scan.feed(data);
+                        if this.strip.is_none() {
+                            call.record.response_size += data.len() as i64;
                         }
+                    }
+                }
+                if this.strip.is_some() {
+                    match this.strip_frame(frame) {
+                        Some(kept) => frame = kept,
+                        None if this.inner.is_end_stream() => {
+                            this.finish(None);
+                            return Poll::Ready(None);
+                        }
+                        None => {
+                            // All held back (an unfinished event, or the usage chunk): read on.
+                            if this.timer.is_some() {
+                                this.last_frame = tokio::time::Instant::now();
+                            }
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(None);
+                } else if this.timer.is_some() {
+                    this.last_frame = tokio::time::Instant::now();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.finish(Some(format!(
+                    "upstream connection failed mid-response: {err}"
+                )));
+                Poll::Ready(Some(Err(err.into())))
+            }
+            Poll::Ready(None) => {
+                if let Some(rest) = this.strip.as_deref_mut().map(UsageStrip::finish) {
+                    if !rest.is_empty() {
+                        this.count(rest.len());
                         this.finish(None);
                         return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
-                    this.finish(None);
-                    Poll::Ready(None)
                 }
-                Poll::Pending => {
-                    let timer = match &mut this.timer {
-                        Some(timer) => timer,
-                        None => {
-                            this.last_frame = tokio::time::Instant::now();
-                            let first =
-                                next_deadline(this.last_frame, this.idle_timeout, this.deadline);
-                            this.timer.insert(Box::pin(tokio::time::sleep_until(first)))
-                        }
-                    };
-                    while this.call.is_some() && timer.as_mut().poll(cx).is_ready() {
-                        let now = tokio::time::Instant::now();
-                        let failure = if this.deadline.is_some_and(|deadline| deadline <= now) {
-                            MAX_DURATION_EXCEEDED
-                        } else if this.last_frame + this.idle_timeout <= now {
-                            "upstream timed out mid-response"
-                        } else {
-                            let next =
-                                next_deadline(this.last_frame, this.idle_timeout, this.deadline);
-                            timer.as_mut().reset(next);
-                            continue;
-                        };
-                        this.finish(Some(failure.into()));
-                        return Poll::Ready(Some(Err(failure.into())));
+                this.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let timer = match &mut this.timer {
+                    Some(timer) => timer,
+                    None => {
+                        this.last_frame = tokio::time::Instant::now();
+                        let first =
+                            next_deadline(this.last_frame, this.idle_timeout, this.deadline);
+                        this.timer.insert(Box::pin(tokio::time::sleep_until(first)))
                     }
-                    Poll::Pending
+                };
+                while this.call.is_some() && timer.as_mut().poll(cx).is_ready() {
+                    let now = tokio::time::Instant::now();
+                    let failure = if this.deadline.is_some_and(|deadline| deadline <= now) {
+                        MAX_DURATION_EXCEEDED
+                    } else if this.last_frame + this.idle_timeout <= now {
+                        "upstream timed out mid-response"
+                    } else {
+                        let next = next_deadline(this.last_frame, this.idle_timeout, this.deadline);
+                        timer.as_mut().reset(next);
+                        continue;
+                    };
+                    this.finish(Some(failure.into()));
+                    return Poll::Ready(Some(Err(failure.into())));
                 }
-            };
+                Poll::Pending
+            }
         }
     }
 
