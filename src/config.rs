@@ -204,6 +204,24 @@ pub struct ConfigArgs {
     /// LiteLLM's own model_prices_and_context_window.json.
     #[arg(long, env = "KEYGATE_PRICES_FILE", global = true)]
     pub prices_file: Option<PathBuf>,
+    // --- Streamed usage (issue 10) ---
+    /// `inject`: streamed chat/completions requests get `stream_options.include_usage` added
+    /// (and the usage chunk removed from the client's stream) so their tokens are counted;
+    /// `off`: never (for upstreams that refuse `stream_options`).
+    #[arg(
+        long,
+        env = "KEYGATE_STREAM_USAGE",
+        default_value = "inject",
+        global = true
+    )]
+    pub stream_usage: String,
+}
+
+/// Whether streamed requests get `stream_options.include_usage` added (`KEYGATE_STREAM_USAGE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamUsage {
+    Inject,
+    Off,
 }
 
 /// When the console session cookie carries `Secure`.
@@ -252,6 +270,9 @@ pub struct Config {
     // --- Cost ---
     /// The embedded table with KEYGATE_PRICES_FILE's models over it.
     pub prices: Arc<Prices>,
+
+    // --- Streamed usage ---
+    pub stream_usage: StreamUsage,
 }
 
 impl Config {
@@ -286,6 +307,11 @@ impl Config {
             "always" => SecureCookie::Always,
             "never" => SecureCookie::Never,
             other => bail!("KEYGATE_SECURE_COOKIE: `{other}` is not one of auto, always, never"),
+        };
+        let stream_usage = match args.stream_usage.trim().to_ascii_lowercase().as_str() {
+            "inject" => StreamUsage::Inject,
+            "off" => StreamUsage::Off,
+            other => bail!("KEYGATE_STREAM_USAGE: `{other}` is not one of inject, off"),
         };
         if args.max_body_bytes == 0 {
             bail!("KEYGATE_MAX_BODY_BYTES: must be a positive number of bytes");
@@ -337,6 +363,7 @@ impl Config {
                     .as_deref()
                     .filter(|path| !path.as_os_str().is_empty()),
             )?),
+            stream_usage,
         })
     }
 }
@@ -371,6 +398,7 @@ impl fmt::Debug for Config {
             .field("log_busy_timeout", &self.log_busy_timeout)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("prices", &self.prices)
+            .field("stream_usage", &self.stream_usage)
             .finish()
     }
 }
@@ -440,6 +468,23 @@ mod tests {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn stream_usage_setting() {
+        let parse = |value: &str| {
+            let cli = <crate::cli::Cli as clap::Parser>::try_parse_from([
+                "keygate",
+                "--stream-usage",
+                value,
+            ])
+            .unwrap();
+            Config::from_args(&cli.config)
+        };
+        assert_eq!(parse("inject").unwrap().stream_usage, StreamUsage::Inject);
+        assert_eq!(parse(" OFF ").unwrap().stream_usage, StreamUsage::Off);
+        let err = parse("maybe").err().unwrap().to_string();
+        assert!(err.starts_with("KEYGATE_STREAM_USAGE: `maybe`"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! parsing it: the relay needs `model`, `stream`, `usage` and `error` out of bodies it only
 //! forwards, and a full parse of a long conversation costs far more than a skim.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use memchr::memchr2;
 
 /// The raw JSON text of each `names[i]` at the top level of the object `json` (the first
@@ -12,40 +15,81 @@ pub fn top_level_fields<'a, const N: usize>(
     names: [&str; N],
 ) -> Option<[Option<&'a [u8]>; N]> {
     let mut found = [None; N];
+    walk_object(json, |member| {
+        // An escaped key would need decoding to compare; no field we look for has one.
+        if let Some(i) = names.iter().position(|name| name.as_bytes() == member.key) {
+            found[i].get_or_insert(&json[member.value.clone()]);
+        }
+    })?;
+    Some(found)
+}
+
+/// One member of an object, as byte ranges of the text walked.
+#[derive(Clone, Debug)]
+pub struct Member<'a> {
+    /// The key's raw text between its quotes (escapes not decoded).
+    pub key: &'a [u8],
+    /// From the key's opening quote to the end of the value.
+    pub span: Range<usize>,
+    /// The value's raw text.
+    pub value: Range<usize>,
+}
+
+/// Calls `visit` with each member of the object at the start of `json` (after whitespace), in
+/// order; returns the index of the object's closing brace, or `None` if `json` does not start
+/// with an object this skim can walk (members already visited were still visited).
+pub fn walk_object<'a>(json: &'a [u8], mut visit: impl FnMut(Member<'a>)) -> Option<usize> {
     let mut at = skip_ws(json, 0);
     if json.get(at) != Some(&b'{') {
         return None;
     }
     at = skip_ws(json, at + 1);
     if json.get(at) == Some(&b'}') {
-        return Some(found);
+        return Some(at);
     }
     loop {
         if json.get(at) != Some(&b'"') {
             return None;
         }
+        let key_start = at;
         let key_end = string_end(json, at)?;
-        let key = &json[at + 1..key_end - 1];
         at = skip_ws(json, key_end);
         if json.get(at) != Some(&b':') {
             return None;
         }
         let start = skip_ws(json, at + 1);
         let end = value_end(json, start)?;
-        // An escaped key would need decoding to compare; no field we look for has one.
-        if let Some(i) = names.iter().position(|name| name.as_bytes() == key) {
-            found[i].get_or_insert(&json[start..end]);
-        }
+        visit(Member {
+            key: &json[key_start + 1..key_end - 1],
+            span: key_start..end,
+            value: start..end,
+        });
         at = skip_ws(json, end);
         match json.get(at) {
             Some(b',') => at = skip_ws(json, at + 1),
-            Some(b'}') => return Some(found),
+            Some(b'}') => return Some(at),
             _ => return None,
         }
     }
 }
 
-fn skip_ws(json: &[u8], mut at: usize) -> usize {
+/// A member's key with its escapes decoded: borrowed unless it has a backslash (then decoded
+/// into a copy; a key that does not decode is left as it is).
+pub fn key_text(key: &[u8]) -> Cow<'_, [u8]> {
+    if memchr::memchr(b'\\', key).is_none() {
+        return Cow::Borrowed(key);
+    }
+    let mut quoted = Vec::with_capacity(key.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(key);
+    quoted.push(b'"');
+    match serde_json::from_slice::<String>(&quoted) {
+        Ok(decoded) => Cow::Owned(decoded.into_bytes()),
+        Err(_) => Cow::Borrowed(key),
+    }
+}
+
+pub fn skip_ws(json: &[u8], mut at: usize) -> usize {
     while json
         .get(at)
         .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))

@@ -8,6 +8,7 @@ mod json_scan;
 pub mod policy;
 pub mod record;
 pub mod redact;
+pub mod stream_usage;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -197,15 +198,37 @@ async fn forward(
     let summary = RequestSummary::read(&body);
     record.model = summary.model;
     record.stream = summary.stream == Some(true);
+    // Streams are sent asking for their usage (the client's stream keeps its shape).
+    let spliced = match summary.end {
+        Some(end)
+            if record.stream
+                && stream_usage::streams_chunks(&parts.method, parts.uri.path())
+                && state.upstream.takes_stream_options() =>
+        {
+            stream_usage::include_usage(&body, summary.stream_options, end)
+        }
+        _ => None,
+    };
 
-    let wire = state
+    let sent = spliced.as_ref().map_or(&body[..], |(spliced, _)| spliced);
+    let mut wire = state
         .upstream
-        .encode(&parts.method, &parts.uri, &parts.headers, &body);
+        .encode(&parts.method, &parts.uri, &parts.headers, sent);
+    let splice = spliced.map(|(_, splice)| splice);
     let method = parts.method;
     // Nothing of the client's request (slices of the server's read buffer) is held while the
     // upstream answers, however long that takes.
     drop((parts.uri, parts.headers, body));
-    let sending = state.upstream.send(&wire, &method);
+    let sending = async {
+        match &splice {
+            None => state
+                .upstream
+                .send(&wire, &method)
+                .await
+                .map(|r| (r, false)),
+            Some(splice) => stream_usage::send(&state.upstream, &mut wire, &method, splice).await,
+        }
+    };
     let upstream = match state.upstream.deadline(started) {
         None => sending.await,
         Some(deadline) => tokio::time::timeout_at(deadline, sending)
@@ -219,7 +242,7 @@ async fn forward(
                 )
             })?,
     };
-    let response = upstream.map_err(|failure| match failure {
+    let (response, injected) = upstream.map_err(|failure| match failure {
         UpstreamFailure::Connect(cause) => Refusal::new(
             ApiError::BadGateway("The upstream could not be reached; try again later".into()),
             format!("upstream connect failed: {cause}"),
@@ -250,6 +273,7 @@ async fn forward(
         started,
         state.logs.clone(),
         state.upstream.watch(),
+        injected,
     )
     .map(ReplyBody::Upstream))
 }

@@ -3,7 +3,9 @@
 use bytes::Bytes;
 use memchr::memmem;
 
-use super::json_scan::top_level_fields;
+use std::ops::Range;
+
+use super::json_scan::{key_text, top_level_fields, walk_object};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -117,22 +119,39 @@ impl From<WireUsage> for Usage {
     }
 }
 
-/// What a request body says about itself: only `model` (capped at `MODEL_MAX_BYTES`) and
-/// `stream` are read.
+/// What a request body says about itself: `model` (capped at `MODEL_MAX_BYTES`), `stream`,
+/// and where `stream_options` and the object's end are (for the streamed-usage splice), all
+/// from one skim of the top level. Keys are compared with their escapes decoded; `stream` and
+/// `stream_options` are the last occurrence, as upstream JSON parsers take them.
 #[derive(Debug, Default)]
 pub struct RequestSummary {
     pub model: Option<String>,
     pub stream: Option<bool>,
+    /// Byte range of the value of the top-level `stream_options`.
+    pub stream_options: Option<Range<usize>>,
+    /// Index of the top-level object's closing brace (None: the body is not a JSON object).
+    pub end: Option<usize>,
 }
 
 impl RequestSummary {
     pub fn read(body: &[u8]) -> Self {
-        let Some([model, stream]) = top_level_fields(body, ["model", "stream"]) else {
+        let (mut model, mut stream, mut stream_options) = (None, None, None);
+        let end = walk_object(body, |member| match &*key_text(member.key) {
+            b"model" => {
+                model.get_or_insert(member.value);
+            }
+            b"stream" => stream = Some(member.value),
+            b"stream_options" => stream_options = Some(member.value),
+            _ => {}
+        });
+        if end.is_none() {
             return RequestSummary::default();
-        };
+        }
         RequestSummary {
-            model: model.and_then(|raw| json_string_prefix(raw, MODEL_MAX_BYTES)),
-            stream: stream.and_then(|raw| serde_json::from_slice(raw).ok()),
+            model: model.and_then(|raw| json_string_prefix(&body[raw], MODEL_MAX_BYTES)),
+            stream: stream.and_then(|raw| serde_json::from_slice(&body[raw]).ok()),
+            stream_options,
+            end,
         }
     }
 }
@@ -495,5 +514,13 @@ mod tests {
         assert_eq!(s.model.as_deref(), Some("gpt-4o"));
         assert_eq!(s.stream, Some(true));
         assert!(RequestSummary::read(b"not json").model.is_none());
+        // `stream` and `stream_options` as a last-wins parser upstream reads them, escaped
+        // keys included: what decides whether keygate asks for a stream's usage.
+        let body =
+            br#"{"stream":false,"str\u0065am":true,"stream_options":1,"stream_option\u0073":{}}"#;
+        let s = RequestSummary::read(body);
+        assert_eq!(s.stream, Some(true));
+        assert_eq!(&body[s.stream_options.unwrap()], b"{}");
+        assert_eq!(s.end, Some(body.len() - 1));
     }
 }

@@ -84,9 +84,13 @@ impl MockUpstream {
 /// `gpt-fail` → 500, `gpt-slow` → answers after 5 s (`gpt-slow-1s`: 1.5 s), `gpt-gated` → a stream that pauses after
 /// its first chunk until the test opens the gate, `gpt-echo-auth` → a 401 whose message echoes
 /// the Authorization header it got, `gpt-cookie` → a completion that sets a cookie,
-/// `gpt-drip` → a stream with a chunk every 100 ms that never ends, anything else → a normal
-/// completion (streamed as SSE with usage when `stream` is true). Any other path or method is
-/// answered (and seen) too.
+/// `gpt-drip` → a stream with a chunk every 100 ms that never ends, `gpt-no-stream-options`
+/// (`-422`) → refuses a request with `stream_options` with 400 like old Ollama/LM Studio (422 like
+/// old vLLM), `gpt-bad-request` → a 400 that names nothing keygate knows, anything else → a
+/// normal completion. Streams (`stream` true) are SSE like OpenAI's: only with
+/// `stream_options.include_usage` true does every chunk carry `"usage":null` and a last
+/// usage-only chunk (`"choices":[]`) come before `[DONE]`. Any other path or method is answered
+/// (and seen) too.
 pub async fn spawn_mock_upstream() -> MockUpstream {
     let mock = Mock::default();
     let app = Router::new()
@@ -146,13 +150,36 @@ async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
                 .into_response();
         }
         "gpt-drip" => return drip(),
+        "gpt-no-stream-options" if request.get("stream_options").is_some() => {
+            let message = "Unrecognized request argument supplied: stream_options";
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}})),
+            )
+                .into_response();
+        }
+        "gpt-no-stream-options-422" if request.get("stream_options").is_some() => {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({"detail": [{"type": "extra_forbidden", "loc": ["body", "stream_options"], "msg": "Extra inputs are not permitted"}]})),
+            )
+                .into_response();
+        }
+        "gpt-bad-request" => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"message": "'messages' is a required property", "type": "invalid_request_error"}})),
+            )
+                .into_response();
+        }
         "gpt-slow-1s" => tokio::time::sleep(Duration::from_millis(1500)).await,
         _ => {}
     }
     // A request may say which `usage` the mock answers with (keygate forwards it unchanged).
     let usage = request.get("mock_usage").cloned();
     if request["stream"] == json!(true) {
-        return sse(model, usage, mock.gate.clone());
+        let include_usage = request["stream_options"]["include_usage"] == json!(true);
+        return sse(model, include_usage, usage, mock.gate.clone());
     }
     let cookie = if model == "gpt-cookie" {
         "upstream-session=abc; Path=/; HttpOnly"
@@ -182,7 +209,7 @@ fn drip() -> Response {
         if n > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let text = chunk("gpt-drip", &n.to_string());
+        let text = chunk("gpt-drip", &n.to_string(), false);
         Some((Ok::<_, Infallible>(Bytes::from(text)), n + 1))
     });
     Response::builder()
@@ -191,24 +218,37 @@ fn drip() -> Response {
         .unwrap()
 }
 
-fn chunk(model: &str, content: &str) -> String {
-    let event = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+/// One chunk; with `include_usage`, `"usage":null` as its last member, as OpenAI sends it.
+fn chunk(model: &str, content: &str, include_usage: bool) -> String {
+    let mut event = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
         "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
+    if include_usage {
+        event["usage"] = Value::Null;
+    }
     format!("data: {event}\n\n")
 }
 
-fn sse(model: String, usage: Option<Value>, gate: Arc<Notify>) -> Response {
+/// The usage a mock stream reports (prompt, completion, total tokens) when asked for it.
+pub const STREAMED_USAGE: (i64, i64, i64) = (4, 3, 7);
+
+fn sse(model: String, include_usage: bool, usage: Option<Value>, gate: Arc<Notify>) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(8);
     tokio::spawn(async move {
-        let _ = tx.send(chunk(&model, "Hel")).await;
+        let _ = tx.send(chunk(&model, "Hel", include_usage)).await;
         if model == "gpt-gated" {
             gate.notified().await;
         }
-        let _ = tx.send(chunk(&model, "lo")).await;
-        let _ = tx.send(chunk(&model, "!")).await;
-        let usage = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
-            "choices": [], "usage": usage.unwrap_or(json!({"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}))});
-        let _ = tx.send(format!("data: {usage}\n\n")).await;
+        let _ = tx.send(chunk(&model, "lo", include_usage)).await;
+        let _ = tx.send(chunk(&model, "!", include_usage)).await;
+        if include_usage {
+            let (prompt, completion, total) = STREAMED_USAGE;
+            let usage = usage.unwrap_or(
+                json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}),
+            );
+            let usage = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [], "usage": usage});
+            let _ = tx.send(format!("data: {usage}\n\n")).await;
+        }
         let _ = tx.send("data: [DONE]\n\n".to_string()).await;
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {

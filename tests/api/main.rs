@@ -15,5 +15,6 @@ mod rows;
 mod sdk;
 mod secrets;
 mod shutdown;
+mod stream_usage;
 mod upstream_wire;
 mod wire_fuzz;

@@ -1,4 +1,5 @@
-//! The official `openai` Python SDK as a client: plain, streaming, and a revoked key.
+//! The official `openai` Python SDK as a client: plain, streaming (with and without asking for
+//! usage: counted either way, shown only when asked), and a revoked key.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -48,10 +49,16 @@ async fn openai_python_sdk_works_through_keygate() {
     );
     assert!(stdout.contains("plain: Hello from mock"), "{stdout}");
     assert!(stdout.contains("stream: Hello!"), "{stdout}");
+    assert!(stdout.contains("stream usage: 7"), "{stdout}");
     assert!(stdout.contains("revoked: AuthenticationError"), "{stdout}");
     let logs = app.logs_of(id).await;
-    assert_eq!(logs.len(), 2);
-    assert!(logs
-        .iter()
-        .any(|l| l["stream"] == true && l["status"] == "success"));
+    assert_eq!(logs.len(), 3);
+    let streams: Vec<_> = logs.iter().filter(|l| l["stream"] == true).collect();
+    assert_eq!(streams.len(), 2);
+    for row in streams {
+        // Counted whether the client asked for usage or not.
+        assert_eq!(row["status"], "success", "{row}");
+        assert_eq!(row["total_tokens"], 7, "{row}");
+        assert_eq!(row["prompt_tokens"], 4, "{row}");
+    }
 }

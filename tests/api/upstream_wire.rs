@@ -385,3 +385,89 @@ async fn a_body_cut_short_fails_the_client_and_is_logged() {
     assert!(message.contains("mid-response"), "{message}");
     assert_eq!(logs[0]["response_size"], 10);
 }
+
+/// An SSE answer in `Content-Length` framing, with the usage chunk `include_usage` brings.
+fn sse_with_length() -> Vec<u8> {
+    let body = concat!(
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"raw\"}}],\"usage\":null}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn a_stream_keygate_shortens_loses_the_upstream_length_and_the_connection_is_reused() {
+    let raw = raw_upstream(|_, _, request| {
+        assert!(
+            request.contains(r#""stream_options":{"include_usage":true}"#),
+            "{request}"
+        );
+        Act::Answer(sse_with_length())
+    })
+    .await;
+    let app = app_against(&raw, &[]).await;
+    let (id, key) = app.new_key().await;
+    for _ in 0..2 {
+        let response = app
+            .chat(
+                &key,
+                json!({"model": "gpt-test", "stream": true, "messages": []}),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        assert!(response.headers().get("content-length").is_none());
+        assert_eq!(
+            response.text().await.unwrap(),
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"raw\"}}]}\n\ndata: [DONE]\n\n"
+        );
+    }
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 1);
+    let logs = app.logs_of(id).await;
+    assert!(logs.iter().all(|row| row["total_tokens"] == 7), "{logs:?}");
+}
+
+#[tokio::test]
+async fn a_chunked_refusal_of_stream_options_is_read_whole_and_the_resend_reuses_the_connection() {
+    let raw = raw_upstream(|_, _, request| {
+        if request.contains("stream_options") {
+            let refusal = r#"{"error":{"message":"unknown field `stream_options`"}}"#;
+            let (a, b) = refusal.split_at(20);
+            Act::Answer(
+                format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                    a.len(),
+                    b.len()
+                )
+                .into_bytes(),
+            )
+        } else {
+            Act::Answer(sse_with_length())
+        }
+    })
+    .await;
+    let app = app_against(&raw, &[]).await;
+    let (id, key) = app.new_key().await;
+    let response = app
+        .chat(
+            &key,
+            json!({"model": "gpt-test", "stream": true, "messages": []}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    // Not injected in the end: the stream is the upstream's, untouched.
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("\"usage\":null") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+    assert_eq!(raw.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(raw.connections.load(Ordering::SeqCst), 1);
+    let logs = app.logs_of(id).await;
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0]["status"], "success");
+}

@@ -1,4 +1,4 @@
-"""Calls keygate with the official openai SDK: plain, streamed, and with a revoked key."""
+"""Calls keygate with the official openai SDK: plain, streamed (with and without usage), and with a revoked key."""
 import os
 import sys
 
@@ -13,11 +13,23 @@ plain = client.chat.completions.create(model="gpt-test", messages=messages)
 print("plain:", plain.choices[0].message.content)
 assert plain.usage.total_tokens == 12, plain.usage
 
+# No stream_options: keygate asks the upstream for usage, and the client must not see it.
 text = ""
 for chunk in client.chat.completions.create(model="gpt-test", messages=messages, stream=True):
-    if chunk.choices and chunk.choices[0].delta.content:
+    assert chunk.choices, f"a chunk without choices reached the client: {chunk}"
+    assert chunk.usage is None and "usage" not in chunk.model_fields_set, chunk
+    if chunk.choices[0].delta.content:
         text += chunk.choices[0].delta.content
 print("stream:", text)
+
+# Asked for: the usage chunk arrives, as from OpenAI.
+usage = None
+for chunk in client.chat.completions.create(
+    model="gpt-test", messages=messages, stream=True, stream_options={"include_usage": True}
+):
+    if not chunk.choices:
+        usage = chunk.usage
+print("stream usage:", usage.total_tokens)
 
 revoked = OpenAI(api_key=os.environ["KEYGATE_REVOKED_KEY"], base_url=base_url, max_retries=0)
 try:

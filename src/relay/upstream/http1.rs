@@ -427,6 +427,8 @@ pub struct UpstreamBody {
     reading: Reading,
     keep_alive: bool,
     pool: Arc<Pool>,
+    /// Bytes already read off this body (to look at an error answer), given out first.
+    replay: Option<Bytes>,
 }
 
 impl UpstreamBody {
@@ -442,11 +444,19 @@ impl UpstreamBody {
             reading,
             keep_alive: head.keep_alive,
             pool,
+            replay: None,
         };
         if matches!(body.reading, Reading::Done) {
             body.finish();
         }
         body
+    }
+
+    /// Puts `data`, read off the front of this body, back: it is the next frame.
+    pub fn replay(&mut self, data: Bytes) {
+        if !data.is_empty() {
+            self.replay = Some(data);
+        }
     }
 
     fn finish(&mut self) {
@@ -497,6 +507,9 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
+        if let Some(data) = this.replay.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         loop {
             match this.take_buffered() {
                 Ok(Some(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
@@ -535,13 +548,14 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.reading, Reading::Done)
+        matches!(self.reading, Reading::Done) && self.replay.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
+        let replay = self.replay.as_ref().map_or(0, |data| data.len() as u64);
         match self.reading {
-            Reading::Length(n) => SizeHint::with_exact(n),
-            Reading::Done => SizeHint::with_exact(0),
+            Reading::Length(n) => SizeHint::with_exact(n + replay),
+            Reading::Done => SizeHint::with_exact(replay),
             _ => SizeHint::default(),
         }
     }

@@ -5,6 +5,7 @@ mod conn;
 pub mod http1;
 pub mod recorded;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::Config;
+use crate::config::{Config, StreamUsage};
 use conn::{CheckoutError, Conn, Pool, Target};
 use http1::{Head, UpstreamBody};
 pub use recorded::{respond, RecordedBody, Watch, MAX_DURATION_EXCEEDED};
@@ -42,6 +43,9 @@ pub struct Upstream {
     max_duration: Option<Duration>,
     /// Prices every relayed call's usage when it ends.
     prices: Arc<crate::prices::Prices>,
+    /// Streamed requests may get `stream_options.include_usage` added: set by
+    /// `KEYGATE_STREAM_USAGE`, cleared (until restart) when the upstream refuses it.
+    takes_stream_options: AtomicBool,
 }
 
 /// The client's request headers that are forwarded upstream; all others are dropped (the
@@ -131,7 +135,18 @@ impl Upstream {
             timeout: config.upstream_timeout,
             max_duration: config.upstream_max_duration,
             prices: config.prices.clone(),
+            takes_stream_options: AtomicBool::new(config.stream_usage == StreamUsage::Inject),
         })
+    }
+
+    /// Whether streamed requests get `include_usage` added (see `relay::stream_usage`).
+    pub fn takes_stream_options(&self) -> bool {
+        self.takes_stream_options.load(Ordering::Relaxed)
+    }
+
+    /// Remembers that the upstream refused `stream_options`; true the first time.
+    pub fn refuse_stream_options(&self) -> bool {
+        self.takes_stream_options.swap(false, Ordering::Relaxed)
     }
 
     pub fn timeout(&self) -> Duration {

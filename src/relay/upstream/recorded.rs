@@ -18,6 +18,7 @@ use super::strip_hop_by_hop;
 use crate::prices::Prices;
 use crate::relay::record::{CallRecord, UsageScan};
 use crate::relay::redact::{mask, redact};
+use crate::relay::stream_usage::UsageStrip;
 use crate::tasks::log_writer::LogSink;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -42,12 +43,15 @@ pub struct Watch {
 }
 
 /// Builds the client's response from the upstream's, its body teed into the call record.
+/// `injected`: keygate added `include_usage` to the request, so a successful event stream has
+/// what that brought removed (`relay::stream_usage`).
 pub fn respond(
     upstream: Response<UpstreamBody>,
     mut record: CallRecord,
     started: Instant,
     sink: LogSink,
     watch: Watch,
+    injected: bool,
 ) -> Response<RecordedBody> {
     let (mut parts, body) = upstream.into_parts();
     let content_type = parts
@@ -57,6 +61,11 @@ pub fn respond(
     let scan = UsageScan::for_content_type(content_type);
     record.http_status = parts.status.as_u16();
     record.stream = matches!(scan, UsageScan::Sse { .. });
+    let strip = (injected && record.stream && parts.status.is_success()).then(|| {
+        // Events are removed: the upstream's length, if it sent one, no longer holds.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Box::default()
+    });
     let started_at = tokio::time::Instant::from_std(started);
     let mut response = Response::new(RecordedBody {
         inner: body,
@@ -64,6 +73,7 @@ pub fn respond(
         last_frame: started_at,
         idle_timeout: watch.idle_timeout,
         deadline: watch.max_duration.map(|max| started_at + max),
+        strip,
         call: Some(PendingCall {
             record,
             started,
@@ -103,6 +113,9 @@ pub struct RecordedBody {
     idle_timeout: Duration,
     /// When the whole request must be over (`KEYGATE_UPSTREAM_MAX_DURATION`), if set.
     deadline: Option<tokio::time::Instant>,
+    /// Removes the usage chunk keygate asked for from a stream (None: the stream passes as it
+    /// comes).
+    strip: Option<Box<UsageStrip>>,
     call: Option<PendingCall>,
 }
 
@@ -141,6 +154,45 @@ impl RecordedBody {
         );
         call.sink.record(call.record);
     }
+}
+
+impl RecordedBody {
+    /// A frame of a stream keygate asked the usage of, as the client gets it; `None` when
+    /// nothing of it is to be sent now.
+    fn strip_frame(&mut self, frame: Frame<Bytes>) -> Option<Frame<Bytes>> {
+        let strip = self.strip.as_deref_mut()?;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => return Some(frame),
+        };
+        let mut kept = strip.feed(data);
+        if self.inner.is_end_stream() {
+            kept = joined(kept, strip.finish());
+        }
+        self.count(kept.len());
+        (!kept.is_empty()).then(|| Frame::data(kept))
+    }
+
+    /// Counts bytes sent to the client.
+    fn count(&mut self, len: usize) {
+        if let Some(call) = self.call.as_mut() {
+            call.record.response_size += len as i64;
+        }
+    }
+}
+
+/// `a` then `b`, copying only when both have bytes.
+fn joined(a: Bytes, b: Bytes) -> Bytes {
+    if b.is_empty() {
+        return a;
+    }
+    if a.is_empty() {
+        return b;
+    }
+    let mut both = bytes::BytesMut::with_capacity(a.len() + b.len());
+    both.extend_from_slice(&a);
+    both.extend_from_slice(&b);
+    both.freeze()
 }
 
 /// When the timer must next fire: the idle deadline, or the total one if sooner.
@@ -187,8 +239,27 @@ impl Body for RecordedBody {
                         };
                     }
                     if let Some(data) = frame.data_ref() {
-                        call.record.response_size += data.len() as i64;
                         call.scan.feed(data);
+                        if this.strip.is_none() {
+                            call.record.response_size += data.len() as i64;
+                        }
+                    }
+                }
+                if this.strip.is_some() {
+                    match this.strip_frame(frame) {
+                        Some(kept) => frame = kept,
+                        None if this.inner.is_end_stream() => {
+                            this.finish(None);
+                            return Poll::Ready(None);
+                        }
+                        None => {
+                            // All held back (an unfinished event, or the usage chunk): read on.
+                            if this.timer.is_some() {
+                                this.last_frame = tokio::time::Instant::now();
+                            }
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
                     }
                 }
                 if this.inner.is_end_stream() {
@@ -205,6 +276,13 @@ impl Body for RecordedBody {
                 Poll::Ready(Some(Err(err.into())))
             }
             Poll::Ready(None) => {
+                if let Some(rest) = this.strip.as_deref_mut().map(UsageStrip::finish) {
+                    if !rest.is_empty() {
+                        this.count(rest.len());
+                        this.finish(None);
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                }
                 this.finish(None);
                 Poll::Ready(None)
             }
@@ -238,11 +316,14 @@ impl Body for RecordedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.is_end_stream() && !self.strip.as_ref().is_some_and(|strip| strip.holds())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.strip {
+            None => self.inner.size_hint(),
+            Some(_) => SizeHint::default(),
+        }
     }
 }
 
