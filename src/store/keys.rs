@@ -4,6 +4,7 @@ use sqlx::{SqliteExecutor, SqlitePool};
 
 use super::Page;
 use crate::keys::{ActivationUnit, ExpirationMode, Lifecycle, Status};
+use crate::policy::{Lists, TextList};
 
 /// One `api_keys` row as stored.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -25,6 +26,8 @@ pub struct KeyRow {
     pub revoked_at: Option<i64>,
     pub usage_count: i64,
     pub last_used_at: Option<i64>,
+    #[sqlx(flatten)]
+    pub restrictions: Restrictions,
 }
 
 impl KeyRow {
@@ -61,6 +64,45 @@ pub struct NewKey {
     pub expiration_mode: ExpirationMode,
     pub activation_period: Option<i64>,
     pub activation_unit: Option<ActivationUnit>,
+    pub restrictions: Restrictions,
+}
+
+/// The restriction lists and tags of a key (validated when written), by their column names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Restrictions {
+    #[sqlx(try_from = "String")]
+    pub allowed_models: TextList,
+    #[sqlx(try_from = "String")]
+    pub allowed_clients: TextList,
+    #[sqlx(try_from = "String")]
+    pub allowed_ips: TextList,
+    #[sqlx(try_from = "String")]
+    pub allowed_endpoints: TextList,
+    #[sqlx(try_from = "String")]
+    pub tags: TextList,
+}
+
+impl Restrictions {
+    /// Each list by its column name.
+    pub fn entries(&self) -> [(&'static str, &TextList); 5] {
+        [
+            ("allowed_models", &self.allowed_models),
+            ("allowed_clients", &self.allowed_clients),
+            ("allowed_ips", &self.allowed_ips),
+            ("allowed_endpoints", &self.allowed_endpoints),
+            ("tags", &self.tags),
+        ]
+    }
+
+    /// The lists `Policy` reads.
+    pub fn lists(&self) -> Lists<'_> {
+        Lists {
+            allowed_models: &self.allowed_models.0,
+            allowed_clients: &self.allowed_clients.0,
+            allowed_ips: &self.allowed_ips.0,
+            allowed_endpoints: &self.allowed_endpoints.0,
+        }
+    }
 }
 
 /// Every column of `api_keys` but `id`, in the order `bind_key!` binds them (`?1`, `?2`, …;
@@ -84,6 +126,11 @@ pub const KEY_COLUMNS: &[&str] = &[
     "revoked_at",
     "usage_count",
     "last_used_at",
+    "allowed_models",
+    "allowed_clients",
+    "allowed_ips",
+    "allowed_endpoints",
+    "tags",
 ];
 
 /// Columns `save` leaves alone: set once at creation, or kept by the log writer.
@@ -154,6 +201,11 @@ macro_rules! bind_key {
             .bind(key.revoked_at)
             .bind(key.usage_count)
             .bind(key.last_used_at)
+            .bind(key.restrictions.allowed_models.to_json())
+            .bind(key.restrictions.allowed_clients.to_json())
+            .bind(key.restrictions.allowed_ips.to_json())
+            .bind(key.restrictions.allowed_endpoints.to_json())
+            .bind(key.restrictions.tags.to_json())
     }};
 }
 pub(crate) use bind_key;
@@ -179,6 +231,7 @@ impl NewKey {
             revoked_at: None,
             usage_count: 0,
             last_used_at: None,
+            restrictions: self.restrictions.clone(),
         }
     }
 }
@@ -228,6 +281,8 @@ pub struct KeyFilter {
     pub status: Option<Status>,
     /// Matched case-insensitively against name and description.
     pub search: Option<String>,
+    /// Keys carrying this tag (exactly).
+    pub tag: Option<String>,
 }
 
 /// The condition of a key that is neither revoked nor expired (?1 = now).
@@ -272,21 +327,24 @@ pub async fn list(
         format!("%{escaped}%")
     });
     let condition = format!(
-        "({}) AND (?2 IS NULL OR name LIKE ?2 ESCAPE '\\' OR description LIKE ?2 ESCAPE '\\')",
+        "({}) AND (?2 IS NULL OR name LIKE ?2 ESCAPE '\\' OR description LIKE ?2 ESCAPE '\\') \
+         AND (?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?3))",
         status_sql(filter.status)
     );
     let total: i64 =
         sqlx::query_scalar(&format!("SELECT COUNT(*) FROM api_keys WHERE {condition}"))
             .bind(now)
             .bind(&pattern)
+            .bind(&filter.tag)
             .fetch_one(pool)
             .await?;
     let columns = &key_sql().select;
     let rows = sqlx::query_as(&format!(
-        "SELECT {columns} FROM api_keys WHERE {condition} ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+        "SELECT {columns} FROM api_keys WHERE {condition} ORDER BY id DESC LIMIT ?4 OFFSET ?5"
     ))
     .bind(now)
     .bind(&pattern)
+    .bind(&filter.tag)
     .bind(page.page_size)
     .bind(page.offset())
     .fetch_all(pool)

@@ -47,8 +47,12 @@ pub struct ImportArgs {
     pub dry_run: bool,
 }
 
-/// The version of the file layout this binary writes and reads.
-const FORMAT_VERSION: u32 = 1;
+/// The version of the file layout this binary writes. Version 2 added the keys' restriction
+/// lists and tags (`allowed_models`, `allowed_clients`, `allowed_ips`, `allowed_endpoints`,
+/// `tags`).
+const FORMAT_VERSION: u32 = 2;
+/// The oldest version this binary reads (its keys import without restrictions).
+const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// What an export can hold, in the order it is written (keys before the logs that refer to them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
