@@ -300,9 +300,9 @@ impl Keyring {
             },
             activation_period,
             activation_unit,
-            restrictions: restrictions(&Restrictions::default(), &request.restriction_lists())?,
         };
-        let row = store::keys::insert(&self.pool, &new, now).await?;
+        let restrictions = restrictions(&Restrictions::default(), &request.restriction_lists())?;
+        let row = store::keys::insert_restricted(&self.pool, &new, &restrictions, now).await?;
         self.cache.clear();
         tracing::info!(key_id = row.id, "API key created");
         Ok((row, secret))

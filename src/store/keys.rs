@@ -64,7 +64,6 @@ pub struct NewKey {
     pub expiration_mode: ExpirationMode,
     pub activation_period: Option<i64>,
     pub activation_unit: Option<ActivationUnit>,
-    pub restrictions: Restrictions,
 }
 
 /// The restriction lists and tags of a key (validated when written), by their column names.
@@ -212,7 +211,7 @@ pub(crate) use bind_key;
 
 impl NewKey {
     /// The row this key is inserted as at `now` (its id is given by the database).
-    fn row(&self, now: i64) -> KeyRow {
+    fn row(&self, restrictions: &Restrictions, now: i64) -> KeyRow {
         KeyRow {
             id: 0,
             key_hash: self.key_hash.clone(),
@@ -231,18 +230,28 @@ impl NewKey {
             revoked_at: None,
             usage_count: 0,
             last_used_at: None,
-            restrictions: self.restrictions.clone(),
+            restrictions: restrictions.clone(),
         }
     }
 }
 
+/// Inserts a key without restrictions.
 pub async fn insert<'e>(
     db: impl SqliteExecutor<'e>,
     key: &NewKey,
     now: i64,
 ) -> sqlx::Result<KeyRow> {
+    insert_restricted(db, key, &Restrictions::default(), now).await
+}
+
+pub async fn insert_restricted<'e>(
+    db: impl SqliteExecutor<'e>,
+    key: &NewKey,
+    restrictions: &Restrictions,
+    now: i64,
+) -> sqlx::Result<KeyRow> {
     let sql = key_sql();
-    let row = key.row(now);
+    let row = key.row(restrictions, now);
     bind_key!(
         sqlx::query_as(&format!(
             "INSERT INTO api_keys ({}) VALUES ({}) RETURNING {}",
