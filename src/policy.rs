@@ -254,7 +254,7 @@ impl fmt::Display for Refused {
         let (thing, missing) = match self.kind {
             ListKind::Models => (
                 "model",
-                "a request that names no model (a JSON `model` field)",
+                "a request that does not name one model (one JSON `model` field)",
             ),
             ListKind::Clients => ("client", "a request without a User-Agent"),
             ListKind::Ips => ("IP address", "a request from an unknown address"),
@@ -391,7 +391,7 @@ mod tests {
         assert!(p.model(Some("claud")).is_err());
         assert_eq!(
             p.model(None).unwrap_err().to_string(),
-            "a request that names no model (a JSON `model` field) is not allowed for this key; allowed: gpt-4o-mini, claude-*"
+            "a request that does not name one model (one JSON `model` field) is not allowed for this key; allowed: gpt-4o-mini, claude-*"
         );
         // Other lists are open.
         assert!(p.client(None).is_ok());

@@ -226,7 +226,11 @@ async fn forward(
         } else if let Some(id) = path.strip_prefix("/v1/models/") {
             restricted.model(Some(id)).map_err(forbid)?;
         } else if parts.method == Method::POST {
-            restricted.model(record.model.as_deref()).map_err(forbid)?;
+            // Read strictly, as the upstream will: the skim above takes the first `model`
+            // and does not decode escaped keys, which a client could use to name another.
+            restricted
+                .model(record::sole_model(&body).as_deref())
+                .map_err(forbid)?;
         }
     }
 

@@ -100,8 +100,39 @@ async fn models_are_refused_at_the_boundary_before_anything_goes_upstream() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         body,
-        forbidden("a request that names no model (a JSON `model` field) is not allowed for this key; allowed: gpt-4o-mini, claude-*")
+        forbidden("a request that does not name one model (one JSON `model` field) is not allowed for this key; allowed: gpt-4o-mini, claude-*")
     );
+    // Two `model` fields, or one with an escaped name, cannot smuggle another model past the
+    // check: the upstream might read the second.
+    for smuggled in [
+        r#"{"model":"gpt-4o-mini","model":"gpt-4o","messages":[]}"#,
+        r#"{"model":"gpt-4o-mini","mod\u0065l":"gpt-4o","messages":[]}"#,
+        r#"{"mod\u0065l":"gpt-4o","messages":[]}"#,
+    ] {
+        let status = app
+            .client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(smuggled)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{smuggled}");
+    }
+    // An escaped name of an allowed model is that model.
+    let status = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(r#"{"mod\u0065l":"gpt-4o-min\u0069","messages":[]}"#)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, reqwest::StatusCode::OK);
     // A model's own path is checked by its id.
     let (status, _) = read(
         app.client
@@ -115,16 +146,16 @@ async fn models_are_refused_at_the_boundary_before_anything_goes_upstream() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(
         app.upstream.seen().len(),
-        2,
+        3,
         "nothing refused went upstream"
     );
 
     let rows = refusals(&app, id).await;
-    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(rows.len(), 8, "{rows:?}");
     assert_eq!(rows[0], (403, refused.to_string()));
     assert!(rows.iter().all(|(status, _)| *status == 403));
     assert_eq!(
-        rows[4].1,
+        rows[7].1,
         "model gpt-4o is not allowed for this key; allowed: gpt-4o-mini, claude-*"
     );
 }
