@@ -28,6 +28,7 @@ use hyper::{Method, Request, Response};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::keys::Status;
+use crate::policy::Policy;
 use crate::tasks::log_writer::LogSink;
 use record::{CallRecord, RequestSummary};
 use upstream::{RecordedBody, UpstreamFailure};
@@ -207,10 +208,16 @@ async fn forward(
                 .map_err(forbid)?;
         }
     }
-    policy::admit(&state.pool, &state.keyring.cache, &key, record.timestamp)
-        .await
-        .map_err(refuse)?;
-    record.authenticated = true;
+    // An activation-mode key restricted to some models starts its clock only once the body
+    // shows an allowed model: a refused request is not its first use.
+    let model_checked_first = key.policy.as_deref().is_some_and(Policy::restricts_models)
+        && key.lifecycle.status(record.timestamp) == Status::Pending;
+    if !model_checked_first {
+        policy::admit(&state.pool, &state.keyring.cache, &key, record.timestamp)
+            .await
+            .map_err(refuse)?;
+        record.authenticated = true;
+    }
 
     let body = read_body(&parts, body, state.config.max_body_bytes).await?;
     record.request_size = body.len() as i64;
@@ -220,18 +227,30 @@ async fn forward(
     let mut list_models = None;
     if let Some(restricted) = key.policy.as_deref().filter(|p| p.restricts_models()) {
         let path = parts.uri.path();
-        if path == "/v1/models" {
+        let checked = if path == "/v1/models" {
             // The list is answered, filtered to the models this key may use.
             list_models = Some(restricted);
+            Ok(())
         } else if let Some(id) = path.strip_prefix("/v1/models/") {
-            restricted.model(Some(id)).map_err(forbid)?;
+            restricted.model(Some(id))
         } else if parts.method == Method::POST {
             // Read strictly, as the upstream will: the skim above takes the first `model`
             // and does not decode escaped keys, which a client could use to name another.
-            restricted
-                .model(record::sole_model(&body).as_deref())
-                .map_err(forbid)?;
+            restricted.model(record::sole_model(&body).as_deref())
+        } else {
+            Ok(())
+        };
+        if let Err(refused) = checked {
+            // Not relayed: not the key's use (as for the refusals before admission).
+            record.authenticated = false;
+            return Err(forbid(refused));
         }
+    }
+    if model_checked_first {
+        policy::admit(&state.pool, &state.keyring.cache, &key, record.timestamp)
+            .await
+            .map_err(refuse)?;
+        record.authenticated = true;
     }
 
     let wire = state

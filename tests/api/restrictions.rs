@@ -152,12 +152,56 @@ async fn models_are_refused_at_the_boundary_before_anything_goes_upstream() {
 
     let rows = refusals(&app, id).await;
     assert_eq!(rows.len(), 8, "{rows:?}");
+    assert_eq!(
+        app.key_json(id).await["usage_count"],
+        3,
+        "refused requests are not the key's use"
+    );
     assert_eq!(rows[0], (403, refused.to_string()));
     assert!(rows.iter().all(|(status, _)| *status == 403));
     assert_eq!(
         rows[7].1,
         "model gpt-4o is not allowed for this key; allowed: gpt-4o-mini, claude-*"
     );
+}
+
+#[tokio::test]
+async fn a_refused_request_does_not_start_an_activation_clock() {
+    let app = spawn_app().await;
+    let (id, key) = app
+        .create_key(json!({
+            "name": "act",
+            "expiration_mode": "activation",
+            "activation_period": 1,
+            "activation_unit": "days",
+            "allowed_models": ["gpt-4o-mini"],
+            "allowed_endpoints": ["/v1/chat/completions"]
+        }))
+        .await;
+    assert_eq!(
+        app.chat_model(&key, "gpt-4o").await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, _) = read(
+        app.client
+            .post(app.url("/v1/embeddings"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-4o-mini", "input": "x"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    app.flush().await;
+    let pending = app.key_json(id).await;
+    assert_eq!(pending["status"], "pending", "{pending}");
+    assert_eq!(pending["usage_count"], 0);
+    assert_eq!(app.chat_model(&key, "gpt-4o-mini").await.0, StatusCode::OK);
+    app.flush().await;
+    let active = app.key_json(id).await;
+    assert_eq!(active["status"], "active", "{active}");
+    assert_eq!(active["usage_count"], 1);
 }
 
 #[tokio::test]
