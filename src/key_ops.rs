@@ -107,7 +107,8 @@ pub struct CreateKey {
     pub tags: Option<Vec<String>>,
 }
 
-/// `PATCH /api/api-keys/{id}`: absent fields are unchanged; `expires_at: null` means never.
+/// `PATCH /api/api-keys/{id}`: absent fields are unchanged; `expires_at: null` means never;
+/// a given list replaces the key's (`[]` lifts that restriction).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyPatch {
@@ -117,7 +118,6 @@ pub struct KeyPatch {
     #[serde(default, deserialize_with = "present")]
     pub expires_at: Option<Option<String>>,
     pub is_active: Option<bool>,
-    /// Each list replaces the key's (`[]` lifts the restriction); absent: unchanged.
     /// Model names or `prefix*` patterns; empty: any model.
     pub allowed_models: Option<Vec<String>>,
     /// User-Agent patterns (exact or `prefix*`, case-insensitive); empty: any client.
