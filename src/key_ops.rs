@@ -9,8 +9,9 @@ use sqlx::SqlitePool;
 use crate::clock::{parse_rfc3339, ser_ms, ser_opt_ms, Clock, MS_PER_DAY};
 use crate::error::ApiError;
 use crate::keys::{self, ActivationUnit, ExpirationMode, Status};
+use crate::policy::{self, ListKind, TextList};
 use crate::relay::auth::KeyCache;
-use crate::store::keys::{KeyFilter, KeyRow, NewKey};
+use crate::store::keys::{KeyFilter, KeyRow, NewKey, Restrictions};
 use crate::store::{self, Page};
 
 /// A key as the admin API and the CLI show it: no hash, no encrypted copy.
@@ -40,6 +41,9 @@ pub struct KeyView {
     pub usage_count: i64,
     #[serde(serialize_with = "ser_opt_ms")]
     pub last_used_at: Option<i64>,
+    /// `allowed_models`, `allowed_clients`, `allowed_ips`, `allowed_endpoints`, `tags`.
+    #[serde(flatten)]
+    pub restrictions: Restrictions,
     /// The full key: only in the create and regenerate answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -67,6 +71,7 @@ impl KeyView {
             revoked_at: row.revoked_at,
             usage_count: row.usage_count,
             last_used_at: row.last_used_at,
+            restrictions: row.restrictions.clone(),
             key: None,
         }
     }
@@ -91,9 +96,19 @@ pub struct CreateKey {
     pub expiration_mode: Option<ExpirationMode>,
     pub activation_period: Option<i64>,
     pub activation_unit: Option<ActivationUnit>,
+    /// Model names or `prefix*` patterns; empty: any model.
+    pub allowed_models: Option<Vec<String>>,
+    /// User-Agent patterns (exact or `prefix*`, case-insensitive); empty: any client.
+    pub allowed_clients: Option<Vec<String>>,
+    /// IP addresses or CIDRs; empty: any address.
+    pub allowed_ips: Option<Vec<String>>,
+    /// Paths under /v1/ (exact or `prefix*`); empty: any endpoint.
+    pub allowed_endpoints: Option<Vec<String>>,
+    pub tags: Option<Vec<String>>,
 }
 
-/// `PATCH /api/api-keys/{id}`: absent fields are unchanged; `expires_at: null` means never.
+/// `PATCH /api/api-keys/{id}`: absent fields are unchanged; `expires_at: null` means never;
+/// a given list replaces the key's (`[]` lifts that restriction).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyPatch {
@@ -103,6 +118,15 @@ pub struct KeyPatch {
     #[serde(default, deserialize_with = "present")]
     pub expires_at: Option<Option<String>>,
     pub is_active: Option<bool>,
+    /// Model names or `prefix*` patterns; empty: any model.
+    pub allowed_models: Option<Vec<String>>,
+    /// User-Agent patterns (exact or `prefix*`, case-insensitive); empty: any client.
+    pub allowed_clients: Option<Vec<String>>,
+    /// IP addresses or CIDRs; empty: any address.
+    pub allowed_ips: Option<Vec<String>>,
+    /// Paths under /v1/ (exact or `prefix*`); empty: any endpoint.
+    pub allowed_endpoints: Option<Vec<String>>,
+    pub tags: Option<Vec<String>>,
 }
 
 /// `POST /api/api-keys/{id}/renew`: exactly one of `days` (from now), `expires_at`, `never`.
@@ -277,7 +301,8 @@ impl Keyring {
             activation_period,
             activation_unit,
         };
-        let row = store::keys::insert(&self.pool, &new, now).await?;
+        let restrictions = restrictions(&Restrictions::default(), &request.restriction_lists())?;
+        let row = store::keys::insert_restricted(&self.pool, &new, &restrictions, now).await?;
         self.cache.clear();
         tracing::info!(key_id = row.id, "API key created");
         Ok((row, secret))
@@ -316,6 +341,7 @@ impl Keyring {
         if let Some(is_active) = patch.is_active {
             row.is_active = is_active;
         }
+        row.restrictions = restrictions(&row.restrictions, &patch.restriction_lists())?;
         row.updated_at = now;
         let row = store::keys::save(&mut *tx, &row).await?;
         tx.commit().await?;
@@ -501,6 +527,46 @@ impl Keyring {
         tracing::info!(key_id = id, "API key deleted with its call logs");
         Ok(())
     }
+}
+
+/// The lists a create or patch request gives (None: not given).
+type GivenLists<'a> = [(ListKind, Option<&'a Vec<String>>); 5];
+
+macro_rules! restriction_lists {
+    ($request:ty) => {
+        impl $request {
+            fn restriction_lists(&self) -> GivenLists<'_> {
+                [
+                    (ListKind::Models, self.allowed_models.as_ref()),
+                    (ListKind::Clients, self.allowed_clients.as_ref()),
+                    (ListKind::Ips, self.allowed_ips.as_ref()),
+                    (ListKind::Endpoints, self.allowed_endpoints.as_ref()),
+                    (ListKind::Tags, self.tags.as_ref()),
+                ]
+            }
+        }
+    };
+}
+restriction_lists!(CreateKey);
+restriction_lists!(KeyPatch);
+
+/// `current` with each given list validated and put in its place.
+fn restrictions(current: &Restrictions, given: &GivenLists<'_>) -> Result<Restrictions, ApiError> {
+    let mut next = current.clone();
+    for (kind, list) in given {
+        let Some(list) = list else { continue };
+        let valid = policy::validate(*kind, list)
+            .map_err(|invalid| ApiError::invalid(invalid.field, invalid.message))?;
+        let slot = match kind {
+            ListKind::Models => &mut next.allowed_models,
+            ListKind::Clients => &mut next.allowed_clients,
+            ListKind::Ips => &mut next.allowed_ips,
+            ListKind::Endpoints => &mut next.allowed_endpoints,
+            ListKind::Tags => &mut next.tags,
+        };
+        *slot = TextList(valid);
+    }
+    Ok(next)
 }
 
 fn valid_name(name: &str) -> Result<String, ApiError> {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod key_ops;
 pub mod keys;
 pub mod log_output;
+pub mod policy;
 pub mod prices;
 pub mod relay;
 pub mod secrets;

@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
 struct ListQuery {
     status: Option<String>,
     search: Option<String>,
+    tag: Option<String>,
     page: Option<i64>,
     page_size: Option<i64>,
 }
@@ -52,6 +53,10 @@ async fn list(
     let filter = KeyFilter {
         status,
         search: query.search.filter(|s| !s.trim().is_empty()),
+        tag: query
+            .tag
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()),
     };
     let (rows, total) = state.keyring.list(&filter, page).await?;
     let items = rows.iter().map(|row| state.keyring.view(row)).collect();

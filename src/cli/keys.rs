@@ -25,6 +25,8 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change a key's name, description, restrictions or tags (in force on the next request).
+    Edit(EditArgs),
     /// Change a key's expiry: 1h, 1d, 7d, 30d, 90d, 365d (any Nh/Nd), never, or an RFC 3339 date-time.
     Expiry { id: i64, expiry: String },
     /// Renew a key (also an expired or disabled one): N days from now, to a date, or never.
@@ -71,8 +73,43 @@ pub struct ListArgs {
     /// Text to find in name or description.
     #[arg(long)]
     pub search: Option<String>,
+    /// Only keys with this tag.
+    #[arg(long)]
+    pub tag: Option<String>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// A key's restriction lists and tags, comma-separated; an empty value (`""`) clears a list.
+#[derive(Args, Debug, Default)]
+pub struct RestrictionArgs {
+    /// Models the key may use: names or `prefix*` patterns (e.g. gpt-4o-mini,claude-*).
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_models: Option<Vec<String>>,
+    /// User-Agents that may use the key: exact or `prefix*`, case-insensitive.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_clients: Option<Vec<String>>,
+    /// IP addresses or CIDRs the key may be used from (behind a proxy: KEYGATE_TRUSTED_PROXIES).
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_ips: Option<Vec<String>>,
+    /// Paths the key may call (e.g. /v1/chat/completions,/v1/embeddings), exact or `prefix*`.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_endpoints: Option<Vec<String>>,
+    /// Labels (the key list filters by them).
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(Args, Debug)]
+pub struct EditArgs {
+    pub id: i64,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// An empty value clears it.
+    #[arg(long)]
+    pub description: Option<String>,
+    #[command(flatten)]
+    pub restrictions: RestrictionArgs,
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +124,8 @@ pub struct CreateArgs {
     /// Activation mode: the key lives this long (Nh or Nd) from its first use.
     #[arg(long)]
     pub activation: Option<String>,
+    #[command(flatten)]
+    pub restrictions: RestrictionArgs,
     #[arg(long)]
     pub json: bool,
 }
@@ -101,8 +140,27 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 println!("{}", serde_json::to_string_pretty(&view)?);
                 Ok(())
             } else {
-                print_keys(&[view], false)
+                print_keys(std::slice::from_ref(&view), false)?;
+                print_restrictions(&view);
+                Ok(())
             }
+        }
+        KeysCommand::Edit(args) => {
+            let r = args.restrictions;
+            let patch = KeyPatch {
+                name: args.name,
+                description: args.description.map(|d| Some(d).filter(|d| !d.is_empty())),
+                allowed_models: r.allowed_models,
+                allowed_clients: r.allowed_clients,
+                allowed_ips: r.allowed_ips,
+                allowed_endpoints: r.allowed_endpoints,
+                tags: r.tags,
+                ..Default::default()
+            };
+            let view = keyring.view(&keyring.update(args.id, &patch).await?);
+            println!("Key #{} '{}' changed.", view.id, printable(&view.name));
+            print_restrictions(&view);
+            Ok(())
         }
         KeysCommand::Expiry { id, expiry } => {
             let expires_at = parse_expiry(&expiry, keyring.now())?;
@@ -224,6 +282,7 @@ async fn list(keyring: &Keyring, args: ListArgs) -> anyhow::Result<()> {
     let filter = KeyFilter {
         status,
         search: args.search,
+        tag: args.tag,
     };
     let mut views = Vec::new();
     let mut page = Page {
@@ -247,9 +306,15 @@ async fn list(keyring: &Keyring, args: ListArgs) -> anyhow::Result<()> {
 
 async fn create(keyring: &Keyring, args: CreateArgs) -> anyhow::Result<()> {
     let now = keyring.now();
+    let r = args.restrictions;
     let mut request = CreateKey {
         name: args.name,
         description: args.description,
+        allowed_models: r.allowed_models,
+        allowed_clients: r.allowed_clients,
+        allowed_ips: r.allowed_ips,
+        allowed_endpoints: r.allowed_endpoints,
+        tags: r.tags,
         ..Default::default()
     };
     if let Some(period) = &args.activation {
@@ -276,8 +341,29 @@ async fn create(keyring: &Keyring, args: CreateArgs) -> anyhow::Result<()> {
         printable(&view.name),
         describe_expiry(&view)
     );
+    print_restrictions(&view);
     println!("\n  {secret}\n\nThis is the only time the full key is shown: store it now.");
     Ok(())
+}
+
+/// The key's restriction lists and tags, one line each (escaped: they come from the store).
+pub fn print_restrictions(view: &KeyView) {
+    for (field, list) in view.restrictions.entries() {
+        let shown = if list.is_empty() {
+            if field == "tags" {
+                "none".to_string()
+            } else {
+                "any (no restriction)".to_string()
+            }
+        } else {
+            list.0
+                .iter()
+                .map(|entry| printable(entry).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("  {field:<18} {shown}");
+    }
 }
 
 /// `Nh` / `Nd` → (N, unit).

@@ -8,6 +8,7 @@ use axum::http::{header, HeaderMap};
 use sqlx::SqlitePool;
 
 use crate::keys::{self, KeyHash, Lifecycle};
+use crate::policy::Policy;
 use crate::store;
 
 /// A cached lookup is trusted this long; then it is read again, so a change made by another
@@ -23,6 +24,8 @@ pub struct AuthedKey {
     pub id: i64,
     pub lifecycle: Lifecycle,
     pub activation_ms: Option<i64>,
+    /// Its restrictions, parsed when the key was loaded; None: it has none.
+    pub policy: Option<Box<Policy>>,
 }
 
 /// Why a request did not authenticate (for its call-log row).
@@ -140,17 +143,23 @@ async fn lookup(pool: &SqlitePool, hash: &KeyHash) -> Result<Option<Arc<AuthedKe
             tracing::error!(error = %err, "key lookup failed");
             AuthFailure::internal(None, "key lookup failed")
         })?;
-    Ok(row
-        .filter(|row| {
-            keys::decode_hash(&row.key_hash).is_some_and(|stored| keys::hashes_match(&stored, hash))
-        })
-        .map(|row| {
-            Arc::new(AuthedKey {
-                id: row.id,
-                lifecycle: row.lifecycle(),
-                activation_ms: row.activation_millis(),
-            })
-        }))
+    let Some(row) = row.filter(|row| {
+        keys::decode_hash(&row.key_hash).is_some_and(|stored| keys::hashes_match(&stored, hash))
+    }) else {
+        return Ok(None);
+    };
+    // A stored list that does not parse (a database edited by hand) refuses the key rather
+    // than letting it through with less restriction than it says.
+    let policy = Policy::from_lists(&row.restrictions.lists()).map_err(|invalid| {
+        tracing::error!(key_id = row.id, field = %invalid.field, "a key's stored restrictions do not parse: {}", invalid.message);
+        AuthFailure::internal(Some(row.id), "the key's stored restrictions do not parse")
+    })?;
+    Ok(Some(Arc::new(AuthedKey {
+        id: row.id,
+        lifecycle: row.lifecycle(),
+        activation_ms: row.activation_millis(),
+        policy: policy.map(Box::new),
+    })))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod confine;
 mod json_scan;
+mod models;
 pub mod policy;
 pub mod record;
 pub mod redact;
@@ -23,10 +24,12 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::{Method, Request, Response};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::keys::Status;
+use crate::policy::Policy;
 use crate::tasks::log_writer::LogSink;
 use record::{CallRecord, RequestSummary};
 use upstream::{RecordedBody, UpstreamFailure};
@@ -188,16 +191,68 @@ async fn forward(
     // key's clock nor counts as the key's use; its row still names the key.
     confine::check(&parts.method, parts.uri.path())
         .map_err(|why| Refusal::new(why.error(), why.reason()))?;
-    policy::admit(&state.pool, &state.keyring.cache, &key, record.timestamp)
-        .await
-        .map_err(refuse)?;
-    record.authenticated = true;
+    // The key's restrictions that the head decides, before any byte of the body is read. A
+    // key that cannot be used at all gets its 401 from `admit` instead.
+    if let Some(restricted) = &key.policy {
+        if matches!(
+            key.lifecycle.status(record.timestamp),
+            Status::Active | Status::Pending
+        ) {
+            let user_agent = parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok());
+            restricted
+                .ip(record.ip_address)
+                .and_then(|()| restricted.client(user_agent))
+                .and_then(|()| restricted.endpoint(parts.uri.path()))
+                .map_err(forbid)?;
+        }
+    }
+    // An activation-mode key restricted to some models starts its clock only once the body
+    // shows an allowed model: a refused request is not its first use.
+    let model_checked_first = key.policy.as_deref().is_some_and(Policy::restricts_models)
+        && key.lifecycle.status(record.timestamp) == Status::Pending;
+    if !model_checked_first {
+        policy::admit(&state.pool, &state.keyring.cache, &key, record.timestamp)
+            .await
+            .map_err(refuse)?;
+        record.authenticated = true;
+    }
 
     let body = read_body(&parts, body, state.config.max_body_bytes).await?;
     record.request_size = body.len() as i64;
     let summary = RequestSummary::read(&body);
     record.model = summary.model;
     record.stream = summary.stream == Some(true);
+    let mut list_models = None;
+    if let Some(restricted) = key.policy.as_deref().filter(|p| p.restricts_models()) {
+        let path = parts.uri.path();
+        let checked = if path == "/v1/models" {
+            // The list is answered, filtered to the models this key may use.
+            list_models = Some(restricted);
+            Ok(())
+        } else if let Some(id) = path.strip_prefix("/v1/models/") {
+            restricted.model(Some(id))
+        } else if parts.method == Method::POST {
+            // Read strictly, as the upstream will: the skim above takes the first `model`
+            // and does not decode escaped keys, which a client could use to name another.
+            restricted.model(record::sole_model(&body).as_deref())
+        } else {
+            Ok(())
+        };
+        if let Err(refused) = checked {
+            // Not relayed: not the key's use (as for the refusals before admission).
+            record.authenticated = false;
+            return Err(forbid(refused));
+        }
+    }
+    if model_checked_first {
+        policy::admit(&state.pool, &state.keyring.cache, &key, record.timestamp)
+            .await
+            .map_err(refuse)?;
+        record.authenticated = true;
+    }
     // Streams are sent asking for their usage (the client's stream keeps its shape).
     let spliced = match summary.end {
         Some(end)
@@ -267,15 +322,24 @@ async fn forward(
             format!("upstream request failed: {cause}"),
         ),
     })?;
-    Ok(upstream::respond(
+    let response = upstream::respond(
         response,
         std::mem::take(record),
         started,
         state.logs.clone(),
         state.upstream.watch(),
         injected,
-    )
-    .map(ReplyBody::Upstream))
+    );
+    match list_models {
+        Some(allowed) => Ok(models::filtered(response, allowed).await),
+        None => Ok(response.map(ReplyBody::Upstream)),
+    }
+}
+
+/// The 403 of a request the key's restrictions refuse, naming what and what is allowed.
+fn forbid(refused: crate::policy::Refused) -> Refusal {
+    let message = refused.to_string();
+    Refusal::new(ApiError::Forbidden(message.clone()), message)
 }
 
 /// The 401 of SPEC §3, or a 500 when the store (not the key) failed.

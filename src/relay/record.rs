@@ -156,6 +156,50 @@ impl RequestSummary {
     }
 }
 
+/// The model a JSON request body names, read as the upstream will read it, for keys whose
+/// models are restricted: a full parse of the top-level object, its keys decoded
+/// (`"mod\u0065l"` is `model`). None when the body is not a JSON object, its `model` is not a
+/// string, or it names `model` more than once (parsers differ on which one wins).
+pub fn sole_model(body: &[u8]) -> Option<String> {
+    struct SoleModel;
+
+    impl<'de> serde::de::Visitor<'de> for SoleModel {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Option<String>, A::Error> {
+            let mut model = None;
+            let mut seen = false;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "model" {
+                    if seen {
+                        return Err(serde::de::Error::custom("`model` twice"));
+                    }
+                    seen = true;
+                    model = map
+                        .next_value::<serde_json::Value>()?
+                        .as_str()
+                        .map(String::from);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(model)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let model = serde::Deserializer::deserialize_map(&mut de, SoleModel).ok()?;
+    de.end().ok()?;
+    model
+}
+
 /// The JSON string `raw` decoded and capped at `max` bytes; a long string is decoded from a
 /// prefix only, so a megabyte of `model` costs no megabyte of memory. `None` if not a string.
 fn json_string_prefix(raw: &[u8], max: usize) -> Option<String> {
@@ -369,6 +413,29 @@ fn scan_sse_lines(text: &[u8], usage: &mut Option<Usage>) {
         if let (Some(found), _) = usage_and_error(data) {
             *usage = Some(found);
         }
+    }
+}
+
+#[cfg(test)]
+mod sole_model_tests {
+    use super::sole_model;
+
+    #[test]
+    fn reads_the_model_as_the_upstream_would() {
+        assert_eq!(
+            sole_model(br#"{"messages":[],"model":"gpt-4o"}"#).as_deref(),
+            Some("gpt-4o")
+        );
+        assert_eq!(
+            sole_model(br#"{"mod\u0065l":"gpt-\u0034o"}"#).as_deref(),
+            Some("gpt-4o")
+        );
+        assert_eq!(sole_model(br#"{"model":"a","mod\u0065l":"b"}"#), None);
+        assert_eq!(sole_model(br#"{"model":"a","model":"a"}"#), None);
+        assert_eq!(sole_model(br#"{"model":1}"#), None);
+        assert_eq!(sole_model(br#"{"model":"a"} x"#), None);
+        assert_eq!(sole_model(b"not json"), None);
+        assert_eq!(sole_model(br#"["model"]"#), None);
     }
 }
 

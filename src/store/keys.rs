@@ -4,6 +4,7 @@ use sqlx::{SqliteExecutor, SqlitePool};
 
 use super::Page;
 use crate::keys::{ActivationUnit, ExpirationMode, Lifecycle, Status};
+use crate::policy::{Lists, TextList};
 
 /// One `api_keys` row as stored.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -25,6 +26,8 @@ pub struct KeyRow {
     pub revoked_at: Option<i64>,
     pub usage_count: i64,
     pub last_used_at: Option<i64>,
+    #[sqlx(flatten)]
+    pub restrictions: Restrictions,
 }
 
 impl KeyRow {
@@ -63,39 +66,206 @@ pub struct NewKey {
     pub activation_unit: Option<ActivationUnit>,
 }
 
-const COLUMNS: &str = "id, key_hash, encrypted_key, key_preview, name, description, created_at, updated_at, \
-     expires_at, expiration_mode, activation_period, activation_unit, activated_at, is_active, revoked_at, \
-     usage_count, last_used_at";
+/// The restriction lists and tags of a key (validated when written), by their column names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct Restrictions {
+    #[sqlx(try_from = "String")]
+    pub allowed_models: TextList,
+    #[sqlx(try_from = "String")]
+    pub allowed_clients: TextList,
+    #[sqlx(try_from = "String")]
+    pub allowed_ips: TextList,
+    #[sqlx(try_from = "String")]
+    pub allowed_endpoints: TextList,
+    #[sqlx(try_from = "String")]
+    pub tags: TextList,
+}
 
+impl Restrictions {
+    /// Each list by its column name.
+    pub fn entries(&self) -> [(&'static str, &TextList); 5] {
+        [
+            ("allowed_models", &self.allowed_models),
+            ("allowed_clients", &self.allowed_clients),
+            ("allowed_ips", &self.allowed_ips),
+            ("allowed_endpoints", &self.allowed_endpoints),
+            ("tags", &self.tags),
+        ]
+    }
+
+    /// The lists `Policy` reads.
+    pub fn lists(&self) -> Lists<'_> {
+        Lists {
+            allowed_models: &self.allowed_models.0,
+            allowed_clients: &self.allowed_clients.0,
+            allowed_ips: &self.allowed_ips.0,
+            allowed_endpoints: &self.allowed_endpoints.0,
+        }
+    }
+}
+
+/// Every column of `api_keys` but `id`, in the order `bind_key!` binds them (`?1`, `?2`, …;
+/// `id` follows them). Adding a column: its migration, a `KeyRow` field, this list and
+/// `bind_key!`; every statement of `store` (insert, save, selects, the import's upserts and
+/// staging table) is built from them.
+pub const KEY_COLUMNS: &[&str] = &[
+    "key_hash",
+    "encrypted_key",
+    "key_preview",
+    "name",
+    "description",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "expiration_mode",
+    "activation_period",
+    "activation_unit",
+    "activated_at",
+    "is_active",
+    "revoked_at",
+    "usage_count",
+    "last_used_at",
+    "allowed_models",
+    "allowed_clients",
+    "allowed_ips",
+    "allowed_endpoints",
+    "tags",
+];
+
+/// Columns `save` leaves alone: set once at creation, or kept by the log writer.
+const NOT_SAVED: &[&str] = &["created_at", "usage_count", "last_used_at"];
+
+/// SQL fragments built once from `KEY_COLUMNS`.
+pub struct KeySql {
+    /// `id, key_hash, …`: a full `KeyRow`.
+    pub select: String,
+    /// `key_hash, …`: every column but `id`.
+    pub data: String,
+    /// `?1, ?2, …`: one placeholder per data column, in `bind_key!`'s order.
+    pub params: String,
+    /// The placeholder number of whatever is bound after the data columns (`id`).
+    pub id_param: usize,
+    /// `key_hash = excluded.key_hash, …`: an upsert overwriting every data column.
+    pub overwrite: String,
+    /// `key_hash = ?1, …`: what `save` writes.
+    save_set: String,
+}
+
+/// The SQL fragments of `api_keys`.
+pub fn key_sql() -> &'static KeySql {
+    static SQL: std::sync::LazyLock<KeySql> = std::sync::LazyLock::new(|| {
+        let numbered = || KEY_COLUMNS.iter().zip(1..);
+        KeySql {
+            select: format!("id, {}", KEY_COLUMNS.join(", ")),
+            data: KEY_COLUMNS.join(", "),
+            params: numbered()
+                .map(|(_, n)| format!("?{n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            id_param: KEY_COLUMNS.len() + 1,
+            overwrite: KEY_COLUMNS
+                .iter()
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            save_set: numbered()
+                .filter(|(c, _)| !NOT_SAVED.contains(c))
+                .map(|(c, n)| format!("{c} = ?{n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    });
+    &SQL
+}
+
+/// Binds the data columns of a `&KeyRow`, in the order of `KEY_COLUMNS`, to a query or
+/// query_as (the caller binds `id`, or nothing, after them).
+macro_rules! bind_key {
+    ($query:expr, $key:expr) => {{
+        let key: &$crate::store::keys::KeyRow = $key;
+        $query
+            .bind(&key.key_hash)
+            .bind(&key.encrypted_key)
+            .bind(&key.key_preview)
+            .bind(&key.name)
+            .bind(&key.description)
+            .bind(key.created_at)
+            .bind(key.updated_at)
+            .bind(key.expires_at)
+            .bind(&key.expiration_mode)
+            .bind(key.activation_period)
+            .bind(&key.activation_unit)
+            .bind(key.activated_at)
+            .bind(key.is_active)
+            .bind(key.revoked_at)
+            .bind(key.usage_count)
+            .bind(key.last_used_at)
+            .bind(key.restrictions.allowed_models.to_json())
+            .bind(key.restrictions.allowed_clients.to_json())
+            .bind(key.restrictions.allowed_ips.to_json())
+            .bind(key.restrictions.allowed_endpoints.to_json())
+            .bind(key.restrictions.tags.to_json())
+    }};
+}
+pub(crate) use bind_key;
+
+impl NewKey {
+    /// The row this key is inserted as at `now` (its id is given by the database).
+    fn row(&self, restrictions: &Restrictions, now: i64) -> KeyRow {
+        KeyRow {
+            id: 0,
+            key_hash: self.key_hash.clone(),
+            encrypted_key: self.encrypted_key.clone(),
+            key_preview: self.key_preview.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            created_at: now,
+            updated_at: now,
+            expires_at: self.expires_at,
+            expiration_mode: self.expiration_mode.as_str().to_string(),
+            activation_period: self.activation_period,
+            activation_unit: self.activation_unit.map(|u| u.as_str().to_string()),
+            activated_at: (self.expiration_mode == ExpirationMode::Fixed).then_some(now),
+            is_active: true,
+            revoked_at: None,
+            usage_count: 0,
+            last_used_at: None,
+            restrictions: restrictions.clone(),
+        }
+    }
+}
+
+/// Inserts a key without restrictions.
 pub async fn insert<'e>(
     db: impl SqliteExecutor<'e>,
     key: &NewKey,
     now: i64,
 ) -> sqlx::Result<KeyRow> {
-    let activated_at = (key.expiration_mode == ExpirationMode::Fixed).then_some(now);
-    sqlx::query_as(&format!(
-        "INSERT INTO api_keys (key_hash, encrypted_key, key_preview, name, description, created_at, updated_at, \
-         expires_at, expiration_mode, activation_period, activation_unit, activated_at, is_active) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING {COLUMNS}"
-    ))
-    .bind(&key.key_hash)
-    .bind(&key.encrypted_key)
-    .bind(&key.key_preview)
-    .bind(&key.name)
-    .bind(&key.description)
-    .bind(now)
-    .bind(now)
-    .bind(key.expires_at)
-    .bind(key.expiration_mode.as_str())
-    .bind(key.activation_period)
-    .bind(key.activation_unit.map(ActivationUnit::as_str))
-    .bind(activated_at)
+    insert_restricted(db, key, &Restrictions::default(), now).await
+}
+
+pub async fn insert_restricted<'e>(
+    db: impl SqliteExecutor<'e>,
+    key: &NewKey,
+    restrictions: &Restrictions,
+    now: i64,
+) -> sqlx::Result<KeyRow> {
+    let sql = key_sql();
+    let row = key.row(restrictions, now);
+    bind_key!(
+        sqlx::query_as(&format!(
+            "INSERT INTO api_keys ({}) VALUES ({}) RETURNING {}",
+            sql.data, sql.params, sql.select
+        )),
+        &row
+    )
     .fetch_one(db)
     .await
 }
 
 pub async fn get<'e>(db: impl SqliteExecutor<'e>, id: i64) -> sqlx::Result<Option<KeyRow>> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?"))
+    let columns = &key_sql().select;
+    sqlx::query_as(&format!("SELECT {columns} FROM api_keys WHERE id = ?"))
         .bind(id)
         .fetch_optional(db)
         .await
@@ -105,8 +275,9 @@ pub async fn find_by_hash<'e>(
     db: impl SqliteExecutor<'e>,
     key_hash: &str,
 ) -> sqlx::Result<Option<KeyRow>> {
+    let columns = &key_sql().select;
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM api_keys WHERE key_hash = ?"
+        "SELECT {columns} FROM api_keys WHERE key_hash = ?"
     ))
     .bind(key_hash)
     .fetch_optional(db)
@@ -119,6 +290,8 @@ pub struct KeyFilter {
     pub status: Option<Status>,
     /// Matched case-insensitively against name and description.
     pub search: Option<String>,
+    /// Keys carrying this tag (exactly).
+    pub tag: Option<String>,
 }
 
 /// The condition of a key that is neither revoked nor expired (?1 = now).
@@ -163,20 +336,24 @@ pub async fn list(
         format!("%{escaped}%")
     });
     let condition = format!(
-        "({}) AND (?2 IS NULL OR name LIKE ?2 ESCAPE '\\' OR description LIKE ?2 ESCAPE '\\')",
+        "({}) AND (?2 IS NULL OR name LIKE ?2 ESCAPE '\\' OR description LIKE ?2 ESCAPE '\\') \
+         AND (?3 IS NULL OR EXISTS (SELECT 1 FROM json_each(tags) WHERE value = ?3))",
         status_sql(filter.status)
     );
     let total: i64 =
         sqlx::query_scalar(&format!("SELECT COUNT(*) FROM api_keys WHERE {condition}"))
             .bind(now)
             .bind(&pattern)
+            .bind(&filter.tag)
             .fetch_one(pool)
             .await?;
+    let columns = &key_sql().select;
     let rows = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM api_keys WHERE {condition} ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+        "SELECT {columns} FROM api_keys WHERE {condition} ORDER BY id DESC LIMIT ?4 OFFSET ?5"
     ))
     .bind(now)
     .bind(&pattern)
+    .bind(&filter.tag)
     .bind(page.page_size)
     .bind(page.offset())
     .fetch_all(pool)
@@ -186,31 +363,22 @@ pub async fn list(
 
 /// Every key, oldest first (exports and the CLI).
 pub async fn all<'e>(db: impl SqliteExecutor<'e>) -> sqlx::Result<Vec<KeyRow>> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM api_keys ORDER BY id"))
+    let columns = &key_sql().select;
+    sqlx::query_as(&format!("SELECT {columns} FROM api_keys ORDER BY id"))
         .fetch_all(db)
         .await
 }
 
 /// Writes every mutable column of `key` back (usage counters are the log writer's).
 pub async fn save<'e>(db: impl SqliteExecutor<'e>, key: &KeyRow) -> sqlx::Result<KeyRow> {
-    sqlx::query_as(&format!(
-        "UPDATE api_keys SET key_hash = ?, encrypted_key = ?, key_preview = ?, name = ?, description = ?, \
-         updated_at = ?, expires_at = ?, expiration_mode = ?, activation_period = ?, activation_unit = ?, \
-         activated_at = ?, is_active = ?, revoked_at = ? WHERE id = ? RETURNING {COLUMNS}"
-    ))
-    .bind(&key.key_hash)
-    .bind(&key.encrypted_key)
-    .bind(&key.key_preview)
-    .bind(&key.name)
-    .bind(&key.description)
-    .bind(key.updated_at)
-    .bind(key.expires_at)
-    .bind(&key.expiration_mode)
-    .bind(key.activation_period)
-    .bind(&key.activation_unit)
-    .bind(key.activated_at)
-    .bind(key.is_active)
-    .bind(key.revoked_at)
+    let sql = key_sql();
+    bind_key!(
+        sqlx::query_as(&format!(
+            "UPDATE api_keys SET {} WHERE id = ?{} RETURNING {}",
+            sql.save_set, sql.id_param, sql.select
+        )),
+        key
+    )
     .bind(key.id)
     .fetch_one(db)
     .await
@@ -251,8 +419,9 @@ pub async fn expiring_between<'e>(
     from: i64,
     to: i64,
 ) -> sqlx::Result<Vec<KeyRow>> {
+    let columns = &key_sql().select;
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM api_keys WHERE revoked_at IS NULL AND expires_at > ? AND expires_at <= ? \
+        "SELECT {columns} FROM api_keys WHERE revoked_at IS NULL AND expires_at > ? AND expires_at <= ? \
          ORDER BY expires_at, id"
     ))
     .bind(from)
@@ -263,8 +432,9 @@ pub async fn expiring_between<'e>(
 
 /// Unrevoked fixed-mode keys that never expire.
 pub async fn without_expiry<'e>(db: impl SqliteExecutor<'e>) -> sqlx::Result<Vec<KeyRow>> {
+    let columns = &key_sql().select;
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM api_keys WHERE expires_at IS NULL AND expiration_mode = 'fixed' \
+        "SELECT {columns} FROM api_keys WHERE expires_at IS NULL AND expiration_mode = 'fixed' \
          AND revoked_at IS NULL ORDER BY id"
     ))
     .fetch_all(db)

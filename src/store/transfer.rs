@@ -2,21 +2,14 @@
 //! in a file of their own and moved into the database in one short transaction.
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 
 use anyhow::Context;
 use futures_util::Stream;
 use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-use super::keys::KeyRow;
+use super::keys::{bind_key, key_sql, KeyRow};
 use super::logs::LogRow;
-
-macro_rules! select_keys {
-    () => {
-        "SELECT id, key_hash, encrypted_key, key_preview, name, description, created_at, updated_at, \
-         expires_at, expiration_mode, activation_period, activation_unit, activated_at, is_active, \
-         revoked_at, usage_count, last_used_at FROM api_keys"
-    };
-}
 
 macro_rules! select_logs {
     () => {
@@ -51,7 +44,14 @@ pub fn keys_after(
     after: i64,
     limit: i64,
 ) -> impl Stream<Item = sqlx::Result<KeyRow>> + '_ {
-    sqlx::query_as(concat!(select_keys!(), " WHERE id > ? ORDER BY id LIMIT ?"))
+    // The stream borrows its SQL text: built once, kept for good.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM api_keys WHERE id > ? ORDER BY id LIMIT ?",
+            key_sql().select
+        )
+    });
+    sqlx::query_as(SQL.as_str())
         .bind(after)
         .bind(limit)
         .fetch(conn)
@@ -67,37 +67,6 @@ pub fn logs_after(
         .bind(after)
         .bind(limit)
         .fetch(conn)
-}
-
-/// The columns of `api_keys` an import writes, but `id`.
-macro_rules! key_data {
-    () => {
-        "key_hash, encrypted_key, key_preview, name, description, created_at, updated_at, \
-         expires_at, expiration_mode, activation_period, activation_unit, activated_at, is_active, \
-         revoked_at, usage_count, last_used_at"
-    };
-}
-
-/// The columns of `api_keys` an import writes, `id` last.
-macro_rules! key_columns {
-    () => {
-        concat!(key_data!(), ", id")
-    };
-}
-
-/// Every column of an existing key overwritten by the inserted one.
-macro_rules! key_overwrite {
-    () => {
-        " ON CONFLICT (id) DO UPDATE SET key_hash = excluded.key_hash, \
-         encrypted_key = excluded.encrypted_key, key_preview = excluded.key_preview, \
-         name = excluded.name, description = excluded.description, \
-         created_at = excluded.created_at, updated_at = excluded.updated_at, \
-         expires_at = excluded.expires_at, expiration_mode = excluded.expiration_mode, \
-         activation_period = excluded.activation_period, \
-         activation_unit = excluded.activation_unit, activated_at = excluded.activated_at, \
-         is_active = excluded.is_active, revoked_at = excluded.revoked_at, \
-         usage_count = excluded.usage_count, last_used_at = excluded.last_used_at"
-    };
 }
 
 /// The columns of `api_call_logs` an import writes, but `api_key_id` and `id`.
@@ -190,15 +159,16 @@ impl Stage {
         };
         // Throwaway: no journal, no fsync. `overwrite`: the row existed in the database when
         // it was staged (a conflict resolved by overwriting it).
-        sqlx::raw_sql(concat!(
-            "PRAGMA stage.journal_mode = OFF; PRAGMA stage.synchronous = OFF; ",
-            "CREATE TABLE stage.api_keys (id INTEGER PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, ",
-            "encrypted_key, key_preview, name, description, created_at, updated_at, expires_at, ",
-            "expiration_mode, activation_period, activation_unit, activated_at, is_active, ",
-            "revoked_at, usage_count, last_used_at, overwrite INTEGER NOT NULL); ",
-            "CREATE TABLE stage.api_call_logs (id INTEGER PRIMARY KEY, ",
-            log_data!(),
-            ", overwrite INTEGER NOT NULL);"
+        let key_columns = key_sql()
+            .data
+            .replacen("key_hash", "key_hash TEXT NOT NULL UNIQUE", 1);
+        sqlx::raw_sql(&format!(
+            "PRAGMA stage.journal_mode = OFF; PRAGMA stage.synchronous = OFF; \
+             CREATE TABLE stage.api_keys (id INTEGER PRIMARY KEY, {key_columns}, \
+             overwrite INTEGER NOT NULL); \
+             CREATE TABLE stage.api_call_logs (id INTEGER PRIMARY KEY, {}, \
+             overwrite INTEGER NOT NULL);",
+            log_data!()
         ))
         .execute(&mut stage.conn)
         .await?;
@@ -280,41 +250,33 @@ impl Stage {
                 ))
             }
         };
-        sqlx::query(concat!(
-            "INSERT INTO main.api_keys (",
-            key_columns!(),
-            ") SELECT ",
-            key_columns!(),
-            " FROM stage.api_keys WHERE NOT overwrite ",
-            "AND id NOT IN (SELECT id FROM main.api_keys) ORDER BY id"
+        let keys = key_sql();
+        let (all, data) = (&keys.select, &keys.data);
+        sqlx::query(&format!(
+            "INSERT INTO main.api_keys ({all}) SELECT {all} FROM stage.api_keys \
+             WHERE NOT overwrite AND id NOT IN (SELECT id FROM main.api_keys) ORDER BY id"
         ))
         .execute(&mut *tx)
         .await
         .map_err(write("new keys"))?;
-        sqlx::query(concat!(
-            "INSERT INTO main.api_keys (",
-            key_columns!(),
-            ") SELECT ",
-            key_columns!(),
-            " FROM stage.api_keys WHERE overwrite ORDER BY id",
-            key_overwrite!()
+        sqlx::query(&format!(
+            "INSERT INTO main.api_keys ({all}) SELECT {all} FROM stage.api_keys \
+             WHERE overwrite ORDER BY id ON CONFLICT (id) DO UPDATE SET {}",
+            keys.overwrite
         ))
         .execute(&mut *tx)
         .await
         .map_err(write("overwritten keys"))?;
         // After every kept id: fresh ids follow the largest one.
+        let move_key = format!(
+            "INSERT INTO main.api_keys ({data}) SELECT {data} FROM stage.api_keys WHERE id = ?"
+        );
         for old in &taken_keys {
-            let moved = sqlx::query(concat!(
-                "INSERT INTO main.api_keys (",
-                key_data!(),
-                ") SELECT ",
-                key_data!(),
-                " FROM stage.api_keys WHERE id = ?"
-            ))
-            .bind(old)
-            .execute(&mut *tx)
-            .await
-            .map_err(write("new keys"))?;
+            let moved = sqlx::query(&move_key)
+                .bind(old)
+                .execute(&mut *tx)
+                .await
+                .map_err(write("new keys"))?;
             sqlx::query("INSERT INTO temp.key_moves (old, new) VALUES (?, ?)")
                 .bind(old)
                 .bind(moved.last_insert_rowid())
@@ -400,14 +362,11 @@ impl KeyClash {
 }
 
 pub async fn key_clash(stage: &mut Stage, id: i64, key_hash: &str) -> sqlx::Result<KeyClash> {
-    let rows: Vec<KeyRow> = sqlx::query_as(concat!(
-        "SELECT ",
-        key_columns!(),
-        " FROM stage.api_keys WHERE id = ?1 OR key_hash = ?2 ",
-        "UNION ALL SELECT ",
-        key_columns!(),
-        " FROM main.api_keys WHERE (id = ?1 OR key_hash = ?2) ",
-        "AND id NOT IN (SELECT id FROM stage.api_keys) ORDER BY id"
+    let all = &key_sql().select;
+    let rows: Vec<KeyRow> = sqlx::query_as(&format!(
+        "SELECT {all} FROM stage.api_keys WHERE id = ?1 OR key_hash = ?2 \
+         UNION ALL SELECT {all} FROM main.api_keys WHERE (id = ?1 OR key_hash = ?2) \
+         AND id NOT IN (SELECT id FROM stage.api_keys) ORDER BY id"
     ))
     .bind(id)
     .bind(key_hash)
@@ -451,31 +410,17 @@ pub async fn log_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
 /// so an overwritten key's call logs stay (deleting would cascade to them).
 pub async fn put_key(stage: &mut Stage, id: i64, key: &KeyRow) -> sqlx::Result<()> {
     stage.begin().await?;
-    sqlx::query(concat!(
-        "INSERT INTO stage.api_keys (",
-        key_columns!(),
-        ", overwrite) ",
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ",
-        "EXISTS (SELECT 1 FROM main.api_keys WHERE id = ?17))",
-        key_overwrite!(),
-        ", overwrite = excluded.overwrite"
-    ))
-    .bind(&key.key_hash)
-    .bind(&key.encrypted_key)
-    .bind(&key.key_preview)
-    .bind(&key.name)
-    .bind(&key.description)
-    .bind(key.created_at)
-    .bind(key.updated_at)
-    .bind(key.expires_at)
-    .bind(&key.expiration_mode)
-    .bind(key.activation_period)
-    .bind(&key.activation_unit)
-    .bind(key.activated_at)
-    .bind(key.is_active)
-    .bind(key.revoked_at)
-    .bind(key.usage_count)
-    .bind(key.last_used_at)
+    let sql = key_sql();
+    let id_param = sql.id_param;
+    bind_key!(
+        sqlx::query(&format!(
+            "INSERT INTO stage.api_keys ({}, id, overwrite) VALUES ({}, ?{id_param}, \
+             EXISTS (SELECT 1 FROM main.api_keys WHERE id = ?{id_param})) \
+             ON CONFLICT (id) DO UPDATE SET {}, overwrite = excluded.overwrite",
+            sql.data, sql.params, sql.overwrite
+        )),
+        key
+    )
     .bind(id)
     .execute(stage.conn())
     .await?;

@@ -33,6 +33,17 @@ pub fn ok(app: &TestApp, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `keygate <args>` that must fail; its stderr.
+pub fn fails(app: &TestApp, args: &[&str]) -> String {
+    let out = keygate(app, args);
+    assert!(
+        !out.status.success(),
+        "{args:?} should fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
 #[tokio::test]
 async fn key_commands_work_on_the_servers_database() {
     let app = spawn_app().await;

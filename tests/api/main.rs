@@ -11,6 +11,7 @@ mod helpers;
 mod hostile;
 mod logs;
 mod relay;
+mod restrictions;
 mod rows;
 mod sdk;
 mod secrets;

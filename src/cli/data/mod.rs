@@ -47,11 +47,13 @@ pub struct ImportArgs {
     pub dry_run: bool,
 }
 
-/// The version of the file layout this binary writes. 2: call logs carry `cost` and
-/// `cached_tokens`.
+/// The version of the file layout this binary writes. Version 2 added the call logs' `cost`
+/// and `cached_tokens`, and the keys' restriction lists and tags (`allowed_models`,
+/// `allowed_clients`, `allowed_ips`, `allowed_endpoints`, `tags`).
 const FORMAT_VERSION: u32 = 2;
-/// The oldest layout this binary still reads (version 1 logs import with cost 0).
-const FIRST_FORMAT_VERSION: u32 = 1;
+/// The oldest version this binary reads (its logs import at cost 0, its keys without
+/// restrictions).
+const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// What an export can hold, in the order it is written (keys before the logs that refer to them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -11,10 +11,11 @@ use serde::de::{
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use super::{DataType, Metadata, FIRST_FORMAT_VERSION, FORMAT_VERSION, VALID_TYPES};
+use super::{DataType, Metadata, FORMAT_VERSION, OLDEST_FORMAT_VERSION, VALID_TYPES};
 use crate::clock::parse_rfc3339;
 use crate::keys;
-use crate::store::keys::KeyRow;
+use crate::policy::{self, ListKind, TextList};
+use crate::store::keys::{KeyRow, Restrictions};
 use crate::store::logs::LogRow;
 
 /// One thing read from the file, in file order.
@@ -127,9 +128,10 @@ impl<'de> Visitor<'de> for ExportSeed<'_> {
             match field.as_str() {
                 "metadata" if layout.is_none() => {
                     let metadata: Metadata = map.next_value()?;
-                    if !(FIRST_FORMAT_VERSION..=FORMAT_VERSION).contains(&metadata.format_version) {
+                    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&metadata.format_version)
+                    {
                         return Err(de::Error::custom(format_args!(
-                            "metadata.format_version is {}, but this keygate ({}) reads versions {FIRST_FORMAT_VERSION} to {FORMAT_VERSION}",
+                            "metadata.format_version is {}, but this keygate ({}) reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}",
                             metadata.format_version,
                             env!("CARGO_PKG_VERSION")
                         )));
@@ -311,6 +313,15 @@ impl Fields {
         }
     }
 
+    /// A restriction list, checked like the admin API checks it; absent (files of format
+    /// version 1) is empty.
+    fn list(&mut self, kind: ListKind) -> Result<TextList, String> {
+        let given: Option<Vec<String>> = self.take(kind.field())?;
+        policy::validate(kind, &given.unwrap_or_default())
+            .map(TextList)
+            .map_err(|invalid| self.error(&invalid.field, invalid.message))
+    }
+
     fn key(&mut self, sanitized: bool) -> Result<ImportedKey, String> {
         let id = self.take("id")?;
         let key_hash: Option<String> = self.take("key_hash")?;
@@ -355,6 +366,13 @@ impl Fields {
             revoked_at: self.opt_time("revoked_at")?,
             usage_count: self.take("usage_count")?,
             last_used_at: self.opt_time("last_used_at")?,
+            restrictions: Restrictions {
+                allowed_models: self.list(ListKind::Models)?,
+                allowed_clients: self.list(ListKind::Clients)?,
+                allowed_ips: self.list(ListKind::Ips)?,
+                allowed_endpoints: self.list(ListKind::Endpoints)?,
+                tags: self.list(ListKind::Tags)?,
+            },
         };
         Ok(ImportedKey { row, has_secret })
     }
