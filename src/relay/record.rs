@@ -137,9 +137,8 @@ impl RequestSummary {
     pub fn read(body: &[u8]) -> Self {
         let (mut model, mut stream, mut stream_options) = (None, None, None);
         let end = walk_object(body, |member| match &*key_text(member.key) {
-            b"model" => {
-                model.get_or_insert(member.value);
-            }
+            // The last of duplicate keys, as most upstream JSON parsers take it.
+            b"model" => model = Some(member.value),
             b"stream" => stream = Some(member.value),
             b"stream_options" => stream_options = Some(member.value),
             _ => {}
