@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-TARGETS = ["direct", "nginx", "keygate"]
+TARGETS = ["direct", "nginx", "keygate", "keygate_policy"]
 LOADS = [
     ("chat_c64", "chat, c={conns}"),
     ("chat_c1", "chat, c=1"),
@@ -119,6 +119,9 @@ def main():
             conns, ratio(v("keygate", "chat_c64", "rps"), v("nginx", "chat_c64", "rps"))))
         w("| throughput stream c=%d, vs nginx | %s | 1.00× | |" % (
             conns, ratio(v("keygate", "stream_c64", "rps"), v("nginx", "stream_c64", "rps"))))
+        if "keygate_policy" in targets:
+            w("| throughput chat c=%d with a restricted key, vs nginx | %s | 1.00× | key with allowed models, IPs, endpoints and tags |" % (
+                conns, ratio(v("keygate_policy", "chat_c64", "rps"), v("nginx", "chat_c64", "rps"))))
         w("| throughput chat c=%d, vs direct | %s | %s | share of the bare mock's RPS |" % (
             conns, ratio(v("keygate", "chat_c64", "rps"), v("direct", "chat_c64", "rps")),
             ratio(v("nginx", "chat_c64", "rps"), v("direct", "chat_c64", "rps"))))
@@ -131,6 +134,9 @@ def main():
             fmt_delta(added("keygate", "chat_c1", "p50_us")), fmt_delta(added("nginx", "chat_c1", "p50_us"))))
         w("| added latency chat c=1, p99 | %s | %s | target − direct |" % (
             fmt_delta(added("keygate", "chat_c1", "p99_us")), fmt_delta(added("nginx", "chat_c1", "p99_us"))))
+        if "keygate_policy" in targets:
+            w("| added latency chat c=1, p99, restricted key | %s | | target − direct |" % (
+                fmt_delta(added("keygate_policy", "chat_c1", "p99_us"))))
         w("| added stream TTFB c=1, p50 | %s | %s | target − direct |" % (
             fmt_delta(added("keygate", "ttfb_c1", "ttfb_p50_us")), fmt_delta(added("nginx", "ttfb_c1", "ttfb_p50_us"))))
         w("| added stream TTFB c=1, p99 | %s | %s | target − direct |" % (

@@ -7,7 +7,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/bench"
 OUT="$BENCH/out"
 RUN="$OUT/run"                                   # per-run scratch: configs, db, logs, raw results
-TARGETS=${BENCH_TARGETS:-"direct nginx keygate"}
+TARGETS=${BENCH_TARGETS:-"direct nginx keygate keygate_policy"}
 DURATION=${BENCH_DURATION:-10s}                  # each wrk load
 WARMUP=${BENCH_WARMUP:-2s}                       # wrk warm-up per target (not reported)
 CONNS=${BENCH_CONNECTIONS:-64}
@@ -194,6 +194,15 @@ if want keygate; then
     || die "no 'key' field in the create-key answer: $(cat "$RUN/key.json")"
   PORT[keygate]=$KG_PORT
   AUTH[keygate]=$KG_KEY
+  if want keygate_policy; then
+    # The same server, with a key whose restrictions are checked on every request.
+    curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
+      -d '{"name":"bench restricted","allowed_models":["gpt-4o-mini","bench*"],"allowed_ips":["127.0.0.0/8","::1"],"allowed_endpoints":["/v1/chat/completions","/v1/embeddings"],"tags":["bench"]}' \
+      "http://127.0.0.1:$KG_PORT/api/api-keys" >"$RUN/key_policy.json" \
+      || die "creating the restricted key failed"
+    PORT[keygate_policy]=$KG_PORT
+    AUTH[keygate_policy]=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"])' "$RUN/key_policy.json")
+  fi
   sleep 0.5
   IDLE_RSS=$(rss_kb "$KG_PID" VmRSS)
 fi
@@ -203,7 +212,7 @@ BODY='{"model":"bench","messages":[{"role":"user","content":"Say hello."}]}'
 SBODY='{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"stream":true}'
 
 count_kg() { # target requests [slack]
-  if [ "$1" = keygate ]; then
+  if [[ "$1" == keygate* ]]; then
     KG_REQUESTS=$((KG_REQUESTS + $2))
     KG_SLACK=$((KG_SLACK + ${3:-0}))
   fi
@@ -244,7 +253,7 @@ run_ttfb() { # target name count warmup [extra-json]
   [ "$rc" = 0 ] || log "WARNING: $t $name had errors: $(jget "$json" first_error)"
 }
 
-for t in direct nginx keygate; do
+for t in direct nginx keygate keygate_policy; do
   want "$t" || continue
   sanity "$t"
   # warm-up (not reported; counted for keygate's call-log check)
