@@ -21,6 +21,43 @@ const INSERT_ROW: &str = "INSERT INTO api_call_logs (api_key_id, timestamp, mode
 /// Rows inserted between two calls of the caller's `pause`.
 const PAUSE_EVERY: usize = 16;
 
+/// A connection that moves the WAL's frames into the database, off the call-log writer's
+/// thread: a PASSIVE checkpoint waits for no reader or writer, so the writer goes on
+/// appending meanwhile. Under sustained writes a passive pass never quite catches up, so the
+/// WAL would only grow: past `TRUNCATE_FRAMES` frames a TRUNCATE checkpoint then copies the
+/// few frames left (holding writers back that long, within its busy timeout) and empties it.
+pub struct Checkpointer {
+    conn: Connection,
+}
+
+/// WAL frames (pages of about 4 KiB) past which the WAL is emptied.
+const TRUNCATE_FRAMES: i64 = 8192;
+
+impl Checkpointer {
+    pub fn open(path: &Path) -> rusqlite::Result<Checkpointer> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_millis(200))?;
+        Ok(Checkpointer { conn })
+    }
+
+    /// One pass; returns the WAL's frames after it (0 once it was emptied).
+    pub fn checkpoint(&self) -> rusqlite::Result<i64> {
+        let frames = self.run("PRAGMA wal_checkpoint(PASSIVE)")?;
+        if frames <= TRUNCATE_FRAMES {
+            return Ok(frames);
+        }
+        self.run("PRAGMA wal_checkpoint(TRUNCATE)")
+    }
+
+    /// The WAL's frames after the checkpoint `pragma` (its second column).
+    fn run(&self, pragma: &str) -> rusqlite::Result<i64> {
+        self.conn.query_row(pragma, [], |row| row.get(1))
+    }
+}
+
 /// A connection used only for writing call logs (the schema is the sqlx pool's, migrated
 /// before this opens). sqlx would send each statement to a worker thread and re-prepare a
 /// multi-row INSERT per batch; here each row is one bind + step of a prepared statement.
@@ -39,6 +76,10 @@ impl LogStore {
         conn.busy_timeout(busy_timeout)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
+        // This connection never checkpoints: a checkpoint copies the WAL into the database and
+        // syncs it (tens to hundreds of ms on a large file), and while the writer did that its
+        // queue filled and requests waited. `Checkpointer` does it on a thread of its own.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.set_prepared_statement_cache_capacity(8);
         Ok(LogStore { conn })
     }

@@ -14,7 +14,7 @@ use anyhow::Context;
 use tokio::sync::{oneshot, Notify};
 
 use crate::relay::record::CallRecord;
-use crate::store::log_batch::LogStore;
+use crate::store::log_batch::{Checkpointer, LogStore};
 
 /// Rows that may wait for the writer by default. A `kill -9` loses at most the queued rows,
 /// so the bound is the loss: 4096 rows are ~100 ms of traffic at ~35k requests/s (the relay's
@@ -28,6 +28,8 @@ pub const DEFAULT_QUEUE_ROWS: usize = 4096;
 const WAKE_AT: usize = 4;
 /// Pending rows are written at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// How often the WAL is moved into the database (off the writer's thread).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Batches up to this size yield the CPU every few rows; larger ones mean the writer is
 /// behind (over 20,000 rows/s at the 50 ms tick) and run without yielding.
 const YIELD_UP_TO_ROWS: usize = 1_000;
@@ -75,6 +77,8 @@ struct Shared {
     /// Set while batches fail; `last_error` says why.
     failing: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Set when the writer has stopped: the checkpointer stops too.
+    stopped: AtomicBool,
 }
 
 /// The request path's handle to the writer: sending never blocks, never wakes a thread
@@ -108,10 +112,18 @@ impl LogSink {
             room: Notify::new(),
             failing: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            stopped: AtomicBool::new(false),
         });
         thread_tx
             .send(shared.clone())
             .context("the call-log writer thread stopped at start")?;
+        let checkpointer = Checkpointer::open(database)
+            .with_context(|| format!("cannot open {} for checkpoints", database.display()))?;
+        let watched = shared.clone();
+        thread::Builder::new()
+            .name("keygate-checkpoint".into())
+            .spawn(move || checkpoints(checkpointer, &watched))
+            .context("cannot start the WAL checkpoint thread")?;
         Ok(LogSink { tx, shared })
     }
 
@@ -290,7 +302,21 @@ fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
             let _ = ack.send(());
         }
         if closing {
+            shared.stopped.store(true, Relaxed);
             return;
+        }
+    }
+}
+
+/// Moves the WAL into the database every `CHECKPOINT_EVERY` until the writer stops, at low
+/// priority; a failed checkpoint is only retried (the rows are safe in the WAL).
+fn checkpoints(checkpointer: Checkpointer, shared: &Shared) {
+    lower_priority();
+    while !shared.stopped.load(Relaxed) {
+        thread::park_timeout(CHECKPOINT_EVERY);
+        match checkpointer.checkpoint() {
+            Ok(frames) => tracing::trace!(frames, "WAL checkpoint"),
+            Err(err) => tracing::debug!(error = %err, "WAL checkpoint failed; retrying later"),
         }
     }
 }
