@@ -7,6 +7,15 @@ use serde_json::{json, Value};
 use crate::cli::ok;
 use crate::helpers::*;
 
+/// A key's restriction lists and tags, as the admin API names them.
+const LISTS: [&str; 5] = [
+    "allowed_models",
+    "allowed_clients",
+    "allowed_ips",
+    "allowed_endpoints",
+    "tags",
+];
+
 /// An export's text with `metadata` before `data`, as keygate writes (and reads) it.
 fn as_written(export: &Value) -> String {
     format!(
@@ -321,13 +330,7 @@ async fn patch_is_in_force_on_the_next_request_and_regenerate_keeps_restrictions
     let app = spawn_app().await;
     let (id, key) = app.new_key().await;
     let fresh = app.key_json(id).await;
-    for field in [
-        "allowed_models",
-        "allowed_clients",
-        "allowed_ips",
-        "allowed_endpoints",
-        "tags",
-    ] {
+    for field in LISTS {
         assert_eq!(fresh[field], json!([]), "{field}");
     }
     assert_eq!(app.chat_model(&key, "gpt-4o").await.0, StatusCode::OK);
@@ -605,13 +608,7 @@ async fn export_and_import_carry_restrictions_and_old_files_still_import() {
     ok(&other, &["data", "import", "--input", file_text]);
     let imported = other.key_json(id).await;
     let original = app.key_json(id).await;
-    for field in [
-        "allowed_models",
-        "allowed_clients",
-        "allowed_ips",
-        "allowed_endpoints",
-        "tags",
-    ] {
+    for field in LISTS {
         assert_eq!(imported[field], original[field], "{field}");
     }
     assert_eq!(
@@ -632,13 +629,7 @@ async fn export_and_import_carry_restrictions_and_old_files_still_import() {
     old["metadata"]["format_version"] = json!(1);
     old["data"]["logs"] = json!([]);
     let row = old["data"]["apikeys"][0].as_object_mut().unwrap();
-    for field in [
-        "allowed_models",
-        "allowed_clients",
-        "allowed_ips",
-        "allowed_endpoints",
-        "tags",
-    ] {
+    for field in LISTS {
         row.remove(field);
     }
     let old_file = dir.path().join("old.json");
@@ -649,13 +640,7 @@ async fn export_and_import_carry_restrictions_and_old_files_still_import() {
         &["data", "import", "--input", old_file.to_str().unwrap()],
     );
     let imported = third.key_json(id).await;
-    for field in [
-        "allowed_models",
-        "allowed_clients",
-        "allowed_ips",
-        "allowed_endpoints",
-        "tags",
-    ] {
+    for field in LISTS {
         assert_eq!(imported[field], json!([]), "{field}");
     }
     assert_eq!(third.chat_model(&key, "gpt-4o").await.0, StatusCode::OK);
