@@ -71,6 +71,14 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|_| ms.to_string())
 }
 
+/// The UTC date (`YYYY-MM-DD`) of day `day` since the Unix epoch (`ms.div_euclid(MS_PER_DAY)`).
+pub fn day_text(day: i64) -> String {
+    let ms = day.saturating_mul(MS_PER_DAY);
+    rfc3339(ms)
+        .get(..10)
+        .map_or_else(|| ms.to_string(), str::to_string)
+}
+
 /// Parses an RFC 3339 date-time into UTC milliseconds.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     OffsetDateTime::parse(text.trim(), &Rfc3339).ok().map(to_ms)
