@@ -16,17 +16,36 @@ use crate::relay::record::{CallRecord, Usage};
 const ADD_USAGE: &str = "UPDATE api_keys SET usage_count = usage_count + ?1, \
      last_used_at = COALESCE(MAX(last_used_at, ?2), last_used_at, ?2), \
      total_tokens_used = total_tokens_used + ?3, total_cost = total_cost + ?4 WHERE id = ?5";
-const ADD_ROLLUP: &str = "INSERT INTO usage_daily (api_key_id, day, model, calls, success_calls, \
-     error_calls, prompt_tokens, completion_tokens, cached_tokens, total_tokens, cost, \
-     response_time_ms_sum) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-     ON CONFLICT (api_key_id, day, model) DO UPDATE SET calls = calls + excluded.calls, \
-     success_calls = success_calls + excluded.success_calls, \
-     error_calls = error_calls + excluded.error_calls, \
-     prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
-     completion_tokens = completion_tokens + excluded.completion_tokens, \
-     cached_tokens = cached_tokens + excluded.cached_tokens, \
-     total_tokens = total_tokens + excluded.total_tokens, cost = cost + excluded.cost, \
-     response_time_ms_sum = response_time_ms_sum + excluded.response_time_ms_sum";
+/// `usage_daily`'s columns, in the order the rollup's inserts give them.
+macro_rules! rollup_columns {
+    () => {
+        "api_key_id, day, model, calls, success_calls, error_calls, prompt_tokens, \
+         completion_tokens, cached_tokens, total_tokens, cost, response_time_ms_sum"
+    };
+}
+pub(super) use rollup_columns;
+
+/// Adds an inserted `usage_daily` row to the existing one of its key, day and model.
+macro_rules! rollup_add {
+    () => {
+        " ON CONFLICT (api_key_id, day, model) DO UPDATE SET calls = calls + excluded.calls, \
+         success_calls = success_calls + excluded.success_calls, \
+         error_calls = error_calls + excluded.error_calls, \
+         prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
+         completion_tokens = completion_tokens + excluded.completion_tokens, \
+         cached_tokens = cached_tokens + excluded.cached_tokens, \
+         total_tokens = total_tokens + excluded.total_tokens, cost = cost + excluded.cost, \
+         response_time_ms_sum = response_time_ms_sum + excluded.response_time_ms_sum"
+    };
+}
+pub(super) use rollup_add;
+
+const ADD_ROLLUP: &str = concat!(
+    "INSERT INTO usage_daily (",
+    rollup_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    rollup_add!()
+);
 const KEY_EXISTS: &str = "SELECT 1 FROM api_keys WHERE id = ?1";
 const INSERT_ROW: &str = "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, \
      http_status, response_time, ip_address, endpoint, error_message, request_size, response_size, \
