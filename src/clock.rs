@@ -102,6 +102,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn day_text_is_the_utc_date_sqlite_gives() {
+        assert_eq!(day_text(0), "1970-01-01");
+        assert_eq!(day_text(1), "1970-01-02");
+        // 2026-12-01T23:59:59.999Z and the next millisecond.
+        let ms = 1_796_169_599_999;
+        assert_eq!(day_text(ms / MS_PER_DAY), "2026-12-01");
+        assert_eq!(day_text((ms + 1) / MS_PER_DAY), "2026-12-02");
+    }
+
+    #[test]
     fn manual_clock_moves_only_when_told() {
         let clock = Clock::manual(time::macros::datetime!(2026-01-01 00:00 UTC));
         let t0 = clock.now_ms();

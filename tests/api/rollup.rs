@@ -180,6 +180,12 @@ async fn the_rollup_and_totals_are_exact_and_stats_survive_pruned_rows() {
         .find(|k| k["id"] == id)
         .unwrap();
     assert_eq!(listed["total_tokens_used"], tokens);
+    let shown = crate::cli::ok(&app, &["keys", "show", &id.to_string()]);
+    assert!(
+        shown.contains(&format!("total_tokens_used  {tokens}"))
+            && shown.contains(&format!("total_cost         ${cost:.6}")),
+        "{shown}"
+    );
 
     // Stats give the figures of the rows.
     let (status, stats) = app.get(&format!("/api/api-keys/{id}/stats?days=7")).await;
