@@ -212,7 +212,10 @@ impl LogStore {
                 ])?;
             }
             let mut add_usage = tx.prepare_cached(ADD_USAGE)?;
-            for (id, sums) in &keys {
+            // A key's refused calls (401s of a revoked key, say) change nothing on its row.
+            let changes =
+                |sums: &&KeySums| sums.used > 0 || sums.total_tokens != 0 || sums.cost != 0.0;
+            for (id, sums) in keys.iter().filter(|(_, sums)| changes(sums)) {
                 add_usage.execute(params![
                     sums.used,
                     sums.last_used,
