@@ -71,6 +71,14 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|_| ms.to_string())
 }
 
+/// The UTC date (`YYYY-MM-DD`) of day `day` since the Unix epoch (`ms.div_euclid(MS_PER_DAY)`).
+pub fn day_text(day: i64) -> String {
+    let ms = day.saturating_mul(MS_PER_DAY);
+    rfc3339(ms)
+        .get(..10)
+        .map_or_else(|| ms.to_string(), str::to_string)
+}
+
 /// Parses an RFC 3339 date-time into UTC milliseconds.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     OffsetDateTime::parse(text.trim(), &Rfc3339).ok().map(to_ms)
@@ -92,6 +100,16 @@ pub fn ser_opt_ms<S: Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn day_text_is_the_utc_date_sqlite_gives() {
+        assert_eq!(day_text(0), "1970-01-01");
+        assert_eq!(day_text(1), "1970-01-02");
+        // 2026-12-01T23:59:59.999Z and the next millisecond.
+        let ms = 1_796_169_599_999;
+        assert_eq!(day_text(ms / MS_PER_DAY), "2026-12-01");
+        assert_eq!(day_text((ms + 1) / MS_PER_DAY), "2026-12-02");
+    }
 
     #[test]
     fn manual_clock_moves_only_when_told() {

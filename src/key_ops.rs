@@ -41,6 +41,10 @@ pub struct KeyView {
     pub usage_count: i64,
     #[serde(serialize_with = "ser_opt_ms")]
     pub last_used_at: Option<i64>,
+    /// The sum of `total_tokens` over the key's calls.
+    pub total_tokens_used: i64,
+    /// USD, the sum of the cost of the key's calls.
+    pub total_cost: f64,
     /// `allowed_models`, `allowed_clients`, `allowed_ips`, `allowed_endpoints`, `tags`.
     #[serde(flatten)]
     pub restrictions: Restrictions,
@@ -71,6 +75,8 @@ impl KeyView {
             revoked_at: row.revoked_at,
             usage_count: row.usage_count,
             last_used_at: row.last_used_at,
+            total_tokens_used: row.total_tokens_used,
+            total_cost: row.total_cost,
             restrictions: row.restrictions.clone(),
             key: None,
         }

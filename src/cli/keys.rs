@@ -141,6 +141,8 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 Ok(())
             } else {
                 print_keys(std::slice::from_ref(&view), false)?;
+                println!("  {:<18} {}", "total_tokens_used", view.total_tokens_used);
+                println!("  {:<18} ${:.6}", "total_cost", view.total_cost);
                 print_restrictions(&view);
                 Ok(())
             }

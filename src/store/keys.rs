@@ -26,6 +26,10 @@ pub struct KeyRow {
     pub revoked_at: Option<i64>,
     pub usage_count: i64,
     pub last_used_at: Option<i64>,
+    /// The sum of `total_tokens` over the key's calls (kept by the log writer).
+    pub total_tokens_used: i64,
+    /// USD, the sum of the cost of the key's calls (kept by the log writer).
+    pub total_cost: f64,
     #[sqlx(flatten)]
     pub restrictions: Restrictions,
 }
@@ -125,6 +129,8 @@ pub const KEY_COLUMNS: &[&str] = &[
     "revoked_at",
     "usage_count",
     "last_used_at",
+    "total_tokens_used",
+    "total_cost",
     "allowed_models",
     "allowed_clients",
     "allowed_ips",
@@ -133,7 +139,13 @@ pub const KEY_COLUMNS: &[&str] = &[
 ];
 
 /// Columns `save` leaves alone: set once at creation, or kept by the log writer.
-const NOT_SAVED: &[&str] = &["created_at", "usage_count", "last_used_at"];
+const NOT_SAVED: &[&str] = &[
+    "created_at",
+    "usage_count",
+    "last_used_at",
+    "total_tokens_used",
+    "total_cost",
+];
 
 /// SQL fragments built once from `KEY_COLUMNS`.
 pub struct KeySql {
@@ -200,6 +212,8 @@ macro_rules! bind_key {
             .bind(key.revoked_at)
             .bind(key.usage_count)
             .bind(key.last_used_at)
+            .bind(key.total_tokens_used)
+            .bind(key.total_cost)
             .bind(key.restrictions.allowed_models.to_json())
             .bind(key.restrictions.allowed_clients.to_json())
             .bind(key.restrictions.allowed_ips.to_json())
@@ -230,6 +244,8 @@ impl NewKey {
             revoked_at: None,
             usage_count: 0,
             last_used_at: None,
+            total_tokens_used: 0,
+            total_cost: 0.0,
             restrictions: restrictions.clone(),
         }
     }

@@ -8,10 +8,44 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
-use crate::relay::record::CallRecord;
+use crate::clock::{day_text, MS_PER_DAY};
+use crate::relay::record::{CallRecord, Usage};
 
+/// A key's usage: `last_used_at` only moves forward, and stays as it is without a new use (?2
+/// NULL; SQLite's MAX of a NULL is NULL).
 const ADD_USAGE: &str = "UPDATE api_keys SET usage_count = usage_count + ?1, \
-     last_used_at = MAX(COALESCE(last_used_at, 0), ?2) WHERE id = ?3";
+     last_used_at = COALESCE(MAX(last_used_at, ?2), last_used_at, ?2), \
+     total_tokens_used = total_tokens_used + ?3, total_cost = total_cost + ?4 WHERE id = ?5";
+/// `usage_daily`'s columns, in the order the rollup's inserts give them.
+macro_rules! rollup_columns {
+    () => {
+        "api_key_id, day, model, calls, success_calls, error_calls, prompt_tokens, \
+         completion_tokens, cached_tokens, total_tokens, cost, response_time_ms_sum"
+    };
+}
+pub(super) use rollup_columns;
+
+/// Adds an inserted `usage_daily` row to the existing one of its key, day and model.
+macro_rules! rollup_add {
+    () => {
+        " ON CONFLICT (api_key_id, day, model) DO UPDATE SET calls = calls + excluded.calls, \
+         success_calls = success_calls + excluded.success_calls, \
+         error_calls = error_calls + excluded.error_calls, \
+         prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
+         completion_tokens = completion_tokens + excluded.completion_tokens, \
+         cached_tokens = cached_tokens + excluded.cached_tokens, \
+         total_tokens = total_tokens + excluded.total_tokens, cost = cost + excluded.cost, \
+         response_time_ms_sum = response_time_ms_sum + excluded.response_time_ms_sum"
+    };
+}
+pub(super) use rollup_add;
+
+const ADD_ROLLUP: &str = concat!(
+    "INSERT INTO usage_daily (",
+    rollup_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    rollup_add!()
+);
 const KEY_EXISTS: &str = "SELECT 1 FROM api_keys WHERE id = ?1";
 const INSERT_ROW: &str = "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, \
      http_status, response_time, ip_address, endpoint, error_message, request_size, response_size, \
@@ -84,25 +118,19 @@ impl LogStore {
         Ok(LogStore { conn })
     }
 
-    /// Writes the rows and adds their usage to their keys, in one transaction. Rows of keys
-    /// deleted meanwhile are dropped, as their logs would have been; returns the rows written.
-    /// `pause` is called after every `PAUSE_EVERY` rows (the writer yields the CPU there).
+    /// Writes the rows and adds their usage to their keys and to `usage_daily`, in one
+    /// transaction. Rows of keys deleted meanwhile are dropped, as their logs would have been;
+    /// returns the rows written. `pause` is called after every `PAUSE_EVERY` rows (the writer
+    /// yields the CPU there).
     pub fn write(
         &mut self,
         records: &[CallRecord],
         mut pause: impl FnMut(),
     ) -> rusqlite::Result<usize> {
-        let mut usage: HashMap<i64, (i64, i64)> = HashMap::new();
         let mut exists: HashMap<i64, bool> = HashMap::new();
         for record in records {
-            let Some(id) = record.api_key_id else {
-                continue;
-            };
-            exists.insert(id, false);
-            if record.authenticated {
-                let entry = usage.entry(id).or_insert((0, i64::MIN));
-                entry.0 += 1;
-                entry.1 = entry.1.max(record.timestamp);
+            if let Some(id) = record.api_key_id {
+                exists.insert(id, false);
             }
         }
         // Holding the write lock from the start, no key can be deleted between the existence
@@ -111,15 +139,15 @@ impl LogStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
-            let mut add_usage = tx.prepare_cached(ADD_USAGE)?;
-            for (id, (count, last_used)) in &usage {
-                add_usage.execute(params![count, last_used, id])?;
-            }
             let mut key_exists = tx.prepare_cached(KEY_EXISTS)?;
             for (id, found) in exists.iter_mut() {
                 *found = key_exists.exists(params![id])?;
             }
         }
+        // Summed per key, and per (key, UTC day since the epoch, model): the day's text is
+        // formatted once per group, not per row.
+        let mut keys: HashMap<i64, KeySums> = HashMap::new();
+        let mut rollup: HashMap<(i64, i64, &str), Sums> = HashMap::new();
         let mut written = 0;
         let mut ip_text = String::new();
         {
@@ -153,13 +181,98 @@ impl LogStore {
                     r.cost,
                     usage.cached_tokens,
                 ])?;
+                if let Some(id) = r.api_key_id {
+                    keys.entry(id).or_default().add(r, &usage);
+                    let day = r.timestamp.div_euclid(MS_PER_DAY);
+                    let model = r.model.as_deref().unwrap_or("");
+                    rollup.entry((id, day, model)).or_default().add(r, &usage);
+                }
                 written += 1;
                 if written % PAUSE_EVERY == 0 {
                     pause();
                 }
             }
         }
+        {
+            let mut add_rollup = tx.prepare_cached(ADD_ROLLUP)?;
+            for ((id, day, model), sums) in &rollup {
+                add_rollup.execute(params![
+                    id,
+                    day_text(*day),
+                    model,
+                    sums.calls,
+                    sums.success_calls,
+                    sums.calls - sums.success_calls,
+                    sums.prompt_tokens,
+                    sums.completion_tokens,
+                    sums.cached_tokens,
+                    sums.total_tokens,
+                    sums.cost,
+                    sums.response_time,
+                ])?;
+            }
+            let mut add_usage = tx.prepare_cached(ADD_USAGE)?;
+            // A key's refused calls (401s of a revoked key, say) change nothing on its row.
+            let changes =
+                |sums: &&KeySums| sums.used > 0 || sums.total_tokens != 0 || sums.cost != 0.0;
+            for (id, sums) in keys.iter().filter(|(_, sums)| changes(sums)) {
+                add_usage.execute(params![
+                    sums.used,
+                    sums.last_used,
+                    sums.total_tokens,
+                    sums.cost,
+                    id
+                ])?;
+            }
+        }
         tx.commit()?;
         Ok(written)
+    }
+}
+
+/// What a batch adds to one key's row: `usage_count`/`last_used_at` count the calls the key
+/// authenticated; the token and cost totals every row of the key.
+#[derive(Default)]
+struct KeySums {
+    used: i64,
+    last_used: Option<i64>,
+    total_tokens: i64,
+    cost: f64,
+}
+
+impl KeySums {
+    fn add(&mut self, record: &CallRecord, usage: &Usage) {
+        if record.authenticated {
+            self.used += 1;
+            self.last_used = self.last_used.max(Some(record.timestamp));
+        }
+        self.total_tokens += usage.total_tokens.unwrap_or(0);
+        self.cost += record.cost;
+    }
+}
+
+/// What a batch adds to one `usage_daily` row (a key, a UTC day, a model).
+#[derive(Default)]
+struct Sums {
+    calls: i64,
+    success_calls: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cached_tokens: i64,
+    total_tokens: i64,
+    cost: f64,
+    response_time: i64,
+}
+
+impl Sums {
+    fn add(&mut self, record: &CallRecord, usage: &Usage) {
+        self.calls += 1;
+        self.success_calls += i64::from(record.success);
+        self.prompt_tokens += usage.prompt_tokens.unwrap_or(0);
+        self.completion_tokens += usage.completion_tokens.unwrap_or(0);
+        self.cached_tokens += usage.cached_tokens.unwrap_or(0);
+        self.total_tokens += usage.total_tokens.unwrap_or(0);
+        self.cost += record.cost;
+        self.response_time += record.response_time;
     }
 }

@@ -1,4 +1,5 @@
-//! SQL for reading `api_call_logs`: filtered pages and per-key stats (writes: `log_batch`).
+//! SQL for reading `api_call_logs` (filtered pages) and per-key stats from `usage_daily`
+//! (both written by `log_batch`).
 
 use std::collections::HashMap;
 
@@ -6,7 +7,7 @@ use serde::Serialize;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use super::Page;
-use crate::clock::{ser_ms, MS_PER_DAY};
+use crate::clock::{day_text, ser_ms, MS_PER_DAY};
 
 /// One `api_call_logs` row, as the admin API shows it.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
@@ -155,57 +156,65 @@ pub struct KeyStats {
     pub by_day: Vec<DayStats>,
 }
 
-type Totals = (i64, i64, f64, i64, i64, i64, i64, f64);
+type Totals = (i64, i64, i64, i64, i64, i64, i64, f64);
 
+/// Reads the key's `usage_daily` rows (never the call log, whose old rows may be pruned): the
+/// same figures the rows they sum would give.
 pub async fn stats(pool: &SqlitePool, key_id: i64, days: i64, now: i64) -> sqlx::Result<KeyStats> {
-    let since = (now.div_euclid(MS_PER_DAY) - (days - 1)) * MS_PER_DAY;
-    let (total_calls, success_calls, avg, prompt, completion, tokens, cached, cost): Totals = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(status = 'success'), 0), COALESCE(AVG(response_time), 0.0), \
-         COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(total_tokens), 0), \
-         COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cost), 0.0) \
-         FROM api_call_logs WHERE api_key_id = ? AND timestamp >= ?",
+    let first_day = now.div_euclid(MS_PER_DAY) - (days - 1);
+    let since = day_text(first_day);
+    let (total_calls, success_calls, response_time, prompt, completion, tokens, cached, cost): Totals =
+        sqlx::query_as(
+            "SELECT COALESCE(SUM(calls), 0), COALESCE(SUM(success_calls), 0), \
+             COALESCE(SUM(response_time_ms_sum), 0), COALESCE(SUM(prompt_tokens), 0), \
+             COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(total_tokens), 0), \
+             COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cost), 0.0) \
+             FROM usage_daily WHERE api_key_id = ? AND day >= ?",
+        )
+        .bind(key_id)
+        .bind(&since)
+        .fetch_one(pool)
+        .await?;
+    let by_model = sqlx::query_as::<_, (String, i64, i64, i64, i64, f64)>(
+        "SELECT model, SUM(calls) AS n, SUM(success_calls), SUM(response_time_ms_sum), \
+         SUM(total_tokens), SUM(cost) FROM usage_daily WHERE api_key_id = ? AND day >= ? \
+         GROUP BY model ORDER BY n DESC, model",
     )
     .bind(key_id)
-    .bind(since)
-    .fetch_one(pool)
-    .await?;
-    let by_model = sqlx::query_as::<_, (Option<String>, i64, i64, f64, i64, f64)>(
-        "SELECT model, COUNT(*), SUM(status = 'success'), AVG(response_time), COALESCE(SUM(total_tokens), 0), \
-         COALESCE(SUM(cost), 0.0) \
-         FROM api_call_logs WHERE api_key_id = ? AND timestamp >= ? GROUP BY model ORDER BY COUNT(*) DESC, model",
-    )
-    .bind(key_id)
-    .bind(since)
+    .bind(&since)
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|(model, calls, success, avg, tokens, cost)| ModelStats {
-        model,
-        calls,
-        success_calls: success,
-        error_calls: calls - success,
-        avg_response_time_ms: round2(avg),
-        total_tokens: tokens,
-        cost,
-    })
+    .map(
+        |(model, calls, success, response_time, tokens, cost)| ModelStats {
+            // Rows without a model are rolled up under ''.
+            model: (!model.is_empty()).then_some(model),
+            calls,
+            success_calls: success,
+            error_calls: calls - success,
+            avg_response_time_ms: round2(mean(response_time, calls)),
+            total_tokens: tokens,
+            cost,
+        },
+    )
     .collect();
-    let counted: HashMap<i64, (i64, i64)> = sqlx::query_as::<_, (i64, i64, i64)>(
-        "SELECT timestamp / 86400000 AS day, COUNT(*), SUM(status = 'success') \
-         FROM api_call_logs WHERE api_key_id = ? AND timestamp >= ? GROUP BY day",
+    let counted: HashMap<String, (i64, i64)> = sqlx::query_as::<_, (String, i64, i64)>(
+        "SELECT day, SUM(calls), SUM(success_calls) \
+         FROM usage_daily WHERE api_key_id = ? AND day >= ? GROUP BY day",
     )
     .bind(key_id)
-    .bind(since)
+    .bind(&since)
     .fetch_all(pool)
     .await?
     .into_iter()
     .map(|(day, calls, success)| (day, (calls, success)))
     .collect();
-    let first_day = since / MS_PER_DAY;
     let by_day = (first_day..first_day + days)
         .map(|day| {
-            let (calls, success) = counted.get(&day).copied().unwrap_or_default();
+            let date = day_text(day);
+            let (calls, success) = counted.get(&date).copied().unwrap_or_default();
             DayStats {
-                date: crate::clock::rfc3339(day * MS_PER_DAY)[..10].to_string(),
+                date,
                 calls,
                 success_calls: success,
                 error_calls: calls - success,
@@ -223,7 +232,7 @@ pub async fn stats(pool: &SqlitePool, key_id: i64, days: i64, now: i64) -> sqlx:
         } else {
             success_calls as f64 / total_calls as f64
         },
-        avg_response_time_ms: round2(avg),
+        avg_response_time_ms: round2(mean(response_time, total_calls)),
         prompt_tokens: prompt,
         completion_tokens: completion,
         total_tokens: tokens,
@@ -232,6 +241,14 @@ pub async fn stats(pool: &SqlitePool, key_id: i64, days: i64, now: i64) -> sqlx:
         by_model,
         by_day,
     })
+}
+
+fn mean(sum: i64, count: i64) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        sum as f64 / count as f64
+    }
 }
 
 fn round2(x: f64) -> f64 {

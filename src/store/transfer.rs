@@ -9,6 +9,7 @@ use futures_util::Stream;
 use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
 use super::keys::{bind_key, key_sql, KeyRow};
+use super::log_batch::{rollup_add, rollup_columns};
 use super::logs::LogRow;
 
 macro_rules! select_logs {
@@ -283,6 +284,10 @@ impl Stage {
                 .execute(&mut *tx)
                 .await?;
         }
+        // Before any row is written: the rollup and the key totals follow the rows.
+        add_to_rollup(&mut tx)
+            .await
+            .map_err(write("usage rollup"))?;
         sqlx::query(concat!(
             "INSERT INTO main.api_call_logs (",
             log_data!(),
@@ -329,6 +334,70 @@ impl Stage {
             logs: moved_logs,
         })
     }
+}
+
+/// What the staged call logs change in `usage_daily`: every staged row is added (under its
+/// key's new id if the key moved), and the row it overwrites (if any) taken away, so a row is
+/// never counted twice. Incremental, never recomputed from the call log: the rollup keeps
+/// the usage of rows that were pruned. Then the totals of every key whose rollup changed, or
+/// that the import wrote, are set from its rollup. Runs before the call logs are written (the
+/// overwritten rows are read as they were).
+async fn add_to_rollup(tx: &mut Transaction<'_, Sqlite>) -> sqlx::Result<()> {
+    sqlx::raw_sql(concat!(
+        "CREATE TEMP TABLE IF NOT EXISTS usage_delta (",
+        rollup_columns!(),
+        ", PRIMARY KEY (api_key_id, day, model)); DELETE FROM temp.usage_delta;"
+    ))
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(concat!(
+        "INSERT INTO temp.usage_delta (",
+        rollup_columns!(),
+        ") SELECT k, date(timestamp / 1000, 'unixepoch') AS d, COALESCE(model, '') AS m, ",
+        "SUM(sign), SUM(sign * (status = 'success')), SUM(sign * (status = 'error')), ",
+        "COALESCE(SUM(sign * prompt_tokens), 0), COALESCE(SUM(sign * completion_tokens), 0), ",
+        "COALESCE(SUM(sign * cached_tokens), 0), COALESCE(SUM(sign * total_tokens), 0), ",
+        "COALESCE(SUM(sign * cost), 0), SUM(sign * response_time) FROM (",
+        "SELECT api_key_id AS k, timestamp, model, status, prompt_tokens, completion_tokens, ",
+        "cached_tokens, total_tokens, cost, response_time, -1 AS sign FROM main.api_call_logs ",
+        "WHERE id IN (SELECT id FROM stage.api_call_logs WHERE overwrite) ",
+        "UNION ALL SELECT COALESCE((SELECT new FROM temp.key_moves WHERE old = api_key_id), ",
+        "api_key_id), timestamp, model, status, prompt_tokens, completion_tokens, ",
+        "cached_tokens, total_tokens, cost, response_time, 1 FROM stage.api_call_logs",
+        ") WHERE k IS NOT NULL GROUP BY k, d, m"
+    ))
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(concat!(
+        "INSERT INTO main.usage_daily (",
+        rollup_columns!(),
+        ") SELECT ",
+        rollup_columns!(),
+        " FROM temp.usage_delta WHERE true",
+        rollup_add!()
+    ))
+    .execute(&mut **tx)
+    .await?;
+    // A day and model whose rows were all overwritten by rows of another.
+    sqlx::query(
+        "DELETE FROM main.usage_daily WHERE calls = 0 AND (api_key_id, day, model) IN \
+         (SELECT api_key_id, day, model FROM temp.usage_delta)",
+    )
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE main.api_keys SET \
+         total_tokens_used = (SELECT COALESCE(SUM(total_tokens), 0) FROM main.usage_daily u \
+         WHERE u.api_key_id = api_keys.id), \
+         total_cost = (SELECT COALESCE(SUM(cost), 0) FROM main.usage_daily u \
+         WHERE u.api_key_id = api_keys.id) \
+         WHERE id IN (SELECT api_key_id FROM temp.usage_delta UNION \
+         SELECT COALESCE((SELECT new FROM temp.key_moves WHERE old = s.id), s.id) \
+         FROM stage.api_keys s)",
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// New rows of an import that got fresh ids: the server gave theirs to its own rows while

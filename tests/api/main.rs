@@ -12,6 +12,7 @@ mod hostile;
 mod logs;
 mod relay;
 mod restrictions;
+mod rollup;
 mod rows;
 mod sdk;
 mod secrets;

@@ -311,6 +311,30 @@ async fn a_large_import_while_traffic_runs_loses_nothing_and_blocks_no_admin_wri
     .unwrap();
     assert_ne!(imported_key, FILE_KEY);
     assert_eq!(imported, ROWS);
+    // The usage rollup and the totals follow the moved key (the key now holding its old id
+    // has no calls), and count the traffic once.
+    let rolled = |id: i64| {
+        sqlx::query_as::<_, (i64, i64, i64)>(
+            "SELECT (SELECT COALESCE(SUM(calls), 0) FROM usage_daily WHERE api_key_id = ?1), \
+             (SELECT COALESCE(SUM(total_tokens), 0) FROM usage_daily WHERE api_key_id = ?1), \
+             (SELECT total_tokens_used FROM api_keys WHERE id = ?1)",
+        )
+        .bind(id)
+        .fetch_one(pool)
+    };
+    let row_tokens: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(total_tokens), 0) FROM api_call_logs WHERE api_key_id = ?",
+    )
+    .bind(imported_key)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rolled(imported_key).await.unwrap(),
+        (ROWS, row_tokens, row_tokens)
+    );
+    assert_eq!(rolled(FILE_KEY).await.unwrap(), (0, 0, 0));
+    assert_eq!(rolled(key_id).await.unwrap().0, relayed);
     let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
         .fetch_one(pool)
         .await

@@ -213,6 +213,8 @@ impl Serialize for ExportedKey<'_> {
         map.serialize_entry("revoked_at", &time(r.revoked_at))?;
         map.serialize_entry("usage_count", &r.usage_count)?;
         map.serialize_entry("last_used_at", &time(r.last_used_at))?;
+        map.serialize_entry("total_tokens_used", &r.total_tokens_used)?;
+        map.serialize_entry("total_cost", &r.total_cost)?;
         for (field, list) in r.restrictions.entries() {
             map.serialize_entry(field, list)?;
         }

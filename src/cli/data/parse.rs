@@ -366,6 +366,9 @@ impl Fields {
             revoked_at: self.opt_time("revoked_at")?,
             usage_count: self.take("usage_count")?,
             last_used_at: self.opt_time("last_used_at")?,
+            // Optional (older files lack them); the import recomputes both from the rollup.
+            total_tokens_used: self.take::<Option<i64>>("total_tokens_used")?.unwrap_or(0),
+            total_cost: self.take::<Option<f64>>("total_cost")?.unwrap_or(0.0),
             restrictions: Restrictions {
                 allowed_models: self.list(ListKind::Models)?,
                 allowed_clients: self.list(ListKind::Clients)?,
