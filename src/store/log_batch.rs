@@ -276,3 +276,61 @@ impl Sums {
         self.response_time += record.response_time;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WAL-mode database with `pages` pages' worth of rows written past its last checkpoint.
+    fn database_with_wal(dir: &Path, pages: usize) -> (std::path::PathBuf, Connection) {
+        let path = dir.join("wal.db");
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+                 CREATE TABLE t (b BLOB);",
+            )
+            .unwrap();
+        writer.execute_batch("BEGIN").unwrap();
+        for _ in 0..pages {
+            writer
+                .execute("INSERT INTO t (b) VALUES (zeroblob(3500))", [])
+                .unwrap();
+        }
+        writer.execute_batch("COMMIT").unwrap();
+        (path, writer)
+    }
+
+    fn wal_bytes(path: &Path) -> u64 {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[test]
+    fn a_small_wal_is_checkpointed_in_place_and_a_large_one_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, writer) = database_with_wal(dir.path(), 200);
+        let checkpointer = Checkpointer::open(&path).unwrap();
+        let frames = checkpointer.checkpoint().unwrap();
+        assert!(frames > 0 && frames <= TRUNCATE_FRAMES, "{frames}");
+        assert!(
+            wal_bytes(&path) > 0,
+            "a passive pass leaves the WAL file for reuse"
+        );
+
+        writer.execute_batch("BEGIN").unwrap();
+        for _ in 0..TRUNCATE_FRAMES as usize + 100 {
+            writer
+                .execute("INSERT INTO t (b) VALUES (zeroblob(3500))", [])
+                .unwrap();
+        }
+        writer.execute_batch("COMMIT").unwrap();
+        assert_eq!(checkpointer.checkpoint().unwrap(), 0);
+        assert_eq!(wal_bytes(&path), 0, "past the limit the WAL is emptied");
+        let rows: i64 = writer
+            .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 200 + TRUNCATE_FRAMES + 100, "nothing lost on the way");
+    }
+}
