@@ -75,10 +75,15 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// 200 while keygate can serve and record; 503 naming the cause while its call log cannot be
-/// written (a load balancer then routes elsewhere; rows wait in the queue meanwhile).
+/// written (a load balancer then routes elsewhere; rows wait in the queue meanwhile). Both say
+/// how many of keygate's own log lines could not be written (a full disk, a closed pipe).
 async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let log_lines_dropped = crate::log_output::dropped_lines();
     match state.logs.failing() {
-        None => (StatusCode::OK, Json(serde_json::json!({ "status": "ok" }))),
+        None => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "ok", "log_lines_dropped": log_lines_dropped })),
+        ),
         Some(cause) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({
@@ -86,6 +91,7 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<serde_json:
                 "cause": format!("the call log cannot be written: {cause}"),
                 "queued_rows": state.logs.queued(),
                 "queue_bound": state.logs.bound(),
+                "log_lines_dropped": log_lines_dropped,
             })),
         ),
     }

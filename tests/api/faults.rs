@@ -100,6 +100,14 @@ async fn unwritable_log_output_is_never_fatal() {
             child.try_wait().unwrap().is_none(),
             "keygate is still running"
         );
+        // The lines it could not write were counted, and it says so.
+        let (status, health) =
+            read(client.get(format!("{base}/healthz")).send().await.unwrap()).await;
+        assert_eq!(status, 200, "{health}");
+        assert!(
+            health["log_lines_dropped"].as_u64().unwrap() > 0,
+            "{health}"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }
