@@ -327,7 +327,7 @@ async fn forward(
         std::mem::take(record),
         started,
         state.logs.clone(),
-        state.upstream.watch(),
+        state.upstream.clone(),
         injected,
     );
     match list_models {

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::{Config, StreamUsage};
 use conn::{CheckoutError, Conn, Pool, Target};
 use http1::{Head, UpstreamBody};
-pub use recorded::{respond, RecordedBody, Watch, MAX_DURATION_EXCEEDED};
+pub use recorded::{respond, RecordedBody, MAX_DURATION_EXCEEDED};
 
 /// Why the upstream gave no response.
 #[derive(Debug)]
@@ -157,17 +157,6 @@ impl Upstream {
     pub fn deadline(&self, started: std::time::Instant) -> Option<tokio::time::Instant> {
         let started = tokio::time::Instant::from_std(started);
         self.max_duration.map(|max| started + max)
-    }
-
-    /// What a relayed body is held to: the idle timeout, the total deadline, and the
-    /// credential to redact from its record.
-    pub fn watch(&self) -> Watch {
-        Watch {
-            idle_timeout: self.timeout,
-            max_duration: self.max_duration,
-            secret: self.secret.clone(),
-            prices: self.prices.clone(),
-        }
     }
 
     /// The wire form of `/v1{rest}?{query}` for `{upstream}{rest}?{query}`: the client's

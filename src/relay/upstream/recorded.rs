@@ -14,8 +14,7 @@ use hyper::Response;
 use tokio::time::Sleep;
 
 use super::http1::UpstreamBody;
-use super::strip_hop_by_hop;
-use crate::prices::Prices;
+use super::{strip_hop_by_hop, Upstream};
 use crate::relay::record::{CallRecord, UsageScan};
 use crate::relay::redact::{mask, redact};
 use crate::relay::stream_usage::UsageStrip;
@@ -29,28 +28,16 @@ const UPSTREAM_DETAIL_CHARS: usize = 300;
 /// The row's reason when `KEYGATE_UPSTREAM_MAX_DURATION` ends a request.
 pub const MAX_DURATION_EXCEEDED: &str = "upstream exceeded KEYGATE_UPSTREAM_MAX_DURATION";
 
-/// What every relayed body is held to: its clocks, and the secret its record must not keep.
-#[derive(Clone, Debug)]
-pub struct Watch {
-    /// Longest wait for the next chunk.
-    pub idle_timeout: Duration,
-    /// Longest the whole request may take, from its arrival (None: no limit).
-    pub max_duration: Option<Duration>,
-    /// The upstream's credential, redacted from the upstream's error messages.
-    pub secret: Option<Arc<str>>,
-    /// What the call's usage costs.
-    pub prices: Arc<Prices>,
-}
-
 /// Builds the client's response from the upstream's, its body teed into the call record.
 /// `injected`: keygate added `include_usage` to the request, so a successful event stream has
-/// what that brought removed (`relay::stream_usage`).
+/// what that brought removed (`relay::stream_usage`). `via` gives the body its timeouts, the
+/// credential its record must not keep, and the prices of its usage.
 pub fn respond(
     upstream: Response<UpstreamBody>,
     mut record: CallRecord,
     started: Instant,
     sink: LogSink,
-    watch: Watch,
+    via: Arc<Upstream>,
     injected: bool,
 ) -> Response<RecordedBody> {
     let (mut parts, body) = upstream.into_parts();
@@ -71,8 +58,8 @@ pub fn respond(
         inner: body,
         timer: None,
         last_frame: started_at,
-        idle_timeout: watch.idle_timeout,
-        deadline: watch.max_duration.map(|max| started_at + max),
+        idle_timeout: via.timeout(),
+        deadline: via.deadline(started),
         strip,
         call: Some(PendingCall {
             record,
@@ -80,8 +67,7 @@ pub fn respond(
             scan,
             sink,
             upstream_ok: parts.status.is_success(),
-            secret: watch.secret,
-            prices: watch.prices,
+            via,
         }),
     });
     *response.status_mut() = parts.status;
@@ -96,8 +82,9 @@ struct PendingCall {
     scan: UsageScan,
     sink: LogSink,
     upstream_ok: bool,
-    secret: Option<Arc<str>>,
-    prices: Arc<Prices>,
+    /// The upstream that answered: its credential is redacted from the record, its prices
+    /// give the call's cost.
+    via: Arc<Upstream>,
 }
 
 /// The upstream's body, forwarded frame by frame as it arrives; it counts, scans for usage,
@@ -127,7 +114,7 @@ impl RecordedBody {
         let (usage, upstream_message) = call.scan.finish();
         let record = &mut call.record;
         if let Some(usage) = &usage {
-            record.cost = call.prices.cost(record.model.as_deref(), usage);
+            record.cost = call.via.prices.cost(record.model.as_deref(), usage);
         }
         record.usage = usage;
         record.response_time = call.started.elapsed().as_millis() as i64;
@@ -142,7 +129,7 @@ impl RecordedBody {
                 let mut message = format!("upstream returned HTTP {}", record.http_status);
                 if let Some(detail) = upstream_message {
                     message.push_str(": ");
-                    message.push_str(&stored_detail(&detail, call.secret.as_deref()));
+                    message.push_str(&stored_detail(&detail, call.via.secret.as_deref()));
                 }
                 record.set_error(message);
             }
@@ -232,7 +219,7 @@ impl Body for RecordedBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(mut frame))) => {
                 if let Some(call) = this.call.as_mut() {
-                    if let (false, Some(secret)) = (call.upstream_ok, &call.secret) {
+                    if let (false, Some(secret)) = (call.upstream_ok, &call.via.secret) {
                         frame = match frame.into_data() {
                             Ok(data) => Frame::data(mask(data, secret)),
                             Err(frame) => frame,
