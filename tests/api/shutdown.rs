@@ -139,3 +139,63 @@ async fn rows_of_requests_still_open_when_the_grace_ends_are_written() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_second_signal_ends_a_shutdown_that_is_still_waiting() {
+    let upstream = spawn_mock_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+    let mut child = serve_env(command.arg("serve"), &upstream, dir.path(), port)
+        .env("KEYGATE_SHUTDOWN_GRACE", "60s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until_serving(&base, &mut child).await;
+    let client = reqwest::Client::new();
+    let created: serde_json::Value = client
+        .post(format!("{base}/api/api-keys"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "two signals"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // A stream the upstream never finishes keeps the graceful shutdown waiting.
+    let mut stream = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(created["key"].as_str().unwrap())
+        .json(&json!({"model": "gpt-gated", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert!(stream.chunk().await.unwrap().is_some());
+    let pid = child.id().to_string();
+    let term = || {
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+    };
+    term();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal waits for the stream"
+    );
+    term();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the second signal exits at once"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+}
