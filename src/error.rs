@@ -36,6 +36,14 @@ pub enum ApiError {
     /// 429 with `Retry-After: retry_after` seconds.
     #[error("{message}")]
     TooManyRequests { message: String, retry_after: u64 },
+    /// 429 on the relay: a key's limit (SPEC §10) is reached; `Retry-After` when it will pass
+    /// by itself (not for lifetime limits).
+    #[error("{message}")]
+    LimitExceeded {
+        limit: &'static str,
+        message: String,
+        retry_after: Option<u64>,
+    },
     #[error("{0}")]
     BadGateway(String),
     #[error("{0}")]
@@ -64,7 +72,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } | ApiError::LimitExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -89,6 +99,14 @@ impl ApiError {
             ApiError::TooManyRequests { message, retry_after } => {
                 format!("{message}; retry in {retry_after} s")
             }
+            ApiError::LimitExceeded {
+                message,
+                retry_after,
+                ..
+            } => match retry_after {
+                Some(secs) => format!("Rate limit reached: {message}; retry in {secs} s"),
+                None => format!("Limit reached: {message}"),
+            },
             ApiError::PayloadTooLarge(limit) => format!(
                 "The request body exceeds {limit} bytes; send a smaller one or raise KEYGATE_MAX_BODY_BYTES"
             ),
@@ -120,6 +138,9 @@ struct ErrorBody<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// The key limit a 429 is about (`rate_limit_requests`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<&'a str>,
 }
 
 impl IntoResponse for ApiError {
@@ -132,10 +153,15 @@ impl IntoResponse for ApiError {
             ApiError::Invalid { field, .. } => Some(field.as_str()),
             _ => None,
         };
+        let limit = match &self {
+            ApiError::LimitExceeded { limit, .. } => Some(*limit),
+            _ => None,
+        };
         let body = ErrorBody {
             error: status.canonical_reason().unwrap_or("Error"),
             message: self.message(),
             field,
+            limit,
         };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED && matches!(self, ApiError::InvalidKey) {
@@ -143,12 +169,16 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::Unavailable { retry_after, .. }
-        | ApiError::TooManyRequests { retry_after, .. } = &self
-        {
+        let retry_after = match &self {
+            ApiError::Unavailable { retry_after, .. }
+            | ApiError::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            ApiError::LimitExceeded { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         if matches!(self, ApiError::MethodNotAllowed) {
             response.headers_mut().insert(

@@ -9,6 +9,8 @@ use sqlx::SqlitePool;
 use crate::clock::{parse_rfc3339, ser_ms, ser_opt_ms, Clock, MS_PER_DAY};
 use crate::error::ApiError;
 use crate::keys::{self, ActivationUnit, ExpirationMode, Status};
+use crate::limits::meters::Meters;
+use crate::limits::{Limits, LimitsPatch, TakesLimits};
 use crate::policy::{self, ListKind, TextList};
 use crate::relay::auth::KeyCache;
 use crate::store::keys::{KeyFilter, KeyRow, NewKey, Restrictions};
@@ -48,6 +50,12 @@ pub struct KeyView {
     /// `allowed_models`, `allowed_clients`, `allowed_ips`, `allowed_endpoints`, `tags`.
     #[serde(flatten)]
     pub restrictions: Restrictions,
+    /// `rate_limit_window`, `rate_limit_requests`, … (SPEC §10; 0 = no limit).
+    #[serde(flatten)]
+    pub limits: Limits,
+    /// USD spent today (UTC) and this week (from Monday 00:00 UTC); see `with_spend`.
+    pub daily_cost: f64,
+    pub weekly_cost: f64,
     /// The full key: only in the create and regenerate answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -78,8 +86,18 @@ impl KeyView {
             total_tokens_used: row.total_tokens_used,
             total_cost: row.total_cost,
             restrictions: row.restrictions.clone(),
+            limits: row.limits,
+            daily_cost: 0.0,
+            weekly_cost: 0.0,
             key: None,
         }
+    }
+
+    /// With today's and this week's cost.
+    pub fn with_spend(mut self, (daily_cost, weekly_cost): (f64, f64)) -> Self {
+        self.daily_cost = daily_cost;
+        self.weekly_cost = weekly_cost;
+        self
     }
 
     pub fn with_key(mut self, key: String) -> Self {
@@ -111,6 +129,9 @@ pub struct CreateKey {
     /// Paths under /v1/ (exact or `prefix*`); empty: any endpoint.
     pub allowed_endpoints: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
+    /// The limit fields (read beside these by `limits::WithLimits`).
+    #[serde(skip)]
+    pub limits: LimitsPatch,
 }
 
 /// `PATCH /api/api-keys/{id}`: absent fields are unchanged; `expires_at: null` means never;
@@ -133,6 +154,21 @@ pub struct KeyPatch {
     /// Paths under /v1/ (exact or `prefix*`); empty: any endpoint.
     pub allowed_endpoints: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
+    /// The limit fields to change (0 lifts a limit).
+    #[serde(skip)]
+    pub limits: LimitsPatch,
+}
+
+impl TakesLimits for CreateKey {
+    fn limits_mut(&mut self) -> &mut LimitsPatch {
+        &mut self.limits
+    }
+}
+
+impl TakesLimits for KeyPatch {
+    fn limits_mut(&mut self) -> &mut LimitsPatch {
+        &mut self.limits
+    }
 }
 
 /// `POST /api/api-keys/{id}/renew`: exactly one of `days` (from now), `expires_at`, `never`.
@@ -191,6 +227,8 @@ pub struct Keyring {
     pub clock: Clock,
     pub fernet: Arc<fernet::Fernet>,
     pub cache: Arc<KeyCache>,
+    /// The relay's meters of keys with limits (a deleted key's goes with it).
+    pub meters: Arc<Meters>,
 }
 
 impl Keyring {
@@ -207,6 +245,7 @@ impl Keyring {
             clock,
             fernet: Arc::new(crate::secrets::fernet(config)?),
             cache: Arc::new(KeyCache::default()),
+            meters: Arc::new(Meters::default()),
         })
     }
 
@@ -216,6 +255,31 @@ impl Keyring {
 
     pub fn view(&self, row: &KeyRow) -> KeyView {
         KeyView::new(row, self.now())
+    }
+
+    /// The views of `rows` with what each spent today and this week.
+    pub async fn views(&self, rows: &[KeyRow]) -> Result<Vec<KeyView>, ApiError> {
+        let now = self.now();
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        let spend =
+            store::usage::day_and_week_costs(&self.pool, &ids, crate::limits::meter::day_of(now))
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let view = KeyView::new(row, now);
+                match spend.get(&row.id) {
+                    Some(spent) => view.with_spend(*spent),
+                    None => view,
+                }
+            })
+            .collect())
+    }
+
+    /// One key's view with what it spent today and this week.
+    pub async fn full_view(&self, row: &KeyRow) -> Result<KeyView, ApiError> {
+        let mut views = self.views(std::slice::from_ref(row)).await?;
+        Ok(views.pop().unwrap_or_else(|| self.view(row)))
     }
 
     pub async fn get(&self, id: i64) -> Result<KeyRow, ApiError> {
@@ -308,7 +372,10 @@ impl Keyring {
             activation_unit,
         };
         let restrictions = restrictions(&Restrictions::default(), &request.restriction_lists())?;
-        let row = store::keys::insert_restricted(&self.pool, &new, &restrictions, now).await?;
+        let limits = Limits::default().patched(&request.limits);
+        limits.validate()?;
+        let row =
+            store::keys::insert_restricted(&self.pool, &new, &restrictions, &limits, now).await?;
         self.cache.clear();
         tracing::info!(key_id = row.id, "API key created");
         Ok((row, secret))
@@ -348,6 +415,8 @@ impl Keyring {
             row.is_active = is_active;
         }
         row.restrictions = restrictions(&row.restrictions, &patch.restriction_lists())?;
+        row.limits = row.limits.patched(&patch.limits);
+        row.limits.validate()?;
         row.updated_at = now;
         let row = store::keys::save(&mut *tx, &row).await?;
         tx.commit().await?;
@@ -530,6 +599,7 @@ impl Keyring {
             return Err(ApiError::NotFound("API key"));
         }
         self.cache.clear();
+        self.meters.forget(id);
         tracing::info!(key_id = id, "API key deleted with its call logs");
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod key_ops;
 pub mod keys;
+pub mod limits;
 pub mod log_output;
 pub mod policy;
 pub mod prices;

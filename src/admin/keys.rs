@@ -12,6 +12,7 @@ use crate::app::AppState;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::key_ops::{CreateKey, KeyPatch, KeyView, RenewExpiring, Renewal, RenewedBatch};
 use crate::keys::Status;
+use crate::limits::WithLimits;
 use crate::store::keys::KeyFilter;
 use crate::store::logs::{KeyStats, LogRow};
 
@@ -59,13 +60,13 @@ async fn list(
             .filter(|t| !t.is_empty()),
     };
     let (rows, total) = state.keyring.list(&filter, page).await?;
-    let items = rows.iter().map(|row| state.keyring.view(row)).collect();
+    let items = state.keyring.views(&rows).await?;
     Ok(Json(Listing::new(items, page, total)))
 }
 
 async fn create(
     State(state): State<AppState>,
-    ApiJson(request): ApiJson<CreateKey>,
+    ApiJson(WithLimits(request)): ApiJson<WithLimits<CreateKey>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (row, secret) = state.keyring.create(&request).await?;
     Ok((
@@ -79,16 +80,16 @@ async fn show(
     Path(id): Path<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
     let row = state.keyring.get(id).await?;
-    Ok(Json(state.keyring.view(&row)))
+    Ok(Json(state.keyring.full_view(&row).await?))
 }
 
 async fn update(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-    ApiJson(patch): ApiJson<KeyPatch>,
+    ApiJson(WithLimits(patch)): ApiJson<WithLimits<KeyPatch>>,
 ) -> Result<Json<KeyView>, ApiError> {
     let row = state.keyring.update(id, &patch).await?;
-    Ok(Json(state.keyring.view(&row)))
+    Ok(Json(state.keyring.full_view(&row).await?))
 }
 
 async fn revoke(
@@ -96,7 +97,7 @@ async fn revoke(
     Path(id): Path<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
     let row = state.keyring.revoke(id).await?;
-    Ok(Json(state.keyring.view(&row)))
+    Ok(Json(state.keyring.full_view(&row).await?))
 }
 
 async fn renew(
@@ -105,7 +106,7 @@ async fn renew(
     ApiJson(renewal): ApiJson<Renewal>,
 ) -> Result<Json<KeyView>, ApiError> {
     let row = state.keyring.renew(id, &renewal).await?;
-    Ok(Json(state.keyring.view(&row)))
+    Ok(Json(state.keyring.full_view(&row).await?))
 }
 
 async fn renew_expiring(
@@ -120,7 +121,7 @@ async fn regenerate(
     Path(id): Path<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
     let (row, secret) = state.keyring.regenerate(id).await?;
-    Ok(Json(state.keyring.view(&row).with_key(secret)))
+    Ok(Json(state.keyring.full_view(&row).await?.with_key(secret)))
 }
 
 async fn remove(

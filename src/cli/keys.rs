@@ -10,6 +10,7 @@ use console::style;
 use crate::clock::{parse_rfc3339, rfc3339, MS_PER_DAY, MS_PER_HOUR};
 use crate::key_ops::{CreateKey, KeyPatch, KeyView, Keyring, RenewExpiring, Renewal};
 use crate::keys::{ActivationUnit, ExpirationMode, Status};
+use crate::limits::LimitsPatch;
 use crate::store::keys::KeyFilter;
 use crate::store::Page;
 
@@ -18,15 +19,15 @@ pub enum KeysCommand {
     /// List keys: id, name, masked key, status, expiry, usage.
     List(ListArgs),
     /// Create a key and print it (the only time the full key is shown).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Show one key.
     Show {
         id: i64,
         #[arg(long)]
         json: bool,
     },
-    /// Change a key's name, description, restrictions or tags (in force on the next request).
-    Edit(EditArgs),
+    /// Change a key's name, description, restrictions, tags or limits (in force on the next request).
+    Edit(Box<EditArgs>),
     /// Change a key's expiry: 1h, 1d, 7d, 30d, 90d, 365d (any Nh/Nd), never, or an RFC 3339 date-time.
     Expiry { id: i64, expiry: String },
     /// Renew a key (also an expired or disabled one): N days from now, to a date, or never.
@@ -110,6 +111,9 @@ pub struct EditArgs {
     pub description: Option<String>,
     #[command(flatten)]
     pub restrictions: RestrictionArgs,
+    /// Limits to change (`--rate-limit-requests 0` lifts that limit).
+    #[command(flatten)]
+    pub limits: LimitsPatch,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +130,8 @@ pub struct CreateArgs {
     pub activation: Option<String>,
     #[command(flatten)]
     pub restrictions: RestrictionArgs,
+    #[command(flatten)]
+    pub limits: LimitsPatch,
     #[arg(long)]
     pub json: bool,
 }
@@ -133,9 +139,9 @@ pub struct CreateArgs {
 pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> {
     match command {
         KeysCommand::List(args) => list(keyring, args).await,
-        KeysCommand::Create(args) => create(keyring, args).await,
+        KeysCommand::Create(args) => create(keyring, *args).await,
         KeysCommand::Show { id, json } => {
-            let view = keyring.view(&keyring.get(id).await?);
+            let view = keyring.full_view(&keyring.get(id).await?).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
                 Ok(())
@@ -143,11 +149,15 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 print_keys(std::slice::from_ref(&view), false)?;
                 println!("  {:<18} {}", "total_tokens_used", view.total_tokens_used);
                 println!("  {:<18} ${:.6}", "total_cost", view.total_cost);
+                println!("  {:<18} ${:.6}", "daily_cost", view.daily_cost);
+                println!("  {:<18} ${:.6}", "weekly_cost", view.weekly_cost);
                 print_restrictions(&view);
+                print_limits(&view);
                 Ok(())
             }
         }
         KeysCommand::Edit(args) => {
+            let args = *args;
             let r = args.restrictions;
             let patch = KeyPatch {
                 name: args.name,
@@ -157,11 +167,13 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 allowed_ips: r.allowed_ips,
                 allowed_endpoints: r.allowed_endpoints,
                 tags: r.tags,
+                limits: args.limits,
                 ..Default::default()
             };
             let view = keyring.view(&keyring.update(args.id, &patch).await?);
             println!("Key #{} '{}' changed.", view.id, printable(&view.name));
             print_restrictions(&view);
+            print_limits(&view);
             Ok(())
         }
         KeysCommand::Expiry { id, expiry } => {
@@ -317,6 +329,7 @@ async fn create(keyring: &Keyring, args: CreateArgs) -> anyhow::Result<()> {
         allowed_ips: r.allowed_ips,
         allowed_endpoints: r.allowed_endpoints,
         tags: r.tags,
+        limits: args.limits,
         ..Default::default()
     };
     if let Some(period) = &args.activation {
@@ -344,6 +357,7 @@ async fn create(keyring: &Keyring, args: CreateArgs) -> anyhow::Result<()> {
         describe_expiry(&view)
     );
     print_restrictions(&view);
+    print_limits(&view);
     println!("\n  {secret}\n\nThis is the only time the full key is shown: store it now.");
     Ok(())
 }
@@ -363,6 +377,19 @@ pub fn print_restrictions(view: &KeyView) {
                 .map(|entry| printable(entry).into_owned())
                 .collect::<Vec<_>>()
                 .join(", ")
+        };
+        println!("  {field:<18} {shown}");
+    }
+}
+
+/// The key's limits, one line each.
+pub fn print_limits(view: &KeyView) {
+    for (field, value) in view.limits.entries() {
+        let shown = match field {
+            _ if value == 0.0 => "none".to_string(),
+            "rate_limit_window" => format!("{value} min"),
+            _ if field.contains("cost") => format!("${value}"),
+            _ => value.to_string(),
         };
         println!("  {field:<18} {shown}");
     }

@@ -1,13 +1,15 @@
 //! Header → key → cache or database → AuthedKey, or a refusal (the 401 of SPEC §3).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap};
 use sqlx::SqlitePool;
 
 use crate::keys::{self, KeyHash, Lifecycle};
+use crate::limits::meter::Meter;
+use crate::limits::Limits;
 use crate::policy::Policy;
 use crate::store;
 
@@ -26,6 +28,11 @@ pub struct AuthedKey {
     pub activation_ms: Option<i64>,
     /// Its restrictions, parsed when the key was loaded; None: it has none.
     pub policy: Option<Box<Policy>>,
+    /// Its limits; None: it has none (no meter, no headers).
+    pub limits: Option<Limits>,
+    /// Its meter, found on the first request after the key was loaded (the meter outlives
+    /// this cached copy: it is kept by key id in `limits::meters`).
+    pub meter: OnceLock<Arc<Meter>>,
 }
 
 /// Why a request did not authenticate (for its call-log row).
@@ -159,6 +166,8 @@ async fn lookup(pool: &SqlitePool, hash: &KeyHash) -> Result<Option<Arc<AuthedKe
         lifecycle: row.lifecycle(),
         activation_ms: row.activation_millis(),
         policy: policy.map(Box::new),
+        limits: row.limits.any().then_some(row.limits),
+        meter: OnceLock::new(),
     })))
 }
 

@@ -9,6 +9,7 @@ mod models;
 pub mod policy;
 pub mod record;
 pub mod redact;
+mod self_service;
 pub mod stream_usage;
 pub mod upstream;
 
@@ -193,21 +194,28 @@ async fn forward(
         .map_err(|why| Refusal::new(why.error(), why.reason()))?;
     // The key's restrictions that the head decides, before any byte of the body is read. A
     // key that cannot be used at all gets its 401 from `admit` instead.
-    if let Some(restricted) = &key.policy {
-        if matches!(
-            key.lifecycle.status(record.timestamp),
-            Status::Active | Status::Pending
-        ) {
-            let user_agent = parts
-                .headers
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok());
-            restricted
-                .ip(record.ip_address)
-                .and_then(|()| restricted.client(user_agent))
-                .and_then(|()| restricted.endpoint(parts.uri.path()))
-                .map_err(forbid)?;
+    let own = self_service::serves(&parts.method, parts.uri.path());
+    check_head(&key, &parts, record, !own)?;
+    if own {
+        // About the key itself: answered here, not relayed and not a use of the key (nor the
+        // first use of an activation-mode key).
+        if key.lifecycle.status(record.timestamp) != Status::Pending {
+            policy::admit(&state.pool, &state.keyring.cache, &key, record.timestamp)
+                .await
+                .map_err(refuse)?;
         }
+        let answer = self_service::answer(state, &key, &parts, record.timestamp)
+            .await
+            .map_err(|error| {
+                let reason = error.to_string();
+                Refusal::new(error, reason)
+            })?;
+        let mut record = std::mem::take(record);
+        record.success = true;
+        record.http_status = answer.status().as_u16();
+        record.response_time = started.elapsed().as_millis() as i64;
+        state.logs.record(record);
+        return Ok(answer);
     }
     // An activation-mode key restricted to some models starts its clock only once the body
     // shows an allowed model: a refused request is not its first use.
@@ -253,6 +261,20 @@ async fn forward(
             .map_err(refuse)?;
         record.authenticated = true;
     }
+    // The key's limits: its meter admits the request (counting it) or refuses it with a 429.
+    let admitted = match &key.limits {
+        None => None,
+        Some(limits) => {
+            let meter = meter_of(state, &key, record.timestamp).await?;
+            let admitted = meter.admit(limits, record.timestamp).map_err(|exceeded| {
+                // Not relayed: not the key's use.
+                record.authenticated = false;
+                Refusal::new(exceeded.error(), exceeded.reason())
+            })?;
+            record.meter = Some(meter.clone());
+            Some(admitted)
+        }
+    };
     // Streams are sent asking for their usage (the client's stream keeps its shape).
     let spliced = match summary.end {
         Some(end)
@@ -322,6 +344,7 @@ async fn forward(
             format!("upstream request failed: {cause}"),
         ),
     })?;
+    let (ticket, quotas) = admitted.map(|a| (a.ticket, a.quotas)).unzip();
     let response = upstream::respond(
         response,
         std::mem::take(record),
@@ -329,11 +352,77 @@ async fn forward(
         state.logs.clone(),
         state.upstream.clone(),
         injected,
+        ticket,
     );
-    match list_models {
-        Some(allowed) => Ok(models::filtered(response, allowed).await),
-        None => Ok(response.map(ReplyBody::Upstream)),
+    let mut response = match list_models {
+        Some(allowed) => models::filtered(response, allowed).await,
+        None => response.map(ReplyBody::Upstream),
+    };
+    if let Some(quotas) = &quotas {
+        crate::limits::headers::apply(response.headers_mut(), quotas);
     }
+    Ok(response)
+}
+
+/// The restrictions a request's head decides (IP, client and, unless `endpoint` is false,
+/// endpoint), for a key that may be used now.
+fn check_head(
+    key: &auth::AuthedKey,
+    parts: &Parts,
+    record: &CallRecord,
+    endpoint: bool,
+) -> Result<(), Refusal> {
+    let Some(restricted) = &key.policy else {
+        return Ok(());
+    };
+    if !matches!(
+        key.lifecycle.status(record.timestamp),
+        Status::Active | Status::Pending
+    ) {
+        return Ok(());
+    }
+    let user_agent = parts
+        .headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    restricted
+        .ip(record.ip_address)
+        .and_then(|()| restricted.client(user_agent))
+        .and_then(|()| {
+            if endpoint {
+                restricted.endpoint(parts.uri.path())
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(forbid)
+}
+
+/// The key's meter: found once per cached key, started (from the store) once per process.
+async fn meter_of<'k>(
+    state: &AppState,
+    key: &'k auth::AuthedKey,
+    now: i64,
+) -> Result<&'k std::sync::Arc<crate::limits::meter::Meter>, Refusal> {
+    if let Some(meter) = key.meter.get() {
+        return Ok(meter);
+    }
+    let meter = state
+        .keyring
+        .meters
+        .get_or_start(key.id, &state.pool, &state.logs, now)
+        .await
+        .map_err(|unmetered| {
+            tracing::warn!(key_id = key.id, cause = %unmetered.0, "a key's meter could not start");
+            Refusal::new(
+                ApiError::Unavailable {
+                    message: "keygate cannot check this key's limits right now (its database is busy or full); retry shortly".into(),
+                    retry_after: 5,
+                },
+                format!("limits unchecked: {}", unmetered.0),
+            )
+        })?;
+    Ok(key.meter.get_or_init(|| meter))
 }
 
 /// The 403 of a request the key's restrictions refuse, naming what and what is allowed.

@@ -57,6 +57,9 @@ pub struct CallRecord {
     /// USD, from the price table when the call ends (0 without usage or a price).
     pub cost: f64,
     pub stream: bool,
+    /// The meter of a key with limits that admitted this request: the call-log writer saves
+    /// its window with the row (`rate_windows`).
+    pub meter: Option<std::sync::Arc<crate::limits::meter::Meter>>,
 }
 
 impl CallRecord {
@@ -88,6 +91,13 @@ pub struct Usage {
     pub cached_tokens: Option<i64>,
 }
 
+impl Usage {
+    /// The tokens a key's limits count: the total.
+    pub fn tokens(&self) -> i64 {
+        self.total_tokens.unwrap_or(0)
+    }
+}
+
 /// `usage` as answers spell it; the Responses API's names are read when OpenAI's are absent
 /// (separate fields, not aliases: an answer carrying both names still parses).
 #[derive(Deserialize)]
@@ -109,10 +119,15 @@ struct TokenDetails {
 impl From<WireUsage> for Usage {
     fn from(wire: WireUsage) -> Self {
         let cached = |details: Option<TokenDetails>| details.and_then(|d| d.cached_tokens);
+        let prompt_tokens = wire.prompt_tokens.or(wire.input_tokens);
+        let completion_tokens = wire.completion_tokens.or(wire.output_tokens);
         Usage {
-            prompt_tokens: wire.prompt_tokens.or(wire.input_tokens),
-            completion_tokens: wire.completion_tokens.or(wire.output_tokens),
-            total_tokens: wire.total_tokens,
+            prompt_tokens,
+            completion_tokens,
+            // An answer without the total (some OpenAI-compatible servers) still counts.
+            total_tokens: wire.total_tokens.or_else(|| {
+                prompt_tokens.map(|p| p.saturating_add(completion_tokens.unwrap_or(0)))
+            }),
             cached_tokens: cached(wire.prompt_tokens_details)
                 .or_else(|| cached(wire.input_tokens_details)),
         }

@@ -4,6 +4,7 @@ use sqlx::{SqliteExecutor, SqlitePool};
 
 use super::Page;
 use crate::keys::{ActivationUnit, ExpirationMode, Lifecycle, Status};
+use crate::limits::Limits;
 use crate::policy::{Lists, TextList};
 
 /// One `api_keys` row as stored.
@@ -32,6 +33,9 @@ pub struct KeyRow {
     pub total_cost: f64,
     #[sqlx(flatten)]
     pub restrictions: Restrictions,
+    /// Its limits, by the column names of `Limits::FIELDS`.
+    #[sqlx(flatten)]
+    pub limits: Limits,
 }
 
 impl KeyRow {
@@ -108,10 +112,11 @@ impl Restrictions {
     }
 }
 
-/// Every column of `api_keys` but `id`, in the order `bind_key!` binds them (`?1`, `?2`, …;
-/// `id` follows them). Adding a column: its migration, a `KeyRow` field, this list and
-/// `bind_key!`; every statement of `store` (insert, save, selects, the import's upserts and
-/// staging table) is built from them.
+/// Every column of `api_keys` but `id` and the limits, in the order `bind_key!` binds them
+/// (`?1`, `?2`, …; the limits, `Limits::FIELDS`, follow them, then `id`). Adding a column: its
+/// migration, a `KeyRow` field, this list and `bind_key!` (a limit: its migration and its line
+/// in `limits::limit_fields!`); every statement of `store` (insert, save, selects, the
+/// import's upserts and staging table) is built from them.
 pub const KEY_COLUMNS: &[&str] = &[
     "key_hash",
     "encrypted_key",
@@ -166,16 +171,17 @@ pub struct KeySql {
 /// The SQL fragments of `api_keys`.
 pub fn key_sql() -> &'static KeySql {
     static SQL: std::sync::LazyLock<KeySql> = std::sync::LazyLock::new(|| {
-        let numbered = || KEY_COLUMNS.iter().zip(1..);
+        let columns: Vec<&str> = KEY_COLUMNS.iter().chain(Limits::FIELDS).copied().collect();
+        let numbered = || columns.iter().zip(1..);
         KeySql {
-            select: format!("id, {}", KEY_COLUMNS.join(", ")),
-            data: KEY_COLUMNS.join(", "),
+            select: format!("id, {}", columns.join(", ")),
+            data: columns.join(", "),
             params: numbered()
                 .map(|(_, n)| format!("?{n}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            id_param: KEY_COLUMNS.len() + 1,
-            overwrite: KEY_COLUMNS
+            id_param: columns.len() + 1,
+            overwrite: columns
                 .iter()
                 .map(|c| format!("{c} = excluded.{c}"))
                 .collect::<Vec<_>>()
@@ -190,42 +196,46 @@ pub fn key_sql() -> &'static KeySql {
     &SQL
 }
 
-/// Binds the data columns of a `&KeyRow`, in the order of `KEY_COLUMNS`, to a query or
-/// query_as (the caller binds `id`, or nothing, after them).
+/// Binds the data columns of a `&KeyRow`, in the order of `KEY_COLUMNS` then
+/// `Limits::FIELDS`, to a query or query_as (the caller binds `id`, or nothing, after them).
+/// Limits are bound as REAL: SQLite stores a whole number in an INTEGER column as an integer.
 macro_rules! bind_key {
     ($query:expr, $key:expr) => {{
         let key: &$crate::store::keys::KeyRow = $key;
-        $query
-            .bind(&key.key_hash)
-            .bind(&key.encrypted_key)
-            .bind(&key.key_preview)
-            .bind(&key.name)
-            .bind(&key.description)
-            .bind(key.created_at)
-            .bind(key.updated_at)
-            .bind(key.expires_at)
-            .bind(&key.expiration_mode)
-            .bind(key.activation_period)
-            .bind(&key.activation_unit)
-            .bind(key.activated_at)
-            .bind(key.is_active)
-            .bind(key.revoked_at)
-            .bind(key.usage_count)
-            .bind(key.last_used_at)
-            .bind(key.total_tokens_used)
-            .bind(key.total_cost)
-            .bind(key.restrictions.allowed_models.to_json())
-            .bind(key.restrictions.allowed_clients.to_json())
-            .bind(key.restrictions.allowed_ips.to_json())
-            .bind(key.restrictions.allowed_endpoints.to_json())
-            .bind(key.restrictions.tags.to_json())
+        key.limits.entries().into_iter().fold(
+            $query
+                .bind(&key.key_hash)
+                .bind(&key.encrypted_key)
+                .bind(&key.key_preview)
+                .bind(&key.name)
+                .bind(&key.description)
+                .bind(key.created_at)
+                .bind(key.updated_at)
+                .bind(key.expires_at)
+                .bind(&key.expiration_mode)
+                .bind(key.activation_period)
+                .bind(&key.activation_unit)
+                .bind(key.activated_at)
+                .bind(key.is_active)
+                .bind(key.revoked_at)
+                .bind(key.usage_count)
+                .bind(key.last_used_at)
+                .bind(key.total_tokens_used)
+                .bind(key.total_cost)
+                .bind(key.restrictions.allowed_models.to_json())
+                .bind(key.restrictions.allowed_clients.to_json())
+                .bind(key.restrictions.allowed_ips.to_json())
+                .bind(key.restrictions.allowed_endpoints.to_json())
+                .bind(key.restrictions.tags.to_json()),
+            |query, (_, value)| query.bind(value),
+        )
     }};
 }
 pub(crate) use bind_key;
 
 impl NewKey {
     /// The row this key is inserted as at `now` (its id is given by the database).
-    fn row(&self, restrictions: &Restrictions, now: i64) -> KeyRow {
+    fn row(&self, restrictions: &Restrictions, limits: &Limits, now: i64) -> KeyRow {
         KeyRow {
             id: 0,
             key_hash: self.key_hash.clone(),
@@ -247,27 +257,29 @@ impl NewKey {
             total_tokens_used: 0,
             total_cost: 0.0,
             restrictions: restrictions.clone(),
+            limits: *limits,
         }
     }
 }
 
-/// Inserts a key without restrictions.
+/// Inserts a key without restrictions or limits.
 pub async fn insert<'e>(
     db: impl SqliteExecutor<'e>,
     key: &NewKey,
     now: i64,
 ) -> sqlx::Result<KeyRow> {
-    insert_restricted(db, key, &Restrictions::default(), now).await
+    insert_restricted(db, key, &Restrictions::default(), &Limits::default(), now).await
 }
 
 pub async fn insert_restricted<'e>(
     db: impl SqliteExecutor<'e>,
     key: &NewKey,
     restrictions: &Restrictions,
+    limits: &Limits,
     now: i64,
 ) -> sqlx::Result<KeyRow> {
     let sql = key_sql();
-    let row = key.row(restrictions, now);
+    let row = key.row(restrictions, limits, now);
     bind_key!(
         sqlx::query_as(&format!(
             "INSERT INTO api_keys ({}) VALUES ({}) RETURNING {}",

@@ -9,6 +9,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use crate::clock::{day_text, MS_PER_DAY};
+use crate::limits::meter::Meter;
 use crate::relay::record::{CallRecord, Usage};
 
 /// A key's usage: `last_used_at` only moves forward, and stays as it is without a new use (?2
@@ -46,6 +47,13 @@ const ADD_ROLLUP: &str = concat!(
     ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     rollup_add!()
 );
+/// The window under way of a metered key (`rate_windows`), as its meter has it now.
+const SAVE_WINDOW: &str =
+    "INSERT INTO rate_windows (api_key_id, window_start, requests, tokens, cost) \
+     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (api_key_id) DO UPDATE SET \
+     window_start = excluded.window_start, requests = excluded.requests, \
+     tokens = excluded.tokens, cost = excluded.cost";
+const DROP_WINDOW: &str = "DELETE FROM rate_windows WHERE api_key_id = ?1";
 const KEY_EXISTS: &str = "SELECT 1 FROM api_keys WHERE id = ?1";
 const INSERT_ROW: &str = "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, \
      http_status, response_time, ip_address, endpoint, error_message, request_size, response_size, \
@@ -224,6 +232,18 @@ impl LogStore {
                     id
                 ])?;
             }
+            // Metered keys' windows, as their meters have them now (a little ahead of these
+            // rows, never behind them): a restart resumes from here.
+            let mut save_window = tx.prepare_cached(SAVE_WINDOW)?;
+            let mut drop_window = tx.prepare_cached(DROP_WINDOW)?;
+            for (id, meter) in keys.iter().filter_map(|(id, sums)| Some((id, sums.meter?))) {
+                match meter.window() {
+                    Some(w) => {
+                        save_window.execute(params![id, w.start, w.requests, w.tokens, w.cost])?
+                    }
+                    None => drop_window.execute(params![id])?,
+                };
+            }
         }
         tx.commit()?;
         Ok(written)
@@ -233,15 +253,20 @@ impl LogStore {
 /// What a batch adds to one key's row: `usage_count`/`last_used_at` count the calls the key
 /// authenticated; the token and cost totals every row of the key.
 #[derive(Default)]
-struct KeySums {
+struct KeySums<'a> {
     used: i64,
     last_used: Option<i64>,
     total_tokens: i64,
     cost: f64,
+    /// The key's meter, if one of the rows was metered.
+    meter: Option<&'a Meter>,
 }
 
-impl KeySums {
-    fn add(&mut self, record: &CallRecord, usage: &Usage) {
+impl<'a> KeySums<'a> {
+    fn add(&mut self, record: &'a CallRecord, usage: &Usage) {
+        if let Some(meter) = &record.meter {
+            self.meter = Some(meter);
+        }
         if record.authenticated {
             self.used += 1;
             self.last_used = self.last_used.max(Some(record.timestamp));

@@ -4,6 +4,7 @@ pub mod keys;
 pub mod log_batch;
 pub mod logs;
 pub mod transfer;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -9,6 +9,7 @@ mod expiry;
 mod faults;
 mod helpers;
 mod hostile;
+mod limits;
 mod logs;
 mod relay;
 mod restrictions;

@@ -218,6 +218,11 @@ impl Serialize for ExportedKey<'_> {
         for (field, list) in r.restrictions.entries() {
             map.serialize_entry(field, list)?;
         }
+        if let Ok(serde_json::Value::Object(limits)) = serde_json::to_value(r.limits) {
+            for (field, value) in &limits {
+                map.serialize_entry(field, value)?;
+            }
+        }
         map.end()
     }
 }

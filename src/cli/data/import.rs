@@ -274,7 +274,7 @@ impl<'a> Importer<'a> {
                 self.progress = progress_bar(metadata.counts.values().sum(), verb);
             }
             Item::Key(index, key) => {
-                self.key(stage, index, key).await?;
+                self.key(stage, index, *key).await?;
                 self.progress.inc(1);
             }
             Item::Log(index, log) => {

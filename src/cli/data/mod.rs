@@ -49,10 +49,11 @@ pub struct ImportArgs {
 
 /// The version of the file layout this binary writes. Version 2 added the call logs' `cost`
 /// and `cached_tokens`, and the keys' restriction lists and tags (`allowed_models`,
-/// `allowed_clients`, `allowed_ips`, `allowed_endpoints`, `tags`).
-const FORMAT_VERSION: u32 = 2;
+/// `allowed_clients`, `allowed_ips`, `allowed_endpoints`, `tags`). Version 3 added the keys'
+/// limits (`limits::Limits::FIELDS`).
+const FORMAT_VERSION: u32 = 3;
 /// The oldest version this binary reads (its logs import at cost 0, its keys without
-/// restrictions).
+/// restrictions or limits).
 const OLDEST_FORMAT_VERSION: u32 = 1;
 
 /// What an export can hold, in the order it is written (keys before the logs that refer to them).

@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 
 use super::{DataType, Metadata, FORMAT_VERSION, OLDEST_FORMAT_VERSION, VALID_TYPES};
 use crate::clock::parse_rfc3339;
+use crate::error::ApiError;
 use crate::keys;
+use crate::limits::{Limits, LimitsPatch};
 use crate::policy::{self, ListKind, TextList};
 use crate::store::keys::{KeyRow, Restrictions};
 use crate::store::logs::LogRow;
@@ -21,7 +23,7 @@ use crate::store::logs::LogRow;
 /// One thing read from the file, in file order.
 pub(super) enum Item {
     Metadata(Metadata),
-    Key(usize, ImportedKey),
+    Key(usize, Box<ImportedKey>),
     Log(usize, LogRow),
 }
 
@@ -239,7 +241,7 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
             let item = match self.data_type {
                 DataType::ApiKeys => fields
                     .key(self.layout.sanitized)
-                    .map(|key| Item::Key(index, key)),
+                    .map(|key| Item::Key(index, Box::new(key))),
                 DataType::Logs => fields
                     .log(self.layout.version)
                     .map(|log| Item::Log(index, log)),
@@ -322,6 +324,19 @@ impl Fields {
             .map_err(|invalid| self.error(&invalid.field, invalid.message))
     }
 
+    /// The key's limits, checked like the admin API checks them; absent (files of format
+    /// versions 1 and 2) is none.
+    fn limits(&mut self) -> Result<Limits, String> {
+        let patch =
+            LimitsPatch::take_from(&mut self.map).map_err(|err| format!("{}: {err}", self.at))?;
+        let limits = Limits::default().patched(&patch);
+        limits.validate().map_err(|err| match err {
+            ApiError::Invalid { field, message } => self.error(&field, message),
+            other => self.error("limits", other),
+        })?;
+        Ok(limits)
+    }
+
     fn key(&mut self, sanitized: bool) -> Result<ImportedKey, String> {
         let id = self.take("id")?;
         let key_hash: Option<String> = self.take("key_hash")?;
@@ -376,6 +391,7 @@ impl Fields {
                 allowed_endpoints: self.list(ListKind::Endpoints)?,
                 tags: self.list(ListKind::Tags)?,
             },
+            limits: self.limits()?,
         };
         Ok(ImportedKey { row, has_secret })
     }

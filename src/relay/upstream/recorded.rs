@@ -15,7 +15,8 @@ use tokio::time::Sleep;
 
 use super::http1::UpstreamBody;
 use super::{strip_hop_by_hop, Upstream};
-use crate::relay::record::{CallRecord, UsageScan};
+use crate::limits::meter::Ticket;
+use crate::relay::record::{CallRecord, Usage, UsageScan};
 use crate::relay::redact::{mask, redact};
 use crate::relay::stream_usage::UsageStrip;
 use crate::tasks::log_writer::LogSink;
@@ -31,7 +32,8 @@ pub const MAX_DURATION_EXCEEDED: &str = "upstream exceeded KEYGATE_UPSTREAM_MAX_
 /// Builds the client's response from the upstream's, its body teed into the call record.
 /// `injected`: keygate added `include_usage` to the request, so a successful event stream has
 /// what that brought removed (`relay::stream_usage`). `via` gives the body its timeouts, the
-/// credential its record must not keep, and the prices of its usage.
+/// credential its record must not keep, and the prices of its usage. `ticket`: the request's
+/// slot in its key's meter, held until the body ends and given its usage then.
 pub fn respond(
     upstream: Response<UpstreamBody>,
     mut record: CallRecord,
@@ -39,6 +41,7 @@ pub fn respond(
     sink: LogSink,
     via: Arc<Upstream>,
     injected: bool,
+    ticket: Option<Ticket>,
 ) -> Response<RecordedBody> {
     let (mut parts, body) = upstream.into_parts();
     let content_type = parts
@@ -68,6 +71,7 @@ pub fn respond(
             sink,
             upstream_ok: parts.status.is_success(),
             via,
+            ticket,
         }),
     });
     *response.status_mut() = parts.status;
@@ -85,6 +89,7 @@ struct PendingCall {
     /// The upstream that answered: its credential is redacted from the record, its prices
     /// give the call's cost.
     via: Arc<Upstream>,
+    ticket: Option<Ticket>,
 }
 
 /// The upstream's body, forwarded frame by frame as it arrives; it counts, scans for usage,
@@ -115,6 +120,9 @@ impl RecordedBody {
         let record = &mut call.record;
         if let Some(usage) = &usage {
             record.cost = call.via.prices.cost(record.model.as_deref(), usage);
+        }
+        if let Some(ticket) = call.ticket.take() {
+            ticket.finish(usage.as_ref().map_or(0, Usage::tokens), record.cost);
         }
         record.usage = usage;
         record.response_time = call.started.elapsed().as_millis() as i64;
