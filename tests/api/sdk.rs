@@ -28,6 +28,9 @@ async fn openai_python_sdk_works_through_keygate() {
     let (revoked_id, revoked) = app.new_key().await;
     app.post(&format!("/api/api-keys/{revoked_id}/revoke"), json!({}))
         .await;
+    let (_, limited) = app
+        .create_key(json!({"name": "one a minute", "rate_limit_window": 1, "rate_limit_requests": 1}))
+        .await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_client.py");
     let base_url = app.url("/v1");
     let output = tokio::task::spawn_blocking(move || {
@@ -36,6 +39,7 @@ async fn openai_python_sdk_works_through_keygate() {
             .env("KEYGATE_BASE_URL", base_url)
             .env("KEYGATE_KEY", key)
             .env("KEYGATE_REVOKED_KEY", revoked)
+            .env("KEYGATE_LIMITED_KEY", limited)
             .output()
             .unwrap()
     })
@@ -51,6 +55,7 @@ async fn openai_python_sdk_works_through_keygate() {
     assert!(stdout.contains("stream: Hello!"), "{stdout}");
     assert!(stdout.contains("stream usage: 7"), "{stdout}");
     assert!(stdout.contains("revoked: AuthenticationError"), "{stdout}");
+    assert!(stdout.contains("limited: RateLimitError"), "{stdout}");
     let logs = app.logs_of(id).await;
     assert_eq!(logs.len(), 3);
     let streams: Vec<_> = logs.iter().filter(|l| l["stream"] == true).collect();

@@ -1,4 +1,5 @@
-"""Calls keygate with the official openai SDK: plain, streamed (with and without usage), and with a revoked key."""
+"""Calls keygate with the official openai SDK: plain, streamed (with and without usage), with a
+revoked key, and with a key over its request limit."""
 import os
 import sys
 
@@ -41,4 +42,19 @@ except openai.AuthenticationError as err:
     print("revoked: AuthenticationError")
 else:
     print("revoked key was accepted", file=sys.stderr)
+    sys.exit(1)
+
+# A key allowed one request per window: the second raises the SDK's RateLimitError.
+limited = OpenAI(api_key=os.environ["KEYGATE_LIMITED_KEY"], base_url=base_url, max_retries=0)
+response = limited.chat.completions.with_raw_response.create(model="gpt-test", messages=messages)
+assert response.headers["x-ratelimit-remaining-requests"] == "0", response.headers
+try:
+    limited.chat.completions.create(model="gpt-test", messages=messages)
+except openai.RateLimitError as err:
+    assert err.status_code == 429
+    assert int(err.response.headers["retry-after"]) > 0
+    assert err.response.json()["limit"] == "rate_limit_requests", err.response.text
+    print("limited: RateLimitError")
+else:
+    print("a key over its limit was served", file=sys.stderr)
     sys.exit(1)
