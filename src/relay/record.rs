@@ -412,6 +412,15 @@ impl UsageScan {
     }
 }
 
+/// The usage of one SSE event: a chunk's top-level `usage`, or that of the Responses API's
+/// `response.completed` event, inside its `response` object.
+fn event_usage(data: &[u8]) -> Option<Usage> {
+    usage_and_error(data).0.or_else(|| {
+        let [response] = top_level_fields(data, ["response"])?;
+        usage_and_error(response?).0
+    })
+}
+
 /// Parses the `data:` lines of `text` that mention usage; the last non-null usage wins.
 fn scan_sse_lines(text: &[u8], usage: &mut Option<Usage>) {
     if memmem::find(text, b"\"usage\"").is_none() {
@@ -424,7 +433,7 @@ fn scan_sse_lines(text: &[u8], usage: &mut Option<Usage>) {
         if memmem::find(data, b"\"usage\"").is_none() {
             continue;
         }
-        if let (Some(found), _) = usage_and_error(data) {
+        if let Some(found) = event_usage(data) {
             *usage = Some(found);
         }
     }
@@ -456,6 +465,27 @@ mod sole_model_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_responses_api_stream_is_counted_from_its_completed_event() {
+        let mut scan = UsageScan::for_content_type(Some("text/event-stream"));
+        scan.feed(&Bytes::from_static(
+            b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"usage\":null}}\n\n\
+              event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"usage\"}\n\n\
+              event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"output\":[],\"usage\":{\"input_tokens\":9,\"output_tokens\":4,\"total_tokens\":13,\"input_tokens_details\":{\"cached_tokens\":2}}}}\n\n",
+        ));
+        let (usage, _) = scan.finish();
+        let usage = usage.unwrap();
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.total_tokens,
+                usage.cached_tokens
+            ),
+            (Some(9), Some(4), Some(13), Some(2))
+        );
+    }
 
     #[test]
     fn sse_usage_split_across_chunks() {

@@ -29,7 +29,9 @@ async fn openai_python_sdk_works_through_keygate() {
     app.post(&format!("/api/api-keys/{revoked_id}/revoke"), json!({}))
         .await;
     let (_, limited) = app
-        .create_key(json!({"name": "one a minute", "rate_limit_window": 1, "rate_limit_requests": 1}))
+        .create_key(
+            json!({"name": "one a minute", "rate_limit_window": 1, "rate_limit_requests": 1}),
+        )
         .await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_client.py");
     let base_url = app.url("/v1");
