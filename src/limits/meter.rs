@@ -56,6 +56,46 @@ pub struct Quota {
     pub reset_ms: i64,
 }
 
+/// One set limit: its value, what is used of it, and when that starts afresh (ms; None for
+/// the lifetime limits and concurrency).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Standing {
+    pub limit: &'static str,
+    pub max: f64,
+    pub used: f64,
+    pub resets_at: Option<i64>,
+}
+
+impl Standing {
+    /// What the limit allows and what is used of it, for a refusal's message.
+    fn describe(&self, window_minutes: i64) -> String {
+        let (max, used) = (self.max, self.used);
+        let allows = match self.limit {
+            "concurrency_limit" => format!("may have {max} requests under way at once"),
+            "rate_limit_requests" => format!("may make {max} requests per {window_minutes} min"),
+            "rate_limit_tokens" => {
+                format!("may use {max} tokens per {window_minutes} min and has used {used}")
+            }
+            "rate_limit_cost" => format!(
+                "may spend ${max} per {window_minutes} min and has spent ${used:.6}"
+            ),
+            "daily_cost_limit" => {
+                format!("may spend ${max} per UTC day and has spent ${used:.6} today")
+            }
+            "weekly_cost_limit" => format!(
+                "may spend ${max} per week (from Monday 00:00 UTC) and has spent ${used:.6} this week"
+            ),
+            "token_limit" => format!("has used its {max} tokens"),
+            _ => format!("has spent its ${max}"),
+        };
+        let fix = match self.resets_at {
+            None if self.limit != "concurrency_limit" => "; an administrator can raise the limit",
+            _ => "",
+        };
+        format!("this key {allows} ({}){fix}", self.limit)
+    }
+}
+
 /// The request and token quotas of a key's window, when those limits are set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateQuotas {
@@ -146,104 +186,61 @@ impl Spent {
         }
     }
 
-    /// The first limit a new request at `now` would break, checked with what is already
-    /// spent (a request under way may overshoot a token or cost limit by its own usage).
-    fn check(&self, limits: &Limits, now: i64) -> Result<(), Exceeded> {
-        let window_ends = self
+    /// Each set limit that counts something (all but `rate_limit_window`), with what is
+    /// used of it and when that starts afresh.
+    pub fn standings(&self, limits: &Limits) -> Vec<Standing> {
+        let window = self.window.unwrap_or_default();
+        let window_end = self
             .window
             .map(|w| w.start.saturating_add(limits.window_ms()));
-        let in_secs = |at: i64| Some(((at - now).max(1) as u64).div_ceil(1000));
-        let window_retry = window_ends.and_then(in_secs);
-        let minutes = limits.rate_limit_window;
-        let window = self.window.unwrap_or_default();
-        let over = |limit: &'static str, message: String, retry_after: Option<u64>| {
-            Err(Exceeded {
+        let next_day = Some((self.day + 1) * MS_PER_DAY);
+        let next_week = Some(week_start_day(self.week + 1) * MS_PER_DAY);
+        [
+            ("concurrency_limit", self.in_flight as f64, None),
+            ("rate_limit_requests", window.requests as f64, window_end),
+            ("rate_limit_tokens", window.tokens as f64, window_end),
+            ("rate_limit_cost", window.cost, window_end),
+            ("daily_cost_limit", self.daily_cost, next_day),
+            ("weekly_cost_limit", self.weekly_cost, next_week),
+            ("token_limit", self.total_tokens as f64, None),
+            ("total_cost_limit", self.total_cost, None),
+        ]
+        .into_iter()
+        .filter_map(|(limit, used, resets_at)| {
+            let max = limits.get(limit).filter(|max| *max > 0.0)?;
+            Some(Standing {
                 limit,
-                message,
-                retry_after,
+                max,
+                used,
+                resets_at,
             })
+        })
+        .collect()
+    }
+
+    /// The first limit a new request at `now` would break, checked with what is already
+    /// spent (a request under way may overshoot a token or cost limit by its own usage), in
+    /// the order of `standings`.
+    fn check(&self, limits: &Limits, now: i64) -> Result<(), Exceeded> {
+        let Some(over) = self
+            .standings(limits)
+            .into_iter()
+            .find(|standing| standing.used >= standing.max)
+        else {
+            return Ok(());
         };
-        if limits.concurrency_limit > 0 && self.in_flight >= limits.concurrency_limit {
-            return over(
-                "concurrency_limit",
-                format!(
-                    "this key may have {} requests under way at once (concurrency_limit); wait for one to finish",
-                    limits.concurrency_limit
-                ),
-                Some(1),
-            );
-        }
-        if limits.rate_limit_requests > 0 && window.requests >= limits.rate_limit_requests {
-            return over(
-                "rate_limit_requests",
-                format!(
-                    "this key may make {} requests per {minutes} min (rate_limit_requests)",
-                    limits.rate_limit_requests
-                ),
-                window_retry,
-            );
-        }
-        if limits.rate_limit_tokens > 0 && window.tokens >= limits.rate_limit_tokens {
-            return over(
-                "rate_limit_tokens",
-                format!(
-                    "this key may use {} tokens per {minutes} min (rate_limit_tokens) and has used {}",
-                    limits.rate_limit_tokens, window.tokens
-                ),
-                window_retry,
-            );
-        }
-        if limits.rate_limit_cost > 0.0 && window.cost >= limits.rate_limit_cost {
-            return over(
-                "rate_limit_cost",
-                format!(
-                    "this key may spend ${} per {minutes} min (rate_limit_cost) and has spent ${:.6}",
-                    limits.rate_limit_cost, window.cost
-                ),
-                window_retry,
-            );
-        }
-        if limits.daily_cost_limit > 0.0 && self.daily_cost >= limits.daily_cost_limit {
-            return over(
-                "daily_cost_limit",
-                format!(
-                    "this key may spend ${} per UTC day (daily_cost_limit) and has spent ${:.6} today",
-                    limits.daily_cost_limit, self.daily_cost
-                ),
-                in_secs((self.day + 1) * MS_PER_DAY),
-            );
-        }
-        if limits.weekly_cost_limit > 0.0 && self.weekly_cost >= limits.weekly_cost_limit {
-            return over(
-                "weekly_cost_limit",
-                format!(
-                    "this key may spend ${} per week (weekly_cost_limit, weeks start Monday 00:00 UTC) and has spent ${:.6} this week",
-                    limits.weekly_cost_limit, self.weekly_cost
-                ),
-                in_secs(week_start_day(self.week + 1) * MS_PER_DAY),
-            );
-        }
-        if limits.token_limit > 0 && self.total_tokens >= limits.token_limit {
-            return over(
-                "token_limit",
-                format!(
-                    "this key has used its {} tokens (token_limit); an administrator can raise the limit",
-                    limits.token_limit
-                ),
-                None,
-            );
-        }
-        if limits.total_cost_limit > 0.0 && self.total_cost >= limits.total_cost_limit {
-            return over(
-                "total_cost_limit",
-                format!(
-                    "this key has spent its ${} (total_cost_limit); an administrator can raise the limit",
-                    limits.total_cost_limit
-                ),
-                None,
-            );
-        }
-        Ok(())
+        let retry_after = match over.limit {
+            // A slot frees when a request ends: soon, but nobody knows when.
+            "concurrency_limit" => Some(1),
+            _ => over
+                .resets_at
+                .map(|at| ((at - now).max(1) as u64).div_ceil(1000)),
+        };
+        Err(Exceeded {
+            limit: over.limit,
+            message: over.describe(limits.rate_limit_window),
+            retry_after,
+        })
     }
 
     /// The window's request and token quotas at `now`.

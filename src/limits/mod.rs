@@ -65,6 +65,14 @@ macro_rules! limit_fields {
         }
 
         impl Limits {
+            /// A field's value by its name (None: no such limit).
+            pub fn get(&self, field: &str) -> Option<f64> {
+                match field {
+                    $( stringify!($name) => Some(self.$name as f64), )*
+                    _ => None,
+                }
+            }
+
             /// Each field as (name, value as f64), for checks and displays.
             pub fn entries(&self) -> [(&'static str, f64); Limits::FIELDS.len()] {
                 [$( (stringify!($name), self.$name as f64) ),*]

@@ -65,7 +65,7 @@ async fn usage(
         None => store::usage::spent(&state.pool, key.id, today).await?,
     };
     spent.roll(&view.limits, now);
-    let remaining: Map<String, Value> = report::standings(&view.limits, &spent)
+    let remaining: Map<String, Value> = report::remaining(&view.limits, &spent)
         .into_iter()
         .map(|(field, standing)| (field.to_string(), json!(standing)))
         .collect();
