@@ -32,7 +32,8 @@ async fn app_with_prices(prices: &tempfile::NamedTempFile) -> TestApp {
     app
 }
 
-/// A chat completion whose answer reports `tokens` prompt tokens (and no others).
+/// A chat completion whose answer reports `tokens` prompt tokens (and no others). Its usage
+/// is counted once its body has been read (`.text()`), as the body's end is when it is known.
 async fn spend(app: &TestApp, key: &str, tokens: i64) -> reqwest::Response {
     app.chat(
         key,
@@ -136,7 +137,18 @@ async fn the_request_window_at_its_boundary_with_openai_headers() {
     let third = app
         .chat(&key, json!({"model": "gpt-test", "messages": []}))
         .await;
-    assert_eq!(refused_by(third, "rate_limit_requests").await, Some(40));
+    assert_eq!(header(&third, "retry-after").unwrap(), "40");
+    assert_eq!(
+        read(third).await,
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({
+                "error": "Too Many Requests",
+                "message": "Rate limit reached: this key may make 2 requests per 1 min (rate_limit_requests); retry in 40 s",
+                "limit": "rate_limit_requests",
+            })
+        )
+    );
     // One millisecond before the window ends: still refused, retry in 1 s.
     app.clock
         .advance(time::Duration::seconds(40) - time::Duration::milliseconds(1));
@@ -225,7 +237,18 @@ async fn token_and_cost_limits_are_checked_with_what_is_already_spent() {
     let retry = refused_by(spend(&app, &key, 1).await, "rate_limit_tokens").await;
     assert_eq!(retry, Some(3600));
 
-    // Day, week and lifetime cost: $0.10 per call of 10 tokens.
+    // Window, day, week and lifetime cost: $0.10 per call of 10 tokens.
+    let (_, windowed) = app
+        .create_key(json!({"name": "wc", "rate_limit_window": 60, "rate_limit_cost": 0.15}))
+        .await;
+    for _ in 0..2 {
+        let answer = spend(&app, &windowed, 10).await;
+        assert_eq!(answer.status(), 200);
+        let _ = answer.text().await;
+    }
+    let retry = refused_by(spend(&app, &windowed, 10).await, "rate_limit_cost").await;
+    assert_eq!(retry, Some(3600));
+
     let (_, daily) = app
         .create_key(json!({"name": "d", "daily_cost_limit": 0.2}))
         .await;
