@@ -22,17 +22,17 @@ pub struct Unmetered(pub String);
 #[derive(Debug, Default)]
 pub struct Meters {
     meters: RwLock<HashMap<i64, Arc<Meter>>>,
-    /// One meter is started at a time, so concurrent first requests start it once.
-    starting: tokio::sync::Mutex<()>,
 }
 
 impl Meters {
     pub fn get(&self, key_id: i64) -> Option<Arc<Meter>> {
-        self.meters.read().ok()?.get(&key_id).cloned()
+        let meters = self.meters.read().unwrap_or_else(|p| p.into_inner());
+        meters.get(&key_id).cloned()
     }
 
     /// The key's meter, started at `now` if it has none yet: the call-log rows queued so far
-    /// are written first, then what the key has spent is read from the store.
+    /// are written first, then what the key has spent is read from the store. Concurrent
+    /// first requests of a key may both read; the first meter stored is the one all use.
     pub async fn get_or_start(
         &self,
         key_id: i64,
@@ -40,10 +40,6 @@ impl Meters {
         logs: &LogSink,
         now: i64,
     ) -> Result<Arc<Meter>, Unmetered> {
-        if let Some(meter) = self.get(key_id) {
-            return Ok(meter);
-        }
-        let _starting = self.starting.lock().await;
         if let Some(meter) = self.get(key_id) {
             return Ok(meter);
         }
@@ -57,18 +53,20 @@ impl Meters {
         let spent = store::usage::spent(pool, key_id, day_of(now))
             .await
             .map_err(|err| Unmetered(format!("reading what the key has spent failed: {err}")))?;
-        let meter = Arc::new(Meter::new(key_id, spent));
-        if let Ok(mut meters) = self.meters.write() {
-            meters.insert(key_id, meter.clone());
-        }
-        tracing::debug!(key_id, "meter started");
+        let mut meters = self.meters.write().unwrap_or_else(|p| p.into_inner());
+        let meter = meters
+            .entry(key_id)
+            .or_insert_with(|| {
+                tracing::debug!(key_id, "meter started");
+                Arc::new(Meter::new(key_id, spent))
+            })
+            .clone();
         Ok(meter)
     }
 
     /// Drops a deleted key's meter.
     pub fn forget(&self, key_id: i64) {
-        if let Ok(mut meters) = self.meters.write() {
-            meters.remove(&key_id);
-        }
+        let mut meters = self.meters.write().unwrap_or_else(|p| p.into_inner());
+        meters.remove(&key_id);
     }
 }
