@@ -96,7 +96,7 @@ function limitFields(key) {
 /** The expiry choices of the create dialog, and the API fields of the chosen one. */
 function expiryChoices() {
   const choice = radios('expiry', [
-    ['never', t('expiry.never')], ['1h', t('expiry.1h')], ['1d', t('expiry.days', { n: 1 })],
+    ['never', t('expiry.never')], ['1h', t('expiry.1h')], ['1d', t('expiry.1d')],
     ['7d', t('expiry.days', { n: 7 })], ['30d', t('expiry.days', { n: 30 })], ['90d', t('expiry.days', { n: 90 })],
     ['180d', t('expiry.days', { n: 180 })], ['365d', t('expiry.days', { n: 365 })],
     ['custom', t('expiry.custom')], ['activation', t('expiry.activation')],

@@ -90,14 +90,20 @@ async fn console_works_in_headless_chromium() {
     let app = spawn_app().await;
     // A week of calls on the server's clock: 35 succeed (two models), 3 fail.
     let (_, jobs) = app
-        .create_key(json!({"name": "batch jobs", "description": "nightly summaries", "tags": ["jobs"]}))
+        .create_key(
+            json!({"name": "batch jobs", "description": "nightly summaries", "tags": ["jobs"]}),
+        )
         .await;
     for (day, successes) in [3, 4, 6, 5, 7, 4, 6].into_iter().enumerate() {
         if day > 0 {
             app.clock.advance(time::Duration::days(1));
         }
         for call in 0..successes {
-            let model = if call % 3 == 0 { "gpt-4o-mini" } else { "gpt-test" };
+            let model = if call % 3 == 0 {
+                "gpt-4o-mini"
+            } else {
+                "gpt-test"
+            };
             assert_eq!(app.chat_model(&jobs, model).await.0, StatusCode::OK);
         }
         if day % 2 == 1 {
@@ -126,7 +132,9 @@ async fn console_works_in_headless_chromium() {
             .arg(shots)
             .env("KEYGATE_TEST_CHROMIUM", chromium)
             .output()
-            .expect("node runs")
+            .unwrap_or_else(|err| {
+                panic!("cannot run node ({err}): install Node.js, or set KEYGATE_TEST_NODE")
+            })
     })
     .await
     .unwrap();

@@ -452,6 +452,16 @@ async function main() {
   await page.waitForFunction(() => /^Stats of/.test(document.querySelector('main h1')?.textContent));
   ok(step);
 
+  // --- Both dictionaries have every text (a text missing at run time is a console error too).
+  step = 'dictionaries';
+  const [onlyEn, onlyZh, untranslated] = await page.evaluate(async () => {
+    const { dictionaries: { en, zh } } = await import('/static/i18n.js');
+    const same = Object.keys(en).filter((k) => zh[k] === en[k] && /[a-z]{3}/i.test(en[k].replace(/keygate|HTTP|IP|USD|User-Agent|CIDR|KEYGATE_ADMIN_TOKEN|Authorization|Bearer|X-API-Key|prefix|\/v1\S*|\{\w+\}/g, '')));
+    return [Object.keys(en).filter((k) => !(k in zh)), Object.keys(zh).filter((k) => !(k in en)), same];
+  });
+  assert.deepEqual([onlyEn, onlyZh, untranslated], [[], [], []]);
+  ok(step);
+
   // --- Phone width: usable, nothing wider than the screen.
   step = 'phone width';
   await page.setViewportSize({ width: 390, height: 844 });
