@@ -1,11 +1,14 @@
 //! The web console: the files of `static/`, embedded at compile time, served at `/` and
 //! `/static/…` with a strict Content-Security-Policy (no inline script or style, no framing).
 
+use std::sync::OnceLock;
+
 use axum::extract::Path;
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
 
@@ -58,22 +61,45 @@ pub fn router() -> Router<AppState> {
         .route("/static/{name}", get(file))
 }
 
-async fn index() -> Response {
-    serve("index.html")
+async fn index(request: HeaderMap) -> Response {
+    serve("index.html", &request)
 }
 
-async fn file(Path(name): Path<String>) -> Response {
-    serve(&name)
+async fn file(Path(name): Path<String>, request: HeaderMap) -> Response {
+    serve(&name, &request)
 }
 
-fn serve(name: &str) -> Response {
-    let Some(asset) = ASSETS.iter().find(|a| a.name == name) else {
+/// The ETag of each asset (a hash of its bytes), in the order of `ASSETS`.
+fn etags() -> &'static [String] {
+    static ETAGS: OnceLock<Vec<String>> = OnceLock::new();
+    ETAGS.get_or_init(|| {
+        ASSETS
+            .iter()
+            .map(|asset| format!("\"{}\"", hex::encode(&Sha256::digest(asset.body)[..12])))
+            .collect()
+    })
+}
+
+fn serve(name: &str, request: &HeaderMap) -> Response {
+    let Some(index) = ASSETS.iter().position(|a| a.name == name) else {
         // As any other unknown path.
         return StatusCode::NOT_FOUND.into_response();
     };
+    let asset = &ASSETS[index];
+    let etag = &etags()[index];
+    let unchanged = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == etag));
+    let mut response = if unchanged {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        (StatusCode::OK, asset.body).into_response()
+    };
     let headers = [
         (header::CONTENT_TYPE, asset.content_type),
-        // Small files, no hashed names: the browser revalidates, so an upgrade shows at once.
+        // Small files without hashed names: the browser revalidates (a 304 by ETag), so an
+        // upgraded binary's console shows at once.
         (header::CACHE_CONTROL, "no-cache"),
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         (header::X_FRAME_OPTIONS, "DENY"),
@@ -84,11 +110,12 @@ fn serve(name: &str) -> Response {
             "same-origin",
         ),
     ];
-    let mut response = (StatusCode::OK, asset.body).into_response();
+    let out = response.headers_mut();
     for (name, value) in headers {
-        response
-            .headers_mut()
-            .insert(name, HeaderValue::from_static(value));
+        out.insert(name, HeaderValue::from_static(value));
+    }
+    if let Ok(value) = HeaderValue::from_str(etag) {
+        out.insert(header::ETAG, value);
     }
     response
 }

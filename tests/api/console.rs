@@ -60,6 +60,21 @@ async fn console_page_has_a_strict_policy_and_no_inline_code() {
         "text/javascript; charset=utf-8"
     );
     assert_eq!(script.headers()["x-frame-options"], "DENY");
+    let etag = script.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(
+        script.bytes().await.unwrap(),
+        &include_bytes!("../../static/app.js")[..]
+    );
+    let again = app
+        .client
+        .get(app.url("/static/app.js"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), etag);
+    assert!(again.bytes().await.unwrap().is_empty());
 
     let missing = app
         .client

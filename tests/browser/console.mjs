@@ -31,8 +31,15 @@ async function launch(locale, viewport = { width: 1360, height: 900 }) {
 
 const requests = [];
 const problems = [];
+/** The JSON bodies the console sent: [method, path, body]. */
+const sent = [];
 function watch(context) {
-  context.on('request', (request) => requests.push(request.url()));
+  context.on('request', (request) => {
+    requests.push(request.url());
+    if (request.method() !== 'GET' && request.postData()) {
+      sent.push([request.method(), new URL(request.url()).pathname, JSON.parse(request.postData())]);
+    }
+  });
   context.on('page', (page) => watchPage(page));
   context.pages().forEach(watchPage);
 }
@@ -49,6 +56,8 @@ function watchPage(page) {
 }
 
 let step = 'start';
+/** Keys made beyond the planned ones (the limited key, once the server takes limits). */
+let extraKeys = 0;
 function ok(name) {
   console.log(`ok: ${name}`);
 }
@@ -81,6 +90,10 @@ async function logCount(page, pattern) {
     throw new Error(`the log pager shows "${shown}", not ${pattern}`);
   }
 }
+
+const LIMITS = ['rate_limit_window', 'rate_limit_requests', 'rate_limit_tokens', 'rate_limit_cost',
+  'concurrency_limit', 'token_limit', 'daily_cost_limit', 'weekly_cost_limit', 'total_cost_limit'];
+const limitsIn = (body) => Object.keys(body).filter((field) => LIMITS.includes(field)).sort();
 
 const row = (page, name) => page.locator(`#keys-table tr[data-key-name="${name}"]`);
 const badgeOf = (page, name) => row(page, name).locator('.badge');
@@ -337,6 +350,68 @@ async function main() {
   await shot(page, 'stats-week.png', true);
   ok(step);
 
+  // --- Limits: sent only when filled in; shown only when the key has them. Until the server
+  // has per-key limits it refuses them as unknown fields (and the dialog says so in its words);
+  // the display is checked on a key answer given the fields (as the server will send them).
+  step = 'limits';
+  assert.ok(sent.filter(([m, path]) => m === 'POST' && path === '/api/api-keys').length >= 10);
+  for (const [, path, body] of sent) assert.deepEqual(limitsIn(body), [], `no limit sent to ${path}`);
+  await showAllKeys(page);
+  await page.click('#create-key');
+  await page.fill('#create-dialog input[name="name"]', 'limited key');
+  await page.fill('#create-dialog input[name="token_limit"]', '1000');
+  await page.fill('#create-dialog input[name="daily_cost_limit"]', '2.5');
+  await page.click('#create-dialog [data-action="create"]');
+  const outcome = await Promise.race([
+    page.locator('#reveal-dialog').waitFor().then(() => 'created'),
+    page.locator('#create-dialog .alert[role="alert"]:not([hidden])').waitFor().then(() => 'refused'),
+  ]);
+  const [, , limitedBody] = sent.at(-1);
+  assert.deepEqual(limitsIn(limitedBody), ['daily_cost_limit', 'token_limit']);
+  assert.equal(limitedBody.token_limit, 1000);
+  assert.equal(limitedBody.daily_cost_limit, 2.5);
+  extraKeys += outcome === 'created' ? 1 : 0;
+  if (outcome === 'refused') {
+    assert.match(await page.textContent('#create-dialog .alert'), /token_limit|daily_cost_limit/);
+    await page.keyboard.press('Escape');
+  } else {
+    await closeReveal(page);
+  }
+  const withLimits = (key) => ({
+    ...key, token_limit: 1000, total_cost_limit: 0, daily_cost_limit: 2.5, weekly_cost_limit: 0,
+    rate_limit_window: 1, rate_limit_requests: 60, rate_limit_tokens: 0, rate_limit_cost: 0,
+    concurrency_limit: 0, total_cost: 0.5, daily_cost: 1.25, weekly_cost: 1.5,
+  });
+  await page.route(/\/api\/api-keys(\/\d+)?(\?.*)?$/, async (route) => {
+    if (route.request().method() === 'PATCH') {
+      await route.fulfill({ json: withLimits({ ...JSON.parse(route.request().postData()) }) });
+      return;
+    }
+    const response = await route.fetch();
+    const json = await response.json();
+    await route.fulfill({ response, json: json.items ? { ...json, items: json.items.map(withLimits) } : withLimits(json) });
+  });
+  await showAllKeys(page);
+  assert.match(await row(page, 'never key').textContent(), /Today \$1\.2500[\s\S]*This week \$1\.5000/);
+  await row(page, 'never key').locator('[data-action="edit"]').click();
+  assert.equal(await page.inputValue('#edit-dialog input[name="token_limit"]'), '1000');
+  assert.equal(await page.inputValue('#edit-dialog input[name="concurrency_limit"]'), '');
+  await page.fill('#edit-dialog input[name="token_limit"]', '');
+  await page.fill('#edit-dialog input[name="concurrency_limit"]', '4');
+  await page.click('#edit-dialog [data-action="save"]');
+  await page.locator('#edit-dialog').waitFor({ state: 'detached' });
+  const [method, , patch] = sent.at(-1);
+  assert.equal(method, 'PATCH');
+  assert.deepEqual(patch, { token_limit: 0, concurrency_limit: 4 }, 'only the changed limits (cleared: 0)');
+  await page.goto(`${base}/#/keys/${keyId}/stats`);
+  await page.waitForSelector('#quota-table');
+  const quota = await page.textContent('#quota-table');
+  assert.match(quota, /Lifetime tokens[\s\S]*\/ 1,000/);
+  assert.match(quota, /Daily cost \(USD\)\$1\.25 \/ \$2\.50\$1\.25/);
+  assert.match(quota, /60 per 1 min/);
+  await page.unroute(/\/api\/api-keys(\/\d+)?(\?.*)?$/);
+  ok(step);
+
   // --- Renew the expired key.
   step = 'renew an expired key';
   await showAllKeys(page);
@@ -417,7 +492,7 @@ async function main() {
   await page.selectOption('#key-status', 'revoked');
   await page.waitForFunction(() => [...document.querySelectorAll('#keys-table tbody tr')].map((r) => r.dataset.keyName).join() === 'one day key');
   await page.selectOption('#key-status', '');
-  await page.waitForFunction(() => document.querySelectorAll('#keys-table tbody tr').length === 12);
+  await page.waitForFunction((n) => document.querySelectorAll('#keys-table tbody tr').length === n, 12 + extraKeys);
   await page.click('#keys-table th[data-col="name"] button');
   const names = await page.locator('#keys-table tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.keyName));
   assert.deepEqual(names, [...names].sort((a, b) => a.localeCompare(b)), 'sorted by name');
