@@ -7,12 +7,14 @@ import { t } from './i18n.js';
 function niceMax(max) {
   if (max <= 0) return 1;
   const power = 10 ** Math.floor(Math.log10(max));
-  return [1, 2, 2.5, 5, 10].map((m) => m * power).find((v) => v >= max);
+  return [1, 2, 3, 4, 5, 6, 8, 10].map((m) => m * power).find((v) => v >= max);
 }
 
-/** Stacked bars per day: `days` is the stats' `by_day` (every day of the window). */
-export function callsPerDay(days) {
-  const width = 760;
+/**
+ * Stacked bars per day: `days` is the stats' `by_day` (every day of the window); `width` the
+ * pixels it will take, so that its text keeps its size on a phone.
+ */
+export function callsPerDay(days, width) {
   const height = 240;
   const left = 44;
   const bottom = 26;
@@ -29,7 +31,7 @@ export function callsPerDay(days) {
       s('line', { class: 'axis', x1: left, x2: width - 4, y1: y(tick), y2: y(tick) }),
       s('text', { x: left - 6, y: y(tick) + 4, 'text-anchor': 'end' }, num(Math.round(tick * 10) / 10)));
   }
-  const labelEvery = Math.ceil(days.length / 10);
+  const labelEvery = Math.ceil(days.length / Math.max(2, Math.floor(plotW / 48)));
   days.forEach((day, i) => {
     const x = left + i * slot + (slot - barW) / 2;
     const group = s('g', { class: 'day', 'data-date': day.date, 'data-success': day.success_calls, 'data-error': day.error_calls },
@@ -41,7 +43,8 @@ export function callsPerDay(days) {
       group.append(s('rect', { class: 'bar-err', x, width: barW, y: y(day.calls), height: y(day.success_calls) - y(day.calls) }));
     }
     svg.append(group);
-    if (i % labelEvery === 0 || i === days.length - 1) {
+    const last = i === days.length - 1 && i % labelEvery >= labelEvery / 2;
+    if (i % labelEvery === 0 || last) {
       svg.append(s('text', { x: x + barW / 2, y: height - 8, 'text-anchor': 'middle' }, day.date.slice(5)));
     }
   });

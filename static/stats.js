@@ -45,7 +45,7 @@ export async function renderStats(main, id) {
     h('h2', { text: t('stats.per_day') }),
     h('div', { class: 'panel chart' }, stats.total_calls === 0
       ? h('p', { class: 'state', id: 'no-calls', text: t('empty.calls') })
-      : [callsPerDay(stats.by_day),
+      : [callsPerDay(stats.by_day, Math.max(300, Math.min(1400, main.clientWidth - 40))),
         h('div', { class: 'legend' }, h('span', {}, h('span', { class: 'swatch swatch-ok' }), t('stats.success')),
           h('span', {}, h('span', { class: 'swatch swatch-err' }), t('stats.errors')))]),
     h('h2', { text: t('stats.per_model') }),

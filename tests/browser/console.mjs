@@ -546,7 +546,14 @@ async function main() {
   await page.click('#create-key');
   await shot(page, 'create-phone.png');
   await page.keyboard.press('Escape');
+  for (const [view, ready, file] of [[`#/keys/${keyId}/stats`, '#calls-chart', 'stats-phone.png'], ['#/logs', '#logs-table', 'logs-phone.png']]) {
+    await page.goto(`${base}/${view}`);
+    await page.waitForSelector(ready);
+    assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1), `no sideways scrolling on ${view}`);
+    await shot(page, file);
+  }
   await page.setViewportSize({ width: 1360, height: 900 });
+  await showAllKeys(page);
   ok(step);
 
   // --- Create dialog screenshot (every expiry choice, restrictions, limits).
@@ -554,6 +561,13 @@ async function main() {
   await page.locator('#create-dialog input[name="expiry"][value="activation"]').check();
   await shot(page, 'create.png');
   await page.keyboard.press('Escape');
+
+  // --- A view that cannot load says why, in the server's words.
+  step = 'error state';
+  await page.goto(`${base}/#/keys/987654/stats`);
+  await page.waitForSelector('main .state-error');
+  assert.match(await page.textContent('main .state-error'), /^Could not load: No API key with that id/);
+  ok(step);
 
   // --- Nothing secret is stored by the page or sent in a URL.
   step = 'no secret stored or in a URL';
