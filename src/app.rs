@@ -1,4 +1,4 @@
-//! AppState, the Router (/api admin, /healthz), and serve() with graceful shutdown.
+//! AppState, the Router (/api admin, the console at /, /healthz), and serve() with graceful shutdown.
 
 use std::sync::Arc;
 
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, auth::AdminAuth};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::console;
 use crate::key_ops::Keyring;
 use crate::relay::upstream::Upstream;
 use crate::secrets;
@@ -71,6 +72,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(admin::router(&state))
+        .merge(console::router())
         .with_state(state)
 }
 

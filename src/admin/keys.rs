@@ -155,6 +155,7 @@ async fn stats(
 #[derive(Deserialize)]
 struct KeyLogsQuery {
     status: Option<String>,
+    model: Option<String>,
     page: Option<i64>,
     page_size: Option<i64>,
 }
@@ -166,5 +167,5 @@ async fn logs(
 ) -> Result<Json<Listing<LogRow>>, ApiError> {
     state.keyring.get(id).await?;
     let page = page(query.page, query.page_size)?;
-    super::logs::page_of_logs(&state, Some(id), query.status, page).await
+    super::logs::page_of_logs(&state, Some(id), query.status, query.model, page).await
 }

@@ -1,4 +1,4 @@
-//! `/api/api-logs`: all call logs, newest first, filtered by key and status.
+//! `/api/api-logs`: all call logs, newest first, filtered by key, status and model.
 
 use axum::extract::State;
 use axum::routing::get;
@@ -19,6 +19,7 @@ pub fn router() -> Router<AppState> {
 struct LogsQuery {
     key_id: Option<i64>,
     status: Option<String>,
+    model: Option<String>,
     page: Option<i64>,
     page_size: Option<i64>,
 }
@@ -28,7 +29,7 @@ async fn list(
     ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Json<Listing<LogRow>>, ApiError> {
     let page = page(query.page, query.page_size)?;
-    page_of_logs(&state, query.key_id, query.status, page).await
+    page_of_logs(&state, query.key_id, query.status, query.model, page).await
 }
 
 /// One page of logs, shared by `/api/api-logs` and `/api/api-keys/{id}/logs`.
@@ -36,6 +37,7 @@ pub async fn page_of_logs(
     state: &AppState,
     key_id: Option<i64>,
     status: Option<String>,
+    model: Option<String>,
     page: Page,
 ) -> Result<Json<Listing<LogRow>>, ApiError> {
     let status = match status.as_deref().filter(|s| !s.is_empty()) {
@@ -45,7 +47,14 @@ pub async fn page_of_logs(
                 .ok_or_else(|| ApiError::invalid("status", "must be success or error"))?,
         ),
     };
-    let (rows, total) =
-        crate::store::logs::list(&state.pool, &LogFilter { key_id, status }, page).await?;
+    let model = model
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty());
+    let filter = LogFilter {
+        key_id,
+        status,
+        model,
+    };
+    let (rows, total) = crate::store::logs::list(&state.pool, &filter, page).await?;
     Ok(Json(Listing::new(rows, page, total)))
 }

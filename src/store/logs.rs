@@ -62,14 +62,24 @@ impl LogStatus {
 pub struct LogFilter {
     pub key_id: Option<i64>,
     pub status: Option<LogStatus>,
+    /// Exactly this model (served by `idx_logs_model_time`).
+    pub model: Option<String>,
 }
 
-/// ` WHERE …` for the key and the condition given (if any). Status conditions are SQL
+/// ` WHERE …` for the key, the model and the condition given (if any). Status conditions are SQL
 /// literals: only `status = 'error'` written out lets SQLite use the partial `idx_logs_errors`.
-fn push_filter(query: &mut QueryBuilder<'_, Sqlite>, key_id: Option<i64>, condition: Option<&str>) {
+fn push_filter<'a>(
+    query: &mut QueryBuilder<'a, Sqlite>,
+    filter: &'a LogFilter,
+    condition: Option<&str>,
+) {
     let mut word = " WHERE ";
-    if let Some(key_id) = key_id {
+    if let Some(key_id) = filter.key_id {
         query.push(word).push("api_key_id = ").push_bind(key_id);
+        word = " AND ";
+    }
+    if let Some(model) = &filter.model {
+        query.push(word).push("model = ").push_bind(model.as_str());
         word = " AND ";
     }
     if let Some(condition) = condition {
@@ -91,12 +101,12 @@ pub async fn list(
     // counted in one statement so that both counts see the same rows.
     let mut count = QueryBuilder::<Sqlite>::new("SELECT (SELECT COUNT(*) FROM api_call_logs");
     match filter.status {
-        None => push_filter(&mut count, filter.key_id, None),
-        Some(LogStatus::Error) => push_filter(&mut count, filter.key_id, Some(IS_ERROR)),
+        None => push_filter(&mut count, filter, None),
+        Some(LogStatus::Error) => push_filter(&mut count, filter, Some(IS_ERROR)),
         Some(LogStatus::Success) => {
-            push_filter(&mut count, filter.key_id, None);
+            push_filter(&mut count, filter, None);
             count.push(") - (SELECT COUNT(*) FROM api_call_logs");
-            push_filter(&mut count, filter.key_id, Some(IS_ERROR));
+            push_filter(&mut count, filter, Some(IS_ERROR));
         }
     }
     count.push(")");
@@ -106,7 +116,7 @@ pub async fn list(
         LogStatus::Error => IS_ERROR,
     });
     let mut select = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM api_call_logs"));
-    push_filter(&mut select, filter.key_id, condition);
+    push_filter(&mut select, filter, condition);
     select
         .push(" ORDER BY timestamp DESC, id DESC LIMIT ")
         .push_bind(page.page_size)

@@ -140,6 +140,66 @@ async fn logs_page_newest_first_and_filter_by_status() {
     );
 }
 
+/// The console's model filter: exact model, with key and status, on both log lists; the plan
+/// of the unkeyed filter walks the model index instead of scanning the table.
+#[tokio::test]
+async fn logs_filter_by_model() {
+    let app = spawn_app().await;
+    let (a, key_a) = app.new_key().await;
+    let (_, key_b) = app.new_key().await;
+    for model in ["gpt-test", "gpt-4o-mini", "gpt-4o-mini", "gpt-fail"] {
+        app.chat_model(&key_a, model).await;
+    }
+    app.chat_model(&key_b, "gpt-4o-mini").await;
+    app.flush().await;
+    let (_, all) = app.get("/api/api-logs?model=gpt-4o-mini").await;
+    assert_eq!(all["total"], 3);
+    assert!(all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|row| row["model"] == "gpt-4o-mini"));
+    let (_, of_a) = app
+        .get(&format!("/api/api-keys/{a}/logs?model=gpt-4o-mini"))
+        .await;
+    assert_eq!(of_a["total"], 2);
+    let (_, of_a) = app
+        .get(&format!(
+            "/api/api-logs?key_id={a}&model=gpt-fail&status=error"
+        ))
+        .await;
+    assert_eq!(of_a["total"], 1);
+    let (_, none) = app
+        .get(&format!(
+            "/api/api-logs?key_id={a}&model=gpt-fail&status=success"
+        ))
+        .await;
+    assert_eq!(
+        (
+            none["total"].as_i64(),
+            none["items"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0))
+    );
+    // Blank means no filter, and a prefix is not a model.
+    let (_, blank) = app.get("/api/api-logs?model=%20").await;
+    assert_eq!(blank["total"], 5);
+    let (_, prefix) = app.get("/api/api-logs?model=gpt-4o").await;
+    assert_eq!(prefix["total"], 0);
+
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM api_call_logs WHERE model = 'gpt-4o-mini'",
+    )
+    .fetch_all(&app.state.pool)
+    .await
+    .unwrap();
+    let plan: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+    assert!(
+        plan.iter().any(|step| step.contains("idx_logs_model_time")),
+        "{plan:?}"
+    );
+}
+
 /// A database made by the first schema (AUTOINCREMENT ids, a full status index) keeps every
 /// log row through the 0002 rebuild; filters and new rows work on the rebuilt table.
 #[tokio::test]

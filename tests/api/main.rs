@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod confine;
+mod console;
 mod cost;
 mod data;
 mod expiry;
