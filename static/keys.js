@@ -1,5 +1,5 @@
-// The key table: search, status and tag filters (server side), sort of the shown page,
-// pagination, and every per-key action.
+// The key table: search, status and tag filters, sort and pagination (all by the server),
+// and every per-key action.
 import { api, query } from './api.js';
 import { confirmDialog } from './dialog.js';
 import { clear, debounce, fill, h, toast } from './dom.js';
@@ -27,20 +27,6 @@ export function expiry(key) {
     return h('span', { class: 'muted', text: t('expiry.after_first_use', { n: key.activation_period, unit: t(`unit.${key.activation_unit}`) }) });
   }
   return h('span', { class: 'nowrap', title: t('expiry.never') }, '∞ ', t('expiry.never'));
-}
-
-const SORTS = {
-  name: (k) => k.name.toLowerCase(),
-  expires_at: (k) => (k.expires_at ? Date.parse(k.expires_at) : Infinity),
-  created_at: (k) => Date.parse(k.created_at),
-  usage_count: (k) => k.usage_count,
-  last_used_at: (k) => (k.last_used_at ? Date.parse(k.last_used_at) : 0),
-};
-
-function sorted(items) {
-  if (!view.sort) return items;
-  const key = SORTS[view.sort];
-  return [...items].sort((a, b) => (key(a) < key(b) ? -view.dir : key(a) > key(b) ? view.dir : 0));
 }
 
 export function renderKeys(main) {
@@ -90,7 +76,8 @@ async function load(body, tagList) {
   fill(body, h('p', { class: 'state state-loading', text: t('state.loading') }));
   let list;
   try {
-    list = await api('GET', `/api/api-keys${query({ page: view.page, page_size: view.pageSize, search: view.search, status: view.status, tag: view.tag })}`);
+    const order = view.sort ? { sort: view.sort, order: view.dir > 0 ? 'asc' : 'desc' } : {};
+    list = await api('GET', `/api/api-keys${query({ page: view.page, page_size: view.pageSize, search: view.search, status: view.status, tag: view.tag, ...order })}`);
   } catch (err) {
     fill(body, h('p', { class: 'state state-error', role: 'alert', text: t('state.error', { message: err.message }) }));
     return;
@@ -107,7 +94,7 @@ async function load(body, tagList) {
   if (list.items.length === 0) {
     body.append(h('p', { class: 'state', id: 'keys-empty', text: view.search || view.status || view.tag ? t('empty.keys_filtered') : t('empty.keys') }));
   } else {
-    body.append(table(sorted(list.items), () => load(body, tagList)));
+    body.append(table(list.items, () => load(body, tagList)));
   }
   fill(pager, 
     h('span', { class: 'muted', id: 'key-count', text: t('pager.summary', { page: view.page, pages, total: list.total }) }),
@@ -118,7 +105,7 @@ async function load(body, tagList) {
 function sortHeader(column, label) {
   const active = view.sort === column;
   const th = h('th', { scope: 'col', 'aria-sort': active ? (view.dir > 0 ? 'ascending' : 'descending') : 'none' });
-  const button = h('button', { type: 'button', class: 'sort', title: t('hint.sort_page') }, label, active ? (view.dir > 0 ? ' ▲' : ' ▼') : '');
+  const button = h('button', { type: 'button', class: 'sort', title: t('hint.sort') }, label, active ? (view.dir > 0 ? ' ▲' : ' ▼') : '');
   button.addEventListener('click', () => {
     if (view.sort === column) view.dir = -view.dir;
     else { view.sort = column; view.dir = 1; }

@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::key_ops::{CreateKey, KeyPatch, KeyView, RenewExpiring, Renewal, RenewedBatch};
 use crate::keys::Status;
 use crate::limits::WithLimits;
-use crate::store::keys::KeyFilter;
+use crate::store::keys::{KeyFilter, KeySort, SortColumn};
 use crate::store::logs::{KeyStats, LogRow};
 
 pub fn router() -> Router<AppState> {
@@ -33,8 +33,28 @@ struct ListQuery {
     status: Option<String>,
     search: Option<String>,
     tag: Option<String>,
+    /// name, created_at, expires_at, usage_count or last_used_at (default: newest first).
+    sort: Option<String>,
+    /// asc (default) or desc.
+    order: Option<String>,
     page: Option<i64>,
     page_size: Option<i64>,
+}
+
+/// The order a key list asks for.
+fn key_sort(sort: Option<&str>, order: Option<&str>) -> Result<Option<KeySort>, ApiError> {
+    let descending = match order.filter(|o| !o.is_empty()) {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err(ApiError::invalid("order", "must be asc or desc")),
+    };
+    let Some(sort) = sort.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let column = SortColumn::parse(sort).ok_or_else(|| {
+        ApiError::invalid("sort", format!("must be one of {}", SortColumn::NAMES))
+    })?;
+    Ok(Some(KeySort { column, descending }))
 }
 
 async fn list(
@@ -58,6 +78,7 @@ async fn list(
             .tag
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty()),
+        sort: key_sort(query.sort.as_deref(), query.order.as_deref())?,
     };
     let (rows, total) = state.keyring.list(&filter, page).await?;
     let items = state.keyring.views(&rows).await?;

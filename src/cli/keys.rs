@@ -297,6 +297,7 @@ async fn list(keyring: &Keyring, args: ListArgs) -> anyhow::Result<()> {
         status,
         search: args.search,
         tag: args.tag,
+        sort: None,
     };
     let mut views = Vec::new();
     let mut page = Page {

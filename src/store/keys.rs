@@ -312,7 +312,7 @@ pub async fn find_by_hash<'e>(
     .await
 }
 
-/// What a key list is narrowed to.
+/// What a key list is narrowed to, and its order.
 #[derive(Clone, Debug, Default)]
 pub struct KeyFilter {
     pub status: Option<Status>,
@@ -320,6 +320,68 @@ pub struct KeyFilter {
     pub search: Option<String>,
     /// Keys carrying this tag (exactly).
     pub tag: Option<String>,
+    /// None: newest first.
+    pub sort: Option<KeySort>,
+}
+
+/// A column a key list can be ordered by, and the direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeySort {
+    pub column: SortColumn,
+    pub descending: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortColumn {
+    Name,
+    CreatedAt,
+    /// Keys that never expire come after every date (before, descending).
+    ExpiresAt,
+    UsageCount,
+    /// Keys never used count as the oldest use.
+    LastUsedAt,
+}
+
+impl SortColumn {
+    pub const NAMES: &'static str = "name, created_at, expires_at, usage_count, last_used_at";
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "name" => SortColumn::Name,
+            "created_at" => SortColumn::CreatedAt,
+            "expires_at" => SortColumn::ExpiresAt,
+            "usage_count" => SortColumn::UsageCount,
+            "last_used_at" => SortColumn::LastUsedAt,
+            _ => return None,
+        })
+    }
+
+    /// The ORDER BY terms, each followed by the direction.
+    fn terms(self) -> &'static [&'static str] {
+        match self {
+            SortColumn::Name => &["name COLLATE NOCASE"],
+            SortColumn::CreatedAt => &["created_at"],
+            SortColumn::ExpiresAt => &["expires_at IS NULL", "expires_at"],
+            SortColumn::UsageCount => &["usage_count"],
+            SortColumn::LastUsedAt => &["COALESCE(last_used_at, 0)"],
+        }
+    }
+}
+
+/// `ORDER BY …` of a key list: the chosen column, then the id (newest first by default).
+fn order_by(sort: Option<KeySort>) -> String {
+    let Some(sort) = sort else {
+        return "ORDER BY id DESC".into();
+    };
+    let direction = if sort.descending { "DESC" } else { "ASC" };
+    let terms: Vec<String> = sort
+        .column
+        .terms()
+        .iter()
+        .chain(&["id"])
+        .map(|term| format!("{term} {direction}"))
+        .collect();
+    format!("ORDER BY {}", terms.join(", "))
 }
 
 /// The condition of a key that is neither revoked nor expired (?1 = now).
@@ -376,8 +438,9 @@ pub async fn list(
             .fetch_one(pool)
             .await?;
     let columns = &key_sql().select;
+    let order = order_by(filter.sort);
     let rows = sqlx::query_as(&format!(
-        "SELECT {columns} FROM api_keys WHERE {condition} ORDER BY id DESC LIMIT ?4 OFFSET ?5"
+        "SELECT {columns} FROM api_keys WHERE {condition} {order} LIMIT ?4 OFFSET ?5"
     ))
     .bind(now)
     .bind(&pattern)

@@ -1,7 +1,7 @@
 //! The admin API: auth, key CRUD, validation errors that name the field.
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::*;
 
@@ -517,4 +517,52 @@ async fn behind_a_trusted_proxy_origin_may_match_x_forwarded_host() {
             .unwrap();
         assert_eq!(response.status(), expected, "trusted proxy: {trusted}");
     }
+}
+
+#[tokio::test]
+async fn the_key_list_is_sorted_by_the_server_across_pages() {
+    let app = spawn_app().await;
+    for (name, expiry) in [
+        ("bravo", json!({"expires_days": 2})),
+        ("Alpha", json!({"never": true})),
+        ("charlie", json!({"expires_days": 1})),
+    ] {
+        let mut body = json!({"name": name});
+        body.as_object_mut()
+            .unwrap()
+            .extend(expiry.as_object().unwrap().clone());
+        app.create_key(body).await;
+    }
+    let names = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, first) = app.get("/api/api-keys?sort=name&page_size=2").await;
+    let (_, second) = app.get("/api/api-keys?sort=name&page_size=2&page=2").await;
+    assert_eq!(names(&first), ["Alpha", "bravo"], "case-insensitive");
+    assert_eq!(names(&second), ["charlie"]);
+    let (_, desc) = app.get("/api/api-keys?sort=name&order=desc").await;
+    assert_eq!(names(&desc), ["charlie", "bravo", "Alpha"]);
+    let (_, expiring) = app.get("/api/api-keys?sort=expires_at").await;
+    assert_eq!(
+        names(&expiring),
+        ["charlie", "bravo", "Alpha"],
+        "never expires last"
+    );
+    let (_, newest) = app.get("/api/api-keys").await;
+    assert_eq!(
+        names(&newest),
+        ["charlie", "Alpha", "bravo"],
+        "newest first by default"
+    );
+    let (status, error) = app.get("/api/api-keys?sort=secret").await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+    assert_eq!(error["field"], "sort");
+    let (status, error) = app.get("/api/api-keys?sort=name&order=up").await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+    assert_eq!(error["field"], "order");
 }
