@@ -59,6 +59,9 @@ pub struct KeyView {
     /// The full key: only in the create and regenerate answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// In a regenerate answer with a grace period: until when the replaced secret works.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_ms")]
+    pub previous_key_valid_until: Option<i64>,
 }
 
 impl KeyView {
@@ -90,6 +93,7 @@ impl KeyView {
             daily_cost: 0.0,
             weekly_cost: 0.0,
             key: None,
+            previous_key_valid_until: None,
         }
     }
 
@@ -218,6 +222,24 @@ fn create_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// Longest expiry accepted, in days.
 const MAX_DAYS: i64 = 36_500;
+/// Longest rotation grace period, in hours (30 days).
+const MAX_GRACE_HOURS: i64 = 720;
+
+/// A regenerated key: its row, the new secret (shown once), and until when the replaced
+/// secret still works.
+pub struct Regenerated {
+    pub row: KeyRow,
+    pub secret: String,
+    pub grace_until: Option<i64>,
+}
+
+/// `POST /api/api-keys/{id}/regenerate` (the body is optional).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Regenerate {
+    /// Hours the replaced secret keeps working (0 or absent: none).
+    pub grace_hours: Option<i64>,
+}
 
 /// The keys of the store, with the clock, the encryption key, and the relay's cache, which
 /// every change clears so it is in force on the next request.
@@ -539,9 +561,26 @@ impl Keyring {
         })
     }
 
-    /// A new secret for the same record and history; the old secret is dead at once.
-    pub async fn regenerate(&self, id: i64) -> Result<(KeyRow, String), ApiError> {
+    /// A new secret for the same record and history. The old secret is dead at once, or,
+    /// with `grace_hours`, keeps working that long (any older replaced secret dies).
+    pub async fn regenerate(
+        &self,
+        id: i64,
+        grace_hours: Option<i64>,
+    ) -> Result<Regenerated, ApiError> {
         let now = self.now();
+        let grace_until = match grace_hours.filter(|hours| *hours != 0) {
+            None => None,
+            Some(hours) if (1..=MAX_GRACE_HOURS).contains(&hours) => {
+                Some(now + hours * crate::clock::MS_PER_HOUR)
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "grace_hours",
+                    format!("must be a whole number of hours from 0 (none) to {MAX_GRACE_HOURS}"),
+                ))
+            }
+        };
         let mut tx = store::begin_write(&self.pool).await?;
         let mut row = store::keys::get(&mut *tx, id)
             .await?
@@ -552,15 +591,28 @@ impl Keyring {
             ));
         }
         let secret = keys::generate();
-        row.key_hash = keys::hash_hex(&secret);
+        let replaced = std::mem::replace(&mut row.key_hash, keys::hash_hex(&secret));
         row.encrypted_key = Some(self.fernet.encrypt(secret.as_bytes()));
         row.key_preview = keys::preview(&secret);
         row.updated_at = now;
         let row = store::keys::save(&mut *tx, &row).await?;
+        let previous = grace_until.map(|until| (replaced.as_str(), until));
+        store::keys::set_previous_secret(&mut *tx, id, previous).await?;
         tx.commit().await?;
         self.cache.clear();
-        tracing::info!(key_id = id, "API key regenerated");
-        Ok((row, secret))
+        match grace_until {
+            Some(until) => tracing::info!(
+                key_id = id,
+                grace_until = %crate::clock::rfc3339(until),
+                "API key regenerated; the replaced secret works until the grace ends"
+            ),
+            None => tracing::info!(key_id = id, "API key regenerated"),
+        }
+        Ok(Regenerated {
+            row,
+            secret,
+            grace_until,
+        })
     }
 
     /// Gives every fixed-mode key without an expiry one `days` from now (the upgrade

@@ -10,7 +10,9 @@ use serde::Deserialize;
 use super::{page, Listing};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson, ApiQuery};
-use crate::key_ops::{CreateKey, KeyPatch, KeyView, RenewExpiring, Renewal, RenewedBatch};
+use crate::key_ops::{
+    CreateKey, KeyPatch, KeyView, Regenerate, RenewExpiring, Renewal, RenewedBatch,
+};
 use crate::keys::Status;
 use crate::limits::WithLimits;
 use crate::store::keys::{KeyFilter, KeySort, SortColumn};
@@ -140,9 +142,27 @@ async fn renew_expiring(
 async fn regenerate(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    body: axum::body::Bytes,
 ) -> Result<Json<KeyView>, ApiError> {
-    let (row, secret) = state.keyring.regenerate(id).await?;
-    Ok(Json(state.keyring.full_view(&row).await?.with_key(secret)))
+    // The body is optional: `{}` or nothing regenerates without a grace period.
+    let request: Regenerate = if body.iter().all(u8::is_ascii_whitespace) {
+        Regenerate::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|err| {
+            ApiError::invalid(
+                "body",
+                format!("{err}; send {{\"grace_hours\": 24}} or nothing"),
+            )
+        })?
+    };
+    let regenerated = state.keyring.regenerate(id, request.grace_hours).await?;
+    let mut view = state
+        .keyring
+        .full_view(&regenerated.row)
+        .await?
+        .with_key(regenerated.secret);
+    view.previous_key_valid_until = regenerated.grace_until;
+    Ok(Json(view))
 }
 
 async fn remove(

@@ -54,7 +54,12 @@ pub enum KeysCommand {
     /// Revoke a key at once and for good (its record and logs stay).
     Revoke { id: i64 },
     /// Give a key a new secret (printed once); the old one stops working at once.
-    Regenerate { id: i64 },
+    Regenerate {
+        id: i64,
+        /// Keep the replaced key working this many hours (up to 720), so clients can move.
+        #[arg(long)]
+        grace_hours: Option<i64>,
+    },
     /// Delete a key and all its call logs.
     Delete {
         id: i64,
@@ -247,13 +252,20 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
             );
             Ok(())
         }
-        KeysCommand::Regenerate { id } => {
-            let (row, secret) = keyring.regenerate(id).await?;
+        KeysCommand::Regenerate { id, grace_hours } => {
+            let regenerated = keyring.regenerate(id, grace_hours).await?;
             println!(
-                "New key for #{id} '{}' (shown once, store it now):\n\n  {secret}\n",
-                printable(&row.name)
+                "New key for #{id} '{}' (shown once, store it now):\n\n  {}\n",
+                printable(&regenerated.row.name),
+                regenerated.secret
             );
-            println!("The old key stopped working.");
+            match regenerated.grace_until {
+                Some(until) => println!(
+                    "The old key works until {} UTC.",
+                    &rfc3339(until)[..16].replace('T', " ")
+                ),
+                None => println!("The old key stopped working."),
+            }
             Ok(())
         }
         KeysCommand::Delete { id, yes } => {

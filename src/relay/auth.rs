@@ -33,6 +33,9 @@ pub struct AuthedKey {
     /// Its meter, found on the first request after the key was loaded (the meter outlives
     /// this cached copy: it is kept by key id in `limits::meters`).
     pub meter: OnceLock<Arc<Meter>>,
+    /// Set when the presented secret is the one `regenerate` replaced: it works until then
+    /// (UTC ms), the rotation's grace period.
+    pub grace_until: Option<i64>,
 }
 
 /// Why a request did not authenticate (for its call-log row).
@@ -120,13 +123,14 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Finds the key the request presents (received at `now`). A malformed key is refused
-/// before any lookup.
+/// Finds the key the request presents (received at `now`, `now_ms` by the clock). A
+/// malformed key is refused before any lookup; a replaced secret past its grace is unknown.
 pub async fn authenticate(
     pool: &SqlitePool,
     cache: &KeyCache,
     headers: &HeaderMap,
     now: Instant,
+    now_ms: i64,
 ) -> Result<Arc<AuthedKey>, AuthFailure> {
     let presented = presented_key(headers).ok_or(AuthFailure::anonymous("missing API key"))?;
     let canonical =
@@ -135,26 +139,54 @@ pub async fn authenticate(
     let found = match cache.get(&hash, now) {
         Some(found) => found,
         None => {
-            let found = lookup(pool, &hash).await?;
+            let found = lookup(pool, &hash, now_ms).await?;
             cache.put(hash, found.clone());
             found
         }
     };
-    found.ok_or(AuthFailure::anonymous("unknown API key"))
+    found
+        .filter(|key| key.grace_until.is_none_or(|until| now_ms < until))
+        .ok_or(AuthFailure::anonymous("unknown API key"))
 }
 
-async fn lookup(pool: &SqlitePool, hash: &KeyHash) -> Result<Option<Arc<AuthedKey>>, AuthFailure> {
-    let row = store::keys::find_by_hash(pool, &hex::encode(hash))
+async fn lookup(
+    pool: &SqlitePool,
+    hash: &KeyHash,
+    now_ms: i64,
+) -> Result<Option<Arc<AuthedKey>>, AuthFailure> {
+    let failed = |err: sqlx::Error| {
+        tracing::error!(error = %err, "key lookup failed");
+        AuthFailure::internal(None, "key lookup failed")
+    };
+    let hex_hash = hex::encode(hash);
+    let (row, grace_until) = match store::keys::find_by_hash(pool, &hex_hash)
         .await
-        .map_err(|err| {
-            tracing::error!(error = %err, "key lookup failed");
-            AuthFailure::internal(None, "key lookup failed")
-        })?;
-    let Some(row) = row.filter(|row| {
-        keys::decode_hash(&row.key_hash).is_some_and(|stored| keys::hashes_match(&stored, hash))
-    }) else {
+        .map_err(failed)?
+    {
+        Some(row) => (Some(row), None),
+        None => match store::keys::find_by_previous_hash(pool, &hex_hash, now_ms)
+            .await
+            .map_err(failed)?
+        {
+            Some((row, until)) => {
+                tracing::info!(
+                    key_id = row.id,
+                    grace_until = %crate::clock::rfc3339(until),
+                    "a key authenticated with the secret regenerate replaced (rotation grace period)"
+                );
+                (Some(row), Some(until))
+            }
+            None => (None, None),
+        },
+    };
+    let Some(row) = row else {
         return Ok(None);
     };
+    let current =
+        keys::decode_hash(&row.key_hash).is_some_and(|stored| keys::hashes_match(&stored, hash));
+    if grace_until.is_none() && !current {
+        return Ok(None);
+    }
     // A stored list that does not parse (a database edited by hand) refuses the key rather
     // than letting it through with less restriction than it says.
     let policy = Policy::from_lists(&row.restrictions.lists()).map_err(|invalid| {
@@ -168,6 +200,7 @@ async fn lookup(pool: &SqlitePool, hash: &KeyHash) -> Result<Option<Arc<AuthedKe
         policy: policy.map(Box::new),
         limits: row.limits.any().then_some(row.limits),
         meter: OnceLock::new(),
+        grace_until,
     })))
 }
 

@@ -184,9 +184,15 @@ async fn forward(
     record: &mut CallRecord,
     started: Instant,
 ) -> Result<Response<ReplyBody>, Refusal> {
-    let key = auth::authenticate(&state.pool, &state.keyring.cache, &parts.headers, started)
-        .await
-        .map_err(refuse)?;
+    let key = auth::authenticate(
+        &state.pool,
+        &state.keyring.cache,
+        &parts.headers,
+        started,
+        record.timestamp,
+    )
+    .await
+    .map_err(refuse)?;
     record.api_key_id = Some(key.id);
     // Before admission: a request that may not be relayed neither starts an activation-mode
     // key's clock nor counts as the key's use; its row still names the key.

@@ -312,6 +312,45 @@ pub async fn find_by_hash<'e>(
     .await
 }
 
+/// The key whose replaced secret (kept by `regenerate` with a grace period) has this hash,
+/// while its grace lasts at `now`; with the grace's end.
+pub async fn find_by_previous_hash<'e>(
+    db: impl SqliteExecutor<'e>,
+    key_hash: &str,
+    now: i64,
+) -> sqlx::Result<Option<(KeyRow, i64)>> {
+    use sqlx::{FromRow, Row};
+    let columns = &key_sql().select;
+    let found = sqlx::query(&format!(
+        "SELECT {columns}, previous_key_expires_at AS grace_until FROM api_keys \
+         WHERE previous_key_hash = ?1 AND previous_key_expires_at > ?2"
+    ))
+    .bind(key_hash)
+    .bind(now)
+    .fetch_optional(db)
+    .await?;
+    found
+        .map(|row| Ok((KeyRow::from_row(&row)?, row.try_get("grace_until")?)))
+        .transpose()
+}
+
+/// Keeps `previous_hash` working until `until` (None: the key has no previous secret).
+pub async fn set_previous_secret<'e>(
+    db: impl SqliteExecutor<'e>,
+    id: i64,
+    previous: Option<(&str, i64)>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE api_keys SET previous_key_hash = ?1, previous_key_expires_at = ?2 WHERE id = ?3",
+    )
+    .bind(previous.map(|(hash, _)| hash))
+    .bind(previous.map(|(_, until)| until))
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// What a key list is narrowed to, and its order.
 #[derive(Clone, Debug, Default)]
 pub struct KeyFilter {

@@ -566,3 +566,81 @@ async fn the_key_list_is_sorted_by_the_server_across_pages() {
     assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
     assert_eq!(error["field"], "order");
 }
+
+#[tokio::test]
+async fn regenerate_with_a_grace_period_keeps_the_replaced_key_working_until_it_ends() {
+    let app = spawn_app().await;
+    let (id, old) = app.new_key().await;
+    let path = format!("/api/api-keys/{id}/regenerate");
+    for bad in [json!({"grace_hours": -1}), json!({"grace_hours": 721})] {
+        let (status, error) = app.post(&path, bad).await;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{error}");
+        assert_eq!(error["field"], "grace_hours");
+    }
+    assert_eq!(
+        app.chat_model(&old, "gpt-test").await.0,
+        200,
+        "nothing changed"
+    );
+    let (status, answer) = app.post(&path, json!({"grace_hours": 2})).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    let new = answer["key"].as_str().unwrap().to_string();
+    let until = keygate::clock::parse_rfc3339(answer["previous_key_valid_until"].as_str().unwrap());
+    assert_eq!(until, Some(app.clock.now_ms() + 2 * 3_600_000));
+    assert_eq!(
+        app.chat_model(&old, "gpt-test").await.0,
+        200,
+        "within the grace"
+    );
+    assert_eq!(app.chat_model(&new, "gpt-test").await.0, 200);
+    app.clock.advance(time::Duration::hours(2));
+    assert_eq!(
+        app.chat_model(&old, "gpt-test").await.0,
+        401,
+        "the grace is over"
+    );
+    assert_eq!(app.chat_model(&new, "gpt-test").await.0, 200);
+    let rows = app.logs_of(id).await;
+    assert_eq!(rows.iter().filter(|r| r["http_status"] == 200).count(), 4);
+
+    // Without a body (or without grace_hours) the replaced key dies at once, and so does a
+    // replaced key still in its grace.
+    let (_, answer) = app.post(&path, json!({"grace_hours": 24})).await;
+    let graced = answer["key"].as_str().unwrap().to_string();
+    let response = app
+        .client
+        .post(app.url(&path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (status, answer) = read(response).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{answer}");
+    assert!(answer.get("previous_key_valid_until").is_none());
+    let newest = answer["key"].as_str().unwrap().to_string();
+    assert_eq!(app.chat_model(&new, "gpt-test").await.0, 401);
+    assert_eq!(app.chat_model(&graced, "gpt-test").await.0, 401);
+    assert_eq!(app.chat_model(&newest, "gpt-test").await.0, 200);
+
+    // A revoked key's replaced secret dies with it.
+    let (_, answer) = app.post(&path, json!({"grace_hours": 24})).await;
+    let (latest, replaced) = (answer["key"].as_str().unwrap().to_string(), newest);
+    assert_eq!(app.chat_model(&replaced, "gpt-test").await.0, 200);
+    app.post(&format!("/api/api-keys/{id}/revoke"), json!({}))
+        .await;
+    assert_eq!(app.chat_model(&replaced, "gpt-test").await.0, 401);
+    assert_eq!(app.chat_model(&latest, "gpt-test").await.0, 401);
+
+    let (other, _) = app.new_key().await;
+    let out = crate::cli::ok(
+        &app,
+        &[
+            "keys",
+            "regenerate",
+            &other.to_string(),
+            "--grace-hours",
+            "12",
+        ],
+    );
+    assert!(out.contains("The old key works until"), "{out}");
+}
