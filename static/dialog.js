@@ -95,12 +95,12 @@ export function openDialog({ title, body, actions = [], closeLabel, onClose, id 
 }
 
 /** Asks before something irreversible; resolves true when confirmed. */
-export function confirmDialog({ title, message, confirmLabel, danger = true, run }) {
+export function confirmDialog({ title, message, confirmLabel, danger = true, run, extra }) {
   return new Promise((resolve) => {
     let confirmed = false;
     openDialog({
       title,
-      body: h('p', { text: message }),
+      body: extra ? h('div', {}, h('p', { text: message }), extra) : h('p', { text: message }),
       actions: [{
         label: confirmLabel,
         kind: danger ? 'danger' : 'primary',

@@ -174,16 +174,23 @@ function actions(key, reload) {
     !revoked && (key.is_active
       ? button('disable', t('action.disable'), () => api('PATCH', `/api/api-keys/${key.id}`, { is_active: false }).then(() => { toast(t('msg.disabled')); reload(); }, (err) => toast(err.message)))
       : button('enable', t('action.enable'), () => api('PATCH', `/api/api-keys/${key.id}`, { is_active: true }).then(() => { toast(t('msg.enabled')); reload(); }, (err) => toast(err.message)))),
-    !revoked && button('regenerate', t('action.regenerate'), () => confirmDialog({
-      title: t('title.regenerate', { name: key.name }),
-      message: t('confirm.regenerate'),
-      confirmLabel: t('action.regenerate'),
-      run: async () => {
-        const answer = await api('POST', `/api/api-keys/${key.id}/regenerate`);
-        reload();
-        setTimeout(() => revealKey(answer, t('title.key_regenerated')), 0);
-      },
-    })),
+    !revoked && button('regenerate', t('action.regenerate'), () => {
+      // How long the replaced key keeps working, so clients can be moved without downtime.
+      const grace = h('select', { name: 'grace_hours', id: 'regenerate-grace' },
+        [0, 1, 24, 168].map((hours) => h('option', { value: hours, text: t(`grace.${hours}`) })));
+      return confirmDialog({
+        title: t('title.regenerate', { name: key.name }),
+        message: t('confirm.regenerate'),
+        confirmLabel: t('action.regenerate'),
+        extra: h('label', { class: 'field' }, h('span', { text: t('field.grace') }), grace),
+        run: async () => {
+          const hours = Number(grace.value);
+          const answer = await api('POST', `/api/api-keys/${key.id}/regenerate`, hours ? { grace_hours: hours } : undefined);
+          reload();
+          setTimeout(() => revealKey(answer, t('title.key_regenerated')), 0);
+        },
+      });
+    }),
     !revoked && button('revoke', t('action.revoke'), () => confirmDialog({
       title: t('title.revoke', { name: key.name }),
       message: t('confirm.revoke'),

@@ -448,14 +448,25 @@ async function main() {
   assert.match(await row(page, 'renamed key').textContent(), /team-b/);
   ok(step);
 
-  // --- Regenerate: a new key shown once; the old one stops working.
+  // --- Regenerate: a new key shown once; the old one keeps working for the grace chosen
+  // (24 hours here), and stops at once on a regenerate without one.
   step = 'regenerate';
+  await row(page, 'never key').locator('[data-action="regenerate"]').click();
+  await page.locator('dialog[open] #regenerate-grace').selectOption('24');
+  await page.locator('dialog[open] [data-action="confirm"]').click();
+  await page.locator('#reveal-dialog').waitFor();
+  const graced = await page.inputValue('#revealed-key');
+  assert.notEqual(graced, copied);
+  await closeReveal(page);
+  assert.equal(await relay(copied, 'gpt-test'), 200, 'the replaced key works during its grace');
+  assert.equal(await relay(graced, 'gpt-test'), 200);
   await confirmAction(page, 'never key', 'regenerate', /stops working/);
   await page.locator('#reveal-dialog').waitFor();
   const regenerated = await page.inputValue('#revealed-key');
-  assert.notEqual(regenerated, copied);
+  assert.notEqual(regenerated, graced);
   await closeReveal(page);
   assert.equal(await relay(copied, 'gpt-test'), 401);
+  assert.equal(await relay(graced, 'gpt-test'), 401);
   assert.equal(await relay(regenerated, 'gpt-test'), 200);
   ok(step);
 
@@ -574,7 +585,7 @@ async function main() {
   // --- Nothing secret is stored by the page or sent in a URL.
   step = 'no secret stored or in a URL';
   const stored = await page.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }));
-  for (const secret of [token, copied, regenerated]) {
+  for (const secret of [token, copied, graced, regenerated]) {
     assert.ok(!stored.includes(secret), 'no secret in web storage');
     assert.ok(!requests.some((url) => url.includes(secret)), 'no secret in a URL');
   }
