@@ -1,6 +1,6 @@
 //! The error enum of the HTTP edge and its one IntoResponse: `{"error": reason, "message": what to do}`.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -132,8 +132,10 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error answer of keygate's own: the reason (the HTTP status's), what to do, and for a
+/// 400 the field at fault, for a 429 of a key limit the limit.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
     error: &'a str,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -223,6 +225,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|e: QueryRejection| ApiError::invalid("query", e.body_text()))
+    }
+}
+
+/// `axum::extract::Path` whose rejections answer in the error shape (an id that is not a
+/// number: 400 naming `id`).
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| ApiPath(p.0))
+            .map_err(|e: PathRejection| {
+                ApiError::invalid("id", format!("{}; send a whole number", e.body_text()))
+            })
     }
 }
 

@@ -17,7 +17,7 @@ use crate::store::keys::{KeyFilter, KeyRow, NewKey, Restrictions};
 use crate::store::{self, Page};
 
 /// A key as the admin API and the CLI show it: no hash, no encrypted copy.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub id: i64,
     pub name: String,
@@ -28,20 +28,26 @@ pub struct KeyView {
     pub expiring_soon: bool,
     pub expires_in_seconds: Option<i64>,
     #[serde(serialize_with = "ser_ms")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(serialize_with = "ser_ms")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
     #[serde(serialize_with = "ser_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<i64>,
     pub expiration_mode: ExpirationMode,
     pub activation_period: Option<i64>,
     pub activation_unit: Option<String>,
     #[serde(serialize_with = "ser_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub activated_at: Option<i64>,
     #[serde(serialize_with = "ser_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub revoked_at: Option<i64>,
     pub usage_count: i64,
     #[serde(serialize_with = "ser_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<i64>,
     /// The sum of `total_tokens` over the key's calls.
     pub total_tokens_used: i64,
@@ -61,6 +67,7 @@ pub struct KeyView {
     pub key: Option<String>,
     /// In a regenerate answer with a grace period: until when the replaced secret works.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub previous_key_valid_until: Option<i64>,
 }
 
@@ -111,17 +118,22 @@ impl KeyView {
 }
 
 /// `POST /api/api-keys`: a name, and at most one way of expiring.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
+    #[schema(minimum = 1, maximum = 36500)]
     pub expires_days: Option<i64>,
     /// For short-lived keys (the seeds' "1 hour" choice).
+    #[schema(minimum = 1, maximum = 876000)]
     pub expires_hours: Option<i64>,
     pub expires_at: Option<String>,
     pub never: Option<bool>,
     pub expiration_mode: Option<ExpirationMode>,
+    #[schema(minimum = 1, maximum = 36500)]
     pub activation_period: Option<i64>,
     pub activation_unit: Option<ActivationUnit>,
     /// Model names or `prefix*` patterns; empty: any model.
@@ -140,9 +152,10 @@ pub struct CreateKey {
 
 /// `PATCH /api/api-keys/{id}`: absent fields are unchanged; `expires_at: null` means never;
 /// a given list replaces the key's (`[]` lifts that restriction).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyPatch {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub description: Option<Option<String>>,
@@ -176,9 +189,10 @@ impl TakesLimits for KeyPatch {
 }
 
 /// `POST /api/api-keys/{id}/renew`: exactly one of `days` (from now), `expires_at`, `never`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Renewal {
+    #[schema(minimum = 1, maximum = 36500)]
     pub days: Option<i64>,
     pub expires_at: Option<String>,
     pub never: Option<bool>,
@@ -186,16 +200,18 @@ pub struct Renewal {
 
 /// `POST /api/api-keys/renew-expiring`: keys expiring within `within_days` (default 7) get
 /// `extend_days` (default 30) more; `ids` narrows the batch to a chosen subset.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewExpiring {
+    #[schema(minimum = 1, maximum = 36500)]
     pub within_days: Option<i64>,
+    #[schema(minimum = 1, maximum = 36500)]
     pub extend_days: Option<i64>,
     pub ids: Option<Vec<i64>>,
 }
 
 /// What a batch renewal changed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct RenewedBatch {
     pub within_days: i64,
     pub extend_days: i64,
@@ -234,10 +250,11 @@ pub struct Regenerated {
 }
 
 /// `POST /api/api-keys/{id}/regenerate` (the body is optional).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Regenerate {
     /// Hours the replaced secret keeps working (0 or absent: none).
+    #[schema(minimum = 0, maximum = 720)]
     pub grace_hours: Option<i64>,
 }
 

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use super::throttle::Throttle;
 use crate::app::AppState;
 use crate::config::{Config, SecureCookie};
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::keys::{self, KeyHash};
 use crate::relay::client_ip::client_ip;
 
@@ -209,13 +209,23 @@ pub fn session_router() -> Router<AppState> {
     Router::new().route("/auth/logout", post(logout))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Login {
+pub(crate) struct Login {
+    /// The admin token (KEYGATE_ADMIN_TOKEN).
     token: String,
 }
 
-async fn login(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", security(()), request_body = Login, responses(
+    (status = 200, description = "Logged in: the session cookie is set (HttpOnly, SameSite=Strict)", body = Object, headers(("set-cookie" = String, description = "keygate_session=…"))),
+    (status = 400, description = "Invalid input; `field` names it", body = ErrorBody),
+    (status = 401, description = "Wrong token", body = ErrorBody),
+    (status = 429, description = "Too many failed tokens from this address, or in total; retry after Retry-After", body = ErrorBody),
+))]
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let ip = client_of(&request, &state.config);
     state.admin.throttle.admit(ip, Instant::now())?;
     let secure = secure_cookie(&state.config, &request);
@@ -255,7 +265,13 @@ fn secure_cookie(config: &Config, request: &Request) -> bool {
     }
 }
 
-async fn logout(State(state): State<AppState>, request: Request) -> Response {
+#[utoipa::path(post, path = "/api/auth/logout", tag = "auth", responses(
+    (status = 204, description = "Logged out: the session ends and its cookie is cleared"),
+    (status = 401, description = "No or wrong admin credential", body = ErrorBody),
+    (status = 403, description = "A session request from another site", body = ErrorBody),
+    (status = 429, description = "Too many failed credentials from this address", body = ErrorBody),
+))]
+pub(crate) async fn logout(State(state): State<AppState>, request: Request) -> Response {
     if let Some(id) = session_cookie(request.headers()) {
         state.admin.close_session(id);
     }

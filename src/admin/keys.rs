@@ -1,6 +1,6 @@
 //! `/api/api-keys`: list, create, get, patch, revoke, delete, stats and a key's logs.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::{page, Listing};
 use crate::app::AppState;
-use crate::error::{ApiError, ApiJson, ApiQuery};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::key_ops::{
     CreateKey, KeyPatch, KeyView, Regenerate, RenewExpiring, Renewal, RenewedBatch,
 };
@@ -30,8 +30,9 @@ pub fn router() -> Router<AppState> {
         .route("/api-keys/{id}/logs", get(logs))
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
     status: Option<String>,
     search: Option<String>,
     tag: Option<String>,
@@ -39,7 +40,11 @@ struct ListQuery {
     sort: Option<String>,
     /// asc (default) or desc.
     order: Option<String>,
+    /// 1 or more (default 1).
+    #[param(minimum = 1)]
     page: Option<i64>,
+    /// 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     page_size: Option<i64>,
 }
 
@@ -59,7 +64,8 @@ fn key_sort(sort: Option<&str>, order: Option<&str>) -> Result<Option<KeySort>, 
     Ok(Some(KeySort { column, descending }))
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/api-keys", tag = "keys", params(ListQuery), responses((status = 200, description = "A page of keys", body = Listing<KeyView>), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Listing<KeyView>>, ApiError> {
@@ -87,7 +93,8 @@ async fn list(
     Ok(Json(Listing::new(items, page, total)))
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/api-keys", tag = "keys", request_body = CreateKey, responses((status = 201, description = "The key, with the full `key` (shown this once)", body = KeyView), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn create(
     State(state): State<AppState>,
     ApiJson(WithLimits(request)): ApiJson<WithLimits<CreateKey>>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -98,62 +105,70 @@ async fn create(
     ))
 }
 
-async fn show(
+#[utoipa::path(get, path = "/api/api-keys/{id}", tag = "keys", params(("id" = i64, Path, description = "The key's id")), responses((status = 200, description = "The key", body = KeyView), (status = 404, description = "No key with that id", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn show(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
     let row = state.keyring.get(id).await?;
     Ok(Json(state.keyring.full_view(&row).await?))
 }
 
-async fn update(
+#[utoipa::path(patch, path = "/api/api-keys/{id}", tag = "keys", params(("id" = i64, Path, description = "The key's id")), request_body = KeyPatch, responses((status = 200, description = "The changed key", body = KeyView), (status = 404, description = "No key with that id", body = ErrorBody), (status = 409, description = "The key is revoked", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn update(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(WithLimits(patch)): ApiJson<WithLimits<KeyPatch>>,
 ) -> Result<Json<KeyView>, ApiError> {
     let row = state.keyring.update(id, &patch).await?;
     Ok(Json(state.keyring.full_view(&row).await?))
 }
 
-async fn revoke(
+#[utoipa::path(post, path = "/api/api-keys/{id}/revoke", tag = "keys", params(("id" = i64, Path, description = "The key's id")), responses((status = 200, description = "The revoked key", body = KeyView), (status = 404, description = "No key with that id", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn revoke(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
     let row = state.keyring.revoke(id).await?;
     Ok(Json(state.keyring.full_view(&row).await?))
 }
 
-async fn renew(
+#[utoipa::path(post, path = "/api/api-keys/{id}/renew", tag = "keys", params(("id" = i64, Path, description = "The key's id")), request_body = Renewal, responses((status = 200, description = "The renewed key", body = KeyView), (status = 404, description = "No key with that id", body = ErrorBody), (status = 409, description = "The key is revoked", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn renew(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(renewal): ApiJson<Renewal>,
 ) -> Result<Json<KeyView>, ApiError> {
     let row = state.keyring.renew(id, &renewal).await?;
     Ok(Json(state.keyring.full_view(&row).await?))
 }
 
-async fn renew_expiring(
+#[utoipa::path(post, path = "/api/api-keys/renew-expiring", tag = "keys", request_body = RenewExpiring, responses((status = 200, description = "What was renewed", body = RenewedBatch), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn renew_expiring(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RenewExpiring>,
 ) -> Result<Json<RenewedBatch>, ApiError> {
     Ok(Json(state.keyring.renew_expiring(&request).await?))
 }
 
-async fn regenerate(
+#[utoipa::path(post, path = "/api/api-keys/{id}/regenerate", tag = "keys", params(("id" = i64, Path, description = "The key's id")), request_body(content = Option<Regenerate>, description = "Optional: a grace period for the replaced secret"), responses((status = 200, description = "The key, with the new full `key` (shown this once)", body = KeyView), (status = 404, description = "No key with that id", body = ErrorBody), (status = 409, description = "The key is revoked", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn regenerate(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     body: axum::body::Bytes,
 ) -> Result<Json<KeyView>, ApiError> {
     // The body is optional: `{}` or nothing regenerates without a grace period.
     let request: Regenerate = if body.iter().all(u8::is_ascii_whitespace) {
         Regenerate::default()
     } else {
-        serde_json::from_slice(&body).map_err(|err| {
-            ApiError::invalid(
-                "body",
-                format!("{err}; send {{\"grace_hours\": 24}} or nothing"),
-            )
-        })?
+        serde_json::from_slice::<Option<Regenerate>>(&body)
+            .map(Option::unwrap_or_default)
+            .map_err(|err| {
+                ApiError::invalid(
+                    "body",
+                    format!("{err}; send {{\"grace_hours\": 24}} or nothing"),
+                )
+            })?
     };
     let regenerated = state.keyring.regenerate(id, request.grace_hours).await?;
     let mut view = state
@@ -165,22 +180,27 @@ async fn regenerate(
     Ok(Json(view))
 }
 
-async fn remove(
+#[utoipa::path(delete, path = "/api/api-keys/{id}", tag = "keys", params(("id" = i64, Path, description = "The key's id")), responses((status = 204, description = "The key and its call logs are deleted"), (status = 404, description = "No key with that id", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn remove(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
     state.keyring.delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct StatsQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StatsQuery {
+    /// 1 to 366 (default 30).
+    #[param(minimum = 1, maximum = 366)]
     days: Option<i64>,
 }
 
-async fn stats(
+#[utoipa::path(get, path = "/api/api-keys/{id}/stats", tag = "keys", params(("id" = i64, Path, description = "The key's id"), StatsQuery), responses((status = 200, description = "The key's usage over the last `days` UTC days", body = KeyStats), (status = 404, description = "No key with that id", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn stats(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiQuery(query): ApiQuery<StatsQuery>,
 ) -> Result<Json<KeyStats>, ApiError> {
     let days = query.days.unwrap_or(30);
@@ -193,17 +213,23 @@ async fn stats(
     ))
 }
 
-#[derive(Deserialize)]
-struct KeyLogsQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct KeyLogsQuery {
     status: Option<String>,
     model: Option<String>,
+    /// 1 or more (default 1).
+    #[param(minimum = 1)]
     page: Option<i64>,
+    /// 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     page_size: Option<i64>,
 }
 
-async fn logs(
+#[utoipa::path(get, path = "/api/api-keys/{id}/logs", tag = "logs", params(("id" = i64, Path, description = "The key's id"), KeyLogsQuery), responses((status = 200, description = "A page of the key's call logs, newest first", body = Listing<LogRow>), (status = 404, description = "No key with that id", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn logs(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiQuery(query): ApiQuery<KeyLogsQuery>,
 ) -> Result<Json<Listing<LogRow>>, ApiError> {
     state.keyring.get(id).await?;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{page, Listing};
 use crate::app::AppState;
-use crate::error::{ApiError, ApiQuery};
+use crate::error::{ApiError, ApiQuery, ErrorBody};
 use crate::store::logs::{LogFilter, LogRow, LogStatus};
 use crate::store::Page;
 
@@ -15,16 +15,22 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api-logs", get(list))
 }
 
-#[derive(Deserialize)]
-struct LogsQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LogsQuery {
     key_id: Option<i64>,
     status: Option<String>,
     model: Option<String>,
+    /// 1 or more (default 1).
+    #[param(minimum = 1)]
     page: Option<i64>,
+    /// 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     page_size: Option<i64>,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/api-logs", tag = "logs", params(LogsQuery), responses((status = 200, description = "A page of call logs, newest first", body = Listing<LogRow>), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Json<Listing<LogRow>>, ApiError> {

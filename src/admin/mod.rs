@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod keys;
 pub mod logs;
+pub mod openapi;
 pub mod throttle;
 
 use axum::middleware;
@@ -23,7 +24,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
             state.clone(),
             auth::require_admin,
         ));
-    Router::new().nest("/api", protected.merge(auth::public_router()))
+    let public =
+        auth::public_router().route("/openapi.json", axum::routing::get(openapi::document));
+    Router::new().nest("/api", protected.merge(public))
 }
 
 /// Validates the `page` (default 1) and `page_size` (default 50, at most 200) parameters.
@@ -50,7 +53,7 @@ pub fn page(page: Option<i64>, page_size: Option<i64>) -> Result<Page, ApiError>
 }
 
 /// A page of a list: `{items, page, page_size, total}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Listing<T> {
     pub items: Vec<T>,
     pub page: i64,

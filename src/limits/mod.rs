@@ -23,16 +23,16 @@ pub const MAX_USD: f64 = 1e12;
 macro_rules! limit_fields {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty ),* $(,)?) => {
         /// A key's limits; each 0 means no limit. USD amounts are `f64`.
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
-        #[serde(default, deny_unknown_fields)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+        #[serde(default)]
         pub struct Limits {
-            $( $(#[doc = $doc])* pub $name: $ty, )*
+            $( $(#[doc = $doc])* #[schema(minimum = 0)] pub $name: $ty, )*
         }
 
         /// Limits as given: an absent field is unchanged, 0 lifts that limit.
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize, clap::Args)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize, clap::Args, utoipa::ToSchema)]
         pub struct LimitsPatch {
-            $( $(#[doc = $doc])* #[arg(long)] pub $name: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long)] #[schema(minimum = 0)] pub $name: Option<$ty>, )*
         }
 
         impl Limits {
@@ -73,6 +73,11 @@ macro_rules! limit_fields {
                 }
             }
 
+            /// Each field's value as stored: whole numbers stay integers.
+            pub fn values(&self) -> [LimitValue; Limits::FIELDS.len()] {
+                [$( LimitValue::from(self.$name) ),*]
+            }
+
             /// Each field as (name, value as f64), for checks and displays.
             pub fn entries(&self) -> [(&'static str, f64); Limits::FIELDS.len()] {
                 [$( (stringify!($name), self.$name as f64) ),*]
@@ -101,6 +106,25 @@ limit_fields! {
     weekly_cost_limit: f64,
     /// Lifetime USD.
     total_cost_limit: f64,
+}
+
+/// A limit's value as stored: a count (INTEGER) or USD (REAL).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LimitValue {
+    Count(i64),
+    Usd(f64),
+}
+
+impl From<i64> for LimitValue {
+    fn from(value: i64) -> Self {
+        LimitValue::Count(value)
+    }
+}
+
+impl From<f64> for LimitValue {
+    fn from(value: f64) -> Self {
+        LimitValue::Usd(value)
+    }
 }
 
 impl Limits {

@@ -75,17 +75,29 @@ pub struct NewKey {
 }
 
 /// The restriction lists and tags of a key (validated when written), by their column names.
-#[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema,
+)]
 pub struct Restrictions {
+    /// Model names or `prefix*` patterns; empty: any model.
     #[sqlx(try_from = "String")]
+    #[schema(value_type = Vec<String>)]
     pub allowed_models: TextList,
+    /// User-Agent patterns (exact or `prefix*`, case-insensitive); empty: any client.
     #[sqlx(try_from = "String")]
+    #[schema(value_type = Vec<String>)]
     pub allowed_clients: TextList,
+    /// IP addresses or CIDRs; empty: any address.
     #[sqlx(try_from = "String")]
+    #[schema(value_type = Vec<String>)]
     pub allowed_ips: TextList,
+    /// Paths under /v1/ (exact or `prefix*`); empty: any endpoint.
     #[sqlx(try_from = "String")]
+    #[schema(value_type = Vec<String>)]
     pub allowed_endpoints: TextList,
+    /// Labels the key list filters by.
     #[sqlx(try_from = "String")]
+    #[schema(value_type = Vec<String>)]
     pub tags: TextList,
 }
 
@@ -198,11 +210,11 @@ pub fn key_sql() -> &'static KeySql {
 
 /// Binds the data columns of a `&KeyRow`, in the order of `KEY_COLUMNS` then
 /// `Limits::FIELDS`, to a query or query_as (the caller binds `id`, or nothing, after them).
-/// Limits are bound as REAL: SQLite stores a whole number in an INTEGER column as an integer.
+/// Each limit is bound with its own type (a count as INTEGER, USD as REAL).
 macro_rules! bind_key {
     ($query:expr, $key:expr) => {{
         let key: &$crate::store::keys::KeyRow = $key;
-        key.limits.entries().into_iter().fold(
+        key.limits.values().into_iter().fold(
             $query
                 .bind(&key.key_hash)
                 .bind(&key.encrypted_key)
@@ -227,7 +239,10 @@ macro_rules! bind_key {
                 .bind(key.restrictions.allowed_ips.to_json())
                 .bind(key.restrictions.allowed_endpoints.to_json())
                 .bind(key.restrictions.tags.to_json()),
-            |query, (_, value)| query.bind(value),
+            |query, value| match value {
+                $crate::limits::LimitValue::Count(count) => query.bind(count),
+                $crate::limits::LimitValue::Usd(usd) => query.bind(usd),
+            },
         )
     }};
 }

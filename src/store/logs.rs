@@ -10,11 +10,12 @@ use super::Page;
 use crate::clock::{day_text, ser_ms, MS_PER_DAY};
 
 /// One `api_call_logs` row, as the admin API shows it.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct LogRow {
     pub id: i64,
     pub api_key_id: Option<i64>,
     #[serde(serialize_with = "ser_ms")]
+    #[schema(value_type = String, format = DateTime)]
     pub timestamp: i64,
     pub model: Option<String>,
     pub status: String,
@@ -126,7 +127,7 @@ pub async fn list(
     Ok((rows, total))
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct ModelStats {
     pub model: Option<String>,
     pub calls: i64,
@@ -138,7 +139,7 @@ pub struct ModelStats {
     pub cost: f64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct DayStats {
     pub date: String,
     pub calls: i64,
@@ -147,7 +148,7 @@ pub struct DayStats {
 }
 
 /// A key's calls over the last `days` UTC days (today included).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct KeyStats {
     pub key_id: i64,
     pub days: i64,

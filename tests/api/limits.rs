@@ -601,3 +601,26 @@ async fn the_cli_sets_and_shows_limits_and_export_import_carries_them() {
         assert_eq!(imported[field], key[field], "{field}");
     }
 }
+
+#[tokio::test]
+async fn the_largest_limits_are_stored_exactly() {
+    // Found by schemathesis: a count past 2^53 bound as REAL came back undecodable (a 500).
+    let app = spawn_app().await;
+    let (id, _) = app
+        .create_key(
+            json!({"name": "big", "token_limit": i64::MAX, "rate_limit_window": 1,
+            "rate_limit_requests": 9_007_199_254_740_993_i64, "total_cost_limit": 1e12}),
+        )
+        .await;
+    let key = app.key_json(id).await;
+    assert_eq!(key["token_limit"], i64::MAX);
+    assert_eq!(key["rate_limit_requests"], 9_007_199_254_740_993_i64);
+    let (status, key) = app
+        .patch(
+            &format!("/api/api-keys/{id}"),
+            json!({"concurrency_limit": i64::MAX}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{key}");
+    assert_eq!(key["concurrency_limit"], i64::MAX);
+}
