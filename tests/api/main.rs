@@ -12,6 +12,7 @@ mod helpers;
 mod hostile;
 mod limits;
 mod logs;
+mod openapi;
 mod relay;
 mod restrictions;
 mod rollup;

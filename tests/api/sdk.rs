@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::helpers::*;
 
 /// The Python with `openai` installed: $KEYGATE_TEST_PYTHON, else the `.venv` that `.ci/run` makes.
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     if let Ok(path) = std::env::var("KEYGATE_TEST_PYTHON") {
         return PathBuf::from(path);
     }
