@@ -13,7 +13,8 @@ use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::key_ops::{CreateKey, KeyPatch, KeyView, RenewExpiring, Renewal, RenewedBatch};
 use crate::keys::Status;
 use crate::store::keys::KeyFilter;
-use crate::store::logs::{KeyStats, LogRow};
+use super::logs::{LogListing, LogsQuery};
+use crate::store::logs::KeyStats;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -151,19 +152,12 @@ async fn stats(
     ))
 }
 
-#[derive(Deserialize)]
-struct KeyLogsQuery {
-    status: Option<String>,
-    page: Option<i64>,
-    page_size: Option<i64>,
-}
-
+/// A key's logs take the query of `/api/api-logs` (a `key_id` given there is ignored).
 async fn logs(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-    ApiQuery(query): ApiQuery<KeyLogsQuery>,
-) -> Result<Json<Listing<LogRow>>, ApiError> {
+    ApiQuery(query): ApiQuery<LogsQuery>,
+) -> Result<Json<LogListing>, ApiError> {
     state.keyring.get(id).await?;
-    let page = page(query.page, query.page_size)?;
-    super::logs::page_of_logs(&state, Some(id), query.status, page).await
+    super::logs::page_of_logs(&state, Some(id), query).await
 }

@@ -10,11 +10,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{SqliteExecutor, SqlitePool};
 
 /// How long a statement waits for a lock another connection or process holds, by default.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The part of the database file read through a memory map.
+pub const MMAP_BYTES: u64 = 2 << 30;
 
 /// Opens (creating if needed) the SQLite file and brings its schema up to date.
 pub async fn connect(database_url: &str) -> anyhow::Result<SqlitePool> {
@@ -29,10 +34,20 @@ pub async fn open(database_url: &str, busy_timeout: Duration) -> anyhow::Result<
     owner_only(options.get_filename())?;
     let options = options
         .create_if_missing(true)
+        // Takes effect only in a database that has no tables yet (a new one): an existing one
+        // keeps its mode until a VACUUM rewrites it (see `logs vacuum`), so this never
+        // rewrites a file by itself. Pages freed by pruning are then given back to the file
+        // system by `incremental_vacuum`; without it they are reused by new rows.
+        .auto_vacuum(SqliteAutoVacuum::Incremental)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
-        .busy_timeout(busy_timeout);
+        .busy_timeout(busy_timeout)
+        // Reads go through a shared memory map of the file instead of each connection's own
+        // page cache: the pool's connections no longer re-read (and copy) the same pages from
+        // the OS cache, which made a stats read over a large log cost several times its SQL.
+        // SQLite caps it at its compile-time maximum (2 GiB); the WAL is not mapped.
+        .pragma("mmap_size", MMAP_BYTES.to_string());
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
         .connect_with(options)
