@@ -1,12 +1,15 @@
 //! SQL for `keygate data export|import`: rows streamed from one snapshot; imported rows staged
 //! in a file of their own and moved into the database in one short transaction.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use anyhow::Context;
 use futures_util::Stream;
-use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{
+    ConnectOptions, Connection, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction,
+};
 
 use super::keys::{bind_key, key_sql, KeyRow};
 use super::log_batch::{rollup_add, rollup_columns};
@@ -109,6 +112,11 @@ macro_rules! log_overwrite {
     };
 }
 
+/// The page cache of this connection's view of the database (KiB): the move-in transaction
+/// keeps this much of what it changes in memory before it spills pages to the WAL (SQLite's
+/// default, 2 MiB, spilled all the time). A bound: memory stays flat whatever the import's size.
+const MOVE_IN_CACHE_KIB: u32 = 64 * 1024;
+
 /// Staged rows are committed in slices of this many: no statement or transaction on the
 /// staging file runs for the whole import, and a read of the database is never held long.
 const STAGE_COMMIT_EVERY: u64 = 10_000;
@@ -165,6 +173,7 @@ impl Stage {
             .replacen("key_hash", "key_hash TEXT NOT NULL UNIQUE", 1);
         sqlx::raw_sql(&format!(
             "PRAGMA stage.journal_mode = OFF; PRAGMA stage.synchronous = OFF; \
+             PRAGMA main.cache_size = -{MOVE_IN_CACHE_KIB}; \
              CREATE TABLE stage.api_keys (id INTEGER PRIMARY KEY, {key_columns}, \
              overwrite INTEGER NOT NULL); \
              CREATE TABLE stage.api_call_logs (id INTEGER PRIMARY KEY, {}, \
@@ -195,8 +204,13 @@ impl Stage {
 
     /// Counts a staged row; commits the slice every few thousand rows.
     async fn staged(&mut self) -> sqlx::Result<()> {
+        self.staged_rows(1).await
+    }
+
+    /// Counts `n` staged rows; commits the slice every few thousand rows.
+    async fn staged_rows(&mut self, n: u64) -> sqlx::Result<()> {
         let rows = self.uncommitted.get_or_insert(0);
-        *rows += 1;
+        *rows += n;
         if *rows >= STAGE_COMMIT_EVERY {
             self.commit().await?;
         }
@@ -463,15 +477,32 @@ pub async fn key_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
     .await
 }
 
-/// The (staged or existing) call log `id`.
-pub async fn log_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM stage.api_call_logs WHERE id = ?1) \
-         OR EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?1)",
+/// Which of `logs`' ids a (staged or existing) call log has: one statement, the ids passed as
+/// one JSON array.
+pub async fn existing_logs(stage: &mut Stage, logs: &[&LogRow]) -> sqlx::Result<HashSet<i64>> {
+    let ids = id_array(logs);
+    let found: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM main.api_call_logs WHERE id IN (SELECT value FROM json_each(?1)) \
+         UNION SELECT id FROM stage.api_call_logs WHERE id IN (SELECT value FROM json_each(?1))",
     )
-    .bind(id)
-    .fetch_one(stage.conn())
-    .await
+    .bind(ids)
+    .fetch_all(stage.conn())
+    .await?;
+    Ok(found.into_iter().collect())
+}
+
+/// `[id,id,…]`.
+fn id_array(logs: &[&LogRow]) -> String {
+    let mut text = String::with_capacity(logs.len() * 12 + 2);
+    text.push('[');
+    for (i, log) in logs.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(itoa::Buffer::new().format(log.id));
+    }
+    text.push(']');
+    text
 }
 
 /// Stages `key` under `id`: inserted (AUTOINCREMENT's sequence follows a larger explicit id),
@@ -512,23 +543,52 @@ pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
     stage.staged().await
 }
 
-/// Stages `log` if no row has its id yet (in the database or staged); false if one has.
-pub async fn put_new_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<bool> {
+/// Stages each of `logs` whose id no row has yet (in the database, staged, or earlier in
+/// `logs`); says which were staged, in order. Two statements for them all: which ids exist,
+/// then one multi-row insert of the new rows.
+pub async fn put_new_logs(stage: &mut Stage, logs: &[&LogRow]) -> sqlx::Result<Vec<bool>> {
     stage.begin().await?;
-    let insert = sqlx::query(concat!(
+    let mut taken = existing_logs(stage, logs).await?;
+    // A repeated id: the first one is new, the others conflict with it.
+    let new: Vec<bool> = logs.iter().map(|log| taken.insert(log.id)).collect();
+    let staged: Vec<&LogRow> = logs
+        .iter()
+        .zip(&new)
+        .filter(|(_, new)| **new)
+        .map(|(log, _)| *log)
+        .collect();
+    if staged.is_empty() {
+        return Ok(new);
+    }
+    let mut insert = QueryBuilder::<Sqlite>::new(concat!(
         "INSERT INTO stage.api_call_logs (",
         log_data!(),
-        ", id, overwrite) ",
-        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, 0 ",
-        "WHERE NOT EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?18) ",
-        "AND NOT EXISTS (SELECT 1 FROM stage.api_call_logs WHERE id = ?18)"
+        ", id, overwrite) "
     ));
-    let done = bind_log(insert, log).execute(stage.conn()).await?;
-    if done.rows_affected() == 0 {
-        return Ok(false);
-    }
-    stage.staged().await?;
-    Ok(true)
+    insert.push_values(&staged, |mut row, log| {
+        row.push_bind(log.api_key_id)
+            .push_bind(log.timestamp)
+            .push_bind(log.model.as_deref())
+            .push_bind(log.status.as_str())
+            .push_bind(log.http_status)
+            .push_bind(log.response_time)
+            .push_bind(log.ip_address.as_deref())
+            .push_bind(log.endpoint.as_str())
+            .push_bind(log.error_message.as_deref())
+            .push_bind(log.request_size)
+            .push_bind(log.response_size)
+            .push_bind(log.prompt_tokens)
+            .push_bind(log.completion_tokens)
+            .push_bind(log.total_tokens)
+            .push_bind(log.stream)
+            .push_bind(log.cost)
+            .push_bind(log.cached_tokens)
+            .push_bind(log.id)
+            .push("0");
+    });
+    insert.build().execute(stage.conn()).await?;
+    stage.staged_rows(staged.len() as u64).await?;
+    Ok(new)
 }
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
