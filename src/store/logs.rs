@@ -223,7 +223,7 @@ async fn total(pool: &SqlitePool, filter: &LogFilter) -> sqlx::Result<(i64, bool
     };
     match counted {
         Some(total) => Ok((total, false)),
-        None => Ok((estimate(pool, filter).await?.max(TOTAL_COUNT_CAP + 1), true)),
+        None => Ok((estimate(pool, filter).await?, true)),
     }
 }
 

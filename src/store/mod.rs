@@ -3,6 +3,7 @@
 pub mod keys;
 pub mod log_batch;
 pub mod logs;
+pub mod retention;
 pub mod transfer;
 
 use std::path::{Path, PathBuf};

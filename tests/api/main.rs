@@ -14,6 +14,7 @@ mod relay;
 mod restrictions;
 mod rollup;
 mod rows;
+mod scale;
 mod sdk;
 mod secrets;
 mod shutdown;
