@@ -292,8 +292,13 @@ pub async fn spawn_app_against(upstream: MockUpstream, extra: &[&str]) -> TestAp
 
 /// Serves an existing database file (e.g. one a test imported into); the file is not removed.
 pub async fn spawn_app_on(db_path: &std::path::Path) -> TestApp {
+    spawn_app_on_with(db_path, &[]).await
+}
+
+/// `spawn_app_on` with extra config arguments.
+pub async fn spawn_app_on_with(db_path: &std::path::Path, extra: &[&str]) -> TestApp {
     let upstream = spawn_mock_upstream().await;
-    start(upstream, db_path.to_path_buf(), None, &[]).await
+    start(upstream, db_path.to_path_buf(), None, extra).await
 }
 
 async fn start(

@@ -12,6 +12,7 @@ mod hostile;
 mod logs;
 mod relay;
 mod restrictions;
+mod retention;
 mod rollup;
 mod rows;
 mod scale;
