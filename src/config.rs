@@ -389,12 +389,16 @@ fn parse_retention(text: Option<&str>) -> anyhow::Result<Option<u32>> {
     if text.is_empty() {
         return Ok(None);
     }
-    let days: u32 = text.parse().ok().filter(|d| *d <= MAX_RETENTION_DAYS).with_context(|| {
-        format!(
-            "KEYGATE_LOG_RETENTION_DAYS: `{text}` is not a number of days from 0 to \
+    let days: u32 = text
+        .parse()
+        .ok()
+        .filter(|d| *d <= MAX_RETENTION_DAYS)
+        .with_context(|| {
+            format!(
+                "KEYGATE_LOG_RETENTION_DAYS: `{text}` is not a number of days from 0 to \
              {MAX_RETENTION_DAYS} (0 or unset keeps every call-log row)"
-        )
-    })?;
+            )
+        })?;
     Ok((days > 0).then_some(days))
 }
 

@@ -7,13 +7,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::logs::{LogListing, LogsQuery};
 use super::{page, Listing};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::key_ops::{CreateKey, KeyPatch, KeyView, RenewExpiring, Renewal, RenewedBatch};
 use crate::keys::Status;
 use crate::store::keys::KeyFilter;
-use super::logs::{LogListing, LogsQuery};
 use crate::store::logs::KeyStats;
 
 pub fn router() -> Router<AppState> {

@@ -118,7 +118,10 @@ fn page_at(
             "give a page number or a cursor (before/after), not both",
         )),
         (Some(id), None) if id >= 1 => Ok(PageAt::Before { id, page_size }),
-        (Some(_), None) => Err(ApiError::invalid("before", "must be a call log id (1 or more)")),
+        (Some(_), None) => Err(ApiError::invalid(
+            "before",
+            "must be a call log id (1 or more)",
+        )),
         (None, Some(id)) if id >= 0 => Ok(PageAt::After { id, page_size }),
         (None, Some(_)) => Err(ApiError::invalid(
             "after",

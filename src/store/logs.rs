@@ -133,7 +133,11 @@ fn push_filter(
 
 /// One page of logs and the total matching the filter; None when the cursor's row does not
 /// exist (deleted or pruned).
-pub async fn list(pool: &SqlitePool, filter: &LogFilter, at: PageAt) -> sqlx::Result<Option<LogPage>> {
+pub async fn list(
+    pool: &SqlitePool,
+    filter: &LogFilter,
+    at: PageAt,
+) -> sqlx::Result<Option<LogPage>> {
     let page_size = at.page_size();
     let cursor = match at {
         PageAt::Number(_) | PageAt::After { id: 0, .. } => None,
@@ -187,7 +191,11 @@ fn page_query<'a>(
     let newest_first = !matches!(at, PageAt::After { .. });
     if let Some((timestamp, id)) = cursor {
         // The range bound on `timestamp` is what the index serves; ties are few.
-        let (bound, strict) = if newest_first { ("<=", "<") } else { (">=", ">") };
+        let (bound, strict) = if newest_first {
+            ("<=", "<")
+        } else {
+            (">=", ">")
+        };
         select
             .push(format!(" AND timestamp {bound} "))
             .push_bind(timestamp)
@@ -214,10 +222,9 @@ async fn total(pool: &SqlitePool, filter: &LogFilter) -> sqlx::Result<(i64, bool
         None => count_capped(pool, filter, None).await?,
         Some(LogStatus::Error) => count_capped(pool, filter, Some(LogStatus::Error)).await?,
         Some(LogStatus::Success) => match count_capped(pool, filter, None).await? {
-            Some(all) => match count_capped(pool, filter, Some(LogStatus::Error)).await? {
-                Some(errors) => Some(all - errors),
-                None => None,
-            },
+            Some(all) => count_capped(pool, filter, Some(LogStatus::Error))
+                .await?
+                .map(|errors| all - errors),
             None => None,
         },
     };
@@ -244,7 +251,10 @@ fn count_query<'a>(filter: &LogFilter, status: Option<LogStatus>) -> QueryBuilde
     let mut count =
         QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM (SELECT 1 FROM api_call_logs");
     push_filter(&mut count, filter, status);
-    count.push(" LIMIT ").push_bind(TOTAL_COUNT_CAP + 1).push(")");
+    count
+        .push(" LIMIT ")
+        .push_bind(TOTAL_COUNT_CAP + 1)
+        .push(")");
     count
 }
 

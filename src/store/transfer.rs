@@ -477,15 +477,19 @@ pub async fn key_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
     .await
 }
 
-/// Which of `logs`' ids a (staged or existing) call log has: one statement, the ids passed as
-/// one JSON array.
+/// Which of `logs`' ids a staged call log has, or one the database had when staging began:
+/// one statement, the ids passed as one JSON array. A row the server wrote since (an id
+/// above the floor) is no conflict: `move_in` gives the staged row a fresh id.
 pub async fn existing_logs(stage: &mut Stage, logs: &[&LogRow]) -> sqlx::Result<HashSet<i64>> {
     let ids = id_array(logs);
+    let floor = stage.log_floor;
     let found: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM main.api_call_logs WHERE id IN (SELECT value FROM json_each(?1)) \
+         AND id <= ?2 \
          UNION SELECT id FROM stage.api_call_logs WHERE id IN (SELECT value FROM json_each(?1))",
     )
     .bind(ids)
+    .bind(floor)
     .fetch_all(stage.conn())
     .await?;
     Ok(found.into_iter().collect())

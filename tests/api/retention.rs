@@ -48,7 +48,11 @@ async fn pruning_deletes_old_rows_in_batches_keeps_stats_and_gives_space_back() 
     let (_, before) = app.get(&format!("/api/api-keys/{key}/stats?days=90")).await;
     assert_eq!(before["total_calls"], old + 30);
     let key_before = app.key_json(key).await;
-    assert_eq!(pragma(&app, "auto_vacuum").await, 2, "a new database is created incremental");
+    assert_eq!(
+        pragma(&app, "auto_vacuum").await,
+        2,
+        "a new database is created incremental"
+    );
     let pages_before = pragma(&app, "page_count").await;
 
     let stop = CancellationToken::new();
@@ -61,9 +65,15 @@ async fn pruning_deletes_old_rows_in_batches_keeps_stats_and_gives_space_back() 
     assert!(pragma(&app, "page_count").await < pages_before);
     assert_eq!(total_logs(&app).await, 30);
     let (_, after) = app.get(&format!("/api/api-keys/{key}/stats?days=90")).await;
-    assert_eq!(after, before, "stats read the rollup, which pruning leaves alone");
+    assert_eq!(
+        after, before,
+        "stats read the rollup, which pruning leaves alone"
+    );
     let key_after = app.key_json(key).await;
-    assert_eq!(key_after["total_tokens_used"], key_before["total_tokens_used"]);
+    assert_eq!(
+        key_after["total_tokens_used"],
+        key_before["total_tokens_used"]
+    );
 
     // Nothing is old enough now; a day later, still nothing (the new rows are 1 day old).
     let again = keygate::tasks::retention::prune_once(&app.state.pool, &app.clock, 30, &stop)
@@ -146,7 +156,11 @@ async fn logs_vacuum_converts_an_older_database() {
         pool.close().await;
     }
     let app = spawn_app_on(&db).await;
-    assert_eq!(pragma(&app, "auto_vacuum").await, 0, "opening does not rewrite it");
+    assert_eq!(
+        pragma(&app, "auto_vacuum").await,
+        0,
+        "opening does not rewrite it"
+    );
     let (db, _) = app.shutdown().await;
     let out = crate::data::ok(&db, dir.path(), &["logs", "vacuum"]);
     assert!(out.contains("rewritten"), "{out}");
@@ -212,7 +226,10 @@ async fn a_backup_taken_while_serving_restores_with_working_keys_and_the_same_lo
         assert_eq!(mode & 0o777, 0o600);
     }
     let refused = fails(&app, &["data", "backup", "--output", snapshot_arg]);
-    assert!(refused.contains("already exists") && refused.contains("--force"), "{refused}");
+    assert!(
+        refused.contains("already exists") && refused.contains("--force"),
+        "{refused}"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(out_dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -237,14 +254,19 @@ async fn a_backup_taken_while_serving_restores_with_working_keys_and_the_same_lo
     for row in &logs {
         assert!(restored_logs.contains(row), "{row}");
     }
-    assert_eq!(restored.chat_model(&secret, "gpt-test").await.0, 200, "keys authenticate");
+    assert_eq!(
+        restored.chat_model(&secret, "gpt-test").await.0,
+        200,
+        "keys authenticate"
+    );
     assert_eq!(restored.chat_model(&other, "gpt-test").await.0, 200);
-    let (_, stats) = restored
-        .get(&format!("/api/api-keys/{first}/stats"))
-        .await;
+    let (_, stats) = restored.get(&format!("/api/api-keys/{first}/stats")).await;
     assert!(stats["total_calls"].as_i64().unwrap() >= 3);
     drop(keys_now);
 
-    let replaced = ok(&app, &["data", "backup", "--output", snapshot_arg, "--force"]);
+    let replaced = ok(
+        &app,
+        &["data", "backup", "--output", snapshot_arg, "--force"],
+    );
     assert!(replaced.contains("Backed up"), "{replaced}");
 }

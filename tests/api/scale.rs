@@ -79,7 +79,9 @@ async fn totals_past_the_cap_are_estimated_without_counting_and_filters_stay_exa
             log_row(id, key, now - (n + 20 - id) * 1000, model, id % 100 == 0)
         })
         .collect();
-    logs.extend((n + 1..=n + 20).map(|id| log_row(id, other, now - (n + 20 - id) * 1000, "m-other", false)));
+    logs.extend(
+        (n + 1..=n + 20).map(|id| log_row(id, other, now - (n + 20 - id) * 1000, "m-other", false)),
+    );
     import_logs(&app, &logs);
 
     let (status, all) = app.get("/api/api-logs?page_size=5").await;
@@ -90,18 +92,28 @@ async fn totals_past_the_cap_are_estimated_without_counting_and_filters_stay_exa
     assert_eq!(all["next_before"], n + 16);
     assert!(all["prev_after"].is_null());
 
-    let (_, of_key) = app.get(&format!("/api/api-keys/{key}/logs?page_size=1")).await;
+    let (_, of_key) = app
+        .get(&format!("/api/api-keys/{key}/logs?page_size=1"))
+        .await;
     assert_eq!(total(&of_key), (n, true), "from the key's rollup");
     let (_, successes) = app
-        .get(&format!("/api/api-logs?key_id={key}&status=success&page_size=1"))
+        .get(&format!(
+            "/api/api-logs?key_id={key}&status=success&page_size=1"
+        ))
         .await;
     assert_eq!(total(&successes), (n - n / 100, true));
     let (_, errors) = app
-        .get(&format!("/api/api-keys/{key}/logs?status=error&page_size=200"))
+        .get(&format!(
+            "/api/api-keys/{key}/logs?status=error&page_size=200"
+        ))
         .await;
     assert_eq!(total(&errors), (n / 100, false), "under the cap: counted");
     assert_eq!(errors["items"].as_array().unwrap().len(), 101);
-    assert!(errors["items"].as_array().unwrap().iter().all(|r| r["status"] == "error"));
+    assert!(errors["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["status"] == "error"));
     let (_, all_errors) = app.get("/api/api-logs?status=error&page_size=1").await;
     assert_eq!(total(&all_errors), (n / 100, false));
     let (_, of_other) = app.get(&format!("/api/api-logs?key_id={other}")).await;
@@ -111,9 +123,15 @@ async fn totals_past_the_cap_are_estimated_without_counting_and_filters_stay_exa
     assert_eq!(total(&odd), (n / 2, false));
     assert_eq!(ids(&odd), [n - 1, n - 3, n - 5]);
     let (_, odd_errors) = app
-        .get(&format!("/api/api-keys/{key}/logs?model=m-even&status=error&page_size=1"))
+        .get(&format!(
+            "/api/api-keys/{key}/logs?model=m-even&status=error&page_size=1"
+        ))
         .await;
-    assert_eq!(total(&odd_errors), (n / 100, false), "every 100th id is even");
+    assert_eq!(
+        total(&odd_errors),
+        (n / 100, false),
+        "every 100th id is even"
+    );
 
     // Stats come from the rollup the import kept.
     let (_, stats) = app.get(&format!("/api/api-keys/{key}/stats?days=30")).await;
@@ -147,25 +165,34 @@ async fn cursor_pages_walk_both_ways_through_equal_timestamps() {
     assert!(numbered.windows(2).all(|w| w[0] > w[1]), "{numbered:?}");
 
     let mut walked = Vec::new();
-    let (_, mut page) = app.get(&format!("/api/api-keys/{id}/logs?page_size=3")).await;
+    let (_, mut page) = app
+        .get(&format!("/api/api-keys/{id}/logs?page_size=3"))
+        .await;
     loop {
         walked.extend(ids(&page));
         let Some(before) = page["next_before"].as_i64() else {
             break;
         };
         page = app
-            .get(&format!("/api/api-keys/{id}/logs?page_size=3&before={before}"))
+            .get(&format!(
+                "/api/api-keys/{id}/logs?page_size=3&before={before}"
+            ))
             .await
             .1;
         assert_eq!(page["total"], 7);
     }
-    assert_eq!(walked, numbered, "older pages, newest first, nothing skipped");
+    assert_eq!(
+        walked, numbered,
+        "older pages, newest first, nothing skipped"
+    );
 
     let mut back = Vec::new();
     let mut after = Some(0);
     while let Some(cursor) = after {
         let (status, page) = app
-            .get(&format!("/api/api-logs?key_id={id}&page_size=3&after={cursor}"))
+            .get(&format!(
+                "/api/api-logs?key_id={id}&page_size=3&after={cursor}"
+            ))
             .await;
         assert_eq!(status, 200, "{page}");
         let mut rows = ids(&page);
@@ -174,10 +201,16 @@ async fn cursor_pages_walk_both_ways_through_equal_timestamps() {
         after = page["prev_after"].as_i64();
     }
     back.reverse();
-    assert_eq!(back, numbered, "newer pages from the oldest, nothing skipped");
+    assert_eq!(
+        back, numbered,
+        "newer pages from the oldest, nothing skipped"
+    );
 
     let (_, errors) = app
-        .get(&format!("/api/api-keys/{id}/logs?status=error&before={}", numbered[0]))
+        .get(&format!(
+            "/api/api-keys/{id}/logs?status=error&before={}",
+            numbered[0]
+        ))
         .await;
     assert_eq!(ids(&errors), [numbered[3]]);
 

@@ -38,7 +38,10 @@ pub(super) const ITEMS_PER_SEND: usize = 512;
 
 /// Parses an export from `reader`, sending its rows to `sink` in file order, in slices of
 /// `ITEMS_PER_SEND` (the metadata on its own, as soon as it is read).
-pub(super) fn parse_export(reader: impl Read, sink: &mpsc::Sender<Vec<Item>>) -> anyhow::Result<()> {
+pub(super) fn parse_export(
+    reader: impl Read,
+    sink: &mpsc::Sender<Vec<Item>>,
+) -> anyhow::Result<()> {
     let line = Cell::new(1);
     let row_error = RefCell::new(None);
     let slice = RefCell::new(Vec::with_capacity(ITEMS_PER_SEND));
@@ -281,7 +284,9 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
             self.reading.send(item)?;
             index += 1;
         }
-        Ok(())
+        // The keys reach the importer before the first call log is parsed: it checks them
+        // against the database as soon as it can.
+        self.reading.flush()
     }
 }
 
