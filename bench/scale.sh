@@ -31,7 +31,7 @@ OUT_MD="$ROOT/bench/out/scale-$ROWS.md"
 log() { printf '[scale %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for tool in python3 gzip zcat curl; do
+for tool in python3 gzip zcat curl; do  # (sqlite3, if present, measures the database's size)
   command -v "$tool" >/dev/null || die "$tool is needed"
 done
 [ -x /usr/bin/time ] || die "/usr/bin/time is needed (apt-get install time)"
@@ -77,7 +77,13 @@ TIMES="$SCALE_DIR/import.time"
 wait "$ZCAT_PID"
 read -r IMPORT_S IMPORT_RSS_KB IMPORT_USER IMPORT_SYS < "$TIMES"
 IMPORT_RATE=$(python3 -c "print(f'{$ROWS / $IMPORT_S:,.0f}')")
-DB_BYTES=$(( $(stat -c %s "$DB") + $(stat -c %s "$DB-wal" 2>/dev/null || echo 0) ))
+# The database's own size (its pages, wherever they are: the move-in's WAL is checkpointed
+# into the file later), not the file's length at this moment.
+if command -v sqlite3 >/dev/null; then
+  DB_BYTES=$(sqlite3 "$DB" 'SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()')
+else
+  DB_BYTES=$(( $(stat -c %s "$DB") + $(stat -c %s "$DB-wal" 2>/dev/null || echo 0) ))
+fi
 PER_M=$(python3 -c "print(round($DB_BYTES / 1e6 / ($ROWS / 1e6)))")
 log "imported in ${IMPORT_S} s ($IMPORT_RATE rows/s, ${IMPORT_USER} s user, ${IMPORT_SYS} s system), peak RSS $((IMPORT_RSS_KB / 1024)) MiB; database $((DB_BYTES / 1000000)) MB ($PER_M MB per million rows)"
 

@@ -115,6 +115,9 @@ macro_rules! log_overwrite {
 /// The page cache of this connection's view of the database (KiB): the move-in transaction
 /// keeps this much of what it changes in memory before it spills pages to the WAL (SQLite's
 /// default, 2 MiB, spilled all the time). A bound: memory stays flat whatever the import's size.
+/// The pool's memory map is off on this connection (for the staging file too): the move-in
+/// reads every staged row once, and the mapped pages of a 20M-row staging file (2 GiB) counted
+/// in the import's resident memory.
 const MOVE_IN_CACHE_KIB: u32 = 64 * 1024;
 
 /// Staged rows are committed in slices of this many: no statement or transaction on the
@@ -155,6 +158,15 @@ impl Stage {
                 .await?;
         let path = PathBuf::from(format!("{main}.import-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
+        // The staged rows include key hashes and encrypted keys: the file is made readable by
+        // its owner only before SQLite opens it (SQLite would create it with the umask's mode).
+        let mut private = std::fs::OpenOptions::new();
+        private.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut private, 0o600);
+        private
+            .open(&path)
+            .with_context(|| format!("cannot create the staging file {}", path.display()))?;
         sqlx::query("ATTACH DATABASE ? AS stage")
             .bind(path.to_string_lossy().as_ref())
             .execute(&mut conn)
@@ -173,7 +185,7 @@ impl Stage {
             .replacen("key_hash", "key_hash TEXT NOT NULL UNIQUE", 1);
         sqlx::raw_sql(&format!(
             "PRAGMA stage.journal_mode = OFF; PRAGMA stage.synchronous = OFF; \
-             PRAGMA main.cache_size = -{MOVE_IN_CACHE_KIB}; \
+             PRAGMA main.cache_size = -{MOVE_IN_CACHE_KIB}; PRAGMA mmap_size = 0; \
              CREATE TABLE stage.api_keys (id INTEGER PRIMARY KEY, {key_columns}, \
              overwrite INTEGER NOT NULL); \
              CREATE TABLE stage.api_call_logs (id INTEGER PRIMARY KEY, {}, \
