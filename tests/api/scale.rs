@@ -230,3 +230,49 @@ async fn cursor_pages_walk_both_ways_through_equal_timestamps() {
         );
     }
 }
+
+/// A log id the file repeats is a conflict like one the database has, inside one batch of
+/// checked rows or across two: refused without a flag, then the later row wins (`--force`)
+/// or the first stays (`--skip-conflicts`), as when rows were checked one at a time.
+#[tokio::test]
+async fn a_log_id_repeated_in_the_file_is_a_conflict_within_and_across_batches() {
+    let app = spawn_app().await;
+    let (key, _) = app.new_key().await;
+    let now = app.clock.now_ms();
+    let mut logs: Vec<Value> = (1..=600)
+        .map(|id| log_row(id, key, now - 1000 + id, "m-first", false))
+        .collect();
+    // Id 7 again in the first batch of 512, id 3 again in the second.
+    logs.insert(10, log_row(7, key, now, "m-second", true));
+    logs.insert(550, log_row(3, key, now, "m-second", true));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("repeats.json");
+    write_logs_file(&file, &logs);
+    let file = file.to_str().unwrap();
+
+    let refused = crate::cli::fails(&app, &["data", "import", "--input", file]);
+    assert!(
+        refused.contains("2 row(s)")
+            && refused.contains("call log #7")
+            && refused.contains("call log #3")
+            && refused.contains("Nothing was imported"),
+        "{refused}"
+    );
+    assert_eq!(app.get("/api/api-logs").await.1["total"], 0);
+
+    let forced = ok(&app, &["data", "import", "--input", file, "--force"]);
+    assert!(
+        forced.contains("call logs: 600 new, 2 overwritten, 0 skipped"),
+        "{forced}"
+    );
+    let (_, page) = app.get("/api/api-logs?model=m-second").await;
+    let mut second = ids(&page);
+    second.sort();
+    assert_eq!(second, [3, 7], "the later row wins");
+    let (_, stats) = app.get(&format!("/api/api-keys/{key}/stats")).await;
+    assert_eq!(
+        (stats["total_calls"].as_i64(), stats["error_calls"].as_i64()),
+        (Some(600), Some(2)),
+        "each id counted once in the rollup"
+    );
+}
