@@ -76,7 +76,18 @@ pub async fn run(keyring: &Keyring, command: LogsCommand) -> anyhow::Result<()> 
                 println!("The database already gives freed space back (incremental auto-vacuum); nothing to do.");
                 return Ok(());
             }
-            retention::convert_to_incremental(pool).await?;
+            retention::convert_to_incremental(pool)
+                .await
+                .map_err(|err| {
+                    let why = match crate::store::unavailable_cause(&err) {
+                        Some(cause) => format!(
+                            "{cause} (is keygate serving? Stop it first: the rewrite needs the \
+                         database to itself)"
+                        ),
+                        None => format!("{err}"),
+                    };
+                    anyhow::anyhow!("cannot rewrite the database: {why}. Nothing was changed.")
+                })?;
             println!(
                 "The database was rewritten in incremental auto-vacuum mode: pruned call logs \
                  now give their space back."
