@@ -113,11 +113,23 @@ pub async fn serve(
         state.config.cleanup_interval,
         shutdown.child_token(),
     );
+    let retention = state.config.log_retention_days.map(|days| {
+        crate::tasks::retention::spawn(
+            state.pool.clone(),
+            state.clock.clone(),
+            days,
+            state.config.cleanup_interval,
+            shutdown.child_token(),
+        )
+    });
     let logs = state.logs.clone();
     let router = router(state.clone());
     let grace = state.config.shutdown_grace;
     server::run(state, router, listener, shutdown, grace).await;
     sweeper.abort();
+    if let Some(retention) = retention {
+        retention.abort();
+    }
     logs.close().await;
     Ok(())
 }

@@ -215,6 +215,12 @@ pub struct ConfigArgs {
         global = true
     )]
     pub stream_usage: String,
+
+    // --- Log retention (issue 12) ---
+    /// Call-log rows older than this many days are deleted in the background (the usage
+    /// rollup, and so stats and limits, keep them); unset or 0: keep every row.
+    #[arg(long, env = "KEYGATE_LOG_RETENTION_DAYS", global = true)]
+    pub log_retention_days: Option<String>,
 }
 
 /// Whether streamed requests get `stream_options.include_usage` added (`KEYGATE_STREAM_USAGE`).
@@ -273,6 +279,10 @@ pub struct Config {
 
     // --- Streamed usage ---
     pub stream_usage: StreamUsage,
+
+    // --- Log retention ---
+    /// None: keep every call-log row.
+    pub log_retention_days: Option<u32>,
 }
 
 impl Config {
@@ -364,8 +374,32 @@ impl Config {
                     .filter(|path| !path.as_os_str().is_empty()),
             )?),
             stream_usage,
+            log_retention_days: parse_retention(args.log_retention_days.as_deref())?,
         })
     }
+}
+
+/// The longest retention accepted (a typo guard: beyond it, keep everything instead).
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
+/// `KEYGATE_LOG_RETENTION_DAYS`: whole days, 1 to `MAX_RETENTION_DAYS`; empty or 0 keeps
+/// every row.
+fn parse_retention(text: Option<&str>) -> anyhow::Result<Option<u32>> {
+    let text = text.unwrap_or("").trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let days: u32 = text
+        .parse()
+        .ok()
+        .filter(|d| *d <= MAX_RETENTION_DAYS)
+        .with_context(|| {
+            format!(
+                "KEYGATE_LOG_RETENTION_DAYS: `{text}` is not a number of days from 0 to \
+             {MAX_RETENTION_DAYS} (0 or unset keeps every call-log row)"
+            )
+        })?;
+    Ok((days > 0).then_some(days))
 }
 
 impl fmt::Debug for Config {
@@ -399,6 +433,7 @@ impl fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("prices", &self.prices)
             .field("stream_usage", &self.stream_usage)
+            .field("log_retention_days", &self.log_retention_days)
             .finish()
     }
 }
@@ -485,6 +520,18 @@ mod tests {
         assert_eq!(parse(" OFF ").unwrap().stream_usage, StreamUsage::Off);
         let err = parse("maybe").err().unwrap().to_string();
         assert!(err.starts_with("KEYGATE_STREAM_USAGE: `maybe`"), "{err}");
+    }
+
+    #[test]
+    fn log_retention_days() {
+        assert_eq!(parse_retention(None).unwrap(), None);
+        assert_eq!(parse_retention(Some(" ")).unwrap(), None);
+        assert_eq!(parse_retention(Some("0")).unwrap(), None);
+        assert_eq!(parse_retention(Some("90")).unwrap(), Some(90));
+        for bad in ["90d", "-1", "36501", "soon"] {
+            let err = parse_retention(Some(bad)).unwrap_err().to_string();
+            assert!(err.starts_with("KEYGATE_LOG_RETENTION_DAYS: `"), "{err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::logs::{LogListing, LogsQuery};
 use super::{page, Listing};
 use crate::app::AppState;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
@@ -16,7 +17,7 @@ use crate::key_ops::{
 use crate::keys::Status;
 use crate::limits::WithLimits;
 use crate::store::keys::{KeyFilter, KeySort, SortColumn};
-use crate::store::logs::{KeyStats, LogRow};
+use crate::store::logs::KeyStats;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -213,26 +214,13 @@ pub(crate) async fn stats(
     ))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct KeyLogsQuery {
-    status: Option<String>,
-    model: Option<String>,
-    /// 1 or more (default 1).
-    #[param(minimum = 1)]
-    page: Option<i64>,
-    /// 1 to 200 (default 50).
-    #[param(minimum = 1, maximum = 200)]
-    page_size: Option<i64>,
-}
-
-#[utoipa::path(get, path = "/api/api-keys/{id}/logs", tag = "logs", params(("id" = i64, Path, description = "The key's id"), KeyLogsQuery), responses((status = 200, description = "A page of the key's call logs, newest first", body = Listing<LogRow>), (status = 404, description = "No key with that id", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+/// A key's logs take the query of `/api/api-logs` (a `key_id` given there is ignored).
+#[utoipa::path(get, path = "/api/api-keys/{id}/logs", tag = "logs", params(("id" = i64, Path, description = "The key's id"), LogsQuery), responses((status = 200, description = "A page of the key's call logs, newest first", body = LogListing), (status = 404, description = "No key with that id", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
 pub(crate) async fn logs(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-    ApiQuery(query): ApiQuery<KeyLogsQuery>,
-) -> Result<Json<Listing<LogRow>>, ApiError> {
+    ApiQuery(query): ApiQuery<LogsQuery>,
+) -> Result<Json<LogListing>, ApiError> {
     state.keyring.get(id).await?;
-    let page = page(query.page, query.page_size)?;
-    super::logs::page_of_logs(&state, Some(id), query.status, query.model, page).await
+    super::logs::page_of_logs(&state, Some(id), query).await
 }

@@ -4,6 +4,7 @@
 pub mod data;
 mod expiry;
 pub mod keys;
+pub mod logs;
 pub mod menu;
 
 use clap::{Parser, Subcommand};
@@ -37,9 +38,13 @@ pub enum Command {
     /// Data migrations.
     #[command(subcommand)]
     Migrate(MigrateCommand),
-    /// Export and import keys and call logs (backups, moving between machines).
+    /// Export and import keys and call logs (moving between machines), and back up the
+    /// database.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Call-log maintenance: prune old rows, give disk space back.
+    #[command(subcommand)]
+    Logs(logs::LogsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,6 +53,9 @@ pub enum DataCommand {
     Export(data::ExportArgs),
     /// Read a JSON export into this database, in one transaction.
     Import(data::ImportArgs),
+    /// Write a consistent snapshot of the database (while the server keeps serving) to a new
+    /// private file; restore by starting keygate on it.
+    Backup(data::BackupArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,5 +88,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             data::export(&keyring, &args, config.upstream_api_key.as_deref()).await
         }
         Command::Data(DataCommand::Import(args)) => data::import(&keyring, &args).await,
+        Command::Data(DataCommand::Backup(args)) => data::backup(&keyring, &args).await,
+        Command::Logs(command) => logs::run(&keyring, command).await,
     }
 }

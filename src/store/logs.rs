@@ -63,68 +63,236 @@ impl LogStatus {
 pub struct LogFilter {
     pub key_id: Option<i64>,
     pub status: Option<LogStatus>,
-    /// Exactly this model (served by `idx_logs_model_time`).
     pub model: Option<String>,
 }
 
-/// ` WHERE …` for the key, the model and the condition given (if any). Status conditions are SQL
-/// literals: only `status = 'error'` written out lets SQLite use the partial `idx_logs_errors`.
-fn push_filter<'a>(
-    query: &mut QueryBuilder<'a, Sqlite>,
-    filter: &'a LogFilter,
-    condition: Option<&str>,
-) {
-    let mut word = " WHERE ";
-    if let Some(key_id) = filter.key_id {
-        query.push(word).push("api_key_id = ").push_bind(key_id);
-        word = " AND ";
-    }
-    if let Some(model) = &filter.model {
-        query.push(word).push("model = ").push_bind(model.as_str());
-        word = " AND ";
-    }
-    if let Some(condition) = condition {
-        query.push(word).push(condition);
+/// Where a page of logs starts.
+#[derive(Clone, Copy, Debug)]
+pub enum PageAt {
+    /// Page numbers: `page_size` rows after skipping `(page - 1) * page_size`.
+    Number(Page),
+    /// The `page_size` rows older than log row `id` (newest first).
+    Before { id: i64, page_size: i64 },
+    /// The `page_size` rows newer than log row `id`, the closest first taken (shown newest
+    /// first); `id` 0 is the start: the oldest rows.
+    After { id: i64, page_size: i64 },
+}
+
+impl PageAt {
+    pub fn page_size(self) -> i64 {
+        match self {
+            PageAt::Number(page) => page.page_size,
+            PageAt::Before { page_size, .. } | PageAt::After { page_size, .. } => page_size,
+        }
     }
 }
 
-const IS_ERROR: &str = "status = 'error'";
-/// `likely`: without it SQLite scans and sorts the whole table instead of walking a time index.
-const IS_SUCCESS: &str = "likely(status = 'success')";
+/// One page of logs, newest first.
+#[derive(Debug)]
+pub struct LogPage {
+    pub rows: Vec<LogRow>,
+    /// Rows matching the filter: exact up to `TOTAL_COUNT_CAP`, an estimate past it.
+    pub total: i64,
+    pub total_is_estimate: bool,
+    /// Older rows exist: the id to pass as `before` for the next page.
+    pub next_before: Option<i64>,
+    /// Newer rows exist: the id to pass as `after` for the previous page.
+    pub prev_after: Option<i64>,
+}
 
-/// One page of logs, newest first, and the total matching the filter.
+/// Matching rows are counted up to this many (an index-only walk of at most this many
+/// entries, a few ms); past it the total is estimated without reading the log (see
+/// `estimate`), so no page read ever scans the whole table.
+pub const TOTAL_COUNT_CAP: i64 = 10_000;
+
+/// The conditions of a filter, ANDed after ` WHERE `. Status conditions are SQL literals: only
+/// `status = 'error'` written out lets SQLite use the partial error indexes.
+fn push_filter(
+    query: &mut QueryBuilder<'_, Sqlite>,
+    filter: &LogFilter,
+    status: Option<LogStatus>,
+) {
+    query.push(" WHERE true");
+    if let Some(key_id) = filter.key_id {
+        query.push(" AND api_key_id = ").push_bind(key_id);
+    }
+    if let Some(model) = &filter.model {
+        query.push(" AND model = ").push_bind(model.clone());
+    }
+    match status {
+        None => {}
+        Some(LogStatus::Error) => {
+            query.push(" AND status = 'error'");
+        }
+        // `likely`: without it SQLite may scan and sort the whole table instead of walking a
+        // time index (nearly every row is a success).
+        Some(LogStatus::Success) => {
+            query.push(" AND likely(status = 'success')");
+        }
+    }
+}
+
+/// One page of logs and the total matching the filter; None when the cursor's row does not
+/// exist (deleted or pruned).
 pub async fn list(
     pool: &SqlitePool,
     filter: &LogFilter,
-    page: Page,
-) -> sqlx::Result<(Vec<LogRow>, i64)> {
-    // Success rows have no index of their own: they are all rows but the (indexed) errors,
-    // counted in one statement so that both counts see the same rows.
-    let mut count = QueryBuilder::<Sqlite>::new("SELECT (SELECT COUNT(*) FROM api_call_logs");
-    match filter.status {
-        None => push_filter(&mut count, filter, None),
-        Some(LogStatus::Error) => push_filter(&mut count, filter, Some(IS_ERROR)),
-        Some(LogStatus::Success) => {
-            push_filter(&mut count, filter, None);
-            count.push(") - (SELECT COUNT(*) FROM api_call_logs");
-            push_filter(&mut count, filter, Some(IS_ERROR));
+    at: PageAt,
+) -> sqlx::Result<Option<LogPage>> {
+    let page_size = at.page_size();
+    let cursor = match at {
+        PageAt::Number(_) | PageAt::After { id: 0, .. } => None,
+        PageAt::Before { id, .. } | PageAt::After { id, .. } => {
+            let timestamp: Option<i64> =
+                sqlx::query_scalar("SELECT timestamp FROM api_call_logs WHERE id = ?")
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?;
+            match timestamp {
+                Some(timestamp) => Some((timestamp, id)),
+                None => return Ok(None),
+            }
         }
+    };
+    let (total, total_is_estimate) = total(pool, filter).await?;
+    let newest_first = !matches!(at, PageAt::After { .. });
+    let mut select = page_query(filter, at, cursor);
+    let mut rows: Vec<LogRow> = select.build_query_as().fetch_all(pool).await?;
+    let more = rows.len() as i64 > page_size;
+    rows.truncate(page_size as usize);
+    if !newest_first {
+        rows.reverse();
     }
-    count.push(")");
-    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
-    let condition = filter.status.map(|status| match status {
-        LogStatus::Success => IS_SUCCESS,
-        LogStatus::Error => IS_ERROR,
-    });
+    let first = rows.first().map(|row| row.id);
+    let last = rows.last().map(|row| row.id);
+    let (next_before, prev_after) = match at {
+        PageAt::Number(page) => (last.filter(|_| more), first.filter(|_| page.page > 1)),
+        PageAt::Before { .. } => (last.filter(|_| more), first),
+        PageAt::After { id, .. } => (last.filter(|_| id > 0), first.filter(|_| more)),
+    };
+    Ok(Some(LogPage {
+        rows,
+        total,
+        total_is_estimate,
+        next_before,
+        prev_after,
+    }))
+}
+
+/// The rows of a page (one more than the page: it tells whether the walk goes on past it),
+/// in the order of the index that serves the filter: newest first, or oldest first after a
+/// cursor row `(timestamp, id)`.
+fn page_query<'a>(
+    filter: &LogFilter,
+    at: PageAt,
+    cursor: Option<(i64, i64)>,
+) -> QueryBuilder<'a, Sqlite> {
     let mut select = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM api_call_logs"));
-    push_filter(&mut select, filter, condition);
+    push_filter(&mut select, filter, filter.status);
+    let newest_first = !matches!(at, PageAt::After { .. });
+    if let Some((timestamp, id)) = cursor {
+        // The range bound on `timestamp` is what the index serves; ties are few.
+        let (bound, strict) = if newest_first {
+            ("<=", "<")
+        } else {
+            (">=", ">")
+        };
+        select
+            .push(format!(" AND timestamp {bound} "))
+            .push_bind(timestamp)
+            .push(format!(" AND (timestamp {strict} "))
+            .push_bind(timestamp)
+            .push(format!(" OR id {strict} "))
+            .push_bind(id)
+            .push(")");
+    }
+    let order = if newest_first { "DESC" } else { "ASC" };
     select
-        .push(" ORDER BY timestamp DESC, id DESC LIMIT ")
-        .push_bind(page.page_size)
-        .push(" OFFSET ")
-        .push_bind(page.offset());
-    let rows = select.build_query_as().fetch_all(pool).await?;
-    Ok((rows, total))
+        .push(format!(" ORDER BY timestamp {order}, id {order} LIMIT "))
+        .push_bind(at.page_size() + 1);
+    if let PageAt::Number(page) = at {
+        select.push(" OFFSET ").push_bind(page.offset());
+    }
+    select
+}
+
+/// Rows matching the filter, counted up to `TOTAL_COUNT_CAP`, else estimated (true).
+async fn total(pool: &SqlitePool, filter: &LogFilter) -> sqlx::Result<(i64, bool)> {
+    let (matching, errors): (i64, i64) =
+        count_query(filter).build_query_as().fetch_one(pool).await?;
+    if matching <= TOTAL_COUNT_CAP {
+        // Success rows have no index of their own: they are the rows but the (indexed) errors.
+        let total = match filter.status {
+            Some(LogStatus::Success) => matching - errors,
+            _ => matching,
+        };
+        return Ok((total, false));
+    }
+    Ok((estimate(pool, filter).await?, true))
+}
+
+/// One statement (so both counts see the same rows), each count stopping past the cap: the
+/// rows matching the filter (for a success filter: the rows of its key and model, whatever
+/// their status), and the error rows among them (0 unless the filter is on success).
+fn count_query<'a>(filter: &LogFilter) -> QueryBuilder<'a, Sqlite> {
+    let status = match filter.status {
+        Some(LogStatus::Error) => Some(LogStatus::Error),
+        _ => None,
+    };
+    let mut count =
+        QueryBuilder::<Sqlite>::new("SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM api_call_logs");
+    push_filter(&mut count, filter, status);
+    count
+        .push(" LIMIT ")
+        .push_bind(TOTAL_COUNT_CAP + 1)
+        .push("))");
+    if filter.status == Some(LogStatus::Success) {
+        count.push(", (SELECT COUNT(*) FROM (SELECT 1 FROM api_call_logs");
+        push_filter(&mut count, filter, Some(LogStatus::Error));
+        count
+            .push(" LIMIT ")
+            .push_bind(TOTAL_COUNT_CAP + 1)
+            .push("))");
+    } else {
+        count.push(", 0");
+    }
+    count
+}
+
+/// Past the cap, without reading the log: with no filter, the span of row ids (ids are given
+/// in order, so it is exact until rows are deleted or pruned); otherwise the usage rollup's
+/// calls of the filter's key (or of all keys) and model, from the UTC day of the oldest row
+/// still held (exact but for pruned rows of that day, rows of deleted keys, and rows of no
+/// key, which the rollup leaves out).
+async fn estimate(pool: &SqlitePool, filter: &LogFilter) -> sqlx::Result<i64> {
+    if filter.key_id.is_none() && filter.model.is_none() && filter.status.is_none() {
+        return sqlx::query_scalar(
+            "SELECT COALESCE((SELECT MAX(id) FROM api_call_logs) - \
+             (SELECT MIN(id) FROM api_call_logs) + 1, 0)",
+        )
+        .fetch_one(pool)
+        .await;
+    }
+    let column = match filter.status {
+        None => "calls",
+        Some(LogStatus::Success) => "success_calls",
+        Some(LogStatus::Error) => "error_calls",
+    };
+    let mut sum = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT COALESCE(SUM({column}), 0) FROM usage_daily WHERE day >= \
+         (SELECT date(MIN(timestamp) / 1000, 'unixepoch') FROM api_call_logs"
+    ));
+    if let Some(key_id) = filter.key_id {
+        sum.push(" WHERE api_key_id = ").push_bind(key_id);
+    }
+    sum.push(")");
+    if let Some(key_id) = filter.key_id {
+        sum.push(" AND api_key_id = ").push_bind(key_id);
+    }
+    if let Some(model) = &filter.model {
+        sum.push(" AND model = ").push_bind(model.clone());
+    }
+    sum.build_query_scalar().fetch_one(pool).await
 }
 
 #[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
@@ -167,63 +335,99 @@ pub struct KeyStats {
     pub by_day: Vec<DayStats>,
 }
 
-type Totals = (i64, i64, i64, i64, i64, i64, i64, f64);
+/// One `usage_daily` row of a key, as stats read it.
+#[derive(sqlx::FromRow)]
+struct UsageRow {
+    day: String,
+    model: String,
+    calls: i64,
+    success_calls: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cached_tokens: i64,
+    total_tokens: i64,
+    cost: f64,
+    response_time_ms_sum: i64,
+}
 
-/// Reads the key's `usage_daily` rows (never the call log, whose old rows may be pruned): the
-/// same figures the rows they sum would give.
+/// Reads the key's `usage_daily` rows of the window once (a range of its primary key, one row
+/// per day and model; never the call log, whose old rows may be pruned) and sums them here:
+/// the same figures the log rows they sum would give, at a cost independent of the log's size.
 pub async fn stats(pool: &SqlitePool, key_id: i64, days: i64, now: i64) -> sqlx::Result<KeyStats> {
     let first_day = now.div_euclid(MS_PER_DAY) - (days - 1);
-    let since = day_text(first_day);
-    let (total_calls, success_calls, response_time, prompt, completion, tokens, cached, cost): Totals =
-        sqlx::query_as(
-            "SELECT COALESCE(SUM(calls), 0), COALESCE(SUM(success_calls), 0), \
-             COALESCE(SUM(response_time_ms_sum), 0), COALESCE(SUM(prompt_tokens), 0), \
-             COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(total_tokens), 0), \
-             COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(cost), 0.0) \
-             FROM usage_daily WHERE api_key_id = ? AND day >= ?",
+    let rows: Vec<UsageRow> = sqlx::query_as(
+        "SELECT day, model, calls, success_calls, prompt_tokens, completion_tokens, \
+         cached_tokens, total_tokens, cost, response_time_ms_sum \
+         FROM usage_daily WHERE api_key_id = ? AND day >= ?",
+    )
+    .bind(key_id)
+    .bind(day_text(first_day))
+    .fetch_all(pool)
+    .await?;
+    let mut stats = KeyStats {
+        key_id,
+        days,
+        ..KeyStats::default()
+    };
+    let mut response_time = 0;
+    // model → (calls, successes, response time sum, tokens, cost)
+    let mut models: HashMap<&str, (i64, i64, i64, i64, f64)> = HashMap::new();
+    let mut counted: HashMap<&str, (i64, i64)> = HashMap::new();
+    for row in &rows {
+        stats.total_calls += row.calls;
+        stats.success_calls += row.success_calls;
+        stats.prompt_tokens += row.prompt_tokens;
+        stats.completion_tokens += row.completion_tokens;
+        stats.cached_tokens += row.cached_tokens;
+        stats.total_tokens += row.total_tokens;
+        stats.total_cost += row.cost;
+        response_time += row.response_time_ms_sum;
+        let model = models.entry(row.model.as_str()).or_default();
+        model.0 += row.calls;
+        model.1 += row.success_calls;
+        model.2 += row.response_time_ms_sum;
+        model.3 += row.total_tokens;
+        model.4 += row.cost;
+        let day = counted.entry(row.day.as_str()).or_default();
+        day.0 += row.calls;
+        day.1 += row.success_calls;
+    }
+    stats.error_calls = stats.total_calls - stats.success_calls;
+    stats.success_rate = if stats.total_calls == 0 {
+        0.0
+    } else {
+        stats.success_calls as f64 / stats.total_calls as f64
+    };
+    stats.avg_response_time_ms = round2(mean(response_time, stats.total_calls));
+    let mut by_model: Vec<ModelStats> = models
+        .into_iter()
+        .map(
+            |(model, (calls, success, response_time, tokens, cost))| ModelStats {
+                // Rows without a model are rolled up under ''.
+                model: (!model.is_empty()).then(|| model.to_string()),
+                calls,
+                success_calls: success,
+                error_calls: calls - success,
+                avg_response_time_ms: round2(mean(response_time, calls)),
+                total_tokens: tokens,
+                cost,
+            },
         )
-        .bind(key_id)
-        .bind(&since)
-        .fetch_one(pool)
-        .await?;
-    let by_model = sqlx::query_as::<_, (String, i64, i64, i64, i64, f64)>(
-        "SELECT model, SUM(calls) AS n, SUM(success_calls), SUM(response_time_ms_sum), \
-         SUM(total_tokens), SUM(cost) FROM usage_daily WHERE api_key_id = ? AND day >= ? \
-         GROUP BY model ORDER BY n DESC, model",
-    )
-    .bind(key_id)
-    .bind(&since)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(
-        |(model, calls, success, response_time, tokens, cost)| ModelStats {
-            // Rows without a model are rolled up under ''.
-            model: (!model.is_empty()).then_some(model),
-            calls,
-            success_calls: success,
-            error_calls: calls - success,
-            avg_response_time_ms: round2(mean(response_time, calls)),
-            total_tokens: tokens,
-            cost,
-        },
-    )
-    .collect();
-    let counted: HashMap<String, (i64, i64)> = sqlx::query_as::<_, (String, i64, i64)>(
-        "SELECT day, SUM(calls), SUM(success_calls) \
-         FROM usage_daily WHERE api_key_id = ? AND day >= ? GROUP BY day",
-    )
-    .bind(key_id)
-    .bind(&since)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|(day, calls, success)| (day, (calls, success)))
-    .collect();
-    let by_day = (first_day..first_day + days)
+        .collect();
+    // Most calls first; ties by model name ('' first, as SQLite orders it).
+    by_model.sort_by(|a, b| {
+        b.calls.cmp(&a.calls).then_with(|| {
+            a.model
+                .as_deref()
+                .unwrap_or("")
+                .cmp(b.model.as_deref().unwrap_or(""))
+        })
+    });
+    stats.by_model = by_model;
+    stats.by_day = (first_day..first_day + days)
         .map(|day| {
             let date = day_text(day);
-            let (calls, success) = counted.get(&date).copied().unwrap_or_default();
+            let (calls, success) = counted.get(date.as_str()).copied().unwrap_or_default();
             DayStats {
                 date,
                 calls,
@@ -232,26 +436,7 @@ pub async fn stats(pool: &SqlitePool, key_id: i64, days: i64, now: i64) -> sqlx:
             }
         })
         .collect();
-    Ok(KeyStats {
-        key_id,
-        days,
-        total_calls,
-        success_calls,
-        error_calls: total_calls - success_calls,
-        success_rate: if total_calls == 0 {
-            0.0
-        } else {
-            success_calls as f64 / total_calls as f64
-        },
-        avg_response_time_ms: round2(mean(response_time, total_calls)),
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: tokens,
-        cached_tokens: cached,
-        total_cost: cost,
-        by_model,
-        by_day,
-    })
+    Ok(stats)
 }
 
 fn mean(sum: i64, count: i64) -> f64 {
@@ -264,4 +449,124 @@ fn mean(sum: i64, count: i64) -> f64 {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan SQLite picks for `query` (its parameters unbound: plans do not depend on them).
+    async fn plan(pool: &SqlitePool, query: QueryBuilder<'_, Sqlite>) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", query.sql()))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        rows.into_iter()
+            .map(|row| row.3)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Every log page and count is served by its index in page order: no temp B-tree sort and
+    /// no table scan, whatever the filter and however the page is reached.
+    #[tokio::test]
+    async fn every_log_read_walks_an_index_in_page_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
+        let pool = crate::store::connect(&url).await.unwrap();
+        let model = || Some("gpt-test".to_string());
+        let filters = [
+            (LogFilter::default(), "idx_logs_time"),
+            (
+                LogFilter {
+                    key_id: Some(1),
+                    ..LogFilter::default()
+                },
+                "idx_logs_key_time",
+            ),
+            (
+                LogFilter {
+                    status: Some(LogStatus::Error),
+                    ..LogFilter::default()
+                },
+                "idx_logs_errors",
+            ),
+            (
+                LogFilter {
+                    status: Some(LogStatus::Success),
+                    ..LogFilter::default()
+                },
+                "idx_logs_time",
+            ),
+            (
+                LogFilter {
+                    key_id: Some(1),
+                    status: Some(LogStatus::Error),
+                    ..LogFilter::default()
+                },
+                "idx_logs_key_errors",
+            ),
+            (
+                LogFilter {
+                    key_id: Some(1),
+                    status: Some(LogStatus::Success),
+                    ..LogFilter::default()
+                },
+                "idx_logs_key_time",
+            ),
+            (
+                LogFilter {
+                    model: model(),
+                    ..LogFilter::default()
+                },
+                "idx_logs_model_time",
+            ),
+        ];
+        let page = Page {
+            page: 3,
+            page_size: 50,
+        };
+        let ats = [
+            (PageAt::Number(page), None),
+            (
+                PageAt::Before {
+                    id: 7,
+                    page_size: 50,
+                },
+                Some((1, 7)),
+            ),
+            (
+                PageAt::After {
+                    id: 7,
+                    page_size: 50,
+                },
+                Some((1, 7)),
+            ),
+            (
+                PageAt::After {
+                    id: 0,
+                    page_size: 50,
+                },
+                None,
+            ),
+        ];
+        for (filter, index) in &filters {
+            for (at, cursor) in ats {
+                let plan = plan(&pool, page_query(filter, at, cursor)).await;
+                assert!(
+                    plan.contains(&format!("USING INDEX {index}")) && !plan.contains("TEMP B-TREE"),
+                    "{filter:?} {at:?}: {plan}"
+                );
+            }
+            // What `total` counts: the rows, and the errors among them (success = the rest).
+            let plan = plan(&pool, count_query(filter)).await;
+            assert!(
+                plan.contains("INDEX idx_logs_")
+                    && !plan.contains("SCAN api_call_logs;")
+                    && !plan.ends_with("SCAN api_call_logs"),
+                "count {filter:?}: {plan}"
+            );
+        }
+    }
 }

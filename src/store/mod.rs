@@ -3,6 +3,7 @@
 pub mod keys;
 pub mod log_batch;
 pub mod logs;
+pub mod retention;
 pub mod transfer;
 pub mod usage;
 
@@ -11,11 +12,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{SqliteExecutor, SqlitePool};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, SqliteExecutor, SqlitePool};
 
 /// How long a statement waits for a lock another connection or process holds, by default.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The part of the database file read through a memory map.
+pub const MMAP_BYTES: u64 = 2 << 30;
 
 /// Opens (creating if needed) the SQLite file and brings its schema up to date.
 pub async fn connect(database_url: &str) -> anyhow::Result<SqlitePool> {
@@ -27,13 +33,37 @@ pub async fn connect(database_url: &str) -> anyhow::Result<SqlitePool> {
 pub async fn open(database_url: &str, busy_timeout: Duration) -> anyhow::Result<SqlitePool> {
     let options = SqliteConnectOptions::from_str(database_url)
         .with_context(|| format!("DATABASE_URL: cannot parse `{database_url}`"))?;
-    owner_only(options.get_filename())?;
+    let created = owner_only(options.get_filename())?;
     let options = options
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
-        .busy_timeout(busy_timeout);
+        .busy_timeout(busy_timeout)
+        // Reads go through a shared memory map of the file instead of each connection's own
+        // page cache: the pool's connections no longer re-read (and copy) the same pages from
+        // the OS cache, which made a stats read over a large log cost several times its SQL.
+        // SQLite caps it at its compile-time maximum (2 GiB); the WAL is not mapped.
+        .pragma("mmap_size", MMAP_BYTES.to_string());
+    if created {
+        // A new database is made in incremental auto-vacuum mode (pages freed by pruning are
+        // given back to the file system by `incremental_vacuum`), which SQLite only sets
+        // before the first table exists: one connection sets it and creates the schema. Never
+        // on every connection: setting the mode is a write, so opening a connection would
+        // need the write lock (and disk space). An existing database keeps its mode until
+        // `keygate logs vacuum` rewrites it.
+        let mut first = options
+            .clone()
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
+            .connect()
+            .await
+            .with_context(|| format!("cannot create the database {database_url}"))?;
+        sqlx::migrate!("./migrations")
+            .run(&mut first)
+            .await
+            .context("cannot migrate the database")?;
+        first.close().await?;
+    }
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
         .connect_with(options)
@@ -48,13 +78,14 @@ pub async fn open(database_url: &str, busy_timeout: Duration) -> anyhow::Result<
 
 /// Makes the database readable by its owner only: a new file is created 0600 before SQLite
 /// opens it (SQLite gives its -wal and -shm the database's mode), and an existing database,
-/// -wal or -shm with a looser mode is tightened to 0600.
-fn owner_only(path: &Path) -> anyhow::Result<()> {
+/// -wal or -shm with a looser mode is tightened to 0600. True when it created the file (or
+/// found it empty: a database without a page yet).
+fn owner_only(path: &Path) -> anyhow::Result<bool> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
-            return Ok(());
+            return Ok(false);
         }
         match std::fs::OpenOptions::new()
             .write(true)
@@ -62,10 +93,10 @@ fn owner_only(path: &Path) -> anyhow::Result<()> {
             .mode(0o600)
             .open(path)
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
             // Let SQLite report a missing folder or a read-only location in its own words.
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(false),
         }
         for suffix in ["", "-wal", "-shm"] {
             let mut file = path.as_os_str().to_owned();
@@ -85,7 +116,7 @@ fn owner_only(path: &Path) -> anyhow::Result<()> {
     }
     #[cfg(not(unix))]
     let _ = path;
-    Ok(())
+    Ok(std::fs::metadata(path).is_ok_and(|meta| meta.len() == 0))
 }
 
 /// The SQLite file DATABASE_URL names, for connections opened outside the pool.

@@ -1,16 +1,20 @@
 //! SQL for `keygate data export|import`: rows streamed from one snapshot; imported rows staged
 //! in a file of their own and moved into the database in one short transaction.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use anyhow::Context;
 use futures_util::Stream;
-use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{
+    ConnectOptions, Connection, QueryBuilder, Sqlite, SqliteConnection, SqlitePool, Transaction,
+};
 
 use super::keys::{bind_key, key_sql, KeyRow};
 use super::log_batch::{rollup_add, rollup_columns};
 use super::logs::LogRow;
+use crate::clock::{day_text, MS_PER_DAY};
 
 macro_rules! select_logs {
     () => {
@@ -109,6 +113,14 @@ macro_rules! log_overwrite {
     };
 }
 
+/// The page cache of this connection's view of the database (KiB): the move-in transaction
+/// keeps this much of what it changes in memory before it spills pages to the WAL (SQLite's
+/// default, 2 MiB, spilled all the time). A bound: memory stays flat whatever the import's size.
+/// The pool's memory map is off on this connection (for the staging file too): the move-in
+/// reads every staged row once, and the mapped pages of a 20M-row staging file (2 GiB) counted
+/// in the import's resident memory.
+const MOVE_IN_CACHE_KIB: u32 = 64 * 1024;
+
 /// Staged rows are committed in slices of this many: no statement or transaction on the
 /// staging file runs for the whole import, and a read of the database is never held long.
 const STAGE_COMMIT_EVERY: u64 = 10_000;
@@ -128,6 +140,10 @@ pub struct Stage {
     /// opened at the first row, so merely checking a file (at a terminal, while a person
     /// answers) holds no read of the database open.
     uncommitted: Option<u64>,
+    /// What the staged call logs add to the usage rollup, summed as they are staged.
+    usage: StagedUsage,
+    /// Rows staged by `put_log` (the only ones that may overwrite a row of the database).
+    overwrites: u64,
 }
 
 impl Stage {
@@ -147,6 +163,15 @@ impl Stage {
                 .await?;
         let path = PathBuf::from(format!("{main}.import-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
+        // The staged rows include key hashes and encrypted keys: the file is made readable by
+        // its owner only before SQLite opens it (SQLite would create it with the umask's mode).
+        let mut private = std::fs::OpenOptions::new();
+        private.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut private, 0o600);
+        private
+            .open(&path)
+            .with_context(|| format!("cannot create the staging file {}", path.display()))?;
         sqlx::query("ATTACH DATABASE ? AS stage")
             .bind(path.to_string_lossy().as_ref())
             .execute(&mut conn)
@@ -157,6 +182,8 @@ impl Stage {
             path,
             log_floor: 0,
             uncommitted: None,
+            usage: StagedUsage::default(),
+            overwrites: 0,
         };
         // Throwaway: no journal, no fsync. `overwrite`: the row existed in the database when
         // it was staged (a conflict resolved by overwriting it).
@@ -165,6 +192,7 @@ impl Stage {
             .replacen("key_hash", "key_hash TEXT NOT NULL UNIQUE", 1);
         sqlx::raw_sql(&format!(
             "PRAGMA stage.journal_mode = OFF; PRAGMA stage.synchronous = OFF; \
+             PRAGMA main.cache_size = -{MOVE_IN_CACHE_KIB}; PRAGMA mmap_size = 0; \
              CREATE TABLE stage.api_keys (id INTEGER PRIMARY KEY, {key_columns}, \
              overwrite INTEGER NOT NULL); \
              CREATE TABLE stage.api_call_logs (id INTEGER PRIMARY KEY, {}, \
@@ -195,8 +223,13 @@ impl Stage {
 
     /// Counts a staged row; commits the slice every few thousand rows.
     async fn staged(&mut self) -> sqlx::Result<()> {
+        self.staged_rows(1).await
+    }
+
+    /// Counts `n` staged rows; commits the slice every few thousand rows.
+    async fn staged_rows(&mut self, n: u64) -> sqlx::Result<()> {
         let rows = self.uncommitted.get_or_insert(0);
-        *rows += 1;
+        *rows += n;
         if *rows >= STAGE_COMMIT_EVERY {
             self.commit().await?;
         }
@@ -285,7 +318,7 @@ impl Stage {
                 .await?;
         }
         // Before any row is written: the rollup and the key totals follow the rows.
-        add_to_rollup(&mut tx)
+        add_to_rollup(&mut tx, &self.usage, self.overwrites > 0)
             .await
             .map_err(write("usage rollup"))?;
         sqlx::query(concat!(
@@ -341,8 +374,14 @@ impl Stage {
 /// never counted twice. Incremental, never recomputed from the call log: the rollup keeps
 /// the usage of rows that were pruned. Then the totals of every key whose rollup changed, or
 /// that the import wrote, are set from its rollup. Runs before the call logs are written (the
-/// overwritten rows are read as they were).
-async fn add_to_rollup(tx: &mut Transaction<'_, Sqlite>) -> sqlx::Result<()> {
+/// overwritten rows are read as they were). The staged rows' sums were kept while staging
+/// (`StagedUsage`): grouping the staged rows here sorted every one of them (a third of a
+/// 2M-row move-in).
+async fn add_to_rollup(
+    tx: &mut Transaction<'_, Sqlite>,
+    usage: &StagedUsage,
+    overwrites: bool,
+) -> sqlx::Result<()> {
     sqlx::raw_sql(concat!(
         "CREATE TEMP TABLE IF NOT EXISTS usage_delta (",
         rollup_columns!(),
@@ -350,24 +389,53 @@ async fn add_to_rollup(tx: &mut Transaction<'_, Sqlite>) -> sqlx::Result<()> {
     ))
     .execute(&mut **tx)
     .await?;
-    sqlx::query(concat!(
-        "INSERT INTO temp.usage_delta (",
-        rollup_columns!(),
-        ") SELECT k, date(timestamp / 1000, 'unixepoch') AS d, COALESCE(model, '') AS m, ",
-        "SUM(sign), SUM(sign * (status = 'success')), SUM(sign * (status = 'error')), ",
-        "COALESCE(SUM(sign * prompt_tokens), 0), COALESCE(SUM(sign * completion_tokens), 0), ",
-        "COALESCE(SUM(sign * cached_tokens), 0), COALESCE(SUM(sign * total_tokens), 0), ",
-        "COALESCE(SUM(sign * cost), 0), SUM(sign * response_time) FROM (",
-        "SELECT api_key_id AS k, timestamp, model, status, prompt_tokens, completion_tokens, ",
-        "cached_tokens, total_tokens, cost, response_time, -1 AS sign FROM main.api_call_logs ",
-        "WHERE id IN (SELECT id FROM stage.api_call_logs WHERE overwrite) ",
-        "UNION ALL SELECT COALESCE((SELECT new FROM temp.key_moves WHERE old = api_key_id), ",
-        "api_key_id), timestamp, model, status, prompt_tokens, completion_tokens, ",
-        "cached_tokens, total_tokens, cost, response_time, 1 FROM stage.api_call_logs",
-        ") WHERE k IS NOT NULL GROUP BY k, d, m"
-    ))
-    .execute(&mut **tx)
-    .await?;
+    let groups: Vec<(&(i64, i64, String), &UsageSums)> = usage.0.iter().collect();
+    // 12 parameters a group: well within SQLite's limit of 32,766 per statement.
+    for chunk in groups.chunks(1_000) {
+        let mut insert = QueryBuilder::<Sqlite>::new(concat!(
+            "INSERT INTO temp.usage_delta (",
+            rollup_columns!(),
+            ") SELECT COALESCE((SELECT new FROM temp.key_moves WHERE old = column1), column1), ",
+            "column2, column3, column4, column5, column6, column7, column8, column9, column10, ",
+            "column11, column12 FROM ("
+        ));
+        insert.push_values(chunk, |mut row, ((key, day, model), sums)| {
+            row.push_bind(*key)
+                .push_bind(day_text(*day))
+                .push_bind(model.as_str())
+                .push_bind(sums.calls)
+                .push_bind(sums.success_calls)
+                .push_bind(sums.error_calls)
+                .push_bind(sums.prompt_tokens)
+                .push_bind(sums.completion_tokens)
+                .push_bind(sums.cached_tokens)
+                .push_bind(sums.total_tokens)
+                .push_bind(sums.cost)
+                .push_bind(sums.response_time);
+        });
+        // (Unique groups: a moved key's fresh id is above every other key id. `WHERE true`
+        // lets SQLite read `ON CONFLICT` as the upsert, not a join.)
+        insert.push(") WHERE true").push(rollup_add!());
+        insert.build().execute(&mut **tx).await?;
+    }
+    if overwrites {
+        // The database's rows that staged rows overwrite, taken away.
+        sqlx::query(concat!(
+            "INSERT INTO temp.usage_delta (",
+            rollup_columns!(),
+            ") SELECT api_key_id, date(timestamp / 1000, 'unixepoch') AS d, ",
+            "COALESCE(model, '') AS m, -COUNT(*), -SUM(status = 'success'), ",
+            "-SUM(status = 'error'), -COALESCE(SUM(prompt_tokens), 0), ",
+            "-COALESCE(SUM(completion_tokens), 0), -COALESCE(SUM(cached_tokens), 0), ",
+            "-COALESCE(SUM(total_tokens), 0), -COALESCE(SUM(cost), 0), -SUM(response_time) ",
+            "FROM main.api_call_logs WHERE id IN ",
+            "(SELECT id FROM stage.api_call_logs WHERE overwrite) AND api_key_id IS NOT NULL ",
+            "GROUP BY api_key_id, d, m",
+            rollup_add!()
+        ))
+        .execute(&mut **tx)
+        .await?;
+    }
     sqlx::query(concat!(
         "INSERT INTO main.usage_daily (",
         rollup_columns!(),
@@ -407,6 +475,92 @@ pub struct Moved {
     pub keys: u64,
     pub logs: u64,
 }
+
+/// What staged call logs add to the usage rollup, per (staged key id, UTC day since the epoch,
+/// model or ''): as many groups as keys × days × models, whatever the number of rows.
+#[derive(Default)]
+struct StagedUsage(HashMap<(i64, i64, String), UsageSums>);
+
+/// One `usage_daily` row's worth of calls.
+#[derive(Default)]
+struct UsageSums {
+    calls: i64,
+    success_calls: i64,
+    error_calls: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    cached_tokens: i64,
+    total_tokens: i64,
+    cost: f64,
+    response_time: i64,
+}
+
+impl StagedUsage {
+    /// Adds a staged row (`sign` 1), or takes back one a later row replaced in the stage (-1).
+    fn add(&mut self, log: &UsageOf<'_>, sign: i64) {
+        let Some(key) = log.api_key_id else {
+            return;
+        };
+        let model = log.model.unwrap_or("");
+        let group = (key, log.timestamp.div_euclid(MS_PER_DAY), model.to_string());
+        let sums = self.0.entry(group).or_default();
+        let success = log.status == "success";
+        sums.calls += sign;
+        sums.success_calls += sign * i64::from(success);
+        sums.error_calls += sign * i64::from(log.status == "error");
+        sums.prompt_tokens += sign * log.prompt_tokens.unwrap_or(0);
+        sums.completion_tokens += sign * log.completion_tokens.unwrap_or(0);
+        sums.cached_tokens += sign * log.cached_tokens.unwrap_or(0);
+        sums.total_tokens += sign * log.total_tokens.unwrap_or(0);
+        sums.cost += sign as f64 * log.cost;
+        sums.response_time += sign * log.response_time;
+    }
+}
+
+/// The fields of a call log the rollup sums.
+struct UsageOf<'a> {
+    api_key_id: Option<i64>,
+    timestamp: i64,
+    model: Option<&'a str>,
+    status: &'a str,
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    cached_tokens: Option<i64>,
+    total_tokens: Option<i64>,
+    cost: f64,
+    response_time: i64,
+}
+
+impl<'a> From<&'a LogRow> for UsageOf<'a> {
+    fn from(log: &'a LogRow) -> Self {
+        UsageOf {
+            api_key_id: log.api_key_id,
+            timestamp: log.timestamp,
+            model: log.model.as_deref(),
+            status: &log.status,
+            prompt_tokens: log.prompt_tokens,
+            completion_tokens: log.completion_tokens,
+            cached_tokens: log.cached_tokens,
+            total_tokens: log.total_tokens,
+            cost: log.cost,
+            response_time: log.response_time,
+        }
+    }
+}
+
+/// A staged call log's summed fields, as `UsageOf` reads them.
+type StagedRow = (
+    Option<i64>,
+    i64,
+    Option<String>,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    f64,
+    i64,
+);
 
 impl Drop for Stage {
     fn drop(&mut self) {
@@ -463,15 +617,36 @@ pub async fn key_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
     .await
 }
 
-/// The (staged or existing) call log `id`.
-pub async fn log_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM stage.api_call_logs WHERE id = ?1) \
-         OR EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?1)",
+/// Which of `logs`' ids a staged call log has, or one the database had when staging began:
+/// one statement, the ids passed as one JSON array. A row the server wrote since (an id
+/// above the floor) is no conflict: `move_in` gives the staged row a fresh id.
+pub async fn existing_logs(stage: &mut Stage, logs: &[&LogRow]) -> sqlx::Result<HashSet<i64>> {
+    let ids = id_array(logs);
+    let floor = stage.log_floor;
+    let found: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM main.api_call_logs WHERE id IN (SELECT value FROM json_each(?1)) \
+         AND id <= ?2 \
+         UNION SELECT id FROM stage.api_call_logs WHERE id IN (SELECT value FROM json_each(?1))",
     )
-    .bind(id)
-    .fetch_one(stage.conn())
-    .await
+    .bind(ids)
+    .bind(floor)
+    .fetch_all(stage.conn())
+    .await?;
+    Ok(found.into_iter().collect())
+}
+
+/// `[id,id,…]`.
+fn id_array(logs: &[&LogRow]) -> String {
+    let mut text = String::with_capacity(logs.len() * 12 + 2);
+    text.push('[');
+    for (i, log) in logs.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(itoa::Buffer::new().format(log.id));
+    }
+    text.push(']');
+    text
 }
 
 /// Stages `key` under `id`: inserted (AUTOINCREMENT's sequence follows a larger explicit id),
@@ -499,6 +674,31 @@ pub async fn put_key(stage: &mut Stage, id: i64, key: &KeyRow) -> sqlx::Result<(
 /// Stages `log` with its own id: inserted, or every column written over the existing row.
 pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
     stage.begin().await?;
+    // A row staged earlier under this id (the file repeats it) is replaced: its sums go.
+    let replaced: Option<StagedRow> = sqlx::query_as(
+        "SELECT api_key_id, timestamp, model, status, prompt_tokens, completion_tokens, \
+         cached_tokens, total_tokens, cost, response_time FROM stage.api_call_logs WHERE id = ?",
+    )
+    .bind(log.id)
+    .fetch_optional(stage.conn())
+    .await?;
+    if let Some(row) = &replaced {
+        let old = UsageOf {
+            api_key_id: row.0,
+            timestamp: row.1,
+            model: row.2.as_deref(),
+            status: &row.3,
+            prompt_tokens: row.4,
+            completion_tokens: row.5,
+            cached_tokens: row.6,
+            total_tokens: row.7,
+            cost: row.8,
+            response_time: row.9,
+        };
+        stage.usage.add(&old, -1);
+    }
+    stage.usage.add(&log.into(), 1);
+    stage.overwrites += 1;
     let insert = sqlx::query(concat!(
         "INSERT INTO stage.api_call_logs (",
         log_data!(),
@@ -512,23 +712,55 @@ pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
     stage.staged().await
 }
 
-/// Stages `log` if no row has its id yet (in the database or staged); false if one has.
-pub async fn put_new_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<bool> {
+/// Stages each of `logs` whose id no row has yet (in the database, staged, or earlier in
+/// `logs`); says which were staged, in order. Two statements for them all: which ids exist,
+/// then one multi-row insert of the new rows.
+pub async fn put_new_logs(stage: &mut Stage, logs: &[&LogRow]) -> sqlx::Result<Vec<bool>> {
     stage.begin().await?;
-    let insert = sqlx::query(concat!(
+    let mut taken = existing_logs(stage, logs).await?;
+    // A repeated id: the first one is new, the others conflict with it.
+    let new: Vec<bool> = logs.iter().map(|log| taken.insert(log.id)).collect();
+    let staged: Vec<&LogRow> = logs
+        .iter()
+        .zip(&new)
+        .filter(|(_, new)| **new)
+        .map(|(log, _)| *log)
+        .collect();
+    if staged.is_empty() {
+        return Ok(new);
+    }
+    let mut insert = QueryBuilder::<Sqlite>::new(concat!(
         "INSERT INTO stage.api_call_logs (",
         log_data!(),
-        ", id, overwrite) ",
-        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, 0 ",
-        "WHERE NOT EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?18) ",
-        "AND NOT EXISTS (SELECT 1 FROM stage.api_call_logs WHERE id = ?18)"
+        ", id, overwrite) "
     ));
-    let done = bind_log(insert, log).execute(stage.conn()).await?;
-    if done.rows_affected() == 0 {
-        return Ok(false);
+    insert.push_values(&staged, |mut row, log| {
+        row.push_bind(log.api_key_id)
+            .push_bind(log.timestamp)
+            .push_bind(log.model.as_deref())
+            .push_bind(log.status.as_str())
+            .push_bind(log.http_status)
+            .push_bind(log.response_time)
+            .push_bind(log.ip_address.as_deref())
+            .push_bind(log.endpoint.as_str())
+            .push_bind(log.error_message.as_deref())
+            .push_bind(log.request_size)
+            .push_bind(log.response_size)
+            .push_bind(log.prompt_tokens)
+            .push_bind(log.completion_tokens)
+            .push_bind(log.total_tokens)
+            .push_bind(log.stream)
+            .push_bind(log.cost)
+            .push_bind(log.cached_tokens)
+            .push_bind(log.id)
+            .push("0");
+    });
+    insert.build().execute(stage.conn()).await?;
+    for log in &staged {
+        stage.usage.add(&(*log).into(), 1);
     }
-    stage.staged().await?;
-    Ok(true)
+    stage.staged_rows(staged.len() as u64).await?;
+    Ok(new)
 }
 
 type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;

@@ -72,7 +72,11 @@ async fn stored(pool: &sqlx::SqlitePool, key_id: i64) -> Vec<LogRow> {
         page: 1,
         page_size: 100,
     };
-    logs::list(pool, &filter, page).await.unwrap().0
+    logs::list(pool, &filter, logs::PageAt::Number(page))
+        .await
+        .unwrap()
+        .unwrap()
+        .rows
 }
 
 fn close(a: f64, b: f64) -> bool {

@@ -77,9 +77,15 @@ async fn snapshot(pool: &SqlitePool) -> (Vec<String>, Vec<Value>) {
         page: 1,
         page_size: 10_000,
     };
-    let (mut logs, _) = keygate::store::logs::list(pool, &Default::default(), page)
-        .await
-        .unwrap();
+    let mut logs = keygate::store::logs::list(
+        pool,
+        &Default::default(),
+        keygate::store::logs::PageAt::Number(page),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .rows;
     logs.sort_by_key(|l| l.id);
     let logs = logs
         .iter()

@@ -244,6 +244,20 @@ async fn a_large_import_while_traffic_runs_loses_nothing_and_blocks_no_admin_wri
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The staged rows carry key hashes and encrypted keys: the file is private.
+    #[cfg(unix)]
+    for entry in std::fs::read_dir(&db_dir).unwrap().filter_map(|e| e.ok()) {
+        use std::os::unix::fs::PermissionsExt;
+        if entry.file_name().to_string_lossy().contains(".import-") {
+            if let Ok(meta) = entry.metadata() {
+                assert_eq!(
+                    meta.permissions().mode() & 0o777,
+                    0o600,
+                    "staging file mode"
+                );
+            }
+        }
+    }
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Relayed requests and admin writes until the import is done.
     let (mut relayed, mut created) = (1i64, 0i64);

@@ -116,13 +116,18 @@ async fn read_into(
     importer: &mut Importer<'_>,
 ) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let (sink, mut items) = mpsc::channel(256);
-    let reader = tokio::task::spawn_blocking(move || parse_export(BufReader::new(file), &sink));
+    // A few slices of rows in flight at most: memory stays flat whatever the file's size.
+    let (sink, mut items) = mpsc::channel(4);
+    let reader = tokio::task::spawn_blocking(move || {
+        parse_export(BufReader::with_capacity(1 << 20, file), &sink)
+    });
     let applied = async {
-        while let Some(item) = items.recv().await {
-            importer.apply(stage, item).await?;
+        while let Some(slice) = items.recv().await {
+            for item in slice {
+                importer.apply(stage, item).await?;
+            }
         }
-        anyhow::Ok(())
+        importer.flush_logs(stage).await
     }
     .await;
     drop(items);
@@ -239,7 +244,14 @@ struct Importer<'a> {
     merged: HashMap<i64, i64>,
     tally: Tally,
     unresolved: Unresolved,
+    /// Call-log rows read but not yet checked against the database (and staged): up to
+    /// `LOGS_PER_BATCH`, checked and staged by two statements.
+    pending: Vec<(usize, LogRow)>,
 }
+
+/// Call-log rows checked and staged together. Row by row, each statement's round trip to
+/// SQLite's worker thread cost more than the row's own work.
+const LOGS_PER_BATCH: usize = 512;
 
 impl<'a> Importer<'a> {
     fn new(keyring: &'a Keyring, pass: Pass, resolve: Resolve) -> Self {
@@ -253,6 +265,7 @@ impl<'a> Importer<'a> {
             merged: HashMap::new(),
             tally: Tally::default(),
             unresolved: Unresolved::default(),
+            pending: Vec::with_capacity(LOGS_PER_BATCH),
         }
     }
 
@@ -274,6 +287,8 @@ impl<'a> Importer<'a> {
                 self.progress = progress_bar(metadata.counts.values().sum(), verb);
             }
             Item::Key(index, key) => {
+                // Rows are applied in file order.
+                self.flush_logs(stage).await?;
                 self.key(stage, index, *key).await?;
                 self.progress.inc(1);
             }
@@ -391,35 +406,67 @@ impl<'a> Importer<'a> {
         }
     }
 
+    /// Checks a call-log row's key; the row waits in `pending` to be checked and staged.
     async fn log(
         &mut self,
         stage: &mut Stage,
         index: usize,
         mut row: LogRow,
     ) -> anyhow::Result<()> {
-        let at = format!("data.logs[{index}] (id {})", row.id);
         if let Some(key_id) = row.api_key_id {
             let stand_in = self.merged.get(&key_id).copied().unwrap_or(key_id);
             row.api_key_id = Some(stand_in);
             if self.pass == Pass::Write && !self.key_known(stage, stand_in).await? {
                 bail!(
-                    "{at}: api_key_id {key_id} matches no key in this database or earlier in the file \
-                     (export the keys with the logs: --types apikeys,logs)"
+                    "data.logs[{index}] (id {}): api_key_id {key_id} matches no key in this database \
+                     or earlier in the file (export the keys with the logs: --types apikeys,logs)",
+                    row.id
                 );
             }
         }
-        // Writing, a new row is checked and staged by one statement (one per row).
-        let new = match self.pass {
-            Pass::Write => transfer::put_new_log(stage, &row).await,
-            Pass::Ask => transfer::log_exists(stage, row.id)
-                .await
-                .map(|found| !found),
+        self.pending.push((index, row));
+        if self.pending.len() >= LOGS_PER_BATCH {
+            self.flush_logs(stage).await?;
         }
-        .with_context(|| at.clone())?;
+        Ok(())
+    }
+
+    /// Checks the pending call-log rows against the database (writing, new rows are staged
+    /// at once), then resolves the conflicts among them one by one, in file order.
+    async fn flush_logs(&mut self, stage: &mut Stage) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::replace(&mut self.pending, Vec::with_capacity(LOGS_PER_BATCH));
+        let (first, last) = (rows[0].0, rows[rows.len() - 1].0);
+        let logs: Vec<&LogRow> = rows.iter().map(|(_, row)| row).collect();
+        let new = match self.pass {
+            Pass::Write => transfer::put_new_logs(stage, &logs).await,
+            Pass::Ask => transfer::existing_logs(stage, &logs)
+                .await
+                .map(|found| logs.iter().map(|row| !found.contains(&row.id)).collect()),
+        }
+        .with_context(|| format!("data.logs[{first}..={last}]"))?;
+        drop(logs);
+        for ((index, row), new) in rows.into_iter().zip(new) {
+            self.log_checked(stage, index, row, new).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts a checked row; one that exists is a conflict to resolve.
+    async fn log_checked(
+        &mut self,
+        stage: &mut Stage,
+        index: usize,
+        row: LogRow,
+        new: bool,
+    ) -> anyhow::Result<()> {
         if new {
             self.tally.logs.new += 1;
             return Ok(());
         }
+        let at = format!("data.logs[{index}] (id {})", row.id);
         let what = format!("call log #{}", row.id);
         match self.decide(Conflict::Log(row.id), &what)? {
             None => self.unresolved.add(what),

@@ -2,6 +2,7 @@
 //! rows), sanitizing, conflict choices and prompts, progress and summaries. The SQL is in
 //! `store::transfer`; rows are streamed both ways, never all held in memory.
 
+mod backup;
 mod export;
 mod import;
 mod parse;
@@ -15,6 +16,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+pub use backup::backup;
 pub use export::export;
 pub use import::import;
 
@@ -45,6 +47,16 @@ pub struct ImportArgs {
     /// Report what would happen; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// The snapshot file to write (mode 0600); an existing file is refused without --force.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Replace --output if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The version of the file layout this binary writes. Version 2 added the call logs' `cost`

@@ -34,12 +34,22 @@ pub(super) struct ImportedKey {
     pub(super) has_secret: bool,
 }
 
-/// Parses an export from `reader`, sending each row to `sink` as soon as it is read.
-pub(super) fn parse_export(reader: impl Read, sink: &mpsc::Sender<Item>) -> anyhow::Result<()> {
+/// Rows handed over at a time: one wake-up of the importer per slice, not per row (per row,
+/// the two threads' hand-offs cost more than parsing and staging the row).
+pub(super) const ITEMS_PER_SEND: usize = 512;
+
+/// Parses an export from `reader`, sending its rows to `sink` in file order, in slices of
+/// `ITEMS_PER_SEND` (the metadata on its own, as soon as it is read).
+pub(super) fn parse_export(
+    reader: impl Read,
+    sink: &mpsc::Sender<Vec<Item>>,
+) -> anyhow::Result<()> {
     let line = Cell::new(1);
     let row_error = RefCell::new(None);
+    let slice = RefCell::new(Vec::with_capacity(ITEMS_PER_SEND));
     let reading = Reading {
         sink,
+        slice: &slice,
         line: &line,
         row_error: &row_error,
     };
@@ -49,7 +59,8 @@ pub(super) fn parse_export(reader: impl Read, sink: &mpsc::Sender<Item>) -> anyh
     });
     let parsed = ExportSeed { reading }
         .deserialize(&mut de)
-        .and_then(|()| de.end());
+        .and_then(|()| de.end())
+        .and_then(|()| reading.flush());
     match (parsed, row_error.take()) {
         (Ok(()), _) => Ok(()),
         // A row's own message already names its row, field and line.
@@ -77,15 +88,37 @@ impl<R: Read> Read for LineCounter<'_, R> {
 /// message (kept whole rather than wrapped in serde_json's position).
 #[derive(Clone, Copy)]
 struct Reading<'a> {
-    sink: &'a mpsc::Sender<Item>,
+    sink: &'a mpsc::Sender<Vec<Item>>,
+    /// Rows read but not yet sent.
+    slice: &'a RefCell<Vec<Item>>,
     line: &'a Cell<u64>,
     row_error: &'a RefCell<Option<String>>,
 }
 
 impl Reading<'_> {
     fn send<E: de::Error>(self, item: Item) -> Result<(), E> {
+        let full = {
+            let mut slice = self.slice.borrow_mut();
+            slice.push(item);
+            slice.len() >= ITEMS_PER_SEND
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the rows read so far.
+    fn flush<E: de::Error>(self) -> Result<(), E> {
+        let slice = std::mem::replace(
+            &mut *self.slice.borrow_mut(),
+            Vec::with_capacity(ITEMS_PER_SEND),
+        );
+        if slice.is_empty() {
+            return Ok(());
+        }
         self.sink
-            .blocking_send(item)
+            .blocking_send(slice)
             .map_err(|_| E::custom("the import stopped"))
     }
 
@@ -142,7 +175,9 @@ impl<'de> Visitor<'de> for ExportSeed<'_> {
                         sanitized: metadata.sanitized,
                         version: metadata.format_version,
                     });
+                    // At once: the importer sizes its progress bar from it.
                     self.reading.send(Item::Metadata(metadata))?;
+                    self.reading.flush()?;
                 }
                 "data" if !has_data => {
                     let Some(layout) = layout else {
@@ -251,7 +286,9 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
             self.reading.send(item)?;
             index += 1;
         }
-        Ok(())
+        // The keys reach the importer before the first call log is parsed: it checks them
+        // against the database as soon as it can.
+        self.reading.flush()
     }
 }
 
