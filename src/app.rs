@@ -116,12 +116,6 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let sweeper = sweeper::spawn(
-        state.pool.clone(),
-        state.clock.clone(),
-        state.config.cleanup_interval,
-        shutdown.child_token(),
-    );
     // Bound before serving: a busy address stops the start with an error naming the variable.
     let metrics_server = match state.config.metrics_listen {
         Some(addr) => {
@@ -132,6 +126,12 @@ pub async fn serve(
         }
         None => None,
     };
+    let sweeper = sweeper::spawn(
+        state.pool.clone(),
+        state.clock.clone(),
+        state.config.cleanup_interval,
+        shutdown.child_token(),
+    );
     let logs = state.logs.clone();
     let router = router(state.clone());
     let grace = state.config.shutdown_grace;

@@ -43,7 +43,10 @@ fn start_tracing(format: LogFormat) {
         .with_writer(|| keygate::log_output::Stderr)
         .log_internal_errors(false);
     match format {
-        LogFormat::Text => builder.init(),
+        // Colours only on a terminal: not in journald, docker logs or a file.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
         LogFormat::Json => builder
             .json()
             .with_current_span(true)

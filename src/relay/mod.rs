@@ -101,7 +101,7 @@ pub async fn relay(
     let span = tracing::info_span!(
         "request",
         method = %request.method(),
-        route = crate::metrics::labels::route(request.uri().path()),
+        route = %crate::metrics::labels::route(request.uri().path()),
         key_id = tracing::field::Empty,
     );
     answer(state, peer, request).instrument(span).await
