@@ -28,6 +28,8 @@ async fn run() -> anyhow::Result<()> {
     let config = Config::from_args(&cli.config)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
+        // Opens no database: it only asks the server.
+        Command::Healthcheck => keygate::cli::healthcheck::run(config.listen).await,
         command => keygate::cli::run(command, config).await,
     }
 }

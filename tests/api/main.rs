@@ -6,6 +6,7 @@ mod confine;
 mod console;
 mod cost;
 mod data;
+mod deploy;
 mod expiry;
 mod faults;
 mod helpers;
