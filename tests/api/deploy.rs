@@ -29,8 +29,8 @@ fn keygate(args: &[&str]) -> (bool, String) {
 /// The value of `Name=` in a unit (the last one when repeated).
 fn directive<'a>(unit: &'a str, name: &str) -> Option<&'a str> {
     unit.lines()
-        .filter_map(|line| line.trim().strip_prefix(name)?.strip_prefix('='))
-        .last()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix(name)?.strip_prefix('='))
 }
 
 /// The variables a file sets or shows (`NAME=` at a line's start, commented or not, after
@@ -80,8 +80,8 @@ fn the_unit_and_the_image_run_real_commands_with_real_settings() {
         let line = dockerfile
             .lines()
             .map(str::trim)
-            .filter(|l| l.starts_with(instruction))
-            .last()
+            .rev()
+            .find(|l| l.starts_with(instruction))
             .unwrap_or_else(|| panic!("no {instruction}"));
         let list = &line[line.find('[').unwrap()..];
         serde_json::from_str(list).unwrap()

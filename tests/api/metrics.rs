@@ -299,8 +299,7 @@ async fn a_busy_metrics_address_stops_the_start_naming_the_variable() {
         tokio_util::sync::CancellationToken::new(),
     )
     .await
-    .err()
-    .expect("an error");
+    .expect_err("an error");
     assert!(
         err.to_string()
             .starts_with("KEYGATE_METRICS_LISTEN: cannot listen on"),
