@@ -306,3 +306,123 @@ async fn a_busy_metrics_address_stops_the_start_naming_the_variable() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn refusals_for_a_large_body_and_an_unreachable_upstream_are_counted() {
+    // An upstream address nobody listens on.
+    let dead = MockUpstream {
+        addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        mock: Mock::default(),
+    };
+    let app = spawn_app_against(dead, &["--max-body-bytes", "200"]).await;
+    let (_, key) = app.new_key().await;
+    let big =
+        json!({"model": "gpt-test", "messages": [{"role": "user", "content": "x".repeat(500)}]});
+    assert_eq!(
+        app.chat(&key, big).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(
+        app.chat_model(&key, "gpt-test").await.0,
+        StatusCode::BAD_GATEWAY
+    );
+    let text = scrape(&app).await;
+    let s = samples(&text);
+    assert_eq!(
+        value(&s, "keygate_refusals_total{reason=\"body_too_large\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "keygate_refusals_total{reason=\"upstream_unreachable\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&s, &requests(CHAT, "5xx", "other")), 1.0);
+    // The failed connect is the upstream's time; the 413 never went there.
+    assert_eq!(value(&s, "keygate_upstream_headers_seconds_count"), 1.0);
+    assert_eq!(value(&s, "keygate_overhead_seconds_count"), 2.0);
+    assert_eq!(value(&s, "keygate_upstream_connections_open"), 0.0);
+}
+
+#[tokio::test]
+async fn client_connections_and_refusals_at_the_cap_are_counted() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let app = spawn_app_with(&["--max-connections", "1", "--metrics-listen", &listen]).await;
+    // One connection holds the only place; the next is refused with 503.
+    let _held = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // Read without sending: keygate answers 503 at once and closes.
+    let mut refused = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut refused, &mut answer)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let text = app
+        .client
+        .get(format!("http://{listen}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let s = samples(&text);
+    assert_eq!(value(&s, "keygate_client_connections_open"), 1.0);
+    assert_eq!(value(&s, "keygate_client_connections_refused_total"), 1.0);
+}
+
+#[tokio::test]
+async fn a_call_log_that_cannot_be_written_shows_in_the_metrics_until_it_recovers() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let app = spawn_app_with(&["--log-busy-timeout", "100ms", "--metrics-listen", &listen]).await;
+    let (_, key) = app.new_key().await;
+    let read = || async {
+        let text = app
+            .client
+            .get(format!("http://{listen}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        samples(&text)
+    };
+    // Another process holds the write lock: the writer's batches fail and are retried.
+    let other = rusqlite::Connection::open(&app.db_path).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    assert_eq!(app.chat_model(&key, "gpt-test").await.0, StatusCode::OK);
+    let started = std::time::Instant::now();
+    let s = loop {
+        let s = read().await;
+        if value(&s, "keygate_call_log_failing") == 1.0 {
+            break s;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(value(&s, "keygate_call_log_write_failures_total") >= 1.0);
+    assert_eq!(value(&s, "keygate_call_log_queue_rows"), 1.0);
+    assert_eq!(value(&s, "keygate_call_log_rows_written_total"), 0.0);
+    // The request was counted as it was taken, before it could be written.
+    assert_eq!(value(&s, &requests(CHAT, "2xx", "gpt-test")), 1.0);
+
+    other.execute_batch("COMMIT").unwrap();
+    app.flush().await;
+    let s = read().await;
+    assert_eq!(value(&s, "keygate_call_log_failing"), 0.0);
+    assert_eq!(value(&s, "keygate_call_log_queue_rows"), 0.0);
+    assert_eq!(value(&s, "keygate_call_log_rows_written_total"), 1.0);
+    assert_eq!(value(&s, &requests(CHAT, "2xx", "gpt-test")), 1.0);
+}
