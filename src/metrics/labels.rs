@@ -77,10 +77,13 @@ pub fn refusal(record: &CallRecord) -> Option<(&'static str, Option<&'static str
         405 => "method_not_allowed",
         413 => "body_too_large",
         429 if message.starts_with(REFUSAL_PREFIX) => {
-            let limit = Limits::FIELDS
-                .iter()
-                .copied()
-                .find(|field| message.contains(&format!("({field})")));
+            // "key limit reached: this key may … (rate_limit_requests); …"
+            let named = |field: &&str| {
+                message.match_indices(*field).any(|(at, _)| {
+                    message[..at].ends_with('(') && message[at + field.len()..].starts_with(')')
+                })
+            };
+            let limit = Limits::FIELDS.iter().copied().find(named);
             return Some(("limit", Some(limit.unwrap_or("other"))));
         }
         400 if message.starts_with("path refused") => "bad_path",
@@ -125,6 +128,20 @@ mod tests {
         assert_eq!(
             refused(429, "key limit reached: this key may make 1 requests per 1 min (rate_limit_requests); retry"),
             Some(("limit", Some("rate_limit_requests")))
+        );
+        assert_eq!(
+            refused(
+                429,
+                "key limit reached: this key may spend $1 per UTC day (daily_cost_limit)"
+            ),
+            Some(("limit", Some("daily_cost_limit")))
+        );
+        assert_eq!(
+            refused(
+                429,
+                "key limit reached: rate_limit_requests without parentheses"
+            ),
+            Some(("limit", Some("other")))
         );
         assert_eq!(refused(401, "unknown API key"), Some(("invalid_key", None)));
         assert_eq!(
