@@ -26,7 +26,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:${DEBIAN_RELEASE}-slim
 # A system user of its own; /data is its home and the volume. TLS roots are built into the
 # binary (webpki-roots): no ca-certificates package is needed.
-RUN useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin keygate \
+RUN groupadd --system --gid 10001 keygate \
+    && useradd --system --uid 10001 --gid keygate --home-dir /data --shell /usr/sbin/nologin keygate \
     && mkdir -p /data && chown keygate:keygate /data && chmod 0700 /data
 COPY --from=build /keygate /usr/local/bin/keygate
 ENV KEYGATE_LISTEN=0.0.0.0:8000 \

@@ -98,6 +98,12 @@ fn the_unit_and_the_image_run_real_commands_with_real_settings() {
         .expect("HEALTHCHECK ... CMD [...]");
     assert_eq!(health, ["/usr/local/bin/keygate", "healthcheck"]);
     assert!(keygate(&["healthcheck", "--help"]).0);
+    let (ok, version) = keygate(&["--version"]);
+    assert!(ok);
+    assert_eq!(
+        version.trim(),
+        format!("keygate {}", env!("CARGO_PKG_VERSION"))
+    );
 
     // Every variable named is a setting (`keygate --help` lists their env names) and is
     // documented in .env.example.
