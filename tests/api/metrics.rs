@@ -426,3 +426,47 @@ async fn a_call_log_that_cannot_be_written_shows_in_the_metrics_until_it_recover
     assert_eq!(value(&s, "keygate_call_log_rows_written_total"), 1.0);
     assert_eq!(value(&s, &requests(CHAT, "2xx", "gpt-test")), 1.0);
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_before_the_upstream_answers_is_counted_as_client_left() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let (_, key) = app.new_key().await;
+    let body = r#"{"model":"gpt-slow-1s","messages":[]}"#;
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut socket = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(body.as_bytes()).await.unwrap();
+    // Gone once the request is upstream (the mock answers after 1.5 s).
+    let started = std::time::Instant::now();
+    while app.upstream.seen().is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(socket);
+    let s = loop {
+        let s = samples(&scrape(&app).await);
+        if s.contains_key("keygate_refusals_total{reason=\"client_left\"}") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{s:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        value(&s, "keygate_refusals_total{reason=\"client_left\"}"),
+        1.0
+    );
+    assert_eq!(value(&s, &requests(CHAT, "4xx", "other")), 1.0);
+    // No answer was given: no overhead observed; the upstream never answered its head.
+    assert_eq!(value(&s, "keygate_overhead_seconds_count"), 0.0);
+    assert_eq!(value(&s, "keygate_upstream_headers_seconds_count"), 0.0);
+}
