@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::console;
 use crate::key_ops::Keyring;
+use crate::metrics::{self, Labelling, Metrics};
 use crate::relay::upstream::Upstream;
 use crate::secrets;
 use crate::server;
@@ -32,6 +33,7 @@ pub struct AppState {
     pub upstream: Arc<Upstream>,
     pub logs: LogSink,
     pub admin: Arc<AdminAuth>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -49,12 +51,17 @@ impl AppState {
                 "KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) is unset: requests go upstream without a credential"
             );
         }
+        let metrics = Arc::new(Metrics::new(Labelling {
+            max_models: config.metrics_models,
+            per_key: config.metrics_per_key,
+        }));
         let logs = LogSink::spawn(
             &store::database_path(&config.database_url)?,
             WriterSettings {
                 queue_rows: config.log_queue_rows,
                 busy_timeout: config.log_busy_timeout,
             },
+            metrics.clone(),
         )?;
         Ok(AppState {
             pool,
@@ -64,6 +71,7 @@ impl AppState {
             upstream,
             logs,
             admin,
+            metrics,
         })
     }
 }
@@ -72,6 +80,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(admin::router(&state))
+        .merge(metrics::admin_router(&state))
         .merge(console::router())
         .with_state(state)
 }
@@ -107,6 +116,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Bound before serving: a busy address stops the start with an error naming the variable.
+    let metrics_server = match state.config.metrics_listen {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            tracing::info!(%addr, "metrics served without authentication at /metrics");
+            let serving = metrics::serve_own(state.clone(), listener, shutdown.child_token());
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
     let sweeper = sweeper::spawn(
         state.pool.clone(),
         state.clock.clone(),
@@ -129,6 +148,9 @@ pub async fn serve(
     sweeper.abort();
     if let Some(retention) = retention {
         retention.abort();
+    }
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
     }
     logs.close().await;
     Ok(())

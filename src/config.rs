@@ -221,7 +221,59 @@ pub struct ConfigArgs {
     /// rollup, and so stats and limits, keep them); unset or 0: keep every row.
     #[arg(long, env = "KEYGATE_LOG_RETENTION_DAYS", global = true)]
     pub log_retention_days: Option<String>,
+    // --- Metrics and logs (issue 12) ---
+    /// An address (e.g. 127.0.0.1:9464) where `GET /metrics` is served WITHOUT authentication,
+    /// on a listener of its own; unset: only on the main listener, behind the admin token.
+    #[arg(long, env = "KEYGATE_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<String>,
+    /// `true`: metrics also per key id (one series set per key: mind the cardinality).
+    #[arg(
+        long,
+        env = "KEYGATE_METRICS_PER_KEY",
+        default_value = "false",
+        global = true
+    )]
+    pub metrics_per_key: String,
+    /// Models given a label of their own in the metrics (the first ones to answer
+    /// successfully); the others are counted as `other`.
+    #[arg(
+        long,
+        env = "KEYGATE_METRICS_MODELS",
+        default_value_t = 50,
+        global = true
+    )]
+    pub metrics_models: usize,
+    /// keygate's own log lines on stderr: `text` (for people) or `json` (one object per line).
+    #[arg(
+        long,
+        env = "KEYGATE_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: String,
 }
+
+/// How keygate's own log lines are written (`KEYGATE_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line, with the current span's fields (`span.key_id`).
+    Json,
+}
+
+impl LogFormat {
+    /// Reads the setting; the error names the variable.
+    pub fn parse(text: &str) -> anyhow::Result<LogFormat> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "text" | "" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => bail!("KEYGATE_LOG_FORMAT: `{other}` is not one of text, json"),
+        }
+    }
+}
+
+/// Most model labels `KEYGATE_METRICS_MODELS` allows (each multiplies the series).
+pub const MAX_METRICS_MODELS: usize = 1000;
 
 /// Whether streamed requests get `stream_options.include_usage` added (`KEYGATE_STREAM_USAGE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,6 +335,12 @@ pub struct Config {
     // --- Log retention ---
     /// None: keep every call-log row.
     pub log_retention_days: Option<u32>,
+    // --- Metrics and logs ---
+    /// None: `/metrics` only on the main listener, behind admin auth.
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_per_key: bool,
+    pub metrics_models: usize,
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -329,6 +387,25 @@ impl Config {
         if args.upstream_max_connections == 0 {
             bail!("KEYGATE_UPSTREAM_MAX_CONNECTIONS: must be at least 1");
         }
+        if args.metrics_models > MAX_METRICS_MODELS {
+            bail!("KEYGATE_METRICS_MODELS: must be at most {MAX_METRICS_MODELS} (each model label multiplies the series); 0 counts every model as `other`");
+        }
+        let metrics_per_key = parse_bool(&args.metrics_per_key).with_context(|| {
+            format!(
+                "KEYGATE_METRICS_PER_KEY: `{}` is not true or false",
+                args.metrics_per_key.trim()
+            )
+        })?;
+        let metrics_listen = non_empty(&args.metrics_listen)
+            .map(|text| {
+                text.trim().parse::<SocketAddr>().with_context(|| {
+                    format!(
+                        "KEYGATE_METRICS_LISTEN: `{}` is not an address like 127.0.0.1:9464",
+                        text.trim()
+                    )
+                })
+            })
+            .transpose()?;
         if args.log_queue_rows == 0 {
             bail!("KEYGATE_LOG_QUEUE_ROWS: must be a positive number of rows (default 4096)");
         }
@@ -375,6 +452,10 @@ impl Config {
             )?),
             stream_usage,
             log_retention_days: parse_retention(args.log_retention_days.as_deref())?,
+            metrics_listen,
+            metrics_per_key,
+            metrics_models: args.metrics_models,
+            log_format: LogFormat::parse(&args.log_format)?,
         })
     }
 }
@@ -400,6 +481,15 @@ fn parse_retention(text: Option<&str>) -> anyhow::Result<Option<u32>> {
             )
         })?;
     Ok((days > 0).then_some(days))
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`), any case.
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" | "" => Some(false),
+        _ => None,
+    }
 }
 
 impl fmt::Debug for Config {
@@ -434,6 +524,10 @@ impl fmt::Debug for Config {
             .field("prices", &self.prices)
             .field("stream_usage", &self.stream_usage)
             .field("log_retention_days", &self.log_retention_days)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("metrics_per_key", &self.metrics_per_key)
+            .field("metrics_models", &self.metrics_models)
+            .field("log_format", &self.log_format)
             .finish()
     }
 }
@@ -532,6 +626,45 @@ mod tests {
             let err = parse_retention(Some(bad)).unwrap_err().to_string();
             assert!(err.starts_with("KEYGATE_LOG_RETENTION_DAYS: `"), "{err}");
         }
+    }
+
+    #[test]
+    fn metrics_and_log_settings_are_validated_naming_the_variable() {
+        let parse = |args: &[&str]| {
+            let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(
+                std::iter::once("keygate").chain(args.iter().copied()),
+            )
+            .unwrap();
+            Config::from_args(&cli.config)
+        };
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.metrics_listen, None);
+        assert!(!config.metrics_per_key);
+        assert_eq!(config.metrics_models, 50);
+        assert_eq!(config.log_format, LogFormat::Text);
+        let config = parse(&[
+            "--metrics-listen",
+            "127.0.0.1:9464",
+            "--metrics-per-key",
+            "TRUE",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert!(config.metrics_per_key);
+        assert_eq!(config.log_format, LogFormat::Json);
+        let error = |args: &[&str]| parse(args).err().unwrap().to_string();
+        assert!(error(&["--metrics-listen", "localhost"])
+            .starts_with("KEYGATE_METRICS_LISTEN: `localhost`"));
+        assert!(
+            error(&["--metrics-per-key", "maybe"]).starts_with("KEYGATE_METRICS_PER_KEY: `maybe`")
+        );
+        assert!(error(&["--metrics-models", "5000"]).starts_with("KEYGATE_METRICS_MODELS:"));
+        assert!(error(&["--log-format", "xml"]).starts_with("KEYGATE_LOG_FORMAT: `xml`"));
     }
 
     #[test]

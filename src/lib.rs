@@ -11,6 +11,7 @@ pub mod key_ops;
 pub mod keys;
 pub mod limits;
 pub mod log_output;
+pub mod metrics;
 pub mod policy;
 pub mod prices;
 pub mod relay;

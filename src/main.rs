@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use keygate::cli::{Cli, Command};
+use keygate::config::LogFormat;
 use keygate::{AppState, Clock, Config};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -23,18 +24,36 @@ async fn main() -> ExitCode {
 async fn run() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        // A log line that cannot be written is dropped, never fatal (no eprintln fallback).
-        .with_writer(|| keygate::log_output::Stderr)
-        .log_internal_errors(false)
-        .init();
+    start_tracing(LogFormat::parse(&cli.config.log_format)?);
     let config = Config::from_args(&cli.config)?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
+        // Opens no database: it only asks the server.
+        Command::Healthcheck => keygate::cli::healthcheck::run(config.listen).await,
         command => keygate::cli::run(command, config).await,
+    }
+}
+
+/// keygate's own log lines on stderr (never fatal: `log_output`), filtered by `RUST_LOG`, as
+/// text or as one JSON object per line carrying the current span's fields (the request's
+/// `key_id`).
+fn start_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        // A log line that cannot be written is dropped, never fatal (no eprintln fallback).
+        .with_writer(|| keygate::log_output::Stderr)
+        .log_internal_errors(false);
+    match format {
+        // Colours only on a terminal: not in journald, docker logs or a file.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 

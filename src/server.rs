@@ -71,8 +71,8 @@ pub async fn run(
         idle: state.config.idle_timeout,
     };
     let cap = connection_cap(state.config.max_connections, file_limit());
+    let open = state.metrics.client_connections.clone();
     let state = Arc::new(state);
-    let open = Arc::new(AtomicUsize::new(0));
     let mut refused: u64 = 0;
     loop {
         let accepted = tokio::select! {
@@ -86,6 +86,10 @@ pub async fn run(
                         tracing::warn!(cap, "connection cap reached: refusing new connections with 503 (KEYGATE_MAX_CONNECTIONS)");
                     }
                     refused += 1;
+                    state
+                        .metrics
+                        .connections_refused
+                        .fetch_add(1, Ordering::Relaxed);
                     refuse_busy(socket);
                     continue;
                 }

@@ -71,17 +71,24 @@ export function renderKeys(main) {
   reload();
 }
 
+// Each load is numbered: an answer that arrives after a newer load started (filters changed
+// meanwhile) is dropped, so the view always shows the latest filters.
+let loads = 0;
+
 async function load(body, tagList) {
   const pager = document.getElementById('key-pager');
+  const seq = ++loads;
   fill(body, h('p', { class: 'state state-loading', text: t('state.loading') }));
   let list;
   try {
     const order = view.sort ? { sort: view.sort, order: view.dir > 0 ? 'asc' : 'desc' } : {};
     list = await api('GET', `/api/api-keys${query({ page: view.page, page_size: view.pageSize, search: view.search, status: view.status, tag: view.tag, ...order })}`);
   } catch (err) {
+    if (seq !== loads) return;
     fill(body, h('p', { class: 'state state-error', role: 'alert', text: t('state.error', { message: err.message }) }));
     return;
   }
+  if (seq !== loads) return;
   const pages = Math.max(1, Math.ceil(list.total / list.page_size));
   if (view.page > pages && list.total > 0) {
     view.page = pages;

@@ -61,7 +61,12 @@ export async function renderLogs(main, fixedKey) {
   await load(body, pager);
 }
 
+// Each load is numbered: an answer that arrives after a newer load started (filters changed
+// meanwhile) is dropped, so the view always shows the latest filters.
+let loads = 0;
+
 async function load(body, pager) {
+  const seq = ++loads;
   fill(body, h('p', { class: 'state state-loading', text: t('state.loading') }));
   const params = { page: view.page, page_size: view.pageSize, status: view.status, model: view.model };
   const path = view.keyId ? `/api/api-keys/${view.keyId}/logs` : '/api/api-logs';
@@ -69,10 +74,12 @@ async function load(body, pager) {
   try {
     list = await api('GET', path + query(params));
   } catch (err) {
+    if (seq !== loads) return;
     fill(body, h('p', { class: 'state state-error', role: 'alert', text: t('state.error', { message: err.message }) }));
     clear(pager);
     return;
   }
+  if (seq !== loads) return;
   const pages = Math.max(1, Math.ceil(list.total / list.page_size));
   fill(body, list.items.length === 0
     ? h('p', { class: 'state', id: 'logs-empty', text: t('empty.logs') })

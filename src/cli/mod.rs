@@ -3,6 +3,7 @@
 
 pub mod data;
 mod expiry;
+pub mod healthcheck;
 pub mod keys;
 pub mod logs;
 pub mod menu;
@@ -35,6 +36,9 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<keys::KeysCommand>,
     },
+    /// Exit 0 when the keygate serving at KEYGATE_LISTEN answers /healthz with 200, else 1
+    /// (for container health checks; a wildcard address is asked on loopback).
+    Healthcheck,
     /// Data migrations.
     #[command(subcommand)]
     Migrate(MigrateCommand),
@@ -77,6 +81,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     let keyring = Keyring::open(&config, Clock::System).await?;
     match command {
         Command::Serve => anyhow::bail!("`serve` is run by main"),
+        Command::Healthcheck => anyhow::bail!("`healthcheck` is run by main"),
         Command::Keys {
             command: Some(command),
         } => keys::run(&keyring, command).await,

@@ -1,6 +1,7 @@
 //! Header → key → cache or database → AuthedKey, or a refusal (the 401 of SPEC §3).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -75,9 +76,17 @@ struct Entry {
 #[derive(Default)]
 pub struct KeyCache {
     entries: RwLock<HashMap<KeyHash, Entry>>,
+    /// Lookups answered from the cache, and read from the database (for metrics).
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl KeyCache {
+    /// Lookups answered from the cache and lookups that read the database, since start.
+    pub fn lookups(&self) -> (u64, u64) {
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+
     /// Forgets every cached key; called after any change to keys.
     pub fn clear(&self) {
         if let Ok(mut entries) = self.entries.write() {
@@ -137,8 +146,12 @@ pub async fn authenticate(
         keys::canonical(presented).ok_or(AuthFailure::anonymous("malformed API key"))?;
     let hash = keys::hash(canonical);
     let found = match cache.get(&hash, now) {
-        Some(found) => found,
+        Some(found) => {
+            cache.hits.fetch_add(1, Relaxed);
+            found
+        }
         None => {
+            cache.misses.fetch_add(1, Relaxed);
             let found = lookup(pool, &hash, now_ms).await?;
             cache.put(hash, found.clone());
             found

@@ -26,6 +26,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -89,8 +90,28 @@ impl http_body::Body for ReplyBody {
     }
 }
 
-/// Answers one `/v1/*` request (the server routes them here without the axum Router).
+/// Answers one `/v1/*` request (the server routes them here without the axum Router), in a
+/// span that names its method, route and, once it authenticates, its key id (never the key):
+/// every log line of the request, its streamed answer's included, carries them. The span is
+/// at INFO under the target `keygate::request`: a filter below INFO for it
+/// (`RUST_LOG=…,keygate::request=off`) leaves it out at no cost per request (enabled, the
+/// log subscriber formats its fields once per request, into a small allocation).
 pub async fn relay(
+    state: &AppState,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<ReplyBody> {
+    let span = tracing::info_span!(
+        target: "keygate::request",
+        "request",
+        method = %request.method(),
+        route = %crate::metrics::labels::route(request.uri().path()),
+        key_id = tracing::field::Empty,
+    );
+    answer(state, peer, request).instrument(span).await
+}
+
+async fn answer(
     state: &AppState,
     peer: SocketAddr,
     request: Request<Incoming>,
@@ -104,6 +125,7 @@ pub async fn relay(
     if !state.logs.has_room() {
         if let Err(cause) = state.logs.wait_for_room().await {
             tracing::debug!(%cause, "refusing a request: the call log cannot be written");
+            state.metrics.refused_unlogged();
             return ApiError::Unavailable {
                 message: "keygate cannot write its call log right now (its database is full or locked); retry shortly".into(),
                 retry_after: 5,
@@ -139,6 +161,7 @@ pub async fn relay(
             record.http_status = refusal.error.status().as_u16();
             record.error_message = Some(refusal.reason);
             record.response_time = started.elapsed().as_millis() as i64;
+            record.answered(started);
             state.logs.record(record);
             refusal.error.into_response().map(ReplyBody::Local)
         }
@@ -194,6 +217,7 @@ async fn forward(
     .await
     .map_err(refuse)?;
     record.api_key_id = Some(key.id);
+    tracing::Span::current().record("key_id", key.id);
     // Before admission: a request that may not be relayed neither starts an activation-mode
     // key's clock nor counts as the key's use; its row still names the key.
     confine::check(&parts.method, parts.uri.path())
@@ -220,6 +244,7 @@ async fn forward(
         record.success = true;
         record.http_status = answer.status().as_u16();
         record.response_time = started.elapsed().as_millis() as i64;
+        record.answered(started);
         state.logs.record(record);
         return Ok(answer);
     }
@@ -312,19 +337,18 @@ async fn forward(
             Some(splice) => stream_usage::send(&state.upstream, &mut wire, &method, splice).await,
         }
     };
+    let asked = Instant::now();
     let upstream = match state.upstream.deadline(started) {
-        None => sending.await,
-        Some(deadline) => tokio::time::timeout_at(deadline, sending)
-            .await
-            .map_err(|_| {
-                Refusal::new(
-                    ApiError::GatewayTimeout(
-                        "The upstream did not answer in time; try again later".into(),
-                    ),
-                    upstream::MAX_DURATION_EXCEEDED,
-                )
-            })?,
+        None => Ok(sending.await),
+        Some(deadline) => tokio::time::timeout_at(deadline, sending).await,
     };
+    record.upstream_us = Some(record::micros(asked.elapsed()));
+    let upstream = upstream.map_err(|_| {
+        Refusal::new(
+            ApiError::GatewayTimeout("The upstream did not answer in time; try again later".into()),
+            upstream::MAX_DURATION_EXCEEDED,
+        )
+    })?;
     let (response, injected) = upstream.map_err(|failure| match failure {
         UpstreamFailure::Connect(cause) => Refusal::new(
             ApiError::BadGateway("The upstream could not be reached; try again later".into()),

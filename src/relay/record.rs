@@ -60,6 +60,17 @@ pub struct CallRecord {
     /// The meter of a key with limits that admitted this request: the call-log writer saves
     /// its window with the row (`rate_windows`).
     pub meter: Option<std::sync::Arc<crate::limits::meter::Meter>>,
+    /// Microseconds from sending the request upstream (getting a connection included) to the
+    /// upstream's response head or failure; None when it was not sent. For metrics only.
+    pub upstream_us: Option<u32>,
+    /// Microseconds keygate itself took until the answer's head (all but `upstream_us`);
+    /// None when no answer was given (the client left). For metrics only.
+    pub overhead_us: Option<u32>,
+}
+
+/// A duration in whole microseconds, saturated at `u32::MAX` (71 minutes).
+pub fn micros(duration: std::time::Duration) -> u32 {
+    u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
 }
 
 impl CallRecord {
@@ -67,6 +78,12 @@ impl CallRecord {
     pub fn set_error(&mut self, mut message: String) {
         cap(&mut message, ERROR_MESSAGE_MAX_BYTES);
         self.error_message = Some(message);
+    }
+
+    /// Sets `overhead_us`: the time since `started` less the upstream's.
+    pub fn answered(&mut self, started: std::time::Instant) {
+        let total = micros(started.elapsed());
+        self.overhead_us = Some(total.saturating_sub(self.upstream_us.unwrap_or(0)));
     }
 
     pub fn status(&self) -> &'static str {

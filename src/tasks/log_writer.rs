@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::sync::{oneshot, Notify};
 
+use crate::metrics::Metrics;
 use crate::relay::record::CallRecord;
 use crate::store::log_batch::{Checkpointer, LogStore};
 
@@ -79,6 +80,8 @@ struct Shared {
     last_error: Mutex<Option<String>>,
     /// Set when the writer has stopped: the checkpointer stops too.
     stopped: AtomicBool,
+    /// Counts every record as the writer takes it, and every batch.
+    metrics: Arc<Metrics>,
 }
 
 /// The request path's handle to the writer: sending never blocks, never wakes a thread
@@ -90,8 +93,13 @@ pub struct LogSink {
 }
 
 impl LogSink {
-    /// Opens the writer's connection to the (already migrated) database file and starts it.
-    pub fn spawn(database: &Path, settings: WriterSettings) -> anyhow::Result<LogSink> {
+    /// Opens the writer's connection to the (already migrated) database file and starts it;
+    /// the writer counts what it takes and writes into `metrics`.
+    pub fn spawn(
+        database: &Path,
+        settings: WriterSettings,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<LogSink> {
         let store = LogStore::open(database, settings.busy_timeout)
             .with_context(|| format!("cannot open {} for call logs", database.display()))?;
         let (tx, rx) = mpsc::channel();
@@ -113,6 +121,7 @@ impl LogSink {
             failing: AtomicBool::new(false),
             last_error: Mutex::new(None),
             stopped: AtomicBool::new(false),
+            metrics,
         });
         thread_tx
             .send(shared.clone())
@@ -234,6 +243,7 @@ fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
             thread::park_timeout(wait);
         }
         batch_started = Instant::now();
+        let received = pending.len();
         loop {
             match rx.try_recv() {
                 Ok(Msg::Record(record)) => pending.push(record),
@@ -250,9 +260,17 @@ fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
                 }
             }
         }
+        // Counted once, as they arrive (a batch that fails is retried, not counted again).
+        if pending.len() > received {
+            shared.metrics.observe(&pending[received..]);
+        }
         if !pending.is_empty() {
+            let writing = Instant::now();
             match write(&mut store, &pending) {
                 Ok(()) => {
+                    shared
+                        .metrics
+                        .batch_written(pending.len(), writing.elapsed());
                     shared.queued.fetch_sub(pending.len(), Relaxed);
                     pending.clear();
                     shared.room.notify_waiters();
@@ -266,6 +284,7 @@ fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
                     }
                 }
                 Err(err) => {
+                    shared.metrics.batch_failed();
                     let message = err.to_string();
                     match &mut streak {
                         Some(streak) => {

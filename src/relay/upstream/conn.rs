@@ -207,6 +207,17 @@ pub struct Pool {
     /// Requests waiting for a permit: a connection finishing meanwhile is closed, not
     /// parked, so that its permit goes to them.
     waiting: AtomicUsize,
+    /// The cap (KEYGATE_UPSTREAM_MAX_CONNECTIONS).
+    max: usize,
+}
+
+/// What the pool holds now.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolStats {
+    pub open: usize,
+    pub idle: usize,
+    pub max: usize,
+    pub waiting: usize,
 }
 
 impl Pool {
@@ -216,6 +227,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(max_connections)),
             waiting: AtomicUsize::new(0),
+            max: max_connections,
         }
     }
 
@@ -299,6 +311,18 @@ impl Pool {
         match permit {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(CheckoutError::Busy),
+        }
+    }
+
+    /// Connections open (busy or idle), idle, the cap, and requests waiting for one, for
+    /// metrics (the idle list's lock is taken once, as a checkout takes it).
+    pub fn stats(&self) -> PoolStats {
+        let max = self.max;
+        PoolStats {
+            open: max.saturating_sub(self.permits.available_permits()),
+            idle: self.idle.lock().map_or(0, |idle| idle.len()),
+            max,
+            waiting: self.waiting.load(Ordering::Relaxed),
         }
     }
 

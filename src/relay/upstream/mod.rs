@@ -15,6 +15,7 @@ use hyper::{Method, Response, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Config, StreamUsage};
+pub use conn::PoolStats;
 use conn::{CheckoutError, Conn, Pool, Target};
 use http1::{Head, UpstreamBody};
 pub use recorded::{respond, RecordedBody, MAX_DURATION_EXCEEDED};
@@ -147,6 +148,11 @@ impl Upstream {
     /// Remembers that the upstream refused `stream_options`; true the first time.
     pub fn refuse_stream_options(&self) -> bool {
         self.takes_stream_options.swap(false, Ordering::Relaxed)
+    }
+
+    /// The connection pool's state now (for metrics).
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
     }
 
     pub fn timeout(&self) -> Duration {

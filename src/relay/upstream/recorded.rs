@@ -50,6 +50,7 @@ pub fn respond(
         .and_then(|v| v.to_str().ok());
     let scan = UsageScan::for_content_type(content_type);
     record.http_status = parts.status.as_u16();
+    record.answered(started);
     record.stream = matches!(scan, UsageScan::Sse { .. });
     let strip = (injected && record.stream && parts.status.is_success()).then(|| {
         // Events are removed: the upstream's length, if it sent one, no longer holds.
@@ -72,6 +73,7 @@ pub fn respond(
             upstream_ok: parts.status.is_success(),
             via,
             ticket,
+            span: tracing::Span::current(),
         }),
     });
     *response.status_mut() = parts.status;
@@ -90,6 +92,9 @@ struct PendingCall {
     /// give the call's cost.
     via: Arc<Upstream>,
     ticket: Option<Ticket>,
+    /// The request's span (`relay::relay`): the body outlives it, its log lines still name
+    /// the key.
+    span: tracing::Span,
 }
 
 /// The upstream's body, forwarded frame by frame as it arrives; it counts, scans for usage,
@@ -116,6 +121,8 @@ impl RecordedBody {
         let Some(mut call) = self.call.take() else {
             return;
         };
+        let span = std::mem::replace(&mut call.span, tracing::Span::none());
+        let _in_request = span.enter();
         let (usage, upstream_message) = call.scan.finish();
         let record = &mut call.record;
         if let Some(usage) = &usage {
