@@ -174,13 +174,14 @@ impl Spent {
                 self.window = None;
             }
         }
+        // Only forward: a clock set back (NTP) must not give a day's allowance again.
         let day = day_of(now);
-        if day != self.day {
+        if day > self.day {
             self.day = day;
             self.daily_cost = 0.0;
         }
         let week = week_of(day);
-        if week != self.week {
+        if week > self.week {
             self.week = week;
             self.weekly_cost = 0.0;
         }
@@ -326,6 +327,21 @@ mod tests {
 
     fn meter() -> Arc<Meter> {
         Arc::new(Meter::new(1, Spent::default()))
+    }
+
+    #[test]
+    fn a_clock_set_back_over_midnight_gives_no_new_day() {
+        let limits = Limits {
+            daily_cost_limit: 1.0,
+            ..Limits::default()
+        };
+        let meter = meter();
+        meter.admit(&limits, T0).unwrap().ticket.finish(0, 1.0);
+        assert_eq!(
+            meter.admit(&limits, T0 - MS_PER_DAY).unwrap_err().limit,
+            "daily_cost_limit"
+        );
+        assert!(meter.admit(&limits, T0 + MS_PER_DAY).is_ok());
     }
 
     #[test]
