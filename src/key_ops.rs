@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::SqlitePool;
 
+use crate::audit::{self, Action, Actor};
 use crate::clock::{parse_rfc3339, ser_ms, ser_opt_ms, Clock, MS_PER_DAY};
 use crate::error::ApiError;
 use crate::keys::{self, ActivationUnit, ExpirationMode, Status};
@@ -297,7 +298,11 @@ impl Keyring {
     }
 
     /// Creates a key; returns the row and the full key, which is never available again.
-    pub async fn create(&self, request: &CreateKey) -> Result<(KeyRow, String), ApiError> {
+    pub async fn create(
+        &self,
+        request: &CreateKey,
+        by: &Actor,
+    ) -> Result<(KeyRow, String), ApiError> {
         let now = self.now();
         let name = valid_name(&request.name)?;
         let description = valid_description(request.description.as_deref())?;
@@ -374,20 +379,24 @@ impl Keyring {
         let restrictions = restrictions(&Restrictions::default(), &request.restriction_lists())?;
         let limits = Limits::default().patched(&request.limits);
         limits.validate()?;
+        let mut tx = store::begin_write(&self.pool).await?;
         let row =
-            store::keys::insert_restricted(&self.pool, &new, &restrictions, &limits, now).await?;
+            store::keys::insert_restricted(&mut *tx, &new, &restrictions, &limits, now).await?;
+        audit::record_key(&mut *tx, now, by, Action::Create, None, Some(&row)).await?;
+        tx.commit().await?;
         self.cache.clear();
         tracing::info!(key_id = row.id, "API key created");
         Ok((row, secret))
     }
 
     /// Applies a PATCH; in force on the next request.
-    pub async fn update(&self, id: i64, patch: &KeyPatch) -> Result<KeyRow, ApiError> {
+    pub async fn update(&self, id: i64, patch: &KeyPatch, by: &Actor) -> Result<KeyRow, ApiError> {
         let now = self.now();
         let mut tx = store::begin_write(&self.pool).await?;
-        let mut row = store::keys::get(&mut *tx, id)
+        let before = store::keys::get(&mut *tx, id)
             .await?
             .ok_or(ApiError::NotFound("API key"))?;
+        let mut row = before.clone();
         if row.revoked_at.is_some() && (patch.expires_at.is_some() || patch.is_active == Some(true))
         {
             return Err(ApiError::Conflict(
@@ -419,23 +428,26 @@ impl Keyring {
         row.limits.validate()?;
         row.updated_at = now;
         let row = store::keys::save(&mut *tx, &row).await?;
+        audit::record_key(&mut *tx, now, by, Action::Edit, Some(&before), Some(&row)).await?;
         tx.commit().await?;
         self.cache.clear();
         Ok(row)
     }
 
     /// Revokes a key at once and for good; its row and logs stay.
-    pub async fn revoke(&self, id: i64) -> Result<KeyRow, ApiError> {
+    pub async fn revoke(&self, id: i64, by: &Actor) -> Result<KeyRow, ApiError> {
         let now = self.now();
         let mut tx = store::begin_write(&self.pool).await?;
         let mut row = store::keys::get(&mut *tx, id)
             .await?
             .ok_or(ApiError::NotFound("API key"))?;
         if row.revoked_at.is_none() {
+            let before = row.clone();
             row.revoked_at = Some(now);
             row.is_active = false;
             row.updated_at = now;
             row = store::keys::save(&mut *tx, &row).await?;
+            audit::record_key(&mut *tx, now, by, Action::Revoke, Some(&before), Some(&row)).await?;
         }
         tx.commit().await?;
         self.cache.clear();
@@ -444,7 +456,7 @@ impl Keyring {
     }
 
     /// Renews one key (also an expired or disabled one, which becomes active again).
-    pub async fn renew(&self, id: i64, renewal: &Renewal) -> Result<KeyRow, ApiError> {
+    pub async fn renew(&self, id: i64, renewal: &Renewal, by: &Actor) -> Result<KeyRow, ApiError> {
         let now = self.now();
         let chosen = [
             renewal.days.is_some(),
@@ -471,12 +483,14 @@ impl Keyring {
                 "This key is revoked and cannot be renewed; create a new key instead".into(),
             ));
         }
+        let before = row.clone();
         row.expires_at = expires_at;
         row.is_active = true;
         row.expiration_mode = ExpirationMode::Fixed.as_str().into();
         row.activated_at = row.activated_at.or(Some(now));
         row.updated_at = now;
         let row = store::keys::save(&mut *tx, &row).await?;
+        audit::record_key(&mut *tx, now, by, Action::Renew, Some(&before), Some(&row)).await?;
         tx.commit().await?;
         self.cache.clear();
         tracing::info!(key_id = id, "API key renewed");
@@ -484,7 +498,11 @@ impl Keyring {
     }
 
     /// Extends every key expiring within the window (or the chosen ones among them), in one transaction.
-    pub async fn renew_expiring(&self, request: &RenewExpiring) -> Result<RenewedBatch, ApiError> {
+    pub async fn renew_expiring(
+        &self,
+        request: &RenewExpiring,
+        by: &Actor,
+    ) -> Result<RenewedBatch, ApiError> {
         let now = self.now();
         let within_days = request.within_days.unwrap_or(7);
         let extend_days = request.extend_days.unwrap_or(30);
@@ -511,11 +529,27 @@ impl Keyring {
             None => candidates,
         };
         let mut renewed = Vec::with_capacity(chosen.len());
+        let mut keys = Vec::with_capacity(chosen.len());
         for mut row in chosen {
+            let before = row.clone();
             row.expires_at = row.expires_at.map(|at| at + extend_days * MS_PER_DAY);
             row.is_active = true;
             row.updated_at = now;
-            renewed.push(store::keys::save(&mut *tx, &row).await?);
+            let row = store::keys::save(&mut *tx, &row).await?;
+            keys.push(serde_json::json!({
+                "id": row.id,
+                "name": row.name,
+                "changes": audit::changes(Some(&before), Some(&row)),
+            }));
+            renewed.push(row);
+        }
+        if !renewed.is_empty() {
+            let details = serde_json::json!({
+                "within_days": within_days,
+                "extend_days": extend_days,
+                "keys": keys,
+            });
+            audit::record(&mut *tx, now, by, Action::BatchRenew, None, details).await?;
         }
         tx.commit().await?;
         self.cache.clear();
@@ -540,7 +574,7 @@ impl Keyring {
     }
 
     /// A new secret for the same record and history; the old secret is dead at once.
-    pub async fn regenerate(&self, id: i64) -> Result<(KeyRow, String), ApiError> {
+    pub async fn regenerate(&self, id: i64, by: &Actor) -> Result<(KeyRow, String), ApiError> {
         let now = self.now();
         let mut tx = store::begin_write(&self.pool).await?;
         let mut row = store::keys::get(&mut *tx, id)
@@ -551,12 +585,22 @@ impl Keyring {
                 "This key is revoked and cannot be regenerated; create a new key instead".into(),
             ));
         }
+        let before = row.clone();
         let secret = keys::generate();
         row.key_hash = keys::hash_hex(&secret);
         row.encrypted_key = Some(self.fernet.encrypt(secret.as_bytes()));
         row.key_preview = keys::preview(&secret);
         row.updated_at = now;
         let row = store::keys::save(&mut *tx, &row).await?;
+        audit::record_key(
+            &mut *tx,
+            now,
+            by,
+            Action::Regenerate,
+            Some(&before),
+            Some(&row),
+        )
+        .await?;
         tx.commit().await?;
         self.cache.clear();
         tracing::info!(key_id = id, "API key regenerated");
@@ -570,6 +614,7 @@ impl Keyring {
         &self,
         days: i64,
         dry_run: bool,
+        by: &Actor,
     ) -> Result<Vec<KeyRow>, ApiError> {
         let now = self.now();
         let expires_at = expiry_in_days("days", days, now)?;
@@ -587,6 +632,13 @@ impl Keyring {
         if dry_run {
             tx.rollback().await?;
         } else {
+            if !changed.is_empty() {
+                let details = serde_json::json!({
+                    "expires_at": crate::clock::rfc3339(expires_at),
+                    "key_ids": changed.iter().map(|row| row.id).collect::<Vec<_>>(),
+                });
+                audit::record(&mut *tx, now, by, Action::DefaultExpiry, None, details).await?;
+            }
             tx.commit().await?;
             self.cache.clear();
         }
@@ -594,10 +646,15 @@ impl Keyring {
     }
 
     /// Deletes a key and all its call logs.
-    pub async fn delete(&self, id: i64) -> Result<(), ApiError> {
-        if !store::keys::delete(&self.pool, id).await? {
-            return Err(ApiError::NotFound("API key"));
-        }
+    pub async fn delete(&self, id: i64, by: &Actor) -> Result<(), ApiError> {
+        let now = self.now();
+        let mut tx = store::begin_write(&self.pool).await?;
+        let row = store::keys::get(&mut *tx, id)
+            .await?
+            .ok_or(ApiError::NotFound("API key"))?;
+        store::keys::delete(&mut *tx, id).await?;
+        audit::record_key(&mut *tx, now, by, Action::Delete, Some(&row), None).await?;
+        tx.commit().await?;
         self.cache.clear();
         self.meters.forget(id);
         tracing::info!(key_id = id, "API key deleted with its call logs");

@@ -1,6 +1,6 @@
 //! `/api/api-keys`: list, create, get, patch, revoke, delete, stats and a key's logs.
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::{page, Listing};
 use crate::app::AppState;
+use crate::audit::Actor;
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::key_ops::{CreateKey, KeyPatch, KeyView, RenewExpiring, Renewal, RenewedBatch};
 use crate::keys::Status;
@@ -66,9 +67,10 @@ async fn list(
 
 async fn create(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     ApiJson(WithLimits(request)): ApiJson<WithLimits<CreateKey>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (row, secret) = state.keyring.create(&request).await?;
+    let (row, secret) = state.keyring.create(&request, &by).await?;
     Ok((
         StatusCode::CREATED,
         Json(state.keyring.view(&row).with_key(secret)),
@@ -85,50 +87,56 @@ async fn show(
 
 async fn update(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     Path(id): Path<i64>,
     ApiJson(WithLimits(patch)): ApiJson<WithLimits<KeyPatch>>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let row = state.keyring.update(id, &patch).await?;
+    let row = state.keyring.update(id, &patch, &by).await?;
     Ok(Json(state.keyring.full_view(&row).await?))
 }
 
 async fn revoke(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     Path(id): Path<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let row = state.keyring.revoke(id).await?;
+    let row = state.keyring.revoke(id, &by).await?;
     Ok(Json(state.keyring.full_view(&row).await?))
 }
 
 async fn renew(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     Path(id): Path<i64>,
     ApiJson(renewal): ApiJson<Renewal>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let row = state.keyring.renew(id, &renewal).await?;
+    let row = state.keyring.renew(id, &renewal, &by).await?;
     Ok(Json(state.keyring.full_view(&row).await?))
 }
 
 async fn renew_expiring(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     ApiJson(request): ApiJson<RenewExpiring>,
 ) -> Result<Json<RenewedBatch>, ApiError> {
-    Ok(Json(state.keyring.renew_expiring(&request).await?))
+    Ok(Json(state.keyring.renew_expiring(&request, &by).await?))
 }
 
 async fn regenerate(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     Path(id): Path<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let (row, secret) = state.keyring.regenerate(id).await?;
+    let (row, secret) = state.keyring.regenerate(id, &by).await?;
     Ok(Json(state.keyring.full_view(&row).await?.with_key(secret)))
 }
 
 async fn remove(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
-    state.keyring.delete(id).await?;
+    state.keyring.delete(id, &by).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use console::style;
 
+use crate::audit::Actor;
 use crate::clock::{parse_rfc3339, rfc3339, MS_PER_DAY, MS_PER_HOUR};
 use crate::key_ops::{CreateKey, KeyPatch, KeyView, Keyring, RenewExpiring, Renewal};
 use crate::keys::{ActivationUnit, ExpirationMode, Status};
@@ -170,7 +171,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 limits: args.limits,
                 ..Default::default()
             };
-            let view = keyring.view(&keyring.update(args.id, &patch).await?);
+            let view = keyring.view(&keyring.update(args.id, &patch, &Actor::cli()).await?);
             println!("Key #{} '{}' changed.", view.id, printable(&view.name));
             print_restrictions(&view);
             print_limits(&view);
@@ -182,7 +183,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 expires_at: Some(expires_at.map(rfc3339)),
                 ..Default::default()
             };
-            let row = keyring.update(id, &patch).await?;
+            let row = keyring.update(id, &patch, &Actor::cli()).await?;
             println!(
                 "Expiry of key #{id} set to {}.",
                 describe_expiry(&keyring.view(&row))
@@ -208,7 +209,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
             } else {
                 renewal
             };
-            let row = keyring.renew(id, &renewal).await?;
+            let row = keyring.renew(id, &renewal, &Actor::cli()).await?;
             println!(
                 "Key #{id} renewed: {}.",
                 describe_expiry(&keyring.view(&row))
@@ -225,7 +226,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 extend_days: Some(extend),
                 ids,
             };
-            let batch = keyring.renew_expiring(&request).await?;
+            let batch = keyring.renew_expiring(&request, &Actor::cli()).await?;
             if batch.renewed.is_empty() {
                 println!("No key expires within {within} days: nothing renewed.");
             } else {
@@ -241,14 +242,14 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
             Ok(())
         }
         KeysCommand::Revoke { id } => {
-            keyring.revoke(id).await?;
+            keyring.revoke(id, &Actor::cli()).await?;
             println!(
                 "Key #{id} revoked: it can never authenticate again. Its record and logs are kept."
             );
             Ok(())
         }
         KeysCommand::Regenerate { id } => {
-            let (row, secret) = keyring.regenerate(id).await?;
+            let (row, secret) = keyring.regenerate(id, &Actor::cli()).await?;
             println!(
                 "New key for #{id} '{}' (shown once, store it now):\n\n  {secret}\n",
                 printable(&row.name)
@@ -267,7 +268,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 println!("Not deleted.");
                 return Ok(());
             }
-            keyring.delete(id).await?;
+            keyring.delete(id, &Actor::cli()).await?;
             println!("Key #{id} and its call logs deleted.");
             Ok(())
         }
@@ -344,7 +345,7 @@ async fn create(keyring: &Keyring, args: CreateArgs) -> anyhow::Result<()> {
             Some(at) => request.expires_at = Some(rfc3339(at)),
         }
     }
-    let (row, secret) = keyring.create(&request).await?;
+    let (row, secret) = keyring.create(&request, &Actor::cli()).await?;
     let view = keyring.view(&row).with_key(secret.clone());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&view)?);

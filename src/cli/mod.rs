@@ -1,6 +1,7 @@
 //! The command line: `keygate serve` (the default), and the commands that work on the store
 //! directly, with or without the server running, through the same key operations.
 
+pub mod audit;
 pub mod data;
 mod expiry;
 pub mod keys;
@@ -34,6 +35,8 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<keys::KeysCommand>,
     },
+    /// The audit log of admin changes, newest first.
+    Audit(audit::AuditArgs),
     /// Data migrations.
     #[command(subcommand)]
     Migrate(MigrateCommand),
@@ -80,5 +83,6 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             data::export(&keyring, &args, config.upstream_api_key.as_deref()).await
         }
         Command::Data(DataCommand::Import(args)) => data::import(&keyring, &args).await,
+        Command::Audit(args) => audit::run(&keyring, &args).await,
     }
 }

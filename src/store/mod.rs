@@ -1,5 +1,6 @@
 //! All SQL: connecting (WAL, foreign keys, busy timeout), migrating, and the small settings table.
 
+pub mod audit;
 pub mod keys;
 pub mod log_batch;
 pub mod logs;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{SqliteExecutor, SqlitePool};
+use sqlx::{Connection, SqliteExecutor, SqlitePool};
 
 /// How long a statement waits for a lock another connection or process holds, by default.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,6 +37,16 @@ pub async fn open(database_url: &str, busy_timeout: Duration) -> anyhow::Result<
         .busy_timeout(busy_timeout);
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
+        // A transaction whose COMMIT failed (on a full disk SQLite rolls it back by itself)
+        // leaves sqlx counting it as open, so every later BEGIN on that connection would fail:
+        // such a connection is closed instead of going back to the pool. The ping first runs
+        // the rollback a dropped transaction queued.
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                conn.ping().await?;
+                Ok(!conn.is_in_transaction())
+            })
+        })
         .connect_with(options)
         .await
         .with_context(|| format!("cannot open the database {database_url}"))?;

@@ -1,6 +1,7 @@
 //! The one integration test binary: the real server on loopback, a temp SQLite file, a mock upstream.
 
 mod admin;
+mod audit;
 mod cli;
 mod confine;
 mod console;
