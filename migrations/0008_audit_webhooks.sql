@@ -17,10 +17,11 @@ CREATE INDEX audit_log_key ON audit_log (key_id, at, id);
 CREATE INDEX audit_log_action ON audit_log (action, at, id);
 
 -- Webhook deliveries not yet made: one row per event and URL, deleted once delivered (or
--- given up after the last attempt). The body is signed when it is sent.
+-- given up after the last attempt). The body is signed when it is sent. `target` is the
+-- SHA-256 of the URL (hex), not the URL, which may carry a token.
 CREATE TABLE webhook_outbox (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    url             TEXT    NOT NULL,
+    target          TEXT    NOT NULL,
     event_type      TEXT    NOT NULL,
     body            TEXT    NOT NULL,
     created_at      INTEGER NOT NULL,

@@ -16,6 +16,7 @@ use crate::policy::{self, ListKind, TextList};
 use crate::relay::auth::KeyCache;
 use crate::store::keys::{KeyFilter, KeyRow, NewKey, Restrictions};
 use crate::store::{self, Page};
+use crate::webhooks::{Event, EventType, Webhooks};
 
 /// A key as the admin API and the CLI show it: no hash, no encrypted copy.
 #[derive(Clone, Debug, Serialize)]
@@ -230,6 +231,8 @@ pub struct Keyring {
     pub cache: Arc<KeyCache>,
     /// The relay's meters of keys with limits (a deleted key's goes with it).
     pub meters: Arc<Meters>,
+    /// Where key events (revoked, …) are queued; a no-op without KEYGATE_WEBHOOK_URL.
+    pub webhooks: Webhooks,
 }
 
 impl Keyring {
@@ -247,6 +250,7 @@ impl Keyring {
             fernet: Arc::new(crate::secrets::fernet(config)?),
             cache: Arc::new(KeyCache::default()),
             meters: Arc::new(Meters::default()),
+            webhooks: Webhooks::new(config)?,
         })
     }
 
@@ -448,9 +452,12 @@ impl Keyring {
             row.updated_at = now;
             row = store::keys::save(&mut *tx, &row).await?;
             audit::record_key(&mut *tx, now, by, Action::Revoke, Some(&before), Some(&row)).await?;
+            let event = Event::new(EventType::Revoked, &row, now);
+            self.webhooks.queue(&mut tx, &event).await?;
         }
         tx.commit().await?;
         self.cache.clear();
+        self.webhooks.wake();
         tracing::info!(key_id = id, "API key revoked");
         Ok(row)
     }

@@ -19,6 +19,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod webhooks;
 
 pub use app::{serve, AppState};
 pub use clock::Clock;

@@ -6,6 +6,7 @@ pub mod log_batch;
 pub mod logs;
 pub mod transfer;
 pub mod usage;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

@@ -1,4 +1,5 @@
-//! Background work: the batching call-log writer and the expiry sweeper.
+//! Background work: the batching call-log writer, the expiry sweeper and webhook delivery.
 
 pub mod log_writer;
 pub mod sweeper;
+pub mod webhooks;

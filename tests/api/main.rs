@@ -22,4 +22,5 @@ mod secrets;
 mod shutdown;
 mod stream_usage;
 mod upstream_wire;
+mod webhooks;
 mod wire_fuzz;
