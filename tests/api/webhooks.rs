@@ -449,3 +449,35 @@ async fn webhook_settings_are_checked_at_start_naming_the_variable() {
     );
     assert_eq!(start(&[]), None, "no webhooks by default");
 }
+
+#[tokio::test]
+async fn a_cli_revoke_is_delivered_by_the_serving_keygate() {
+    let receiver = Receiver::start(0).await;
+    let app = app_to(&[&receiver]).await;
+    let (id, _) = app.new_key().await;
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
+    cli.args(["keys", "revoke", &id.to_string()])
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", app.db_path.display()),
+        )
+        .env("KEYGATE_WEBHOOK_URL", &receiver.url)
+        .env("KEYGATE_WEBHOOK_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null());
+    // Off the test's runtime thread, which also runs the server (its sweeper may hold the
+    // write lock at that moment).
+    let out = tokio::task::spawn_blocking(move || cli.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The CLI queued it at the system time, which the server's manual clock has not reached.
+    app.clock.advance(time::Duration::minutes(1));
+    let got = receiver.wait_for(1).await;
+    assert_eq!(got[0].json()["type"], "key.revoked");
+    assert_eq!(got[0].json()["key"]["id"], id);
+}
