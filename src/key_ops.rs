@@ -1,5 +1,6 @@
 //! Key operations shared by the admin API and the CLI: validate, create, change, renew,
-//! revoke, regenerate, delete; and the view of a key that both show.
+//! revoke, regenerate, delete, each recorded in the audit log in its own transaction (a
+//! revocation also queues its webhook there); and the view of a key that both show.
 
 use std::sync::Arc;
 

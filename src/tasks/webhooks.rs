@@ -204,7 +204,7 @@ pub async fn scan_expiry(
     let mut queued = 0;
     for candidate in candidates {
         let left = candidate.expires_at - now;
-        let (notice, kind, days_left) = if left <= 0 {
+        let (notice, kind, within_days) = if left <= 0 {
             ("expired", EventType::Expired, None)
         } else if !candidate.is_active {
             // Disabled by an administrator: no reminder to renew.
@@ -221,7 +221,7 @@ pub async fn scan_expiry(
             continue;
         };
         let mut event = Event::new(kind, &key, now);
-        event.days_left = days_left;
+        event.within_days = within_days;
         webhooks.queue(&mut tx, &event).await?;
         queued += 1;
     }

@@ -75,9 +75,10 @@ pub struct Event {
     #[serde(serialize_with = "ser_ms")]
     pub created_at: i64,
     pub key: EventKey,
-    /// `key.expiring_soon`: 7 or 1.
+    /// `key.expiring_soon`: the key expires within 7 days (the first notice) or within 1 day
+    /// (the second); `key.expires_at` says exactly when.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub days_left: Option<i64>,
+    pub within_days: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<EventLimit>,
 }
@@ -94,7 +95,7 @@ impl Event {
                 key_preview: key.key_preview.clone(),
                 expires_at: key.expires_at,
             },
-            days_left: None,
+            within_days: None,
             limit: None,
         }
     }

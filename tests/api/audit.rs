@@ -332,3 +332,44 @@ async fn cli_changes_are_recorded_with_the_os_user_and_keygate_audit_lists_them(
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn imports_and_the_default_expiry_migration_are_recorded_with_their_counts() {
+    let app = spawn_app().await;
+    let (a, _) = app.create_key(json!({"name": "no expiry"})).await;
+    app.create_key(json!({"name": "expires", "expires_days": 5}))
+        .await;
+    crate::cli::ok(&app, &["migrate", "apikey-expiry", "--days", "30"]);
+    let migrated = audit(&app, "action=default_expiry").await;
+    assert_eq!(migrated.len(), 1);
+    assert_eq!(migrated[0]["via"], "cli");
+    assert_eq!(migrated[0]["details"]["key_ids"], json!([a]));
+    assert!(migrated[0]["details"]["expires_at"].is_string());
+    crate::cli::ok(
+        &app,
+        &["migrate", "apikey-expiry", "--days", "30", "--dry-run"],
+    );
+    assert_eq!(
+        audit(&app, "action=default_expiry").await.len(),
+        1,
+        "a dry run changes nothing"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("export.json");
+    let file = file.to_str().unwrap();
+    crate::cli::ok(&app, &["data", "export", "--output", file]);
+    crate::cli::ok(
+        &app,
+        &["data", "import", "--input", file, "--skip-conflicts"],
+    );
+    let imported = audit(&app, "action=import").await;
+    assert_eq!(imported.len(), 1);
+    let details = &imported[0]["details"];
+    assert_eq!(details["file"], file);
+    assert_eq!(
+        details["keys"],
+        json!({"new": 0, "overwritten": 0, "skipped": 2})
+    );
+    assert_eq!(imported[0]["key_id"], Value::Null);
+}

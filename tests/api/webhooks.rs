@@ -243,7 +243,7 @@ async fn expiry_notices_arrive_once_each_seven_days_and_one_day_before_and_when_
     let got = receiver.wait_for(1).await;
     let event = got[0].json();
     assert_eq!(event["type"], "key.expiring_soon");
-    assert_eq!(event["days_left"], 7);
+    assert_eq!(event["within_days"], 7);
     assert_eq!(event["key"]["id"], id);
     assert_eq!(
         event["key"]["expires_at"],
@@ -256,12 +256,12 @@ async fn expiry_notices_arrive_once_each_seven_days_and_one_day_before_and_when_
     app.clock.advance(time::Duration::days(6));
     let got = receiver.wait_for(2).await;
     assert_eq!(got[1].json()["type"], "key.expiring_soon");
-    assert_eq!(got[1].json()["days_left"], 1);
+    assert_eq!(got[1].json()["within_days"], 1);
 
     app.clock.advance(time::Duration::days(1));
     let got = receiver.wait_for(3).await;
     assert_eq!(got[2].json()["type"], "key.expired");
-    assert_eq!(got[2].json().get("days_left"), None);
+    assert_eq!(got[2].json().get("within_days"), None);
     assert_eq!(scan().await.unwrap(), 0, "each notice once");
     wait_for_empty_outbox(&app).await;
     assert_eq!(receiver.got().len(), 3);
@@ -272,7 +272,7 @@ async fn expiry_notices_arrive_once_each_seven_days_and_one_day_before_and_when_
         .await;
     assert_eq!(status, 200);
     let got = receiver.wait_for(4).await;
-    assert_eq!(got[3].json()["days_left"], 7);
+    assert_eq!(got[3].json()["within_days"], 7);
 }
 
 #[tokio::test]
