@@ -1,5 +1,5 @@
 //! Key operations shared by the admin API and the CLI: validate, create, change, renew,
-//! revoke, regenerate, delete, each recorded in the audit log in its own transaction (a
+//! revoke, regenerate, delete, each recorded in the audit log in the transaction of the change (a
 //! revocation also queues its webhook there); and the view of a key that both show.
 
 use std::sync::Arc;

@@ -220,6 +220,27 @@ async fn console_logins_logouts_and_failed_bursts_are_recorded_once() {
     assert_eq!(bursts[0]["details"]["failures"], 3);
     assert!(!serde_json::to_string(&bursts).unwrap().contains("wrong"));
 
+    // Wrong admin tokens from elsewhere: their own burst, by token.
+    let scanner = reqwest::Client::builder()
+        .local_address("127.0.0.7".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let refused = scanner
+            .get(app.url("/api/api-keys"))
+            .bearer_auth("not-the-token")
+            .send()
+            .await
+            .unwrap();
+        assert!([401, 429].contains(&refused.status().as_u16()));
+    }
+    let bursts = audit(&app, "action=login_failures").await;
+    assert_eq!(bursts.len(), 2, "{bursts:?}");
+    assert_eq!(
+        (bursts[0]["via"].as_str(), bursts[0]["ip"].as_str()),
+        (Some("token"), Some("127.0.0.7"))
+    );
+
     let ok_from = reqwest::Client::builder()
         .local_address("127.0.0.9".parse::<std::net::IpAddr>().unwrap())
         .build()
