@@ -8,20 +8,19 @@ pub const HEADER: &str = "X-Keygate-Signature";
 
 /// The header value for `body` sent at `timestamp` (Unix seconds).
 pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(mac(secret, timestamp, body))
-    )
+    let mac = mac(secret, timestamp, body).finalize().into_bytes();
+    format!("t={timestamp},v1={}", hex::encode(mac))
 }
 
-fn mac(secret: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+/// The HMAC of `"<timestamp>.<body>"`, not yet finalized.
+fn mac(secret: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
     // HMAC takes a key of any length: this cannot fail.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac.finalize().into_bytes().to_vec()
+    mac
 }
 
 /// What a receiver does: the header's timestamp within `tolerance_secs` of `now_secs` and its
@@ -42,12 +41,7 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now_secs: i64, tolerance_
     if (now_secs - timestamp).abs() > tolerance_secs {
         return false;
     }
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&given).is_ok()
+    mac(secret, timestamp, body).verify_slice(&given).is_ok()
 }
 
 #[cfg(test)]
