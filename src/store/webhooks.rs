@@ -82,17 +82,31 @@ pub struct ExpiryCandidate {
     pub id: i64,
     pub expires_at: i64,
     pub is_active: bool,
+    /// The notices already queued about this expiry, comma-separated.
+    noticed: Option<String>,
 }
 
-/// Unrevoked keys whose expiry lies in `(from, to]`.
+impl ExpiryCandidate {
+    /// Whether `notice` about this expiry was already queued.
+    pub fn noticed(&self, notice: &str) -> bool {
+        self.noticed
+            .as_deref()
+            .is_some_and(|all| all.split(',').any(|n| n == notice))
+    }
+}
+
+/// Unrevoked keys whose expiry lies in `(from, to]`, with the notices queued about it.
 pub async fn expiring<'e>(
     db: impl SqliteExecutor<'e>,
     from: i64,
     to: i64,
 ) -> sqlx::Result<Vec<ExpiryCandidate>> {
     sqlx::query_as(
-        "SELECT id, expires_at, is_active FROM api_keys \
-         WHERE revoked_at IS NULL AND expires_at > ? AND expires_at <= ? ORDER BY expires_at, id",
+        "SELECT k.id, k.expires_at, k.is_active, group_concat(n.notice) AS noticed \
+         FROM api_keys k LEFT JOIN webhook_notices n \
+           ON n.api_key_id = k.id AND n.expires_at = k.expires_at \
+         WHERE k.revoked_at IS NULL AND k.expires_at > ? AND k.expires_at <= ? \
+         GROUP BY k.id ORDER BY k.expires_at, k.id",
     )
     .bind(from)
     .bind(to)

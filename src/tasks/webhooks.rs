@@ -197,23 +197,33 @@ pub async fn scan_expiry(
         return Ok(0);
     }
     let now = clock.now_ms();
+    // Read first, without the write lock: most scans find nothing new.
+    let due: Vec<_> =
+        store::webhooks::expiring(pool, now - EXPIRED_CATCH_UP_MS, now + 7 * MS_PER_DAY)
+            .await?
+            .into_iter()
+            .filter_map(|candidate| {
+                let left = candidate.expires_at - now;
+                let notice = if left <= 0 {
+                    ("expired", EventType::Expired, None)
+                } else if !candidate.is_active {
+                    // Disabled by an administrator: no reminder to renew.
+                    return None;
+                } else if left <= MS_PER_DAY {
+                    ("expiring_1d", EventType::ExpiringSoon, Some(1))
+                } else {
+                    ("expiring_7d", EventType::ExpiringSoon, Some(7))
+                };
+                (!candidate.noticed(notice.0)).then_some((candidate, notice))
+            })
+            .collect();
+    if due.is_empty() {
+        return Ok(0);
+    }
     let mut tx = store::begin_write(pool).await?;
-    let candidates =
-        store::webhooks::expiring(&mut *tx, now - EXPIRED_CATCH_UP_MS, now + 7 * MS_PER_DAY)
-            .await?;
     let mut queued = 0;
-    for candidate in candidates {
-        let left = candidate.expires_at - now;
-        let (notice, kind, within_days) = if left <= 0 {
-            ("expired", EventType::Expired, None)
-        } else if !candidate.is_active {
-            // Disabled by an administrator: no reminder to renew.
-            continue;
-        } else if left <= MS_PER_DAY {
-            ("expiring_1d", EventType::ExpiringSoon, Some(1))
-        } else {
-            ("expiring_7d", EventType::ExpiringSoon, Some(7))
-        };
+    for (candidate, (notice, kind, within_days)) in due {
+        // Recorded under the lock: a notice another scan queued meanwhile is not sent twice.
         if !store::webhooks::note(&mut *tx, candidate.id, notice, candidate.expires_at).await? {
             continue;
         }
