@@ -108,6 +108,10 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<serde_json:
     }
 }
 
+/// How often the webhook outbox is looked at for retries that came due and rows the CLI queued
+/// (new events wake it at once); shorter when KEYGATE_CLEANUP_INTERVAL is.
+const WEBHOOK_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves until `shutdown` is cancelled, then drains connections (for KEYGATE_SHUTDOWN_GRACE,
 /// then closes the rest: their rows are sent as they close) and only then flushes and stops
 /// the call-log writer, so no row of a request that reached the relay is lost.
@@ -129,6 +133,7 @@ pub async fn serve(
     let sweeper = sweeper::spawn(
         state.pool.clone(),
         state.clock.clone(),
+        state.keyring.webhooks.clone(),
         state.config.cleanup_interval,
         shutdown.child_token(),
     );
@@ -141,6 +146,13 @@ pub async fn serve(
             shutdown.child_token(),
         )
     });
+    let webhooks = crate::tasks::webhooks::spawn(
+        state.pool.clone(),
+        state.clock.clone(),
+        state.keyring.webhooks.clone(),
+        state.config.cleanup_interval.min(WEBHOOK_POLL),
+        shutdown.child_token(),
+    );
     let logs = state.logs.clone();
     let router = router(state.clone());
     let grace = state.config.shutdown_grace;
@@ -151,6 +163,10 @@ pub async fn serve(
     }
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
+    }
+    if let Some(webhooks) = webhooks {
+        // Deliveries not yet made stay in the outbox for the next start.
+        webhooks.abort();
     }
     logs.close().await;
     Ok(())

@@ -251,6 +251,25 @@ pub struct ConfigArgs {
         global = true
     )]
     pub log_format: String,
+    // --- Webhooks (issue 12) ---
+    /// Where key events are POSTed (expiring soon, expired, revoked, limit reached): one or
+    /// several http(s) URLs, comma-separated. Unset: no webhooks.
+    #[arg(
+        long,
+        env = "KEYGATE_WEBHOOK_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub webhook_url: Option<String>,
+    /// The HMAC-SHA256 key that signs every webhook body (X-Keygate-Signature); required with
+    /// KEYGATE_WEBHOOK_URL, at least 16 characters.
+    #[arg(
+        long,
+        env = "KEYGATE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub webhook_secret: Option<String>,
 }
 
 /// How keygate's own log lines are written (`KEYGATE_LOG_FORMAT`).
@@ -341,6 +360,11 @@ pub struct Config {
     pub metrics_per_key: bool,
     pub metrics_models: usize,
     pub log_format: LogFormat,
+    // --- Webhooks ---
+    /// Checked http(s) URLs; empty: no webhooks.
+    pub webhook_urls: Vec<String>,
+    /// Set whenever `webhook_urls` is not empty.
+    pub webhook_secret: Option<String>,
 }
 
 impl Config {
@@ -406,6 +430,10 @@ impl Config {
                 })
             })
             .transpose()?;
+        let (webhook_urls, webhook_secret) = webhook_settings(
+            non_empty(&args.webhook_url),
+            non_empty(&args.webhook_secret),
+        )?;
         if args.log_queue_rows == 0 {
             bail!("KEYGATE_LOG_QUEUE_ROWS: must be a positive number of rows (default 4096)");
         }
@@ -456,6 +484,8 @@ impl Config {
             metrics_per_key,
             metrics_models: args.metrics_models,
             log_format: LogFormat::parse(&args.log_format)?,
+            webhook_urls,
+            webhook_secret,
         })
     }
 }
@@ -490,6 +520,48 @@ fn parse_bool(text: &str) -> Option<bool> {
         "false" | "0" | "no" | "off" | "" => Some(false),
         _ => None,
     }
+}
+
+/// Shortest KEYGATE_WEBHOOK_SECRET accepted.
+const MIN_WEBHOOK_SECRET: usize = 16;
+
+/// The webhook URLs (each an http(s) URL with a host) and their secret, checked.
+fn webhook_settings(
+    urls: Option<String>,
+    secret: Option<String>,
+) -> anyhow::Result<(Vec<String>, Option<String>)> {
+    let urls: Vec<String> = urls
+        .iter()
+        .flat_map(|text| text.split(','))
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Ok((urls, None));
+    }
+    for url in &urls {
+        // Named by host only: the path may carry the receiver's token.
+        let uri: hyper::Uri = url.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "KEYGATE_WEBHOOK_URL: an entry is not a URL; give http(s) URLs separated by commas"
+            )
+        })?;
+        let host = uri.host().unwrap_or_default();
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || host.is_empty() {
+            bail!("KEYGATE_WEBHOOK_URL: each URL must be http:// or https:// with a host (one is not)");
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            bail!("KEYGATE_WEBHOOK_URL: the URL for {host} carries a user name or password; put a token in its path instead");
+        }
+    }
+    let Some(secret) = secret else {
+        bail!("KEYGATE_WEBHOOK_SECRET: required when KEYGATE_WEBHOOK_URL is set (receivers check each body's signature with it); give at least {MIN_WEBHOOK_SECRET} random characters");
+    };
+    if secret.trim().chars().count() < MIN_WEBHOOK_SECRET {
+        bail!("KEYGATE_WEBHOOK_SECRET: must be at least {MIN_WEBHOOK_SECRET} characters (e.g. `openssl rand -hex 32`)");
+    }
+    Ok((urls, Some(secret.trim().to_string())))
 }
 
 impl fmt::Debug for Config {
@@ -528,6 +600,8 @@ impl fmt::Debug for Config {
             .field("metrics_per_key", &self.metrics_per_key)
             .field("metrics_models", &self.metrics_models)
             .field("log_format", &self.log_format)
+            .field("webhook_urls", &self.webhook_urls.len())
+            .field("webhook_secret", &redacted(&self.webhook_secret))
             .finish()
     }
 }

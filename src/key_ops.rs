@@ -1,11 +1,13 @@
 //! Key operations shared by the admin API and the CLI: validate, create, change, renew,
-//! revoke, regenerate, delete; and the view of a key that both show.
+//! revoke, regenerate, delete, each recorded in the audit log in the transaction of the change (a
+//! revocation also queues its webhook there); and the view of a key that both show.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::SqlitePool;
 
+use crate::audit::{self, Action, Actor};
 use crate::clock::{parse_rfc3339, ser_ms, ser_opt_ms, Clock, MS_PER_DAY};
 use crate::error::ApiError;
 use crate::keys::{self, ActivationUnit, ExpirationMode, Status};
@@ -15,6 +17,7 @@ use crate::policy::{self, ListKind, TextList};
 use crate::relay::auth::KeyCache;
 use crate::store::keys::{KeyFilter, KeyRow, NewKey, Restrictions};
 use crate::store::{self, Page};
+use crate::webhooks::{Event, EventType, Webhooks};
 
 /// A key as the admin API and the CLI show it: no hash, no encrypted copy.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
@@ -268,6 +271,8 @@ pub struct Keyring {
     pub cache: Arc<KeyCache>,
     /// The relay's meters of keys with limits (a deleted key's goes with it).
     pub meters: Arc<Meters>,
+    /// Where key events (revoked, …) are queued; a no-op without KEYGATE_WEBHOOK_URL.
+    pub webhooks: Webhooks,
 }
 
 impl Keyring {
@@ -285,6 +290,7 @@ impl Keyring {
             fernet: Arc::new(crate::secrets::fernet(config)?),
             cache: Arc::new(KeyCache::default()),
             meters: Arc::new(Meters::default()),
+            webhooks: Webhooks::new(config)?,
         })
     }
 
@@ -336,7 +342,11 @@ impl Keyring {
     }
 
     /// Creates a key; returns the row and the full key, which is never available again.
-    pub async fn create(&self, request: &CreateKey) -> Result<(KeyRow, String), ApiError> {
+    pub async fn create(
+        &self,
+        request: &CreateKey,
+        by: &Actor,
+    ) -> Result<(KeyRow, String), ApiError> {
         let now = self.now();
         let name = valid_name(&request.name)?;
         let description = valid_description(request.description.as_deref())?;
@@ -413,20 +423,24 @@ impl Keyring {
         let restrictions = restrictions(&Restrictions::default(), &request.restriction_lists())?;
         let limits = Limits::default().patched(&request.limits);
         limits.validate()?;
+        let mut tx = store::begin_write(&self.pool).await?;
         let row =
-            store::keys::insert_restricted(&self.pool, &new, &restrictions, &limits, now).await?;
+            store::keys::insert_restricted(&mut *tx, &new, &restrictions, &limits, now).await?;
+        audit::record_key(&mut *tx, now, by, Action::Create, None, Some(&row)).await?;
+        tx.commit().await?;
         self.cache.clear();
         tracing::info!(key_id = row.id, "API key created");
         Ok((row, secret))
     }
 
     /// Applies a PATCH; in force on the next request.
-    pub async fn update(&self, id: i64, patch: &KeyPatch) -> Result<KeyRow, ApiError> {
+    pub async fn update(&self, id: i64, patch: &KeyPatch, by: &Actor) -> Result<KeyRow, ApiError> {
         let now = self.now();
         let mut tx = store::begin_write(&self.pool).await?;
-        let mut row = store::keys::get(&mut *tx, id)
+        let before = store::keys::get(&mut *tx, id)
             .await?
             .ok_or(ApiError::NotFound("API key"))?;
+        let mut row = before.clone();
         if row.revoked_at.is_some() && (patch.expires_at.is_some() || patch.is_active == Some(true))
         {
             return Err(ApiError::Conflict(
@@ -458,32 +472,38 @@ impl Keyring {
         row.limits.validate()?;
         row.updated_at = now;
         let row = store::keys::save(&mut *tx, &row).await?;
+        audit::record_key(&mut *tx, now, by, Action::Edit, Some(&before), Some(&row)).await?;
         tx.commit().await?;
         self.cache.clear();
         Ok(row)
     }
 
     /// Revokes a key at once and for good; its row and logs stay.
-    pub async fn revoke(&self, id: i64) -> Result<KeyRow, ApiError> {
+    pub async fn revoke(&self, id: i64, by: &Actor) -> Result<KeyRow, ApiError> {
         let now = self.now();
         let mut tx = store::begin_write(&self.pool).await?;
         let mut row = store::keys::get(&mut *tx, id)
             .await?
             .ok_or(ApiError::NotFound("API key"))?;
         if row.revoked_at.is_none() {
+            let before = row.clone();
             row.revoked_at = Some(now);
             row.is_active = false;
             row.updated_at = now;
             row = store::keys::save(&mut *tx, &row).await?;
+            audit::record_key(&mut *tx, now, by, Action::Revoke, Some(&before), Some(&row)).await?;
+            let event = Event::new(EventType::Revoked, &row, now);
+            self.webhooks.queue(&mut tx, &event).await?;
         }
         tx.commit().await?;
         self.cache.clear();
+        self.webhooks.wake();
         tracing::info!(key_id = id, "API key revoked");
         Ok(row)
     }
 
     /// Renews one key (also an expired or disabled one, which becomes active again).
-    pub async fn renew(&self, id: i64, renewal: &Renewal) -> Result<KeyRow, ApiError> {
+    pub async fn renew(&self, id: i64, renewal: &Renewal, by: &Actor) -> Result<KeyRow, ApiError> {
         let now = self.now();
         let chosen = [
             renewal.days.is_some(),
@@ -510,12 +530,14 @@ impl Keyring {
                 "This key is revoked and cannot be renewed; create a new key instead".into(),
             ));
         }
+        let before = row.clone();
         row.expires_at = expires_at;
         row.is_active = true;
         row.expiration_mode = ExpirationMode::Fixed.as_str().into();
         row.activated_at = row.activated_at.or(Some(now));
         row.updated_at = now;
         let row = store::keys::save(&mut *tx, &row).await?;
+        audit::record_key(&mut *tx, now, by, Action::Renew, Some(&before), Some(&row)).await?;
         tx.commit().await?;
         self.cache.clear();
         tracing::info!(key_id = id, "API key renewed");
@@ -523,7 +545,11 @@ impl Keyring {
     }
 
     /// Extends every key expiring within the window (or the chosen ones among them), in one transaction.
-    pub async fn renew_expiring(&self, request: &RenewExpiring) -> Result<RenewedBatch, ApiError> {
+    pub async fn renew_expiring(
+        &self,
+        request: &RenewExpiring,
+        by: &Actor,
+    ) -> Result<RenewedBatch, ApiError> {
         let now = self.now();
         let within_days = request.within_days.unwrap_or(7);
         let extend_days = request.extend_days.unwrap_or(30);
@@ -550,11 +576,27 @@ impl Keyring {
             None => candidates,
         };
         let mut renewed = Vec::with_capacity(chosen.len());
+        let mut keys = Vec::with_capacity(chosen.len());
         for mut row in chosen {
+            let before = row.clone();
             row.expires_at = row.expires_at.map(|at| at + extend_days * MS_PER_DAY);
             row.is_active = true;
             row.updated_at = now;
-            renewed.push(store::keys::save(&mut *tx, &row).await?);
+            let row = store::keys::save(&mut *tx, &row).await?;
+            keys.push(serde_json::json!({
+                "id": row.id,
+                "name": row.name,
+                "changes": audit::changes(Some(&before), Some(&row)),
+            }));
+            renewed.push(row);
+        }
+        if !renewed.is_empty() {
+            let details = serde_json::json!({
+                "within_days": within_days,
+                "extend_days": extend_days,
+                "keys": keys,
+            });
+            audit::record(&mut *tx, now, by, Action::BatchRenew, None, details).await?;
         }
         tx.commit().await?;
         self.cache.clear();
@@ -584,6 +626,7 @@ impl Keyring {
         &self,
         id: i64,
         grace_hours: Option<i64>,
+        by: &Actor,
     ) -> Result<Regenerated, ApiError> {
         let now = self.now();
         let grace_until = match grace_hours.filter(|hours| *hours != 0) {
@@ -607,6 +650,7 @@ impl Keyring {
                 "This key is revoked and cannot be regenerated; create a new key instead".into(),
             ));
         }
+        let before = row.clone();
         let secret = keys::generate();
         let replaced = std::mem::replace(&mut row.key_hash, keys::hash_hex(&secret));
         row.encrypted_key = Some(self.fernet.encrypt(secret.as_bytes()));
@@ -615,6 +659,15 @@ impl Keyring {
         let row = store::keys::save(&mut *tx, &row).await?;
         let previous = grace_until.map(|until| (replaced.as_str(), until));
         store::keys::set_previous_secret(&mut *tx, id, previous).await?;
+        audit::record_key(
+            &mut *tx,
+            now,
+            by,
+            Action::Regenerate,
+            Some(&before),
+            Some(&row),
+        )
+        .await?;
         tx.commit().await?;
         self.cache.clear();
         match grace_until {
@@ -639,6 +692,7 @@ impl Keyring {
         &self,
         days: i64,
         dry_run: bool,
+        by: &Actor,
     ) -> Result<Vec<KeyRow>, ApiError> {
         let now = self.now();
         let expires_at = expiry_in_days("days", days, now)?;
@@ -656,6 +710,13 @@ impl Keyring {
         if dry_run {
             tx.rollback().await?;
         } else {
+            if !changed.is_empty() {
+                let details = serde_json::json!({
+                    "expires_at": crate::clock::rfc3339(expires_at),
+                    "key_ids": changed.iter().map(|row| row.id).collect::<Vec<_>>(),
+                });
+                audit::record(&mut *tx, now, by, Action::DefaultExpiry, None, details).await?;
+            }
             tx.commit().await?;
             self.cache.clear();
         }
@@ -663,10 +724,15 @@ impl Keyring {
     }
 
     /// Deletes a key and all its call logs.
-    pub async fn delete(&self, id: i64) -> Result<(), ApiError> {
-        if !store::keys::delete(&self.pool, id).await? {
-            return Err(ApiError::NotFound("API key"));
-        }
+    pub async fn delete(&self, id: i64, by: &Actor) -> Result<(), ApiError> {
+        let now = self.now();
+        let mut tx = store::begin_write(&self.pool).await?;
+        let row = store::keys::get(&mut *tx, id)
+            .await?
+            .ok_or(ApiError::NotFound("API key"))?;
+        store::keys::delete(&mut *tx, id).await?;
+        audit::record_key(&mut *tx, now, by, Action::Delete, Some(&row), None).await?;
+        tx.commit().await?;
         self.cache.clear();
         self.meters.forget(id);
         tracing::info!(key_id = id, "API key deleted with its call logs");

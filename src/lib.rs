@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod webhooks;
 
 pub use app::{serve, AppState};
 pub use clock::Clock;

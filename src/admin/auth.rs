@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::extract::{ConnectInfo, Extension, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -14,8 +14,9 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::throttle::Throttle;
+use super::throttle::{Burst, Throttle};
 use crate::app::AppState;
+use crate::audit::{self, Action, Actor, Via};
 use crate::config::{Config, SecureCookie};
 use crate::error::{ApiError, ApiJson, ErrorBody};
 use crate::keys::{self, KeyHash};
@@ -126,24 +127,54 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
+/// Lets an authenticated request through with its `Actor` (how and from where) in its
+/// extensions, for the audit log.
 pub async fn require_admin(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let ip = client_of(&request, &state.config);
     let admin = &state.admin;
     admin.throttle.admit(ip, Instant::now())?;
-    match admin.check(request.headers()) {
+    let via = match admin.check(request.headers()) {
         // A stale session cookie (after a restart or logout) is no guess: 256 random bits.
-        (Credential::None, _) | (Credential::Session, false) => Err(ApiError::AdminAuth),
-        (Credential::Bearer, false) => Err(admin.throttle.failed(ip, Instant::now())),
+        (Credential::None, _) | (Credential::Session, false) => return Err(ApiError::AdminAuth),
+        (Credential::Bearer, false) => {
+            return Err(failed(&state, ip, Via::Token).await);
+        }
         (Credential::Session, true) => {
             same_origin(&request, &state.config)?;
-            Ok(next.run(request).await)
+            Via::Session
         }
-        (Credential::Bearer, true) => Ok(next.run(request).await),
+        (Credential::Bearer, true) => Via::Token,
+    };
+    request.extensions_mut().insert(Actor::admin(via, ip));
+    Ok(next.run(request).await)
+}
+
+/// Counts a wrong credential; when that makes a burst reach a limit, one audit entry says so.
+async fn failed(state: &AppState, ip: IpAddr, via: Via) -> ApiError {
+    let (error, burst) = state.admin.throttle.failed(ip, Instant::now());
+    if let Some(burst) = burst {
+        let (scope, failures) = match burst {
+            Burst::Address { failures } => ("address", failures),
+            Burst::Total { failures } => ("all_addresses", failures),
+        };
+        let details = serde_json::json!({
+            "scope": scope,
+            "failures": failures,
+            "window_seconds": super::throttle::WINDOW.as_secs(),
+        });
+        let by = Actor::admin(via, ip);
+        let at = state.clock.now_ms();
+        if let Err(err) =
+            audit::record(&state.pool, at, &by, Action::LoginFailures, None, details).await
+        {
+            tracing::warn!(error = %err, "cannot write the audit entry of failed admin logins");
+        }
     }
+    error
 }
 
 /// CSRF beyond SameSite, for a request made with the session cookie: a state-changing request
@@ -231,8 +262,19 @@ pub(crate) async fn login(
     let secure = secure_cookie(&state.config, &request);
     let ApiJson(login) = ApiJson::<Login>::from_request(request, &state).await?;
     if !state.admin.token_matches(login.token.trim()) {
-        return Err(state.admin.throttle.failed(ip, Instant::now()));
+        return Err(failed(&state, ip, Via::Session).await);
     }
+    let by = Actor::admin(Via::Session, ip);
+    let at = state.clock.now_ms();
+    audit::record(
+        &state.pool,
+        at,
+        &by,
+        Action::Login,
+        None,
+        serde_json::json!({}),
+    )
+    .await?;
     let id = state.admin.open_session();
     let cookie = format!(
         "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
@@ -270,11 +312,26 @@ fn secure_cookie(config: &Config, request: &Request) -> bool {
     (status = 401, description = "No or wrong admin credential", body = ErrorBody),
     (status = 403, description = "A session request from another site", body = ErrorBody),
     (status = 429, description = "Too many failed credentials from this address", body = ErrorBody),
+    (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody),
 ))]
-pub(crate) async fn logout(State(state): State<AppState>, request: Request) -> Response {
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
+    request: Request,
+) -> Result<Response, ApiError> {
     if let Some(id) = session_cookie(request.headers()) {
         state.admin.close_session(id);
     }
+    let at = state.clock.now_ms();
+    audit::record(
+        &state.pool,
+        at,
+        &by,
+        Action::Logout,
+        None,
+        serde_json::json!({}),
+    )
+    .await?;
     let secure = secure_cookie(&state.config, &request);
     let expired = format!(
         "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
@@ -284,5 +341,5 @@ pub(crate) async fn logout(State(state): State<AppState>, request: Request) -> R
     if let Ok(value) = HeaderValue::from_str(&expired) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
-    response
+    Ok(response)
 }

@@ -1,6 +1,6 @@
 //! `/api/api-keys`: list, create, get, patch, revoke, delete, stats and a key's logs.
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::logs::{LogListing, LogsQuery};
 use super::{page, Listing};
 use crate::app::AppState;
+use crate::audit::Actor;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::key_ops::{
     CreateKey, KeyPatch, KeyView, Regenerate, RenewExpiring, Renewal, RenewedBatch,
@@ -97,9 +98,10 @@ pub(crate) async fn list(
 #[utoipa::path(post, path = "/api/api-keys", tag = "keys", request_body = CreateKey, responses((status = 201, description = "The key, with the full `key` (shown this once)", body = KeyView), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     ApiJson(WithLimits(request)): ApiJson<WithLimits<CreateKey>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (row, secret) = state.keyring.create(&request).await?;
+    let (row, secret) = state.keyring.create(&request, &by).await?;
     Ok((
         StatusCode::CREATED,
         Json(state.keyring.view(&row).with_key(secret)),
@@ -118,43 +120,48 @@ pub(crate) async fn show(
 #[utoipa::path(patch, path = "/api/api-keys/{id}", tag = "keys", params(("id" = i64, Path, description = "The key's id")), request_body = KeyPatch, responses((status = 200, description = "The changed key", body = KeyView), (status = 404, description = "No key with that id", body = ErrorBody), (status = 409, description = "The key is revoked", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
 pub(crate) async fn update(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(WithLimits(patch)): ApiJson<WithLimits<KeyPatch>>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let row = state.keyring.update(id, &patch).await?;
+    let row = state.keyring.update(id, &patch, &by).await?;
     Ok(Json(state.keyring.full_view(&row).await?))
 }
 
 #[utoipa::path(post, path = "/api/api-keys/{id}/revoke", tag = "keys", params(("id" = i64, Path, description = "The key's id")), responses((status = 200, description = "The revoked key", body = KeyView), (status = 404, description = "No key with that id", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let row = state.keyring.revoke(id).await?;
+    let row = state.keyring.revoke(id, &by).await?;
     Ok(Json(state.keyring.full_view(&row).await?))
 }
 
 #[utoipa::path(post, path = "/api/api-keys/{id}/renew", tag = "keys", params(("id" = i64, Path, description = "The key's id")), request_body = Renewal, responses((status = 200, description = "The renewed key", body = KeyView), (status = 404, description = "No key with that id", body = ErrorBody), (status = 409, description = "The key is revoked", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
 pub(crate) async fn renew(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(renewal): ApiJson<Renewal>,
 ) -> Result<Json<KeyView>, ApiError> {
-    let row = state.keyring.renew(id, &renewal).await?;
+    let row = state.keyring.renew(id, &renewal, &by).await?;
     Ok(Json(state.keyring.full_view(&row).await?))
 }
 
 #[utoipa::path(post, path = "/api/api-keys/renew-expiring", tag = "keys", request_body = RenewExpiring, responses((status = 200, description = "What was renewed", body = RenewedBatch), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
 pub(crate) async fn renew_expiring(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     ApiJson(request): ApiJson<RenewExpiring>,
 ) -> Result<Json<RenewedBatch>, ApiError> {
-    Ok(Json(state.keyring.renew_expiring(&request).await?))
+    Ok(Json(state.keyring.renew_expiring(&request, &by).await?))
 }
 
 #[utoipa::path(post, path = "/api/api-keys/{id}/regenerate", tag = "keys", params(("id" = i64, Path, description = "The key's id")), request_body(content = Option<Regenerate>, description = "Optional: a grace period for the replaced secret"), responses((status = 200, description = "The key, with the new full `key` (shown this once)", body = KeyView), (status = 404, description = "No key with that id", body = ErrorBody), (status = 409, description = "The key is revoked", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
 pub(crate) async fn regenerate(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     ApiPath(id): ApiPath<i64>,
     body: axum::body::Bytes,
 ) -> Result<Json<KeyView>, ApiError> {
@@ -171,7 +178,10 @@ pub(crate) async fn regenerate(
                 )
             })?
     };
-    let regenerated = state.keyring.regenerate(id, request.grace_hours).await?;
+    let regenerated = state
+        .keyring
+        .regenerate(id, request.grace_hours, &by)
+        .await?;
     let mut view = state
         .keyring
         .full_view(&regenerated.row)
@@ -184,9 +194,10 @@ pub(crate) async fn regenerate(
 #[utoipa::path(delete, path = "/api/api-keys/{id}", tag = "keys", params(("id" = i64, Path, description = "The key's id")), responses((status = 204, description = "The key and its call logs are deleted"), (status = 404, description = "No key with that id", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
 pub(crate) async fn remove(
     State(state): State<AppState>,
+    Extension(by): Extension<Actor>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
-    state.keyring.delete(id).await?;
+    state.keyring.delete(id, &by).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

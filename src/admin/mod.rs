@@ -1,6 +1,7 @@
 //! The JSON admin API under `/api`: every route needs the admin token or a console session,
 //! except login.
 
+pub mod audit;
 pub mod auth;
 pub mod keys;
 pub mod logs;
@@ -18,6 +19,7 @@ use crate::store::Page;
 pub fn router(state: &AppState) -> Router<AppState> {
     let protected = Router::new()
         .merge(keys::router())
+        .merge(audit::router())
         .merge(logs::router())
         .merge(auth::session_router())
         .route_layer(middleware::from_fn_with_state(

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi, PartialSchema};
 
-use super::{auth, keys, logs};
+use super::{audit, auth, keys, logs};
 use crate::limits::LimitsPatch;
 
 #[derive(OpenApi)]
@@ -30,6 +30,7 @@ use crate::limits::LimitsPatch;
         keys::stats,
         keys::logs,
         logs::list,
+        audit::list,
         auth::login,
         auth::logout,
     ),
@@ -38,6 +39,7 @@ use crate::limits::LimitsPatch;
     tags(
         (name = "keys", description = "API keys: create, change, renew, revoke, regenerate, delete, stats"),
         (name = "logs", description = "Call logs, one row per relayed request"),
+        (name = "audit", description = "Every admin change: who, how, from where, what changed"),
         (name = "auth", description = "The console's session"),
     )
 )]

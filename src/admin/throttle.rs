@@ -12,6 +12,16 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Client addresses tracked at once; past it, new addresses are held by the total limit only.
 const MAX_TRACKED: usize = 10_000;
 
+/// A burst of failed authentications that just reached a limit: reported once per window
+/// (the audit log gets one entry per burst, never one per failed try).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Burst {
+    /// This address reached its failures per window.
+    Address { failures: u32 },
+    /// All addresses together went over the total per window.
+    Total { failures: u32 },
+}
+
 pub struct Throttle {
     per_ip: u32,
     total: u32,
@@ -89,15 +99,19 @@ impl Throttle {
     }
 
     /// After a wrong credential: counts it; 429 instead of 401 when this address or all of them
-    /// together are now over their limit.
-    pub fn failed(&self, ip: IpAddr, now: Instant) -> ApiError {
+    /// together are now over their limit. Also says when this failure made a burst reach a limit.
+    pub fn failed(&self, ip: IpAddr, now: Instant) -> (ApiError, Option<Burst>) {
         let Ok(mut state) = self.state.lock() else {
-            return ApiError::AdminAuth;
+            return (ApiError::AdminAuth, None);
         };
+        let mut burst = None;
         let State { ips, total } = &mut *state;
         log_refused(None, total.roll(now));
         total.failures = total.failures.saturating_add(1);
         if total.failures == self.total + 1 {
+            burst = Some(Burst::Total {
+                failures: total.failures,
+            });
             tracing::warn!(
                 limit = self.total,
                 "admin authentication: over {} failures in {}s from all addresses; wrong attempts get 429 until the window ends",
@@ -114,6 +128,9 @@ impl Throttle {
             log_refused(Some(ip), window.roll(now));
             window.failures = window.failures.saturating_add(1);
             if window.failures == self.per_ip {
+                burst = burst.or(Some(Burst::Address {
+                    failures: window.failures,
+                }));
                 tracing::warn!(
                     %ip,
                     "admin authentication: {} failures in {}s from this address; it gets 429 until the window ends",
@@ -129,18 +146,20 @@ impl Throttle {
         };
         if total.failures > self.total {
             total.refused += 1;
-            return too_many(
+            let error = too_many(
                 "Too many failed admin authentications; the right token still works",
                 total.retry_after(now),
             );
+            return (error, burst);
         }
-        match window {
+        let error = match window {
             Some(window) if window.failures > self.per_ip => too_many(
                 "Too many failed admin authentications from this address",
                 window.retry_after(now),
             ),
             _ => ApiError::AdminAuth,
-        }
+        };
+        (error, burst)
     }
 }
 
@@ -192,7 +211,7 @@ mod tests {
         let a = ip("192.0.2.1");
         for _ in 0..3 {
             assert!(throttle.admit(a, t0).is_ok());
-            assert!(matches!(throttle.failed(a, t0), ApiError::AdminAuth));
+            assert!(matches!(throttle.failed(a, t0).0, ApiError::AdminAuth));
         }
         let refused = throttle.admit(a, t0 + Duration::from_secs(20)).unwrap_err();
         assert!(
@@ -215,16 +234,19 @@ mod tests {
         let t0 = Instant::now();
         for n in 0..4 {
             let from = ip(&format!("192.0.2.{n}"));
-            assert!(matches!(throttle.failed(from, t0), ApiError::AdminAuth));
+            assert!(matches!(throttle.failed(from, t0).0, ApiError::AdminAuth));
         }
         let fresh = ip("198.51.100.1");
         assert!(
             throttle.admit(fresh, t0).is_ok(),
             "the right token may still pass"
         );
-        assert!(is_429(&throttle.failed(fresh, t0)));
+        let (error, burst) = throttle.failed(fresh, t0);
+        assert!(is_429(&error));
+        assert_eq!(burst, Some(Burst::Total { failures: 5 }), "reported once");
+        assert_eq!(throttle.failed(fresh, t0).1, None);
         assert!(matches!(
-            throttle.failed(fresh, t0 + WINDOW),
+            throttle.failed(fresh, t0 + WINDOW).0,
             ApiError::AdminAuth
         ));
     }

@@ -1,12 +1,15 @@
 //! CLI commands of the expiry lifecycle: the default-expiry migration and the seed test keys.
 
 use super::keys::printable;
+use crate::audit::Actor;
 use crate::clock::{rfc3339, MS_PER_DAY};
 use crate::key_ops::{CreateKey, KeyPatch, Keyring};
 
 /// `keygate migrate apikey-expiry [--days N] [--dry-run]`.
 pub async fn migrate_expiry(keyring: &Keyring, days: i64, dry_run: bool) -> anyhow::Result<()> {
-    let changed = keyring.add_default_expiry(days, dry_run).await?;
+    let changed = keyring
+        .add_default_expiry(days, dry_run, &Actor::cli())
+        .await?;
     if changed.is_empty() {
         println!("Every key already has an expiry (or is in activation mode, or revoked): nothing to change.");
         return Ok(());
@@ -69,14 +72,14 @@ pub async fn seed_test(keyring: &Keyring) -> anyhow::Result<()> {
             description: Some("created by keygate keys seed-test".into()),
             ..request
         };
-        let (mut row, secret) = keyring.create(&request).await?;
+        let (mut row, secret) = keyring.create(&request, &Actor::cli()).await?;
         if name.ends_with("Expired") {
             let a_day_ago = rfc3339(keyring.now() - MS_PER_DAY);
             let patch = KeyPatch {
                 expires_at: Some(Some(a_day_ago)),
                 ..Default::default()
             };
-            row = keyring.update(row.id, &patch).await?;
+            row = keyring.update(row.id, &patch, &Actor::cli()).await?;
         }
         let view = keyring.view(&row);
         let expires = view

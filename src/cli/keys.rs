@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use console::style;
 
+use crate::audit::Actor;
 use crate::clock::{parse_rfc3339, rfc3339, MS_PER_DAY, MS_PER_HOUR};
 use crate::key_ops::{CreateKey, KeyPatch, KeyView, Keyring, RenewExpiring, Renewal};
 use crate::keys::{ActivationUnit, ExpirationMode, Status};
@@ -175,7 +176,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 limits: args.limits,
                 ..Default::default()
             };
-            let view = keyring.view(&keyring.update(args.id, &patch).await?);
+            let view = keyring.view(&keyring.update(args.id, &patch, &Actor::cli()).await?);
             println!("Key #{} '{}' changed.", view.id, printable(&view.name));
             print_restrictions(&view);
             print_limits(&view);
@@ -187,7 +188,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 expires_at: Some(expires_at.map(rfc3339)),
                 ..Default::default()
             };
-            let row = keyring.update(id, &patch).await?;
+            let row = keyring.update(id, &patch, &Actor::cli()).await?;
             println!(
                 "Expiry of key #{id} set to {}.",
                 describe_expiry(&keyring.view(&row))
@@ -213,7 +214,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
             } else {
                 renewal
             };
-            let row = keyring.renew(id, &renewal).await?;
+            let row = keyring.renew(id, &renewal, &Actor::cli()).await?;
             println!(
                 "Key #{id} renewed: {}.",
                 describe_expiry(&keyring.view(&row))
@@ -230,7 +231,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 extend_days: Some(extend),
                 ids,
             };
-            let batch = keyring.renew_expiring(&request).await?;
+            let batch = keyring.renew_expiring(&request, &Actor::cli()).await?;
             if batch.renewed.is_empty() {
                 println!("No key expires within {within} days: nothing renewed.");
             } else {
@@ -246,14 +247,14 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
             Ok(())
         }
         KeysCommand::Revoke { id } => {
-            keyring.revoke(id).await?;
+            keyring.revoke(id, &Actor::cli()).await?;
             println!(
                 "Key #{id} revoked: it can never authenticate again. Its record and logs are kept."
             );
             Ok(())
         }
         KeysCommand::Regenerate { id, grace_hours } => {
-            let regenerated = keyring.regenerate(id, grace_hours).await?;
+            let regenerated = keyring.regenerate(id, grace_hours, &Actor::cli()).await?;
             println!(
                 "New key for #{id} '{}' (shown once, store it now):\n\n  {}\n",
                 printable(&regenerated.row.name),
@@ -279,7 +280,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 println!("Not deleted.");
                 return Ok(());
             }
-            keyring.delete(id).await?;
+            keyring.delete(id, &Actor::cli()).await?;
             println!("Key #{id} and its call logs deleted.");
             Ok(())
         }
@@ -357,7 +358,7 @@ async fn create(keyring: &Keyring, args: CreateArgs) -> anyhow::Result<()> {
             Some(at) => request.expires_at = Some(rfc3339(at)),
         }
     }
-    let (row, secret) = keyring.create(&request).await?;
+    let (row, secret) = keyring.create(&request, &Actor::cli()).await?;
     let view = keyring.view(&row).with_key(secret.clone());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&view)?);

@@ -50,6 +50,14 @@ pub async fn run(keyring: &Keyring, command: LogsCommand) -> anyhow::Result<()> 
                 return Ok(());
             }
             let pruned = prune_before(pool, before, &CancellationToken::new()).await?;
+            crate::audit::record_prune(
+                pool,
+                keyring.now(),
+                &crate::audit::Actor::cli(),
+                before,
+                pruned.rows,
+            )
+            .await?;
             println!(
                 "Deleted {} call log(s) older than {when}; the usage rollup keeps their usage \
                  (stats, limits and key totals are unchanged).",

@@ -9,6 +9,7 @@ use dialoguer::{Confirm, Input, Select};
 
 use super::keys::{describe_expiry, parse_expiry, print_keys, printable};
 use super::Cli;
+use crate::audit::Actor;
 use crate::clock::{rfc3339, MS_PER_DAY};
 use crate::key_ops::{KeyPatch, KeyView, Keyring, RenewExpiring};
 use crate::store::keys::KeyFilter;
@@ -136,7 +137,7 @@ async fn change_expiry(keyring: &Keyring, theme: &ColorfulTheme) -> anyhow::Resu
         expires_at: Some(expires_at.map(rfc3339)),
         ..Default::default()
     };
-    let row = keyring.update(view.id, &patch).await?;
+    let row = keyring.update(view.id, &patch, &Actor::cli()).await?;
     println!(
         "Key #{} now {}.",
         view.id,
@@ -174,7 +175,10 @@ async fn renew_expiring(keyring: &Keyring, theme: &ColorfulTheme) -> anyhow::Res
         Some(choice @ (0 | 1)) => {
             let days = if choice == 0 { 30 } else { 90 };
             let batch = keyring
-                .renew_expiring(&renew(views.iter().map(|v| v.id).collect(), days))
+                .renew_expiring(
+                    &renew(views.iter().map(|v| v.id).collect(), days),
+                    &Actor::cli(),
+                )
                 .await?;
             println!("Renewed {} key(s) by {days} days.", batch.renewed.len());
         }
@@ -190,7 +194,9 @@ async fn renew_expiring(keyring: &Keyring, theme: &ColorfulTheme) -> anyhow::Res
                 {
                     Some(choice @ (0 | 1)) => {
                         let days = if choice == 0 { 30 } else { 90 };
-                        keyring.renew_expiring(&renew(vec![view.id], days)).await?;
+                        keyring
+                            .renew_expiring(&renew(vec![view.id], days), &Actor::cli())
+                            .await?;
                         println!("Key #{} renewed by {days} days.", view.id);
                     }
                     Some(_) => continue,
@@ -217,7 +223,7 @@ async fn delete(keyring: &Keyring, theme: &ColorfulTheme) -> anyhow::Result<()> 
         .default(false)
         .interact()?
     {
-        keyring.delete(view.id).await?;
+        keyring.delete(view.id, &Actor::cli()).await?;
         println!("Key #{} deleted.", view.id);
     } else {
         println!("Not deleted.");

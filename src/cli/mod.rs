@@ -1,6 +1,7 @@
 //! The command line: `keygate serve` (the default), and the commands that work on the store
 //! directly, with or without the server running, through the same key operations.
 
+pub mod audit;
 pub mod data;
 mod expiry;
 pub mod healthcheck;
@@ -39,6 +40,8 @@ pub enum Command {
     /// Exit 0 when the keygate serving at KEYGATE_LISTEN answers /healthz with 200, else 1
     /// (for container health checks; a wildcard address is asked on loopback).
     Healthcheck,
+    /// The audit log of admin changes, newest first.
+    Audit(audit::AuditArgs),
     /// Data migrations.
     #[command(subcommand)]
     Migrate(MigrateCommand),
@@ -95,5 +98,6 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Data(DataCommand::Import(args)) => data::import(&keyring, &args).await,
         Command::Data(DataCommand::Backup(args)) => data::backup(&keyring, &args).await,
         Command::Logs(command) => logs::run(&keyring, command).await,
+        Command::Audit(args) => audit::run(&keyring, &args).await,
     }
 }

@@ -300,6 +300,12 @@ async fn forward(
             let admitted = meter.admit(limits, record.timestamp).map_err(|exceeded| {
                 // Not relayed: not the key's use.
                 record.authenticated = false;
+                state.keyring.webhooks.limit_reached(
+                    key.id,
+                    exceeded.limit,
+                    exceeded.retry_after,
+                    record.timestamp,
+                );
                 Refusal::new(exceeded.error(), exceeded.reason())
             })?;
             record.meter = Some(meter.clone());

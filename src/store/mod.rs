@@ -1,11 +1,13 @@
 //! All SQL: connecting (WAL, foreign keys, busy timeout), migrating, and the small settings table.
 
+pub mod audit;
 pub mod keys;
 pub mod log_batch;
 pub mod logs;
 pub mod retention;
 pub mod transfer;
 pub mod usage;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -66,6 +68,16 @@ pub async fn open(database_url: &str, busy_timeout: Duration) -> anyhow::Result<
     }
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
+        // A transaction whose COMMIT failed (on a full disk SQLite rolls it back by itself)
+        // leaves sqlx counting it as open, so every later BEGIN on that connection would fail:
+        // such a connection is closed instead of going back to the pool. The ping first runs
+        // the rollback a dropped transaction queued.
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                conn.ping().await?;
+                Ok(!conn.is_in_transaction())
+            })
+        })
         .connect_with(options)
         .await
         .with_context(|| format!("cannot open the database {database_url}"))?;

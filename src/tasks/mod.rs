@@ -1,5 +1,7 @@
-//! Background work: the batching call-log writer, the expiry sweeper and call-log retention.
+//! Background work: the batching call-log writer, the expiry sweeper, call-log retention and
+//! webhook delivery.
 
 pub mod log_writer;
 pub mod retention;
 pub mod sweeper;
+pub mod webhooks;

@@ -1,4 +1,5 @@
-//! The expiry sweeper: every cleanup interval, marks keys whose expiry has passed inactive.
+//! The expiry sweeper: every cleanup interval, marks keys whose expiry has passed inactive and
+//! queues the expiry webhooks that came due.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::store;
+use crate::webhooks::Webhooks;
 
 /// One sweep: the stored flag catches up with expiry (which is enforced at request time anyway).
 pub async fn sweep_once(pool: &SqlitePool, clock: &Clock) -> anyhow::Result<u64> {
@@ -23,10 +25,11 @@ pub async fn sweep_once(pool: &SqlitePool, clock: &Clock) -> anyhow::Result<u64>
     Ok(changed)
 }
 
-/// Sweeps now and then every `every`, until `stop` is cancelled.
+/// Sweeps (and scans for expiry webhooks) now and then every `every`, until `stop` is cancelled.
 pub fn spawn(
     pool: SqlitePool,
     clock: Clock,
+    webhooks: Webhooks,
     every: Duration,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
@@ -37,6 +40,9 @@ pub fn spawn(
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
+                    if let Err(err) = crate::tasks::webhooks::scan_expiry(&pool, &clock, &webhooks).await {
+                        tracing::error!(error = %err, "expiry webhook scan failed");
+                    }
                     if let Err(err) = sweep_once(&pool, &clock).await {
                         tracing::error!(error = format!("{err:#}"), "expiry sweep failed");
                     }

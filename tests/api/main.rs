@@ -1,6 +1,7 @@
 //! The one integration test binary: the real server on loopback, a temp SQLite file, a mock upstream.
 
 mod admin;
+mod audit;
 mod cli;
 mod confine;
 mod console;
@@ -27,4 +28,5 @@ mod secrets;
 mod shutdown;
 mod stream_usage;
 mod upstream_wire;
+mod webhooks;
 mod wire_fuzz;

@@ -132,6 +132,11 @@ async fn logs_prune_counts_then_deletes_while_the_server_serves() {
 
     let done = ok(&app, &["logs", "prune", "--older-than", "30d"]);
     assert!(done.contains("Deleted 120 call log(s)"), "{done}");
+    // The prune is in the audit log (the dry run is not).
+    let (_, trail) = app.get("/api/audit-log?action=prune").await;
+    assert_eq!(trail["total"], 1, "{trail}");
+    assert_eq!(trail["items"][0]["details"]["rows_deleted"], 120, "{trail}");
+    assert_eq!(trail["items"][0]["via"], "cli", "{trail}");
     assert_eq!(total_logs(&app).await, 8);
     assert_eq!(app.chat_model(&secret, "gpt-test").await.0, 200);
     app.flush().await;

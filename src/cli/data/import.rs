@@ -71,6 +71,7 @@ pub async fn import(keyring: &Keyring, args: &ImportArgs) -> anyhow::Result<()> 
             .await
             .with_context(|| format!("cannot import {file}; nothing was changed"))?;
         keyring.cache.clear();
+        importer.tally.audit(keyring, &file).await?;
         println!(
             "Imported {file}: {}.",
             importer.tally.describe(&importer.types)
@@ -187,6 +188,21 @@ struct Tally {
 }
 
 impl Tally {
+    /// The import's audit entry: the file and its counts (after the import committed).
+    async fn audit(&self, keyring: &Keyring, file: &str) -> anyhow::Result<()> {
+        let counts = |c: &Counts| serde_json::json!({"new": c.new, "overwritten": c.overwritten, "skipped": c.skipped});
+        let details = serde_json::json!({
+            "file": file,
+            "keys": counts(&self.keys),
+            "logs": counts(&self.logs),
+        });
+        let by = crate::audit::Actor::cli();
+        let action = crate::audit::Action::Import;
+        crate::audit::record(&keyring.pool, keyring.now(), &by, action, None, details)
+            .await
+            .context("imported, but cannot write the audit entry")
+    }
+
     fn describe(&self, types: &[DataType]) -> String {
         types
             .iter()
