@@ -88,18 +88,9 @@ pub fn spawn(
     every: Duration,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {
-                    if let Err(err) = prune_once(&pool, &clock, days, &stop).await {
-                        tracing::error!(error = format!("{err:#}"), "call-log retention failed");
-                    }
-                }
-            }
-        }
+    let stop_pruning = stop.clone();
+    super::every("call-log retention", every, stop, move || {
+        let (pool, clock, stop) = (pool.clone(), clock.clone(), stop_pruning.clone());
+        async move { prune_once(&pool, &clock, days, &stop).await.map(drop) }
     })
 }

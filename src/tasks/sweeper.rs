@@ -33,21 +33,13 @@ pub fn spawn(
     every: Duration,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {
-                    if let Err(err) = crate::tasks::webhooks::scan_expiry(&pool, &clock, &webhooks).await {
-                        tracing::error!(error = %err, "expiry webhook scan failed");
-                    }
-                    if let Err(err) = sweep_once(&pool, &clock).await {
-                        tracing::error!(error = format!("{err:#}"), "expiry sweep failed");
-                    }
-                }
+    super::every("expiry sweep", every, stop, move || {
+        let (pool, clock, webhooks) = (pool.clone(), clock.clone(), webhooks.clone());
+        async move {
+            if let Err(err) = crate::tasks::webhooks::scan_expiry(&pool, &clock, &webhooks).await {
+                tracing::error!(error = %err, "expiry webhook scan failed");
             }
+            sweep_once(&pool, &clock).await.map(drop)
         }
     })
 }
