@@ -1,7 +1,6 @@
 //! One webhook POST over HTTP/1.1 (TLS by rustls for https): `Connection: close`, and only
 //! the status line of the answer is read.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -9,7 +8,7 @@ use hyper::Uri;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+
 use tokio_rustls::TlsConnector;
 
 /// The longest answer head read.
@@ -48,7 +47,7 @@ impl Target {
         let tls = if secure {
             let name = ServerName::try_from(host.clone())
                 .with_context(|| format!("`{host}` is not a valid TLS server name"))?;
-            Some((tls_connector()?, name))
+            Some((crate::relay::upstream::tls_connector()?, name))
         } else {
             None
         };
@@ -141,18 +140,4 @@ async fn exchange_on<S: AsyncRead + AsyncWrite + Unpin>(
         }
         buf.extend_from_slice(&chunk[..read]);
     }
-}
-
-fn tls_connector() -> anyhow::Result<TlsConnector> {
-    let roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let mut config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .context("cannot set up TLS")?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
 }

@@ -100,7 +100,9 @@ impl Target {
     }
 }
 
-fn tls_connector() -> anyhow::Result<TlsConnector> {
+/// A TLS client with the web's root certificates (webpki-roots), for HTTP/1.1 (also used by
+/// the webhook sender).
+pub(crate) fn tls_connector() -> anyhow::Result<TlsConnector> {
     let roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };

@@ -2,6 +2,7 @@
 //! keep-alive HTTP/1.1 connection driven by the relaying task itself.
 
 mod conn;
+pub(crate) use conn::tls_connector;
 pub mod http1;
 pub mod recorded;
 
