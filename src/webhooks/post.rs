@@ -8,7 +8,6 @@ use hyper::Uri;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
-
 use tokio_rustls::TlsConnector;
 
 /// The longest answer head read.
