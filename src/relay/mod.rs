@@ -108,7 +108,13 @@ pub async fn relay(
         route = %crate::metrics::labels::route(request.uri().path()),
         key_id = tracing::field::Empty,
     );
-    answer(state, peer, request).instrument(span).await
+    if span.is_disabled() {
+        // Filtered out (the usual `RUST_LOG=warn` of a busy gateway): no span to enter on
+        // every poll of the request's future.
+        answer(state, peer, request).await
+    } else {
+        answer(state, peer, request).instrument(span).await
+    }
 }
 
 async fn answer(
@@ -217,7 +223,10 @@ async fn forward(
     .await
     .map_err(refuse)?;
     record.api_key_id = Some(key.id);
-    tracing::Span::current().record("key_id", key.id);
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("key_id", key.id);
+    }
     // Before admission: a request that may not be relayed neither starts an activation-mode
     // key's clock nor counts as the key's use; its row still names the key.
     confine::check(&parts.method, parts.uri.path())
