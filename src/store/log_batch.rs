@@ -55,10 +55,17 @@ const SAVE_WINDOW: &str =
      tokens = excluded.tokens, cost = excluded.cost";
 const DROP_WINDOW: &str = "DELETE FROM rate_windows WHERE api_key_id = ?1";
 const KEY_EXISTS: &str = "SELECT 1 FROM api_keys WHERE id = ?1";
-const INSERT_ROW: &str = "INSERT INTO api_call_logs (api_key_id, timestamp, model, status, \
-     http_status, response_time, ip_address, endpoint, error_message, request_size, response_size, \
-     prompt_tokens, completion_tokens, total_tokens, stream, cost, cached_tokens) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+/// A call-log row, its parameters in `log_sql().data`'s order.
+fn insert_row() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let sql = super::logs::log_sql();
+        format!(
+            "INSERT INTO api_call_logs ({}) VALUES ({})",
+            sql.data, sql.params
+        )
+    });
+    SQL.as_str()
+}
 
 /// Rows inserted between two calls of the caller's `pause`.
 const PAUSE_EVERY: usize = 16;
@@ -159,7 +166,7 @@ impl LogStore {
         let mut written = 0;
         let mut ip_text = String::new();
         {
-            let mut insert = tx.prepare_cached(INSERT_ROW)?;
+            let mut insert = tx.prepare_cached(insert_row())?;
             for r in records {
                 if r.api_key_id.is_some_and(|id| !exists[&id]) {
                     continue;

@@ -36,9 +36,99 @@ pub struct LogRow {
     pub cached_tokens: Option<i64>,
 }
 
-const COLUMNS: &str = "id, api_key_id, timestamp, model, status, http_status, response_time, ip_address, \
-     endpoint, error_message, request_size, response_size, prompt_tokens, completion_tokens, total_tokens, stream, \
-     cost, cached_tokens";
+/// Every column of `api_call_logs` after `id` and `api_key_id`, in the order `bind_log!`
+/// binds them. Adding a column: its migration, a `LogRow` field, this list and `bind_log!`
+/// (and where its value comes from: the call-log writer's INSERT, the export, the import's
+/// parser); every statement of `store` that reads or copies rows is built from the list.
+pub const LOG_COLUMNS: &[&str] = &[
+    "timestamp",
+    "model",
+    "status",
+    "http_status",
+    "response_time",
+    "ip_address",
+    "endpoint",
+    "error_message",
+    "request_size",
+    "response_size",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "stream",
+    "cost",
+    "cached_tokens",
+];
+
+/// SQL fragments of `api_call_logs`, built once from `LOG_COLUMNS`.
+pub struct LogSql {
+    /// `id, api_key_id, timestamp, …`: a full `LogRow`.
+    pub select: String,
+    /// `api_key_id, timestamp, …`: every column but `id`, in `bind_log!`'s order.
+    pub data: String,
+    /// `data` of a staged row whose key moved to a fresh id (`temp.key_moves`).
+    pub data_moved: String,
+    /// `?1, ?2, …`: one placeholder per `data` column (`id` follows as `?{id_param}`).
+    pub params: String,
+    pub id_param: usize,
+    /// ` ON CONFLICT (id) DO UPDATE SET api_key_id = excluded.api_key_id, …`.
+    pub overwrite: String,
+}
+
+pub fn log_sql() -> &'static LogSql {
+    static SQL: std::sync::LazyLock<LogSql> = std::sync::LazyLock::new(|| {
+        let tail = LOG_COLUMNS.join(", ");
+        let data: Vec<&str> = std::iter::once("api_key_id")
+            .chain(LOG_COLUMNS.iter().copied())
+            .collect();
+        LogSql {
+            select: format!("id, api_key_id, {tail}"),
+            data: data.join(", "),
+            data_moved: format!(
+                "COALESCE((SELECT new FROM temp.key_moves WHERE old = api_key_id), api_key_id), {tail}"
+            ),
+            params: (1..=data.len())
+                .map(|n| format!("?{n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            id_param: data.len() + 1,
+            overwrite: format!(
+                " ON CONFLICT (id) DO UPDATE SET {}",
+                data.iter()
+                    .map(|c| format!("{c} = excluded.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    });
+    &SQL
+}
+
+/// Binds the `data` columns of a `&LogRow` in `log_sql().data`'s order with `$bind` (`bind`
+/// on a query, `push_bind` on a row of a multi-row insert); the caller binds `id` after them.
+macro_rules! bind_log {
+    ($query:expr, $log:expr, $bind:ident) => {{
+        let log: &$crate::store::logs::LogRow = $log;
+        $query
+            .$bind(log.api_key_id)
+            .$bind(log.timestamp)
+            .$bind(log.model.as_deref())
+            .$bind(log.status.as_str())
+            .$bind(log.http_status)
+            .$bind(log.response_time)
+            .$bind(log.ip_address.as_deref())
+            .$bind(log.endpoint.as_str())
+            .$bind(log.error_message.as_deref())
+            .$bind(log.request_size)
+            .$bind(log.response_size)
+            .$bind(log.prompt_tokens)
+            .$bind(log.completion_tokens)
+            .$bind(log.total_tokens)
+            .$bind(log.stream)
+            .$bind(log.cost)
+            .$bind(log.cached_tokens)
+    }};
+}
+pub(crate) use bind_log;
 
 /// A log row's outcome, as a status filter names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,7 +277,8 @@ fn page_query<'a>(
     at: PageAt,
     cursor: Option<(i64, i64)>,
 ) -> QueryBuilder<'a, Sqlite> {
-    let mut select = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM api_call_logs"));
+    let mut select =
+        QueryBuilder::<Sqlite>::new(format!("SELECT {} FROM api_call_logs", log_sql().select));
     push_filter(&mut select, filter, filter.status);
     let newest_first = !matches!(at, PageAt::After { .. });
     if let Some((timestamp, id)) = cursor {

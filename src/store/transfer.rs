@@ -13,16 +13,8 @@ use sqlx::{
 
 use super::keys::{bind_key, key_sql, KeyRow};
 use super::log_batch::{rollup_add, rollup_columns};
-use super::logs::LogRow;
+use super::logs::{bind_log, log_sql, LogRow};
 use crate::clock::{day_text, MS_PER_DAY};
-
-macro_rules! select_logs {
-    () => {
-        "SELECT id, api_key_id, timestamp, model, status, http_status, response_time, ip_address, \
-         endpoint, error_message, request_size, response_size, prompt_tokens, completion_tokens, \
-         total_tokens, stream, cost, cached_tokens FROM api_call_logs"
-    };
-}
 
 /// A read transaction: counts and rows read in it all come from one snapshot, so an export
 /// taken while the server writes is consistent.
@@ -68,49 +60,16 @@ pub fn logs_after(
     after: i64,
     limit: i64,
 ) -> impl Stream<Item = sqlx::Result<LogRow>> + '_ {
-    sqlx::query_as(concat!(select_logs!(), " WHERE id > ? ORDER BY id LIMIT ?"))
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {} FROM api_call_logs WHERE id > ? ORDER BY id LIMIT ?",
+            log_sql().select
+        )
+    });
+    sqlx::query_as(SQL.as_str())
         .bind(after)
         .bind(limit)
         .fetch(conn)
-}
-
-/// The columns of `api_call_logs` an import writes, but `api_key_id` and `id`.
-macro_rules! log_tail {
-    () => {
-        "timestamp, model, status, http_status, response_time, ip_address, endpoint, \
-         error_message, request_size, response_size, prompt_tokens, completion_tokens, \
-         total_tokens, stream, cost, cached_tokens"
-    };
-}
-
-/// The columns of `api_call_logs` an import writes, but `id`.
-macro_rules! log_data {
-    () => {
-        concat!("api_key_id, ", log_tail!())
-    };
-}
-
-/// `log_data` of a staged row, its key id following a key that moved to a fresh id.
-macro_rules! log_data_moved {
-    () => {
-        concat!(
-            "COALESCE((SELECT new FROM temp.key_moves WHERE old = api_key_id), api_key_id), ",
-            log_tail!()
-        )
-    };
-}
-
-macro_rules! log_overwrite {
-    () => {
-        " ON CONFLICT (id) DO UPDATE SET api_key_id = excluded.api_key_id, \
-         timestamp = excluded.timestamp, model = excluded.model, status = excluded.status, \
-         http_status = excluded.http_status, response_time = excluded.response_time, \
-         ip_address = excluded.ip_address, endpoint = excluded.endpoint, \
-         error_message = excluded.error_message, request_size = excluded.request_size, \
-         response_size = excluded.response_size, prompt_tokens = excluded.prompt_tokens, \
-         completion_tokens = excluded.completion_tokens, total_tokens = excluded.total_tokens, \
-         stream = excluded.stream, cost = excluded.cost, cached_tokens = excluded.cached_tokens"
-    };
 }
 
 /// The page cache of this connection's view of the database (KiB): the move-in transaction
@@ -197,7 +156,7 @@ impl Stage {
              overwrite INTEGER NOT NULL); \
              CREATE TABLE stage.api_call_logs (id INTEGER PRIMARY KEY, {}, \
              overwrite INTEGER NOT NULL);",
-            log_data!()
+            log_sql().data
         ))
         .execute(&mut stage.conn)
         .await?;
@@ -321,37 +280,29 @@ impl Stage {
         add_to_rollup(&mut tx, &self.usage, self.overwrites > 0)
             .await
             .map_err(write("usage rollup"))?;
-        sqlx::query(concat!(
-            "INSERT INTO main.api_call_logs (",
-            log_data!(),
-            ", id) SELECT ",
-            log_data_moved!(),
-            ", id FROM stage.api_call_logs WHERE NOT overwrite ",
-            "AND id NOT IN (SELECT id FROM temp.taken_log_ids) ORDER BY id"
+        let logs = log_sql();
+        sqlx::query(&format!(
+            "INSERT INTO main.api_call_logs ({}, id) SELECT {}, id FROM stage.api_call_logs \
+             WHERE NOT overwrite AND id NOT IN (SELECT id FROM temp.taken_log_ids) ORDER BY id",
+            logs.data, logs.data_moved
         ))
         .execute(&mut *tx)
         .await
         .map_err(write("new call logs"))?;
-        sqlx::query(concat!(
-            "INSERT INTO main.api_call_logs (",
-            log_data!(),
-            ", id) SELECT ",
-            log_data_moved!(),
-            ", id FROM stage.api_call_logs WHERE overwrite ORDER BY id",
-            log_overwrite!()
+        sqlx::query(&format!(
+            "INSERT INTO main.api_call_logs ({}, id) SELECT {}, id FROM stage.api_call_logs \
+             WHERE overwrite ORDER BY id{}",
+            logs.data, logs.data_moved, logs.overwrite
         ))
         .execute(&mut *tx)
         .await
         .map_err(write("overwritten call logs"))?;
         let mut moved_logs = 0;
         if taken_logs > 0 {
-            moved_logs = sqlx::query(concat!(
-                "INSERT INTO main.api_call_logs (",
-                log_data!(),
-                ") SELECT ",
-                log_data_moved!(),
-                " FROM stage.api_call_logs WHERE NOT overwrite ",
-                "AND id IN (SELECT id FROM temp.taken_log_ids) ORDER BY id"
+            moved_logs = sqlx::query(&format!(
+                "INSERT INTO main.api_call_logs ({}) SELECT {} FROM stage.api_call_logs \
+                 WHERE NOT overwrite AND id IN (SELECT id FROM temp.taken_log_ids) ORDER BY id",
+                logs.data, logs.data_moved
             ))
             .execute(&mut *tx)
             .await
@@ -699,16 +650,21 @@ pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
     }
     stage.usage.add(&log.into(), 1);
     stage.overwrites += 1;
-    let insert = sqlx::query(concat!(
-        "INSERT INTO stage.api_call_logs (",
-        log_data!(),
-        ", id, overwrite) ",
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ",
-        "EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?18))",
-        log_overwrite!(),
-        ", overwrite = excluded.overwrite"
-    ));
-    bind_log(insert, log).execute(stage.conn()).await?;
+    // Built once: this runs for every overwritten row.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let sql = log_sql();
+        let id = sql.id_param;
+        format!(
+            "INSERT INTO stage.api_call_logs ({}, id, overwrite) VALUES ({}, ?{id}, \
+             EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?{id})){}, \
+             overwrite = excluded.overwrite",
+            sql.data, sql.params, sql.overwrite
+        )
+    });
+    bind_log!(sqlx::query(SQL.as_str()), log, bind)
+        .bind(log.id)
+        .execute(stage.conn())
+        .await?;
     stage.staged().await
 }
 
@@ -729,31 +685,12 @@ pub async fn put_new_logs(stage: &mut Stage, logs: &[&LogRow]) -> sqlx::Result<V
     if staged.is_empty() {
         return Ok(new);
     }
-    let mut insert = QueryBuilder::<Sqlite>::new(concat!(
-        "INSERT INTO stage.api_call_logs (",
-        log_data!(),
-        ", id, overwrite) "
+    let mut insert = QueryBuilder::<Sqlite>::new(format!(
+        "INSERT INTO stage.api_call_logs ({}, id, overwrite) ",
+        log_sql().data
     ));
     insert.push_values(&staged, |mut row, log| {
-        row.push_bind(log.api_key_id)
-            .push_bind(log.timestamp)
-            .push_bind(log.model.as_deref())
-            .push_bind(log.status.as_str())
-            .push_bind(log.http_status)
-            .push_bind(log.response_time)
-            .push_bind(log.ip_address.as_deref())
-            .push_bind(log.endpoint.as_str())
-            .push_bind(log.error_message.as_deref())
-            .push_bind(log.request_size)
-            .push_bind(log.response_size)
-            .push_bind(log.prompt_tokens)
-            .push_bind(log.completion_tokens)
-            .push_bind(log.total_tokens)
-            .push_bind(log.stream)
-            .push_bind(log.cost)
-            .push_bind(log.cached_tokens)
-            .push_bind(log.id)
-            .push("0");
+        bind_log!(row, log, push_bind).push_bind(log.id).push("0");
     });
     insert.build().execute(stage.conn()).await?;
     for log in &staged {
@@ -761,29 +698,4 @@ pub async fn put_new_logs(stage: &mut Stage, logs: &[&LogRow]) -> sqlx::Result<V
     }
     stage.staged_rows(staged.len() as u64).await?;
     Ok(new)
-}
-
-type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
-
-/// Binds `?1`..`?18`: the columns of `log_data!()`, then the id.
-fn bind_log<'q>(query: Query<'q>, log: &'q LogRow) -> Query<'q> {
-    query
-        .bind(log.api_key_id)
-        .bind(log.timestamp)
-        .bind(&log.model)
-        .bind(&log.status)
-        .bind(log.http_status)
-        .bind(log.response_time)
-        .bind(&log.ip_address)
-        .bind(&log.endpoint)
-        .bind(&log.error_message)
-        .bind(log.request_size)
-        .bind(log.response_size)
-        .bind(log.prompt_tokens)
-        .bind(log.completion_tokens)
-        .bind(log.total_tokens)
-        .bind(log.stream)
-        .bind(log.cost)
-        .bind(log.cached_tokens)
-        .bind(log.id)
 }
