@@ -21,11 +21,9 @@ pub struct Window {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Spent {
     pub window: Option<Window>,
-    /// The UTC day (days since the epoch) `daily_cost` is of.
+    /// The UTC day (days since the epoch) `daily_cost` is of; `weekly_cost` is of its week.
     pub day: i64,
     pub daily_cost: f64,
-    /// The week (`week_of`) `weekly_cost` is of.
-    pub week: i64,
     pub weekly_cost: f64,
     pub total_tokens: i64,
     pub total_cost: f64,
@@ -105,20 +103,14 @@ pub struct RateQuotas {
 
 #[derive(Debug)]
 pub struct Meter {
-    key_id: i64,
     spent: Mutex<Spent>,
 }
 
 impl Meter {
-    pub fn new(key_id: i64, spent: Spent) -> Self {
+    pub fn new(spent: Spent) -> Self {
         Meter {
-            key_id,
             spent: Mutex::new(spent),
         }
-    }
-
-    pub fn key_id(&self) -> i64 {
-        self.key_id
     }
 
     fn lock(&self) -> MutexGuard<'_, Spent> {
@@ -160,6 +152,7 @@ impl Meter {
             ticket: Ticket {
                 meter: self.clone(),
                 started: now,
+                released: false,
             },
             quotas,
         })
@@ -177,13 +170,11 @@ impl Spent {
         // Only forward: a clock set back (NTP) must not give a day's allowance again.
         let day = day_of(now);
         if day > self.day {
+            if week_of(day) > week_of(self.day) {
+                self.weekly_cost = 0.0;
+            }
             self.day = day;
             self.daily_cost = 0.0;
-        }
-        let week = week_of(day);
-        if week > self.week {
-            self.week = week;
-            self.weekly_cost = 0.0;
         }
     }
 
@@ -195,7 +186,7 @@ impl Spent {
             .window
             .map(|w| w.start.saturating_add(limits.window_ms()));
         let next_day = Some((self.day + 1) * MS_PER_DAY);
-        let next_week = Some(week_start_day(self.week + 1) * MS_PER_DAY);
+        let next_week = Some(week_start_day(week_of(self.day) + 1) * MS_PER_DAY);
         [
             ("concurrency_limit", self.in_flight as f64, None),
             ("rate_limit_requests", window.requests as f64, window_end),
@@ -278,7 +269,7 @@ impl Spent {
         if day == self.day {
             self.daily_cost += cost;
         }
-        if week_of(day) == self.week {
+        if week_of(day) == week_of(self.day) {
             self.weekly_cost += cost;
         }
         self.total_tokens += tokens;
@@ -293,27 +284,30 @@ pub struct Admitted {
     pub quotas: RateQuotas,
 }
 
-/// A request under way: holds its concurrency slot until dropped (the response ended, or
-/// the client left); `finish` adds what it spent first.
+/// A request under way: holds its concurrency slot until it is finished (its usage added
+/// and the slot given back under one lock) or dropped (the client left, the upstream failed).
 #[derive(Debug)]
 pub struct Ticket {
     meter: Arc<Meter>,
     started: i64,
+    released: bool,
 }
 
 impl Ticket {
-    pub fn finish(self, tokens: i64, cost: f64) {
-        self.meter.lock().add(self.started, tokens, cost);
-    }
-
-    pub fn meter(&self) -> &Arc<Meter> {
-        &self.meter
+    pub fn finish(mut self, tokens: i64, cost: f64) {
+        let mut spent = self.meter.lock();
+        spent.add(self.started, tokens, cost);
+        spent.in_flight -= 1;
+        drop(spent);
+        self.released = true;
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.meter.lock().in_flight -= 1;
+        if !self.released {
+            self.meter.lock().in_flight -= 1;
+        }
     }
 }
 
@@ -326,7 +320,7 @@ mod tests {
     const T0: i64 = 1_796_083_200_000;
 
     fn meter() -> Arc<Meter> {
-        Arc::new(Meter::new(1, Spent::default()))
+        Arc::new(Meter::new(Spent::default()))
     }
 
     #[test]

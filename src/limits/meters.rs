@@ -58,7 +58,7 @@ impl Meters {
             .entry(key_id)
             .or_insert_with(|| {
                 tracing::debug!(key_id, "meter started");
-                Arc::new(Meter::new(key_id, spent))
+                Arc::new(Meter::new(spent))
             })
             .clone();
         Ok(meter)

@@ -12,22 +12,16 @@ use crate::limits::meter::{week_of, week_start_day, Spent, Window};
 /// What `key_id` has spent as of UTC day `today`: the saved window (if any), today's and
 /// this week's cost from `usage_daily`, and the lifetime sums from its row.
 pub async fn spent(pool: &SqlitePool, key_id: i64, today: i64) -> sqlx::Result<Spent> {
-    let week = week_of(today);
     let window: Option<(i64, i64, i64, f64)> = sqlx::query_as(
         "SELECT window_start, requests, tokens, cost FROM rate_windows WHERE api_key_id = ?",
     )
     .bind(key_id)
     .fetch_optional(pool)
     .await?;
-    let (daily_cost, weekly_cost): (f64, f64) = sqlx::query_as(
-        "SELECT COALESCE(SUM(CASE WHEN day = ?2 THEN cost END), 0.0), COALESCE(SUM(cost), 0.0) \
-         FROM usage_daily WHERE api_key_id = ?1 AND day >= ?3",
-    )
-    .bind(key_id)
-    .bind(day_text(today))
-    .bind(day_text(week_start_day(week)))
-    .fetch_one(pool)
-    .await?;
+    let (daily_cost, weekly_cost) = day_and_week_costs(pool, &[key_id], today)
+        .await?
+        .remove(&key_id)
+        .unwrap_or_default();
     let (total_tokens, total_cost): (i64, f64) =
         sqlx::query_as("SELECT total_tokens_used, total_cost FROM api_keys WHERE id = ?")
             .bind(key_id)
@@ -43,7 +37,6 @@ pub async fn spent(pool: &SqlitePool, key_id: i64, today: i64) -> sqlx::Result<S
         }),
         day: today,
         daily_cost,
-        week,
         weekly_cost,
         total_tokens,
         total_cost,
