@@ -20,6 +20,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod tasks;
+pub mod upstreams;
 pub mod webhooks;
 
 pub use app::{serve, AppState};
