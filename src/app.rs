@@ -31,6 +31,8 @@ pub struct AppState {
     pub clock: Clock,
     pub keyring: Keyring,
     pub upstream: Arc<Upstream>,
+    /// The configured upstreams (SPEC §12), reloaded after every change.
+    pub upstreams: Arc<crate::upstreams::Registry>,
     pub logs: LogSink,
     pub admin: Arc<AdminAuth>,
     pub metrics: Arc<Metrics>,
@@ -51,6 +53,9 @@ impl AppState {
                 "KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) is unset: requests go upstream without a credential"
             );
         }
+        let upstreams = Arc::new(
+            crate::upstreams::Registry::open(pool.clone(), keyring.fernet.clone()).await?,
+        );
         let metrics = Arc::new(Metrics::new(Labelling {
             max_models: config.metrics_models,
             per_key: config.metrics_per_key,
@@ -69,6 +74,7 @@ impl AppState {
             clock,
             keyring,
             upstream,
+            upstreams,
             logs,
             admin,
             metrics,

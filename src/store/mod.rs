@@ -6,6 +6,7 @@ pub mod log_batch;
 pub mod logs;
 pub mod retention;
 pub mod transfer;
+pub mod upstreams;
 pub mod usage;
 pub mod webhooks;
 

@@ -100,3 +100,59 @@ pub struct UpstreamSpec {
     pub created_at: i64,
     pub updated_at: i64,
 }
+
+impl UpstreamSpec {
+    /// The spec of a stored row, its credential decrypted with `fernet`. A row this build
+    /// cannot read (edited by hand, or a Fernet key that changed) is an error naming it.
+    pub fn from_row(
+        row: crate::store::upstreams::UpstreamRow,
+        fernet: &fernet::Fernet,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let what = |field: &str| format!("upstream `{}` (id {}): stored `{field}`", row.name, row.id);
+        let word = |text: &str| serde_json::Value::String(text.to_owned());
+        let kind: Kind = serde_json::from_value(word(&row.kind)).with_context(|| what("kind"))?;
+        let auth_header: AuthHeader =
+            serde_json::from_value(word(&row.auth_header)).with_context(|| what("auth_header"))?;
+        let stream_usage = match row.stream_usage.as_str() {
+            "inject" => StreamUsage::Inject,
+            "off" => StreamUsage::Off,
+            other => anyhow::bail!("{}: `{other}` is not inject or off", what("stream_usage")),
+        };
+        let api_key = match &row.encrypted_api_key {
+            None => None,
+            Some(token) => {
+                let plain = fernet.decrypt(token).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}: cannot be decrypted with this Fernet key (KEYGATE_FERNET_KEY or the data directory's fernet.key changed?)",
+                        what("api_key")
+                    )
+                })?;
+                Some(String::from_utf8(plain).with_context(|| what("api_key"))?)
+            }
+        };
+        Ok(UpstreamSpec {
+            kind,
+            auth_header,
+            stream_usage,
+            api_key,
+            models: serde_json::from_str(&row.models).with_context(|| what("models"))?,
+            model_map: serde_json::from_str(&row.model_map).with_context(|| what("model_map"))?,
+            extra_headers: serde_json::from_str(&row.extra_headers)
+                .with_context(|| what("extra_headers"))?,
+            weight: u32::try_from(row.weight).with_context(|| what("weight"))?,
+            timeout_seconds: row
+                .timeout_seconds
+                .map(u32::try_from)
+                .transpose()
+                .with_context(|| what("timeout_seconds"))?,
+            priority: row.priority,
+            enabled: row.enabled,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            base_url: row.base_url,
+            id: row.id,
+            name: row.name,
+        })
+    }
+}
