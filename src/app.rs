@@ -53,9 +53,6 @@ impl AppState {
                 "KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) is unset: requests go upstream without a credential"
             );
         }
-        let upstreams = Arc::new(
-            crate::upstreams::Registry::open(pool.clone(), keyring.fernet.clone()).await?,
-        );
         let metrics = Arc::new(Metrics::new(Labelling {
             max_models: config.metrics_models,
             per_key: config.metrics_per_key,
@@ -68,9 +65,20 @@ impl AppState {
             },
             metrics.clone(),
         )?;
+        let config = Arc::new(config);
+        let upstreams = Arc::new(
+            crate::upstreams::Registry::open(
+                pool.clone(),
+                keyring.fernet.clone(),
+                config.clone(),
+                clock.clone(),
+                upstream.clone(),
+            )
+            .await?,
+        );
         Ok(AppState {
             pool,
-            config: Arc::new(config),
+            config,
             clock,
             keyring,
             upstream,

@@ -110,6 +110,17 @@ pub struct ConfigArgs {
     #[arg(long, env = "KEYGATE_UPSTREAM_MAX_DURATION", global = true)]
     pub upstream_max_duration: Option<String>,
 
+    // --- Several upstreams (SPEC §12) ---
+    /// Most upstreams one request is tried on (failover only when it cannot have been served).
+    #[arg(long, env = "KEYGATE_UPSTREAM_ATTEMPTS", default_value_t = 3, global = true)]
+    pub upstream_attempts: usize,
+    /// Consecutive failures after which an upstream is skipped for a while.
+    #[arg(long, env = "KEYGATE_COOLDOWN_FAILS", default_value_t = 3, global = true)]
+    pub cooldown_fails: u32,
+    /// How long the first cooldown lasts (doubling while it keeps failing, at most 10 min).
+    #[arg(long, env = "KEYGATE_COOLDOWN_SECONDS", default_value_t = 30, global = true)]
+    pub cooldown_seconds: u64,
+
     // --- Connections and admin protection (issue 9: items 5, 10, 11) ---
     /// Time allowed for a request head to arrive, from the connection's start or the end of the
     /// previous response (so it also bounds the wait between keep-alive requests).
@@ -331,6 +342,9 @@ pub struct Config {
     pub upstream_project: Option<String>,
     /// None: a response may stream as long as it keeps within the idle timeout.
     pub upstream_max_duration: Option<Duration>,
+    pub upstream_attempts: usize,
+    pub cooldown_fails: u32,
+    pub cooldown: Duration,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
@@ -411,6 +425,15 @@ impl Config {
         if args.upstream_max_connections == 0 {
             bail!("KEYGATE_UPSTREAM_MAX_CONNECTIONS: must be at least 1");
         }
+        if !(1..=10).contains(&args.upstream_attempts) {
+            bail!("KEYGATE_UPSTREAM_ATTEMPTS: must be from 1 to 10 (upstreams one request may be tried on)");
+        }
+        if args.cooldown_fails == 0 {
+            bail!("KEYGATE_COOLDOWN_FAILS: must be at least 1 (consecutive failures before an upstream is skipped)");
+        }
+        if !(1..=600).contains(&args.cooldown_seconds) {
+            bail!("KEYGATE_COOLDOWN_SECONDS: must be from 1 to 600");
+        }
         if args.metrics_models > MAX_METRICS_MODELS {
             bail!("KEYGATE_METRICS_MODELS: must be at most {MAX_METRICS_MODELS} (each model label multiplies the series); 0 counts every model as `other`");
         }
@@ -459,6 +482,9 @@ impl Config {
                 .map(|text| parse_duration(&text))
                 .transpose()
                 .context("KEYGATE_UPSTREAM_MAX_DURATION")?,
+            upstream_attempts: args.upstream_attempts,
+            cooldown_fails: args.cooldown_fails,
+            cooldown: Duration::from_secs(args.cooldown_seconds),
             header_timeout: parse_duration(&args.header_timeout)
                 .context("KEYGATE_HEADER_TIMEOUT")?,
             idle_timeout: parse_duration(&args.idle_timeout).context("KEYGATE_IDLE_TIMEOUT")?,
@@ -583,6 +609,9 @@ impl fmt::Debug for Config {
             .field("upstream_organization", &self.upstream_organization)
             .field("upstream_project", &self.upstream_project)
             .field("upstream_max_duration", &self.upstream_max_duration)
+            .field("upstream_attempts", &self.upstream_attempts)
+            .field("cooldown_fails", &self.cooldown_fails)
+            .field("cooldown", &self.cooldown)
             .field("header_timeout", &self.header_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)

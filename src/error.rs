@@ -26,6 +26,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 404 on the relay: no upstream serves the request's model (SPEC §12); the message says
+    /// which model and what to do.
+    #[error("{0}")]
+    NoRoute(String),
     /// 405 on the relay: only GET, POST and DELETE are relayed (the `Allow` header lists them).
     #[error("method not allowed")]
     MethodNotAllowed,
@@ -68,7 +72,7 @@ impl ApiError {
             ApiError::Invalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidKey | ApiError::AdminAuth => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -95,7 +99,9 @@ impl ApiError {
                 "Only {} are relayed; send the request with one of them",
                 crate::relay::confine::ALLOWED_METHODS
             ),
-            ApiError::Conflict(message) | ApiError::Forbidden(message) => message.clone(),
+            ApiError::Conflict(message)
+            | ApiError::Forbidden(message)
+            | ApiError::NoRoute(message) => message.clone(),
             ApiError::TooManyRequests { message, retry_after } => {
                 format!("{message}; retry in {retry_after} s")
             }
@@ -147,25 +153,79 @@ pub struct ErrorBody<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.respond(false)
+    }
+}
+
+/// An error in the Anthropic Messages API's envelope (SPEC §13), so that Claude Code and the
+/// Anthropic SDKs show its reason.
+#[derive(Serialize)]
+struct AnthropicBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicError<'a>,
+}
+
+#[derive(Serialize)]
+struct AnthropicError<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    /// The answer on the Anthropic routes: Anthropic's envelope, with the type its SDKs map
+    /// the status to; a 401 keeps the body every route gives it (SPEC §6).
+    pub fn anthropic_response(self) -> Response {
+        let envelope = !matches!(self, ApiError::InvalidKey);
+        self.respond(envelope)
+    }
+
+    /// Anthropic's `error.type` for this error's status.
+    fn anthropic_type(&self) -> &'static str {
+        match self.status().as_u16() {
+            400 | 405 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            _ => "api_error",
+        }
+    }
+
+    fn respond(self, anthropic: bool) -> Response {
         let status = self.status();
         if let ApiError::Internal(cause) = &self {
             tracing::error!(error = format!("{cause:#}"), "internal error");
         }
-        let field = match &self {
-            ApiError::Invalid { field, .. } => Some(field.as_str()),
-            _ => None,
+        let mut response = if anthropic {
+            let body = AnthropicBody {
+                kind: "error",
+                error: AnthropicError {
+                    kind: self.anthropic_type(),
+                    message: self.message(),
+                },
+            };
+            (status, axum::Json(body)).into_response()
+        } else {
+            let field = match &self {
+                ApiError::Invalid { field, .. } => Some(field.as_str()),
+                _ => None,
+            };
+            let limit = match &self {
+                ApiError::LimitExceeded { limit, .. } => Some(*limit),
+                _ => None,
+            };
+            let body = ErrorBody {
+                error: status.canonical_reason().unwrap_or("Error"),
+                message: self.message(),
+                field,
+                limit,
+            };
+            (status, axum::Json(body)).into_response()
         };
-        let limit = match &self {
-            ApiError::LimitExceeded { limit, .. } => Some(*limit),
-            _ => None,
-        };
-        let body = ErrorBody {
-            error: status.canonical_reason().unwrap_or("Error"),
-            message: self.message(),
-            field,
-            limit,
-        };
-        let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED && matches!(self, ApiError::InvalidKey) {
             response
                 .headers_mut()

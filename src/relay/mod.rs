@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod client_ip;
 pub mod confine;
+mod failover;
 mod json_scan;
 mod models;
 pub mod policy;
@@ -33,8 +34,9 @@ use crate::error::ApiError;
 use crate::keys::Status;
 use crate::policy::Policy;
 use crate::tasks::log_writer::LogSink;
+use crate::upstreams::spec::Kind;
 use record::{CallRecord, RequestSummary};
-use upstream::{RecordedBody, UpstreamFailure};
+use upstream::RecordedBody;
 
 /// A request the relay answers itself, and the reason for its log row.
 struct Refusal {
@@ -123,6 +125,7 @@ async fn answer(
     request: Request<Incoming>,
 ) -> Response<ReplyBody> {
     let started = Instant::now();
+    let kind = route_kind(request.uri().path());
     // Back-pressure: while the call-log queue is at its bound, new requests wait here (their
     // time counts in response_time). A client that leaves while waiting gets no row: nothing
     // of its request was read or sent on. When the store cannot write (a full disk, a lock
@@ -132,12 +135,11 @@ async fn answer(
         if let Err(cause) = state.logs.wait_for_room().await {
             tracing::debug!(%cause, "refusing a request: the call log cannot be written");
             state.metrics.refused_unlogged();
-            return ApiError::Unavailable {
+            let error = ApiError::Unavailable {
                 message: "keygate cannot write its call log right now (its database is full or locked); retry shortly".into(),
                 retry_after: 5,
-            }
-            .into_response()
-            .map(ReplyBody::Local);
+            };
+            return error_response(error, kind);
         }
     }
     let (parts, body) = request.into_parts();
@@ -156,7 +158,7 @@ async fn answer(
         sink: &state.logs,
         armed: true,
     };
-    let outcome = forward(state, parts, body, &mut call.record, started).await;
+    let outcome = forward(state, kind, parts, body, &mut call.record, started).await;
     // From here the record is sent by this function or (moved into it) by the response body.
     call.armed = false;
     match outcome {
@@ -169,7 +171,7 @@ async fn answer(
             record.response_time = started.elapsed().as_millis() as i64;
             record.answered(started);
             state.logs.record(record);
-            refusal.error.into_response().map(ReplyBody::Local)
+            error_response(refusal.error, kind)
         }
     }
 }
@@ -206,8 +208,18 @@ impl Drop for Unanswered<'_> {
     }
 }
 
+/// keygate's own error answer, in the envelope of the route's API.
+fn error_response(error: ApiError, kind: Kind) -> Response<ReplyBody> {
+    match kind {
+        Kind::OpenAi => error.into_response(),
+        Kind::Anthropic => error.anthropic_response(),
+    }
+    .map(ReplyBody::Local)
+}
+
 async fn forward(
     state: &AppState,
+    kind: Kind,
     parts: Parts,
     body: Incoming,
     record: &mut CallRecord,
@@ -271,7 +283,7 @@ async fn forward(
     let body = read_body(&parts, body, state.config.max_body_bytes).await?;
     record.request_size = body.len() as i64;
     let summary = RequestSummary::read(&body);
-    record.model = summary.model;
+    record.model = summary.model.clone();
     record.stream = summary.stream == Some(true);
     let mut list_models = None;
     if let Some(restricted) = key.policy.as_deref().filter(|p| p.restricts_models()) {
@@ -301,6 +313,30 @@ async fn forward(
             .map_err(refuse)?;
         record.authenticated = true;
     }
+    // The upstreams to try, before the request counts against the key's limits.
+    let table = state.upstreams.table();
+    let plan = table.plan(
+        kind,
+        record.model.as_deref(),
+        &[],
+        record.timestamp,
+        state.upstreams.attempts,
+    );
+    if plan.is_empty() {
+        record.authenticated = false;
+        let reason = match &record.model {
+            Some(model) => format!("no upstream serves model `{model}`"),
+            None => format!("no {} upstream is configured", kind.as_str()),
+        };
+        let advice = match kind {
+            Kind::Anthropic => "add an anthropic upstream (keygate upstreams add --kind anthropic) or use a model one serves",
+            Kind::OpenAi => "use a model an upstream serves (GET /v1/models lists them)",
+        };
+        return Err(Refusal::new(
+            ApiError::NoRoute(format!("{}; {advice}", capitalized(&reason))),
+            reason,
+        ));
+    }
     // The key's limits: its meter admits the request (counting it) or refuses it with a 429.
     let admitted = match &key.limits {
         None => None,
@@ -321,81 +357,26 @@ async fn forward(
             Some(admitted)
         }
     };
-    // Streams are sent asking for their usage (the client's stream keeps its shape).
-    let spliced = match summary.end {
-        Some(end)
-            if record.stream
-                && stream_usage::streams_chunks(&parts.method, parts.uri.path())
-                && state.upstream.takes_stream_options() =>
-        {
-            stream_usage::include_usage(&body, summary.stream_options, end)
-        }
-        _ => None,
+    let chunks = record.stream && stream_usage::streams_chunks(&parts.method, parts.uri.path());
+    let outgoing = failover::Outgoing {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body,
+        summary,
+        chunks,
     };
-
-    let sent = spliced.as_ref().map_or(&body[..], |(spliced, _)| spliced);
-    let mut wire = state
-        .upstream
-        .encode(&parts.method, &parts.uri, &parts.headers, sent);
-    let splice = spliced.map(|(_, splice)| splice);
-    let method = parts.method;
-    // Nothing of the client's request (slices of the server's read buffer) is held while the
-    // upstream answers, however long that takes.
-    drop((parts.uri, parts.headers, body));
-    let sending = async {
-        match &splice {
-            None => state
-                .upstream
-                .send(&wire, &method)
-                .await
-                .map(|r| (r, false)),
-            Some(splice) => stream_usage::send(&state.upstream, &mut wire, &method, splice).await,
-        }
-    };
-    let asked = Instant::now();
-    let upstream = match state.upstream.deadline(started) {
-        None => Ok(sending.await),
-        Some(deadline) => tokio::time::timeout_at(deadline, sending).await,
-    };
-    record.upstream_us = Some(record::micros(asked.elapsed()));
-    let upstream = upstream.map_err(|_| {
-        Refusal::new(
-            ApiError::GatewayTimeout("The upstream did not answer in time; try again later".into()),
-            upstream::MAX_DURATION_EXCEEDED,
-        )
-    })?;
-    let (response, injected) = upstream.map_err(|failure| match failure {
-        UpstreamFailure::Connect(cause) => Refusal::new(
-            ApiError::BadGateway("The upstream could not be reached; try again later".into()),
-            format!("upstream connect failed: {cause}"),
-        ),
-        UpstreamFailure::Busy => Refusal::new(
-            ApiError::Unavailable {
-                message: "Too many requests are waiting for the upstream; try again in a moment"
-                    .into(),
-                retry_after: 1,
-            },
-            format!(
-                "all {} upstream connections stayed busy (KEYGATE_UPSTREAM_MAX_CONNECTIONS)",
-                state.config.upstream_max_connections
-            ),
-        ),
-        UpstreamFailure::Timeout => Refusal::new(
-            ApiError::GatewayTimeout("The upstream did not answer in time; try again later".into()),
-            format!("upstream timed out after {:?}", state.upstream.timeout()),
-        ),
-        UpstreamFailure::Other(cause) => Refusal::new(
-            ApiError::BadGateway("The upstream failed to answer; try again later".into()),
-            format!("upstream request failed: {cause}"),
-        ),
-    })?;
+    let answered = failover::send(state, &plan, outgoing, record, started).await?;
+    let injected = answered.injected;
+    let response = answered.response;
+    let via = answered.route.upstream.clone();
     let (ticket, quotas) = admitted.map(|a| (a.ticket, a.quotas)).unzip();
     let response = upstream::respond(
         response,
         std::mem::take(record),
         started,
         state.logs.clone(),
-        state.upstream.clone(),
+        via,
         injected,
         ticket,
     );
@@ -544,4 +525,21 @@ async fn drain(mut body: Incoming, budget: u64) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_MAX_TIME, read).await;
+}
+
+/// `text` with its first letter upper-cased (a reason in the call log, a sentence for the client).
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The route kind of a path (SPEC §12): Anthropic's Messages API, or OpenAI's everything else.
+pub fn route_kind(path: &str) -> Kind {
+    match path {
+        "/v1/messages" | "/v1/messages/count_tokens" => Kind::Anthropic,
+        _ => Kind::OpenAi,
+    }
 }

@@ -66,6 +66,11 @@ pub struct CallRecord {
     /// Microseconds keygate itself took until the answer's head (all but `upstream_us`);
     /// None when no answer was given (the client left). For metrics only.
     pub overhead_us: Option<u32>,
+    /// The upstream that answered, or was tried last (`upstreams::spec::DEFAULT_ID` for the
+    /// built-in one); None when none was tried.
+    pub upstream_id: Option<i64>,
+    /// Upstreams tried for this request (SPEC §12).
+    pub attempts: u8,
 }
 
 /// A duration in whole microseconds, saturated at `u32::MAX` (71 minutes).
@@ -74,8 +79,12 @@ pub fn micros(duration: std::time::Duration) -> u32 {
 }
 
 impl CallRecord {
-    /// Sets `error_message`, capped at `ERROR_MESSAGE_MAX_BYTES`.
+    /// Sets `error_message`, capped at `ERROR_MESSAGE_MAX_BYTES`; after the failures of
+    /// earlier upstreams when the request failed over.
     pub fn set_error(&mut self, mut message: String) {
+        if let Some(earlier) = self.error_message.take() {
+            message = format!("{earlier}; then {message}");
+        }
         cap(&mut message, ERROR_MESSAGE_MAX_BYTES);
         self.error_message = Some(message);
     }
@@ -155,9 +164,11 @@ impl From<WireUsage> for Usage {
 /// and where `stream_options` and the object's end are (for the streamed-usage splice), all
 /// from one skim of the top level. Keys are compared with their escapes decoded; `stream` and
 /// `stream_options` are the last occurrence, as upstream JSON parsers take them.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RequestSummary {
     pub model: Option<String>,
+    /// Byte range of the value of the top-level `model` (a `model_map` renames it there).
+    pub model_at: Option<Range<usize>>,
     pub stream: Option<bool>,
     /// Byte range of the value of the top-level `stream_options`.
     pub stream_options: Option<Range<usize>>,
@@ -179,7 +190,10 @@ impl RequestSummary {
             return RequestSummary::default();
         }
         RequestSummary {
-            model: model.and_then(|raw| json_string_prefix(&body[raw], MODEL_MAX_BYTES)),
+            model: model
+                .clone()
+                .and_then(|raw| json_string_prefix(&body[raw], MODEL_MAX_BYTES)),
+            model_at: model,
             stream: stream.and_then(|raw| serde_json::from_slice(&body[raw]).ok()),
             stream_options,
             end,

@@ -1,6 +1,7 @@
 //! Upstreams configured at run time (SPEC §12): what one is (`spec`), and — built on it — the
 //! live set the relay routes over.
 
+pub mod health;
 pub mod registry;
 pub mod spec;
 

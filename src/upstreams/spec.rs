@@ -156,3 +156,21 @@ impl UpstreamSpec {
         })
     }
 }
+
+impl UpstreamSpec {
+    /// Whether it serves `model`: any model when its list is empty, else a listed name or a
+    /// `prefix*` pattern. A request without a model is routed by its route kind alone.
+    pub fn serves(&self, model: Option<&str>) -> bool {
+        let Some(model) = model else { return true };
+        self.models.is_empty()
+            || self.models.iter().any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => pattern == model,
+            })
+    }
+
+    /// The model to send upstream for the client's `model`, when `model_map` renames it.
+    pub fn mapped(&self, model: Option<&str>) -> Option<&str> {
+        model.and_then(|m| self.model_map.get(m)).map(String::as_str)
+    }
+}

@@ -22,7 +22,7 @@ pub fn streams_chunks(method: &Method, path: &str) -> bool {
 }
 
 /// An error answer is read up to this much to see whether it refuses `stream_options`.
-const REFUSAL_PEEK_LIMIT: usize = 64 * 1024;
+pub(crate) const REFUSAL_PEEK_LIMIT: usize = 64 * 1024;
 
 /// Sends `wire`, a request keygate added `include_usage` to (`splice`). When the upstream
 /// refuses it with 400 or 422 naming `stream_options`, sends the client's own request once
@@ -73,7 +73,7 @@ pub async fn send(
 }
 
 /// Reads `body` up to `REFUSAL_PEEK_LIMIT` (a little more: whole frames).
-async fn peek(body: &mut UpstreamBody) -> std::io::Result<Bytes> {
+pub(crate) async fn peek(body: &mut UpstreamBody) -> std::io::Result<Bytes> {
     let mut kept = BytesMut::new();
     while kept.len() < REFUSAL_PEEK_LIMIT {
         match body.frame().await {

@@ -52,7 +52,7 @@ impl Target {
         let secure = uri.scheme_str() == Some("https");
         let authority = uri
             .authority()
-            .with_context(|| format!("KEYGATE_UPSTREAM_URL: `{uri}` has no host"))?;
+            .with_context(|| format!("`{uri}` has no host"))?;
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -62,7 +62,7 @@ impl Target {
             .unwrap_or(if secure { 443 } else { 80 });
         let tls = if secure {
             let name = ServerName::try_from(host.to_string()).with_context(|| {
-                format!("KEYGATE_UPSTREAM_URL: `{host}` is not a valid TLS server name")
+                format!("`{host}` is not a valid TLS server name")
             })?;
             Some((tls_connector()?, name))
         } else {

@@ -16,10 +16,16 @@ use hyper::{Method, Response, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Config, StreamUsage};
+use crate::upstreams::health::HealthState;
+use crate::upstreams::spec::{AuthHeader, Kind, UpstreamSpec, DEFAULT_ID, DEFAULT_NAME};
 pub use conn::PoolStats;
 use conn::{CheckoutError, Conn, Pool, Target};
 use http1::{Head, UpstreamBody};
 pub use recorded::{respond, RecordedBody, MAX_DURATION_EXCEEDED};
+
+static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+/// Sent to Anthropic upstreams when the client sends no `anthropic-version`.
+static DEFAULT_ANTHROPIC_VERSION: HeaderValue = HeaderValue::from_static("2023-06-01");
 
 /// Why the upstream gave no response.
 #[derive(Debug)]
@@ -31,13 +37,18 @@ pub enum UpstreamFailure {
     Other(String),
 }
 
-/// The upstream: its pooled connections, the headers this hop adds (its credential), and how
-/// long it may take to answer.
+/// One upstream (the built-in `default` or a configured one): its pooled connections, the
+/// headers this hop adds (its credential), how long it may take to answer, and its health.
 pub struct Upstream {
+    /// `DEFAULT_ID` for the built-in one.
+    pub id: i64,
+    /// Names it in call-log errors and metrics.
+    pub name: Arc<str>,
+    pub kind: Kind,
     pool: Arc<Pool>,
-    /// Added to every request, encoded once at start: `Authorization` with the upstream's
-    /// credential, `OpenAI-Organization` and `OpenAI-Project` when configured, and
-    /// `Accept-Encoding: identity` (so the answer arrives readable for its usage).
+    /// Added to every request, encoded once: the upstream's credential in its header, its
+    /// extra headers (`OpenAI-Organization`, …), and `Accept-Encoding: identity` (so the
+    /// answer arrives readable for its usage).
     added: Vec<(HeaderName, HeaderValue)>,
     /// The upstream's credential, redacted from the upstream errors a call record keeps.
     secret: Option<Arc<str>>,
@@ -45,9 +56,28 @@ pub struct Upstream {
     max_duration: Option<Duration>,
     /// Prices every relayed call's usage when it ends.
     prices: Arc<crate::prices::Prices>,
-    /// Streamed requests may get `stream_options.include_usage` added: set by
-    /// `KEYGATE_STREAM_USAGE`, cleared (until restart) when the upstream refuses it.
+    /// Streamed requests may get `stream_options.include_usage` added: set by its
+    /// `stream_usage`, cleared (until restart) when the upstream refuses it.
     takes_stream_options: AtomicBool,
+    /// `/v1/x` goes to `{base}/v1/x` (Anthropic's base URLs), not `{base}/x` (OpenAI's).
+    keeps_v1: bool,
+    /// Failures, cooldown and the last error (SPEC §12).
+    pub health: HealthState,
+}
+
+/// What an `Upstream` is made from.
+pub struct Settings<'a> {
+    pub id: i64,
+    pub name: &'a str,
+    pub kind: Kind,
+    pub url: &'a Uri,
+    pub credential: Option<(AuthHeader, &'a str)>,
+    pub extra_headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub max_duration: Option<Duration>,
+    pub max_connections: usize,
+    pub prices: Arc<crate::prices::Prices>,
+    pub stream_usage: StreamUsage,
 }
 
 /// The client's request headers that are forwarded upstream; all others are dropped (the
@@ -91,34 +121,92 @@ fn is_hop_by_hop(name: &str) -> bool {
 }
 
 impl Upstream {
+    /// The built-in upstream `default`: the environment's `KEYGATE_UPSTREAM_*`.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let mut added = Vec::new();
-        let configured = [
-            (
-                header::AUTHORIZATION,
-                config
-                    .upstream_api_key
-                    .as_ref()
-                    .map(|key| format!("Bearer {key}")),
-                "KEYGATE_UPSTREAM_API_KEY",
-            ),
-            (
-                HeaderName::from_static("openai-organization"),
-                config.upstream_organization.clone(),
-                "KEYGATE_UPSTREAM_ORGANIZATION",
-            ),
-            (
-                HeaderName::from_static("openai-project"),
-                config.upstream_project.clone(),
-                "KEYGATE_UPSTREAM_PROJECT",
-            ),
+        let extra = [
+            ("OpenAI-Organization", &config.upstream_organization, "KEYGATE_UPSTREAM_ORGANIZATION"),
+            ("OpenAI-Project", &config.upstream_project, "KEYGATE_UPSTREAM_PROJECT"),
         ];
-        for (name, value, variable) in configured {
-            let Some(value) = value else { continue };
-            let mut value = HeaderValue::from_str(&value).with_context(|| {
-                format!("{variable}: contains characters not allowed in a header")
-            })?;
-            value.set_sensitive(name == header::AUTHORIZATION);
+        for (_, value, variable) in &extra {
+            if let Some(value) = value {
+                HeaderValue::from_str(value).with_context(|| {
+                    format!("{variable}: contains characters not allowed in a header")
+                })?;
+            }
+        }
+        if let Some(key) = &config.upstream_api_key {
+            HeaderValue::from_str(&format!("Bearer {key}")).context(
+                "KEYGATE_UPSTREAM_API_KEY: contains characters not allowed in a header",
+            )?;
+        }
+        Upstream::with(Settings {
+            id: DEFAULT_ID,
+            name: DEFAULT_NAME,
+            kind: Kind::OpenAi,
+            url: &config.upstream_url,
+            credential: config
+                .upstream_api_key
+                .as_deref()
+                .map(|key| (AuthHeader::Bearer, key)),
+            extra_headers: extra
+                .iter()
+                .filter_map(|(name, value, _)| Some((name.to_string(), (*value).clone()?)))
+                .collect(),
+            timeout: config.upstream_timeout,
+            max_duration: config.upstream_max_duration,
+            max_connections: config.upstream_max_connections,
+            prices: config.prices.clone(),
+            stream_usage: config.stream_usage,
+        })
+        .context("KEYGATE_UPSTREAM_URL")
+    }
+
+    /// A configured upstream, with the environment's defaults for what it leaves unset.
+    pub fn configured(spec: &UpstreamSpec, config: &Config) -> anyhow::Result<Self> {
+        let url: Uri = spec
+            .base_url
+            .parse()
+            .with_context(|| format!("upstream `{}`: base_url", spec.name))?;
+        Upstream::with(Settings {
+            id: spec.id,
+            name: &spec.name,
+            kind: spec.kind,
+            url: &url,
+            credential: spec.api_key.as_deref().map(|key| (spec.auth_header, key)),
+            extra_headers: spec
+                .extra_headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
+            timeout: spec
+                .timeout_seconds
+                .map_or(config.upstream_timeout, |s| Duration::from_secs(s.into())),
+            max_duration: config.upstream_max_duration,
+            max_connections: config.upstream_max_connections,
+            prices: config.prices.clone(),
+            stream_usage: spec.stream_usage,
+        })
+        .with_context(|| format!("upstream `{}`", spec.name))
+    }
+
+    pub fn with(settings: Settings<'_>) -> anyhow::Result<Self> {
+        let mut added = Vec::new();
+        if let Some((header, key)) = settings.credential {
+            let (name, value) = match header {
+                AuthHeader::Bearer => (header::AUTHORIZATION, format!("Bearer {key}")),
+                AuthHeader::ApiKey => (HeaderName::from_static("api-key"), key.to_owned()),
+                AuthHeader::XApiKey => (HeaderName::from_static("x-api-key"), key.to_owned()),
+            };
+            let mut value = HeaderValue::from_str(&value)
+                .context("api_key: contains characters not allowed in a header")?;
+            value.set_sensitive(true);
+            added.push((name, value));
+        }
+        for (name, value) in &settings.extra_headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .with_context(|| format!("extra_headers: `{name}` is not a header name"))?;
+            let value = HeaderValue::from_str(value)
+                .with_context(|| format!("extra_headers.{name}: not a header value"))?;
             added.push((name, value));
         }
         added.push((
@@ -126,18 +214,23 @@ impl Upstream {
             HeaderValue::from_static("identity"),
         ));
         let pool = Arc::new(Pool::new(
-            Target::new(&config.upstream_url)?,
-            config.upstream_max_connections,
+            Target::new(settings.url)?,
+            settings.max_connections,
         ));
         Pool::watch(&pool);
         Ok(Upstream {
+            id: settings.id,
+            name: Arc::from(settings.name),
+            kind: settings.kind,
             pool,
             added,
-            secret: config.upstream_api_key.as_deref().map(Arc::from),
-            timeout: config.upstream_timeout,
-            max_duration: config.upstream_max_duration,
-            prices: config.prices.clone(),
-            takes_stream_options: AtomicBool::new(config.stream_usage == StreamUsage::Inject),
+            secret: settings.credential.map(|(_, key)| Arc::from(key)),
+            timeout: settings.timeout,
+            max_duration: settings.max_duration,
+            prices: settings.prices,
+            takes_stream_options: AtomicBool::new(settings.stream_usage == StreamUsage::Inject),
+            keeps_v1: settings.kind == Kind::Anthropic,
+            health: HealthState::default(),
         })
     }
 
@@ -149,6 +242,11 @@ impl Upstream {
     /// Remembers that the upstream refused `stream_options`; true the first time.
     pub fn refuse_stream_options(&self) -> bool {
         self.takes_stream_options.swap(false, Ordering::Relaxed)
+    }
+
+    /// `text` with this upstream's credential masked (for what the call log keeps).
+    pub fn redact(&self, text: &str) -> String {
+        crate::relay::redact::redact(text, self.secret.as_deref())
     }
 
     /// The connection pool's state now (for metrics).
@@ -172,9 +270,16 @@ impl Upstream {
     /// (and the server's read buffer it pins) meanwhile.
     pub fn encode(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Vec<u8> {
         let target = &self.pool.target;
-        let rest = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
+        let rest = if self.keeps_v1 {
+            uri.path()
+        } else {
+            uri.path().strip_prefix("/v1").unwrap_or(uri.path())
+        };
         let added = self.added.iter().map(|(name, value)| (name, value));
-        let forwarded = end_to_end(headers).chain(added);
+        // Anthropic's API requires a version: the client's, else the one its SDKs send.
+        let version = (self.kind == Kind::Anthropic && !headers.contains_key(&ANTHROPIC_VERSION))
+            .then_some((&ANTHROPIC_VERSION, &DEFAULT_ANTHROPIC_VERSION));
+        let forwarded = end_to_end(headers).chain(added).chain(version);
         let mut wire = Vec::with_capacity(512 + body.len());
         let path = [target.base_path.as_str(), rest];
         let query = uri.query().map(|query| ["?", query]);
