@@ -112,13 +112,28 @@ pub struct ConfigArgs {
 
     // --- Several upstreams (SPEC §12) ---
     /// Most upstreams one request is tried on (failover only when it cannot have been served).
-    #[arg(long, env = "KEYGATE_UPSTREAM_ATTEMPTS", default_value_t = 3, global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_UPSTREAM_ATTEMPTS",
+        default_value_t = 3,
+        global = true
+    )]
     pub upstream_attempts: usize,
     /// Consecutive failures after which an upstream is skipped for a while.
-    #[arg(long, env = "KEYGATE_COOLDOWN_FAILS", default_value_t = 3, global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_COOLDOWN_FAILS",
+        default_value_t = 3,
+        global = true
+    )]
     pub cooldown_fails: u32,
     /// How long the first cooldown lasts (doubling while it keeps failing, at most 10 min).
-    #[arg(long, env = "KEYGATE_COOLDOWN_SECONDS", default_value_t = 30, global = true)]
+    #[arg(
+        long,
+        env = "KEYGATE_COOLDOWN_SECONDS",
+        default_value_t = 30,
+        global = true
+    )]
     pub cooldown_seconds: u64,
 
     // --- Connections and admin protection (issue 9: items 5, 10, 11) ---

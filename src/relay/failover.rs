@@ -91,12 +91,9 @@ pub async fn send<'t>(
         let now = state.clock.now_ms();
         let failure = match outcome {
             Err(_) => {
-                upstream.health.failed(
-                    now,
-                    MAX_DURATION_EXCEEDED,
-                    None,
-                    &state.upstreams.cooldown,
-                );
+                upstream
+                    .health
+                    .failed(now, MAX_DURATION_EXCEEDED, None, &state.upstreams.cooldown);
                 return Err(refusal(
                     &failures,
                     ApiError::GatewayTimeout(
@@ -132,11 +129,7 @@ pub async fn send<'t>(
                 }
                 match complete(response, upstream.timeout()).await {
                     Ok(detail) => {
-                        note(
-                            &mut failures,
-                            upstream,
-                            &format!("HTTP {status}{detail}"),
-                        );
+                        note(&mut failures, upstream, &format!("HTTP {status}{detail}"));
                         continue;
                     }
                     // Not a whole answer in time: it is relayed as it is (the exchange may
@@ -238,7 +231,13 @@ async fn complete(
 
 /// A 429's `Retry-After` in seconds (an HTTP date is not used for cooling).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs))
 }
 

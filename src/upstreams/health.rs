@@ -83,7 +83,10 @@ impl HealthState {
         policy: &CooldownPolicy,
     ) -> Option<i64> {
         self.failures_total.fetch_add(1, Ordering::Relaxed);
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_owned());
         let cooldown = match retry_after {
             Some(wait) => wait.min(MAX_COOLDOWN),
@@ -137,7 +140,11 @@ mod tests {
         assert_eq!(policy.cooldown(1000), MAX_COOLDOWN);
         let shown = health.snapshot(50_000);
         assert_eq!(
-            (shown.state, shown.consecutive_failures, shown.last_error.as_deref()),
+            (
+                shown.state,
+                shown.consecutive_failures,
+                shown.last_error.as_deref()
+            ),
             ("cooling", 4, Some("d"))
         );
         health.succeeded();
@@ -148,9 +155,19 @@ mod tests {
     #[test]
     fn a_retry_after_cools_at_once_for_that_long() {
         let health = HealthState::default();
-        let until = health.failed(0, "429", Some(Duration::from_secs(7)), &CooldownPolicy::default());
+        let until = health.failed(
+            0,
+            "429",
+            Some(Duration::from_secs(7)),
+            &CooldownPolicy::default(),
+        );
         assert_eq!(until, Some(7_000));
-        let until = health.failed(0, "429", Some(Duration::from_secs(9999)), &CooldownPolicy::default());
+        let until = health.failed(
+            0,
+            "429",
+            Some(Duration::from_secs(9999)),
+            &CooldownPolicy::default(),
+        );
         assert_eq!(until, Some(600_000));
     }
 }

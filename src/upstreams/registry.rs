@@ -96,7 +96,10 @@ fn shuffle_by_weight(group: &mut [&Route]) {
     }
     let mut rng = rand::thread_rng();
     for start in 0..group.len() - 1 {
-        let total: u64 = group[start..].iter().map(|r| u64::from(r.spec.weight)).sum();
+        let total: u64 = group[start..]
+            .iter()
+            .map(|r| u64::from(r.spec.weight))
+            .sum();
         if total == 0 {
             return;
         }

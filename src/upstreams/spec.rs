@@ -109,7 +109,8 @@ impl UpstreamSpec {
         fernet: &fernet::Fernet,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let what = |field: &str| format!("upstream `{}` (id {}): stored `{field}`", row.name, row.id);
+        let what =
+            |field: &str| format!("upstream `{}` (id {}): stored `{field}`", row.name, row.id);
         let word = |text: &str| serde_json::Value::String(text.to_owned());
         let kind: Kind = serde_json::from_value(word(&row.kind)).with_context(|| what("kind"))?;
         let auth_header: AuthHeader =
@@ -163,14 +164,19 @@ impl UpstreamSpec {
     pub fn serves(&self, model: Option<&str>) -> bool {
         let Some(model) = model else { return true };
         self.models.is_empty()
-            || self.models.iter().any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => model.starts_with(prefix),
-                None => pattern == model,
-            })
+            || self
+                .models
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => model.starts_with(prefix),
+                    None => pattern == model,
+                })
     }
 
     /// The model to send upstream for the client's `model`, when `model_map` renames it.
     pub fn mapped(&self, model: Option<&str>) -> Option<&str> {
-        model.and_then(|m| self.model_map.get(m)).map(String::as_str)
+        model
+            .and_then(|m| self.model_map.get(m))
+            .map(String::as_str)
     }
 }

@@ -21,6 +21,7 @@ mod relay;
 mod restrictions;
 mod retention;
 mod rollup;
+mod routing;
 mod rows;
 mod scale;
 mod sdk;

@@ -61,9 +61,8 @@ impl Target {
             .port_u16()
             .unwrap_or(if secure { 443 } else { 80 });
         let tls = if secure {
-            let name = ServerName::try_from(host.to_string()).with_context(|| {
-                format!("`{host}` is not a valid TLS server name")
-            })?;
+            let name = ServerName::try_from(host.to_string())
+                .with_context(|| format!("`{host}` is not a valid TLS server name"))?;
             Some((tls_connector()?, name))
         } else {
             None

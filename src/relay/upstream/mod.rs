@@ -124,8 +124,16 @@ impl Upstream {
     /// The built-in upstream `default`: the environment's `KEYGATE_UPSTREAM_*`.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let extra = [
-            ("OpenAI-Organization", &config.upstream_organization, "KEYGATE_UPSTREAM_ORGANIZATION"),
-            ("OpenAI-Project", &config.upstream_project, "KEYGATE_UPSTREAM_PROJECT"),
+            (
+                "OpenAI-Organization",
+                &config.upstream_organization,
+                "KEYGATE_UPSTREAM_ORGANIZATION",
+            ),
+            (
+                "OpenAI-Project",
+                &config.upstream_project,
+                "KEYGATE_UPSTREAM_PROJECT",
+            ),
         ];
         for (_, value, variable) in &extra {
             if let Some(value) = value {
@@ -135,9 +143,8 @@ impl Upstream {
             }
         }
         if let Some(key) = &config.upstream_api_key {
-            HeaderValue::from_str(&format!("Bearer {key}")).context(
-                "KEYGATE_UPSTREAM_API_KEY: contains characters not allowed in a header",
-            )?;
+            HeaderValue::from_str(&format!("Bearer {key}"))
+                .context("KEYGATE_UPSTREAM_API_KEY: contains characters not allowed in a header")?;
         }
         Upstream::with(Settings {
             id: DEFAULT_ID,

@@ -1,0 +1,429 @@
+//! Several upstreams (SPEC §12): routing by kind and model, priority, failover only when the
+//! request cannot have been served, cooldown, model_map, the Anthropic upstream's credential.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+/// Adds an upstream as an admin would, and returns its id.
+pub async fn add_upstream(app: &TestApp, spec: Value) -> i64 {
+    let kind = spec["kind"].as_str().unwrap();
+    let id = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO upstreams (name, kind, base_url, encrypted_api_key, auth_header, models, model_map, priority, weight, timeout_seconds, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 0, 0) RETURNING id",
+    )
+    .bind(spec["name"].as_str().unwrap())
+    .bind(kind)
+    .bind(spec["base_url"].as_str().unwrap())
+    .bind(spec["api_key"].as_str().map(|k| app.state.keyring.fernet.encrypt(k.as_bytes())))
+    .bind(if kind == "openai" { "bearer" } else { "x-api-key" })
+    .bind(spec.get("models").map_or("[]".to_string(), |m| m.to_string()))
+    .bind(spec.get("model_map").map_or("{}".to_string(), |m| m.to_string()))
+    .bind(spec["priority"].as_i64().unwrap_or(0))
+    .bind(spec["timeout_seconds"].as_i64())
+    .fetch_one(&app.state.pool)
+    .await
+    .unwrap();
+    app.state.upstreams.reload().await.unwrap();
+    id
+}
+
+/// An upstream that answers every request with `status` and `body` (extra header lines in
+/// `headers`), counting the requests it got. `status` 0: it never answers.
+pub struct Fixed {
+    pub url: String,
+    pub hits: Arc<AtomicUsize>,
+}
+
+pub async fn spawn_fixed(status: u16, headers: &'static str, body: &'static str) -> Fixed {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let hits = counted.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 8192];
+                // The head, then the body its Content-Length announces.
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let l = l.to_ascii_lowercase();
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                hits.fetch_add(1, Ordering::SeqCst);
+                if status == 0 {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return;
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    Fixed { url, hits }
+}
+
+/// A URL where nothing listens.
+fn dead_url() -> String {
+    format!("http://127.0.0.1:{}/v1", free_port())
+}
+
+async fn chat(app: &TestApp, key: &str, model: &str) -> (StatusCode, Value) {
+    read(app.chat(key, json!({"model": model, "messages": []})).await).await
+}
+
+async fn last_row(app: &TestApp, key_id: i64) -> Value {
+    app.flush().await;
+    app.logs_of(key_id).await.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn routes_by_model_then_priority_and_falls_back_to_the_default() {
+    let app = spawn_app().await;
+    let (a, b) = (spawn_mock_upstream().await, spawn_mock_upstream().await);
+    add_upstream(&app, json!({"name": "a", "kind": "openai", "base_url": format!("http://{}/v1", a.addr), "api_key": "sk-upstream-a-0000", "models": ["gpt-a*"]})).await;
+    add_upstream(&app, json!({"name": "b", "kind": "openai", "base_url": format!("http://{}/v1", b.addr), "api_key": "sk-upstream-b-0000", "models": ["gpt-b", "gpt-a1"], "priority": 5})).await;
+    let (_, key) = app.new_key().await;
+    for model in ["gpt-a1", "gpt-a2", "gpt-b", "gpt-other"] {
+        let (status, body) = chat(&app, &key, model).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let models = |seen: Vec<Seen>| -> Vec<String> {
+        seen.iter()
+            .map(|s| {
+                serde_json::from_slice::<Value>(&s.body).unwrap()["model"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    // `gpt-a1` is served by both: priority 0 (`a`) first.
+    assert_eq!(models(a.seen()), ["gpt-a1", "gpt-a2"]);
+    assert_eq!(models(b.seen()), ["gpt-b"]);
+    assert_eq!(models(app.upstream.seen()), ["gpt-other"]);
+    // Each with its own credential.
+    assert_eq!(
+        a.seen()[0].headers["authorization"],
+        "Bearer sk-upstream-a-0000"
+    );
+    assert_eq!(
+        b.seen()[0].headers["authorization"],
+        "Bearer sk-upstream-b-0000"
+    );
+}
+
+#[tokio::test]
+async fn a_503_fails_over_to_the_next_upstream_with_one_row() {
+    let app = spawn_app().await;
+    let down = spawn_fixed(503, "", r#"{"error":{"message":"overloaded"}}"#).await;
+    let up = spawn_mock_upstream().await;
+    add_upstream(
+        &app,
+        json!({"name": "down", "kind": "openai", "base_url": down.url, "models": ["gpt-x"]}),
+    )
+    .await;
+    let up_id = add_upstream(&app, json!({"name": "up", "kind": "openai", "base_url": format!("http://{}/v1", up.addr), "models": ["gpt-x"], "priority": 1})).await;
+    let (key_id, key) = app.new_key().await;
+    let (status, body) = chat(&app, &key, "gpt-x").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((down.hits.load(Ordering::SeqCst), up.seen().len()), (1, 1));
+    let row = last_row(&app, key_id).await;
+    assert_eq!(row["status"], "success");
+    assert_eq!(row["upstream_id"], up_id);
+    assert_eq!(row["attempts"], 2);
+    let error = row["error_message"].as_str().unwrap();
+    assert!(
+        error.contains("upstream `down` failed: HTTP 503"),
+        "{error}"
+    );
+    assert_eq!(app.logs_of(key_id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_dead_upstream_fails_over_and_is_cooled_then_skipped_until_its_cooldown_ends() {
+    let app = spawn_app().await;
+    let down = spawn_fixed(500, "", "{}").await;
+    let down_id = add_upstream(
+        &app,
+        json!({"name": "down", "kind": "openai", "base_url": down.url}),
+    )
+    .await;
+    let (_, key) = app.new_key().await;
+    for _ in 0..3 {
+        let (status, _) = chat(&app, &key, "gpt-test").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(down.hits.load(Ordering::SeqCst), 3);
+    let health = app.state.upstreams.health(down_id);
+    assert_eq!(health.state, "cooling");
+    assert_eq!(health.last_error.as_deref(), Some("HTTP 500"));
+    // Cooling: skipped, the default answers alone.
+    let (status, _) = chat(&app, &key, "gpt-test").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(down.hits.load(Ordering::SeqCst), 3);
+    // Its cooldown over, it is tried again, fails, and cools for twice as long.
+    app.clock.advance(time::Duration::seconds(31));
+    chat(&app, &key, "gpt-test").await;
+    assert_eq!(down.hits.load(Ordering::SeqCst), 4);
+    let until = app.state.upstreams.health(down_id).cooling_until.unwrap();
+    assert_eq!(until - app.clock.now_ms(), 60_000);
+    // A dead port (connect refused) fails over too.
+    let dead = add_upstream(
+        &app,
+        json!({"name": "dead", "kind": "openai", "base_url": dead_url(), "priority": 3}),
+    )
+    .await;
+    app.clock.advance(time::Duration::minutes(5));
+    let (status, _) = chat(&app, &key, "gpt-test").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(app
+        .state
+        .upstreams
+        .health(dead)
+        .last_error
+        .unwrap()
+        .contains("connect"));
+}
+
+#[tokio::test]
+async fn a_400_is_relayed_not_retried() {
+    let app = spawn_app().await;
+    let refusing = spawn_fixed(400, "", r#"{"error":{"message":"bad"}}"#).await;
+    add_upstream(
+        &app,
+        json!({"name": "r", "kind": "openai", "base_url": refusing.url}),
+    )
+    .await;
+    let (key_id, key) = app.new_key().await;
+    let (status, body) = chat(&app, &key, "gpt-test").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["message"], "bad");
+    assert!(
+        app.upstream.seen().is_empty(),
+        "the default got the request"
+    );
+    assert_eq!(last_row(&app, key_id).await["attempts"], 1);
+}
+
+#[tokio::test]
+async fn a_timed_out_post_reaches_no_second_upstream() {
+    let app = spawn_app().await;
+    let hanging = spawn_fixed(0, "", "").await;
+    add_upstream(
+        &app,
+        json!({"name": "hangs", "kind": "openai", "base_url": hanging.url, "timeout_seconds": 1}),
+    )
+    .await;
+    let (key_id, key) = app.new_key().await;
+    let (status, _) = chat(&app, &key, "gpt-test").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(hanging.hits.load(Ordering::SeqCst), 1);
+    assert!(
+        app.upstream.seen().is_empty(),
+        "a timed-out request was sent again"
+    );
+    let row = last_row(&app, key_id).await;
+    assert_eq!(
+        (row["http_status"].as_i64(), row["attempts"].as_i64()),
+        (Some(504), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn at_most_the_configured_number_of_upstreams_are_tried() {
+    let app = spawn_app_with(&["--upstream-attempts", "2"]).await;
+    let mut failing = Vec::new();
+    for (i, name) in ["f1", "f2", "f3"].iter().enumerate() {
+        let f = spawn_fixed(502, "", "{}").await;
+        add_upstream(
+            &app,
+            json!({"name": name, "kind": "openai", "base_url": f.url, "priority": i}),
+        )
+        .await;
+        failing.push(f);
+    }
+    let (key_id, key) = app.new_key().await;
+    let (status, _) = chat(&app, &key, "gpt-test").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let hits: Vec<usize> = failing
+        .iter()
+        .map(|f| f.hits.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(hits, [1, 1, 0]);
+    assert!(app.upstream.seen().is_empty());
+    let row = last_row(&app, key_id).await;
+    assert_eq!(row["attempts"], 2);
+    assert!(row["error_message"]
+        .as_str()
+        .unwrap()
+        .starts_with("upstream `f1` failed: HTTP 502"));
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_cools_for_that_long() {
+    let app = spawn_app().await;
+    let limited = spawn_fixed(
+        429,
+        "retry-after: 120\r\n",
+        r#"{"error":{"message":"slow down"}}"#,
+    )
+    .await;
+    let id = add_upstream(
+        &app,
+        json!({"name": "limited", "kind": "openai", "base_url": limited.url}),
+    )
+    .await;
+    let (_, key) = app.new_key().await;
+    let (status, _) = chat(&app, &key, "gpt-test").await;
+    assert_eq!(status, StatusCode::OK);
+    let health = app.state.upstreams.health(id);
+    assert_eq!(health.cooling_until, Some(app.clock.now_ms() + 120_000));
+}
+
+#[tokio::test]
+async fn when_every_upstream_cools_the_one_ending_first_is_tried() {
+    let app = spawn_app().await;
+    let a = spawn_fixed(429, "retry-after: 100\r\n", "{}").await;
+    let b = spawn_fixed(429, "retry-after: 50\r\n", "{}").await;
+    // Anthropic's kind: the built-in default (OpenAI's) is no candidate.
+    add_upstream(
+        &app,
+        json!({"name": "a", "kind": "anthropic", "base_url": a.url}),
+    )
+    .await;
+    add_upstream(
+        &app,
+        json!({"name": "b", "kind": "anthropic", "base_url": b.url, "priority": 1}),
+    )
+    .await;
+    let (_, key) = app.new_key().await;
+    let messages = || async {
+        let response = app
+            .client
+            .post(app.url("/v1/messages"))
+            .header("x-api-key", &key)
+            .json(&json!({"model": "claude-x", "max_tokens": 1, "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        response.status()
+    };
+    // Both fail and cool; the last one's 429 is the answer.
+    assert_eq!(messages().await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        (a.hits.load(Ordering::SeqCst), b.hits.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+    // Both cooling: only `b`, whose cooldown ends first, is tried.
+    assert_eq!(messages().await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        (a.hits.load(Ordering::SeqCst), b.hits.load(Ordering::SeqCst)),
+        (1, 2)
+    );
+}
+
+#[tokio::test]
+async fn model_map_renames_the_model_sent_upstream() {
+    let app = spawn_app().await;
+    let up = spawn_mock_upstream().await;
+    add_upstream(&app, json!({"name": "azure", "kind": "openai", "base_url": format!("http://{}/v1", up.addr), "models": ["gpt-4o"], "model_map": {"gpt-4o": "my-gpt4o-deployment"}})).await;
+    let (key_id, key) = app.new_key().await;
+    let (status, _) = read(
+        app.chat(
+            &key,
+            json!({"model": "gpt-4o", "stream": true, "messages": []}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let sent: Value = serde_json::from_slice(&up.seen()[0].body).unwrap();
+    assert_eq!(sent["model"], "my-gpt4o-deployment");
+    assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
+    let row = last_row(&app, key_id).await;
+    assert_eq!(row["model"], "gpt-4o");
+    assert_eq!(row["total_tokens"], STREAMED_USAGE.2);
+}
+
+#[tokio::test]
+async fn anthropic_routes_go_to_anthropic_upstreams_with_their_credential() {
+    let app = spawn_app().await;
+    let (key_id, key) = app.new_key().await;
+    // None configured: a 404 in Anthropic's envelope, with a row.
+    let response = app
+        .client
+        .post(app.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "not_found_error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("claude-sonnet-4-5"),
+        "{body}"
+    );
+    assert_eq!(last_row(&app, key_id).await["http_status"], 404);
+
+    let claude = spawn_mock_upstream().await;
+    add_upstream(&app, json!({"name": "claude", "kind": "anthropic", "base_url": format!("http://{}", claude.addr), "api_key": "sk-ant-upstream-0000"})).await;
+    let response = app
+        .client
+        .post(app.url("/v1/messages?beta=true"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("anthropic-beta", "prompt-caching-2024-07-31")
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = &claude.seen()[0];
+    assert_eq!(seen.path_and_query, "/v1/messages?beta=true");
+    assert_eq!(seen.headers["x-api-key"], "sk-ant-upstream-0000");
+    assert_eq!(seen.headers["anthropic-version"], "2023-06-01");
+    assert_eq!(seen.headers["anthropic-beta"], "prompt-caching-2024-07-31");
+    assert!(
+        seen.headers.get("authorization").is_none(),
+        "the client's key went upstream"
+    );
+    assert!(app.upstream.seen().is_empty());
+}
