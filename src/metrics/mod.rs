@@ -25,6 +25,7 @@ use text::{Exposition, Histogram};
 
 use crate::app::AppState;
 use crate::relay::record::CallRecord;
+use crate::upstreams::health::HealthState;
 
 /// Bounds of one call-log batch's write (seconds).
 const BATCH_BOUNDS: &[f64] = &[
@@ -151,6 +152,7 @@ pub fn render(state: &AppState) -> String {
         &[("result", "miss")],
         misses as f64,
     );
+    upstream_series(state, &mut text);
     let pool = state.upstream.pool_stats();
     text.single(
         "keygate_upstream_connections_open",
@@ -195,6 +197,50 @@ pub fn render(state: &AppState) -> String {
         crate::log_output::dropped_lines() as f64,
     );
     text.finish()
+}
+
+/// Per upstream (SPEC §12), labelled by name: requests sent, failures, cooldowns started
+/// (since it was last configured), and whether it is cooling now.
+fn upstream_series(state: &AppState, text: &mut Exposition) {
+    let table = state.upstreams.table();
+    let now = state.clock.now_ms();
+    let families: [(&str, &str, &str, fn(&HealthState, i64) -> f64); 4] = [
+        (
+            "keygate_upstream_requests_total",
+            "counter",
+            "Requests sent to each upstream (a failed-over request counts at every upstream it tried).",
+            |h, _| h.attempts_total.load(Relaxed) as f64,
+        ),
+        (
+            "keygate_upstream_failures_total",
+            "counter",
+            "Failures of each upstream: connect failures, timeouts, and 429/500/502/503/504/529 answers.",
+            |h, _| h.failures_total.load(Relaxed) as f64,
+        ),
+        (
+            "keygate_upstream_cooldowns_total",
+            "counter",
+            "Cooldowns started for each upstream (it is skipped while one lasts).",
+            |h, _| h.cooldowns_total.load(Relaxed) as f64,
+        ),
+        (
+            "keygate_upstream_cooling",
+            "gauge",
+            "1 while an upstream is cooling down (skipped by routing), else 0.",
+            |h, now| f64::from(u8::from(h.cooling_until(now).is_some())),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        text.family(name, kind, help);
+        for route in &table.routes {
+            let upstream = &route.upstream;
+            text.sample(
+                name,
+                &[("upstream", &upstream.name)],
+                value(&upstream.health, now),
+            );
+        }
+    }
 }
 
 fn writer_series(state: &AppState, text: &mut Exposition) {

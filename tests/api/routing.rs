@@ -200,6 +200,27 @@ async fn a_dead_upstream_fails_over_and_is_cooled_then_skipped_until_its_cooldow
     assert_eq!(down.hits.load(Ordering::SeqCst), 4);
     let until = app.state.upstreams.health(down_id).cooling_until.unwrap();
     assert_eq!(until - app.clock.now_ms(), 60_000);
+    // Metrics name it.
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "keygate_upstream_requests_total{upstream=\"down\"} 4",
+        "keygate_upstream_failures_total{upstream=\"down\"} 4",
+        "keygate_upstream_cooldowns_total{upstream=\"down\"} 2",
+        "keygate_upstream_cooling{upstream=\"down\"} 1",
+        "keygate_upstream_requests_total{upstream=\"default\"} 5",
+        "keygate_upstream_cooling{upstream=\"default\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in {metrics}");
+    }
     // A dead port (connect refused) fails over too.
     let dead = add_upstream(
         &app,
