@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 use super::http1::UpstreamBody;
 use super::{strip_hop_by_hop, Upstream};
 use crate::limits::meter::Ticket;
-use crate::relay::record::{CallRecord, Usage, UsageScan};
+use crate::relay::record::{kind_of_endpoint, CallRecord, Usage, UsageScan};
 use crate::relay::redact::{mask, redact};
 use crate::relay::stream_usage::UsageStrip;
 use crate::tasks::log_writer::LogSink;
@@ -48,7 +48,8 @@ pub fn respond(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let scan = UsageScan::for_content_type(content_type);
+    // The route's kind, as its path implies it (until the relay routes by kind).
+    let scan = UsageScan::for_content_type(content_type, kind_of_endpoint(&record.endpoint));
     record.http_status = parts.status.as_u16();
     record.answered(started);
     record.stream = matches!(scan, UsageScan::Sse { .. });
