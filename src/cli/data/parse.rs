@@ -20,11 +20,12 @@ use crate::policy::{self, ListKind, TextList};
 use crate::store::keys::{KeyRow, Restrictions};
 use crate::store::logs::LogRow;
 
-/// One thing read from the file, in file order.
+/// One thing read from the file, in file order. Rows are boxed: items travel in batches
+/// through a channel, each as large as the enum's largest variant.
 pub(super) enum Item {
     Metadata(Metadata),
     Key(usize, Box<ImportedKey>),
-    Log(usize, LogRow),
+    Log(usize, Box<LogRow>),
 }
 
 /// A key row of the file. `has_secret` is false for sanitized rows, whose `key_hash` is a
@@ -280,7 +281,7 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
                     .map(|key| Item::Key(index, Box::new(key))),
                 DataType::Logs => fields
                     .log(self.layout.version)
-                    .map(|log| Item::Log(index, log)),
+                    .map(|log| Item::Log(index, Box::new(log))),
             }
             .and_then(|item| fields.finish().map(|()| item))
             .map_err(|message| self.reading.bad_row(message))?;
