@@ -85,6 +85,7 @@ const en = {
   'chart.per_day_label': 'Calls per day over {days} days, succeeded and failed stacked',
   'chart.day_tooltip': '{date}: {success} succeeded, {error} failed',
   'log.success': 'Success', 'log.error': 'Error', 'log.stream': 'stream',
+  'log.cache': 'cache: {read} read, {written} written',
   'usage.today': 'Today ${cost}', 'usage.week': 'This week ${cost}',
   'misc.never_used': 'Never', 'misc.no_model': '(none)', 'misc.unknown_key': 'Unknown key',
 };
@@ -173,6 +174,7 @@ const zh = {
   'chart.per_day_label': '{days} 天内每日调用次数，成功与失败堆叠显示',
   'chart.day_tooltip': '{date}：成功 {success} 次，失败 {error} 次',
   'log.success': '成功', 'log.error': '失败', 'log.stream': '流式',
+  'log.cache': '缓存：读取 {read}，写入 {written}',
   'usage.today': '今日 ${cost}', 'usage.week': '本周 ${cost}',
   'misc.never_used': '从未使用', 'misc.no_model': '（无）', 'misc.unknown_key': '未知密钥',
 };

@@ -97,6 +97,10 @@ function table(rows) {
     h('tbody', {}, rows.map((row) => {
       const keyName = row.api_key_id === null ? t('misc.unknown_key') : keyNames.get(row.api_key_id) || `#${row.api_key_id}`;
       const tokens = row.total_tokens === null ? '—' : `${num(row.total_tokens)} (${num(row.prompt_tokens)} + ${num(row.completion_tokens)})`;
+      // The cached parts of the prompt (reads: OpenAI and Anthropic; writes: Anthropic).
+      const cache = row.cache_read_tokens || row.cache_write_tokens
+        ? t('log.cache', { read: num(row.cache_read_tokens || 0), written: num(row.cache_write_tokens || 0) })
+        : null;
       return h('tr', { 'data-log-id': row.id, 'data-status': row.status },
         h('td', { 'data-label': t('col.time'), class: 'nowrap', text: dateTimeSeconds(row.timestamp) }),
         h('td', { 'data-label': t('col.key'), class: 'nowrap', text: keyName }),
@@ -107,7 +111,7 @@ function table(rows) {
         h('td', { 'data-label': t('col.ip'), class: 'mono', text: row.ip_address || '—' }),
         h('td', { 'data-label': t('col.endpoint') }, h('code', { text: row.endpoint })),
         h('td', { 'data-label': t('col.sizes'), class: 'nowrap', text: `${bytes(row.request_size)} / ${bytes(row.response_size)}` }),
-        h('td', { 'data-label': t('col.tokens'), class: 'nowrap', text: tokens }),
+        h('td', { 'data-label': t('col.tokens'), class: 'nowrap' }, tokens, cache ? h('div', { class: 'muted small', text: cache }) : null),
         h('td', { 'data-label': t('col.cost'), class: 'num', text: usd(row.cost) }),
         h('td', { 'data-label': t('col.error'), class: 'error-text', text: row.error_message || '' }));
     }))));

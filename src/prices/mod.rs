@@ -27,8 +27,8 @@ pub struct Price {
     /// Prompt tokens read from the provider's cache; the input price when absent.
     #[serde(default)]
     pub cache_read_input_token_cost: Option<f64>,
-    /// Prompt tokens written to the cache (Anthropic-style); kept for completeness, OpenAI's
-    /// usage does not report them.
+    /// Prompt tokens written to the cache (Anthropic's `cache_creation_input_tokens`); the
+    /// input price when absent.
     #[serde(default)]
     pub cache_creation_input_token_cost: Option<f64>,
 }
@@ -56,17 +56,19 @@ impl Price {
     }
 }
 
-/// The USD cost of `usage` at `price`: uncached prompt tokens at the input price, cached ones
-/// at the cache-read price (or the input price), completion tokens at the output price.
+/// The USD cost of `usage` at `price`: uncached prompt tokens at the input price, cache reads
+/// at the cache-read price and cache writes at the cache-creation price (each the input price
+/// when the table has none), completion tokens at the output price. The cached parts are
+/// parts of `prompt_tokens`, never counted past it.
 pub fn cost(price: &Price, usage: &Usage) -> f64 {
     let tokens = |n: Option<i64>| n.unwrap_or(0).max(0);
     let prompt = tokens(usage.prompt_tokens);
-    let cached = tokens(usage.cached_tokens).min(prompt);
-    let cache_read = price
-        .cache_read_input_token_cost
-        .unwrap_or(price.input_cost_per_token);
-    (prompt - cached) as f64 * price.input_cost_per_token
-        + cached as f64 * cache_read
+    let read = tokens(usage.cache_read_tokens).min(prompt);
+    let written = tokens(usage.cache_write_tokens).min(prompt - read);
+    let input = price.input_cost_per_token;
+    (prompt - read - written) as f64 * input
+        + read as f64 * price.cache_read_input_token_cost.unwrap_or(input)
+        + written as f64 * price.cache_creation_input_token_cost.unwrap_or(input)
         + tokens(usage.completion_tokens) as f64 * price.output_cost_per_token
 }
 
@@ -294,7 +296,8 @@ mod tests {
             prompt_tokens: Some(prompt),
             completion_tokens: Some(completion),
             total_tokens: Some(prompt + completion),
-            cached_tokens: cached,
+            cache_read_tokens: cached,
+            cache_write_tokens: None,
         }
     }
 
@@ -354,6 +357,83 @@ mod tests {
         };
         assert_eq!(cost(&no_cache_price, &usage(100, Some(40), 1)), 210.0);
         assert_eq!(cost(&price, &Usage::default()), 0.0);
+    }
+
+    #[test]
+    fn cost_prices_cache_reads_and_writes_apart() {
+        let price = Price {
+            input_cost_per_token: 2.0,
+            output_cost_per_token: 10.0,
+            cache_read_input_token_cost: Some(0.5),
+            cache_creation_input_token_cost: Some(3.0),
+        };
+        // Anthropic's counts as keygate keeps them: 100 prompt tokens of which 30 were read
+        // from the cache and 50 written to it; 20 plain input tokens.
+        let anthropic = Usage {
+            prompt_tokens: Some(100),
+            completion_tokens: Some(7),
+            total_tokens: Some(107),
+            cache_read_tokens: Some(30),
+            cache_write_tokens: Some(50),
+        };
+        assert_eq!(
+            cost(&price, &anthropic),
+            20.0 * 2.0 + 30.0 * 0.5 + 50.0 * 3.0 + 7.0 * 10.0
+        );
+        // Without cache prices every prompt token is at the input price.
+        let plain = Price {
+            cache_read_input_token_cost: None,
+            cache_creation_input_token_cost: None,
+            ..price
+        };
+        assert_eq!(cost(&plain, &anthropic), 100.0 * 2.0 + 70.0);
+        // Cached parts past the prompt (a broken upstream) are cut to it: reads first.
+        let broken = Usage {
+            prompt_tokens: Some(40),
+            cache_read_tokens: Some(30),
+            cache_write_tokens: Some(50),
+            ..Usage::default()
+        };
+        assert_eq!(cost(&price, &broken), 30.0 * 0.5 + 10.0 * 3.0);
+        let negative = Usage {
+            prompt_tokens: Some(10),
+            cache_write_tokens: Some(-5),
+            ..Usage::default()
+        };
+        assert_eq!(cost(&price, &negative), 20.0);
+    }
+
+    #[test]
+    fn claude_models_are_priced_with_their_cache_prices() {
+        let prices = Prices::load(None).unwrap();
+        let sonnet = *prices
+            .lookup("claude-sonnet-4-5")
+            .expect("claude-sonnet-4-5");
+        let (read, write) = (
+            sonnet
+                .cache_read_input_token_cost
+                .expect("cache read price"),
+            sonnet
+                .cache_creation_input_token_cost
+                .expect("cache write price"),
+        );
+        assert!(read < sonnet.input_cost_per_token && write > sonnet.input_cost_per_token);
+        assert_eq!(prices.lookup("anthropic/claude-sonnet-4-5"), Some(&sonnet));
+        let usage = Usage {
+            prompt_tokens: Some(1_000 + 2_000 + 3_000),
+            completion_tokens: Some(500),
+            total_tokens: Some(6_500),
+            cache_read_tokens: Some(3_000),
+            cache_write_tokens: Some(2_000),
+        };
+        let expected = 1_000.0 * sonnet.input_cost_per_token
+            + 3_000.0 * read
+            + 2_000.0 * write
+            + 500.0 * sonnet.output_cost_per_token;
+        let got = prices.cost(Some("claude-sonnet-4-5"), &usage);
+        assert!((got - expected).abs() < 1e-12, "{got} != {expected}");
+        // $3 / $15 per million, reads at a tenth, writes at 1.25×: the snapshot's figures.
+        assert!((got - 0.0189).abs() < 1e-9, "{got}");
     }
 
     #[test]

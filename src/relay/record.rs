@@ -6,6 +6,7 @@ use memchr::memmem;
 use std::ops::Range;
 
 use super::json_scan::{key_text, top_level_fields, walk_object};
+use crate::upstreams::spec::Kind;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -67,9 +68,9 @@ pub struct CallRecord {
     /// None when no answer was given (the client left). For metrics only.
     pub overhead_us: Option<u32>,
     /// The upstream that answered, or was tried last (`upstreams::spec::DEFAULT_ID` for the
-    /// built-in one); None when none was tried.
+    /// built-in one); None when none was tried (a refused request).
     pub upstream_id: Option<i64>,
-    /// Upstreams tried for this request (SPEC §12).
+    /// The upstreams tried for this request (0: none).
     pub attempts: u8,
 }
 
@@ -105,20 +106,27 @@ impl CallRecord {
 }
 
 /// The token counts of one response: OpenAI's `usage` (or the Responses API's
-/// `input_tokens`/`output_tokens`), with the cached part of the prompt.
+/// `input_tokens`/`output_tokens`), or Anthropic's (`AnthropicUsage`), with the cached parts
+/// of the prompt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(from = "WireUsage")]
 pub struct Usage {
+    /// All input the model saw, cached parts included (Anthropic's input, cache write and
+    /// cache read tokens together, as OpenAI counts them).
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,
     pub total_tokens: Option<i64>,
-    /// Prompt tokens read from the provider's cache (`prompt_tokens_details.cached_tokens`),
-    /// part of `prompt_tokens`.
-    pub cached_tokens: Option<i64>,
+    /// Prompt tokens read from the provider's cache (OpenAI's
+    /// `prompt_tokens_details.cached_tokens`, Anthropic's `cache_read_input_tokens`), part of
+    /// `prompt_tokens`.
+    pub cache_read_tokens: Option<i64>,
+    /// Prompt tokens written to the provider's cache (Anthropic's
+    /// `cache_creation_input_tokens`), part of `prompt_tokens`.
+    pub cache_write_tokens: Option<i64>,
 }
 
 impl Usage {
-    /// The tokens a key's limits count: the total.
+    /// The tokens a key's limits count: the total (cache reads and writes included).
     pub fn tokens(&self) -> i64 {
         self.total_tokens.unwrap_or(0)
     }
@@ -154,9 +162,76 @@ impl From<WireUsage> for Usage {
             total_tokens: wire.total_tokens.or_else(|| {
                 prompt_tokens.map(|p| p.saturating_add(completion_tokens.unwrap_or(0)))
             }),
-            cached_tokens: cached(wire.prompt_tokens_details)
+            cache_read_tokens: cached(wire.prompt_tokens_details)
                 .or_else(|| cached(wire.input_tokens_details)),
+            cache_write_tokens: None,
         }
+    }
+}
+
+/// Anthropic's `usage` (a Messages answer's, `message_start`'s `message.usage`, or a
+/// `message_delta`'s): any field may be absent or null. A stream's parts are merged field by
+/// field, the last value given winning (`message_delta` carries the cumulative
+/// `output_tokens`, and may repeat the input and cache counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct AnthropicUsage {
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub cache_creation_input_tokens: Option<i64>,
+    pub cache_read_input_tokens: Option<i64>,
+}
+
+impl AnthropicUsage {
+    /// `later`'s fields over these, where `later` gives them.
+    fn merge(&mut self, later: AnthropicUsage) {
+        let fields = [
+            (&mut self.input_tokens, later.input_tokens),
+            (&mut self.output_tokens, later.output_tokens),
+            (
+                &mut self.cache_creation_input_tokens,
+                later.cache_creation_input_tokens,
+            ),
+            (
+                &mut self.cache_read_input_tokens,
+                later.cache_read_input_tokens,
+            ),
+        ];
+        for (field, later) in fields {
+            if later.is_some() {
+                *field = later;
+            }
+        }
+    }
+
+    /// As keygate counts it: `prompt_tokens` all input the model saw (input, cache write and
+    /// cache read tokens), `completion_tokens` the output, the total both. None when it gave
+    /// no count at all.
+    pub fn usage(self) -> Option<Usage> {
+        let inputs = [
+            self.input_tokens,
+            self.cache_creation_input_tokens,
+            self.cache_read_input_tokens,
+        ];
+        let prompt_tokens = inputs
+            .iter()
+            .flatten()
+            .map(|n| (*n).max(0))
+            .reduce(i64::saturating_add);
+        if prompt_tokens.is_none() && self.output_tokens.is_none() {
+            return None;
+        }
+        let completion_tokens = self.output_tokens;
+        Some(Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: Some(
+                prompt_tokens
+                    .unwrap_or(0)
+                    .saturating_add(completion_tokens.unwrap_or(0).max(0)),
+            ),
+            cache_read_tokens: self.cache_read_input_tokens,
+            cache_write_tokens: self.cache_creation_input_tokens,
+        })
     }
 }
 
@@ -292,12 +367,17 @@ fn is_high_surrogate(hex: &[u8]) -> bool {
     )
 }
 
-/// The `usage` of a response object (or SSE event), and the message of its `error`.
-fn usage_and_error(json: &[u8]) -> (Option<Usage>, Option<String>) {
+/// The `usage` of a response object (or OpenAI SSE event) in `kind`'s spelling, and the
+/// message of its `error` (OpenAI's `{"error":{"message":…}}`, or Anthropic's
+/// `{"type":"error","error":{"type":…,"message":…}}`).
+fn usage_and_error(json: &[u8], kind: Kind) -> (Option<Usage>, Option<String>) {
     let Some([usage, error]) = top_level_fields(json, ["usage", "error"]) else {
         return (None, None);
     };
-    let usage = usage.and_then(|raw| serde_json::from_slice::<Option<Usage>>(raw).ok()?);
+    let usage = usage.and_then(|raw| match kind {
+        Kind::OpenAi => serde_json::from_slice::<Option<Usage>>(raw).ok()?,
+        Kind::Anthropic => anthropic_usage(raw)?.usage(),
+    });
     let message = error
         .and_then(|raw| serde_json::from_slice::<UpstreamError>(raw).ok())
         .and_then(|error| match error {
@@ -306,6 +386,11 @@ fn usage_and_error(json: &[u8]) -> (Option<Usage>, Option<String>) {
             UpstreamError::Other(_) => None,
         });
     (usage, message)
+}
+
+/// An Anthropic `usage` object; None when it is null or not one.
+fn anthropic_usage(raw: &[u8]) -> Option<AnthropicUsage> {
+    serde_json::from_slice::<Option<AnthropicUsage>>(raw).ok()?
 }
 
 #[derive(Deserialize)]
@@ -333,7 +418,7 @@ pub enum UsageScan {
     /// and the scan `skipping` to the next newline.
     Sse {
         partial: Vec<u8>,
-        usage: Option<Usage>,
+        usage: StreamUsage,
         skipping: bool,
     },
     /// JSON: the body is kept (up to a limit) and parsed at the end: a body that came in one
@@ -342,23 +427,74 @@ pub enum UsageScan {
         first: Option<Bytes>,
         rest: Vec<u8>,
         overflow: bool,
+        kind: Kind,
     },
     /// Anything else is only counted.
     Opaque,
 }
 
+/// The usage a stream has reported so far, as its API reports it.
+#[derive(Debug)]
+pub enum StreamUsage {
+    /// OpenAI's (chat chunks, or the Responses API's `response.completed`): the last non-null
+    /// `usage` of an event.
+    OpenAi(Option<Usage>),
+    /// Anthropic's: `message_start`'s `message.usage`, then each `message_delta`'s `usage`
+    /// merged over it field by field.
+    Anthropic(AnthropicUsage),
+}
+
+impl StreamUsage {
+    /// Reads the `data` of one event that mentions usage.
+    fn event(&mut self, data: &[u8]) {
+        match self {
+            StreamUsage::OpenAi(usage) => {
+                if let Some(found) = openai_event_usage(data) {
+                    *usage = Some(found);
+                }
+            }
+            StreamUsage::Anthropic(usage) => {
+                let Some([top, message]) = top_level_fields(data, ["usage", "message"]) else {
+                    return;
+                };
+                // `message_start` has it in its message, `message_delta` at the top level.
+                let inner = message
+                    .and_then(|message| top_level_fields(message, ["usage"]))
+                    .and_then(|[usage]| usage);
+                for raw in [inner, top].into_iter().flatten() {
+                    if let Some(found) = anthropic_usage(raw) {
+                        usage.merge(found);
+                    }
+                }
+            }
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            StreamUsage::OpenAi(usage) => *usage,
+            StreamUsage::Anthropic(usage) => usage.usage(),
+        }
+    }
+}
+
 impl UsageScan {
-    pub fn for_content_type(content_type: Option<&str>) -> Self {
+    /// The scan of an answer of this content type to a request of route `kind`.
+    pub fn for_content_type(content_type: Option<&str>, kind: Kind) -> Self {
         match content_type {
             Some(ct) if ct.starts_with("text/event-stream") => UsageScan::Sse {
                 partial: Vec::new(),
-                usage: None,
+                usage: match kind {
+                    Kind::OpenAi => StreamUsage::OpenAi(None),
+                    Kind::Anthropic => StreamUsage::Anthropic(AnthropicUsage::default()),
+                },
                 skipping: false,
             },
             Some(ct) if ct.contains("json") => UsageScan::Json {
                 first: None,
                 rest: Vec::new(),
                 overflow: false,
+                kind,
             },
             _ => UsageScan::Opaque,
         }
@@ -406,6 +542,7 @@ impl UsageScan {
                 first,
                 rest,
                 overflow,
+                ..
             } => {
                 let kept = first.as_ref().map_or(0, Bytes::len) + rest.len();
                 if *overflow || kept + chunk.len() > JSON_KEEP_LIMIT {
@@ -431,29 +568,30 @@ impl UsageScan {
             UsageScan::Sse { partial, usage, .. } => {
                 let rest = std::mem::take(partial);
                 scan_sse_lines(&rest, usage);
-                (*usage, None)
+                (usage.usage(), None)
             }
             UsageScan::Json {
                 first,
                 rest,
                 overflow: false,
-            } => usage_and_error(first.as_deref().unwrap_or(rest)),
+                kind,
+            } => usage_and_error(first.as_deref().unwrap_or(rest), *kind),
             _ => (None, None),
         }
     }
 }
 
-/// The usage of one SSE event: a chunk's top-level `usage`, or that of the Responses API's
-/// `response.completed` event, inside its `response` object.
-fn event_usage(data: &[u8]) -> Option<Usage> {
-    usage_and_error(data).0.or_else(|| {
+/// The usage of one OpenAI SSE event: a chunk's top-level `usage`, or that of the Responses
+/// API's `response.completed` event, inside its `response` object.
+fn openai_event_usage(data: &[u8]) -> Option<Usage> {
+    usage_and_error(data, Kind::OpenAi).0.or_else(|| {
         let [response] = top_level_fields(data, ["response"])?;
-        usage_and_error(response?).0
+        usage_and_error(response?, Kind::OpenAi).0
     })
 }
 
-/// Parses the `data:` lines of `text` that mention usage; the last non-null usage wins.
-fn scan_sse_lines(text: &[u8], usage: &mut Option<Usage>) {
+/// Parses the `data:` lines of `text` that mention usage, in order.
+fn scan_sse_lines(text: &[u8], usage: &mut StreamUsage) {
     if memmem::find(text, b"\"usage\"").is_none() {
         return;
     }
@@ -464,9 +602,7 @@ fn scan_sse_lines(text: &[u8], usage: &mut Option<Usage>) {
         if memmem::find(data, b"\"usage\"").is_none() {
             continue;
         }
-        if let Some(found) = event_usage(data) {
-            *usage = Some(found);
-        }
+        usage.event(data);
     }
 }
 
@@ -499,7 +635,7 @@ mod tests {
 
     #[test]
     fn a_responses_api_stream_is_counted_from_its_completed_event() {
-        let mut scan = UsageScan::for_content_type(Some("text/event-stream"));
+        let mut scan = UsageScan::for_content_type(Some("text/event-stream"), Kind::OpenAi);
         scan.feed(&Bytes::from_static(
             b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"usage\":null}}\n\n\
               event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"usage\"}\n\n\
@@ -512,7 +648,7 @@ mod tests {
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 usage.total_tokens,
-                usage.cached_tokens
+                usage.cache_read_tokens
             ),
             (Some(9), Some(4), Some(13), Some(2))
         );
@@ -520,7 +656,8 @@ mod tests {
 
     #[test]
     fn sse_usage_split_across_chunks() {
-        let mut scan = UsageScan::for_content_type(Some("text/event-stream; charset=utf-8"));
+        let mut scan =
+            UsageScan::for_content_type(Some("text/event-stream; charset=utf-8"), Kind::OpenAi);
         let stream = b"data: {\"choices\":[],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\ndata: [DONE]\n\n";
         for piece in stream.chunks(7) {
             scan.feed(&Bytes::copy_from_slice(piece));
@@ -532,7 +669,8 @@ mod tests {
                 prompt_tokens: Some(3),
                 completion_tokens: Some(4),
                 total_tokens: Some(7),
-                cached_tokens: None,
+                cache_read_tokens: None,
+                cache_write_tokens: None,
             })
         );
     }
@@ -540,18 +678,18 @@ mod tests {
     #[test]
     fn cached_prompt_tokens_are_read_from_json_and_sse() {
         let body = br#"{"usage":{"prompt_tokens":20,"completion_tokens":2,"total_tokens":22,"prompt_tokens_details":{"cached_tokens":16,"audio_tokens":0}}}"#;
-        let mut scan = UsageScan::for_content_type(Some("application/json"));
+        let mut scan = UsageScan::for_content_type(Some("application/json"), Kind::OpenAi);
         scan.feed(&Bytes::from_static(body));
         let usage = scan.finish().0.unwrap();
         assert_eq!(
-            (usage.prompt_tokens, usage.cached_tokens),
+            (usage.prompt_tokens, usage.cache_read_tokens),
             (Some(20), Some(16))
         );
-        let mut scan = UsageScan::for_content_type(Some("text/event-stream"));
+        let mut scan = UsageScan::for_content_type(Some("text/event-stream"), Kind::OpenAi);
         scan.feed(&Bytes::from_static(
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":1,\"total_tokens\":10,\"prompt_tokens_details\":{\"cached_tokens\":8}}}\n\n",
         ));
-        assert_eq!(scan.finish().0.and_then(|u| u.cached_tokens), Some(8));
+        assert_eq!(scan.finish().0.and_then(|u| u.cache_read_tokens), Some(8));
         // No details, or null ones: no cached count, the rest still read.
         for usage in [
             r#"{"prompt_tokens":3}"#,
@@ -559,7 +697,10 @@ mod tests {
             r#"{"prompt_tokens":3,"prompt_tokens_details":{"cached_tokens":null}}"#,
         ] {
             let usage: Usage = serde_json::from_str(usage).unwrap();
-            assert_eq!((usage.prompt_tokens, usage.cached_tokens), (Some(3), None));
+            assert_eq!(
+                (usage.prompt_tokens, usage.cache_read_tokens),
+                (Some(3), None)
+            );
         }
         // The Responses API's names.
         let usage: Usage = serde_json::from_str(
@@ -572,7 +713,8 @@ mod tests {
                 prompt_tokens: Some(30),
                 completion_tokens: Some(5),
                 total_tokens: Some(35),
-                cached_tokens: Some(12),
+                cache_read_tokens: Some(12),
+                cache_write_tokens: None,
             }
         );
         let both: Usage = serde_json::from_str(
@@ -590,24 +732,24 @@ mod tests {
         let body =
             br#"{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
         for split in [body.len(), 10] {
-            let mut scan = UsageScan::for_content_type(Some("application/json"));
+            let mut scan = UsageScan::for_content_type(Some("application/json"), Kind::OpenAi);
             scan.feed(&Bytes::from_static(&body[..split]));
             scan.feed(&Bytes::from_static(&body[split..]));
             assert_eq!(scan.finish().0.and_then(|u| u.total_tokens), Some(3));
         }
-        let mut scan = UsageScan::for_content_type(Some("application/json"));
+        let mut scan = UsageScan::for_content_type(Some("application/json"), Kind::OpenAi);
         scan.feed(&Bytes::from_static(
             br#"{"error":{"message":"Rate limit reached","type":"x"}}"#,
         ));
         assert_eq!(scan.finish().1.as_deref(), Some("Rate limit reached"));
-        let mut scan = UsageScan::for_content_type(Some("text/plain"));
+        let mut scan = UsageScan::for_content_type(Some("text/plain"), Kind::OpenAi);
         scan.feed(&Bytes::from_static(b"hello"));
         assert_eq!(scan.finish(), (None, None));
     }
 
     #[test]
     fn an_endless_sse_line_is_dropped_at_the_limit_and_the_scan_goes_on() {
-        let mut scan = UsageScan::for_content_type(Some("text/event-stream"));
+        let mut scan = UsageScan::for_content_type(Some("text/event-stream"), Kind::OpenAi);
         let junk = Bytes::from(vec![b'x'; 16 * 1024]);
         scan.feed(&Bytes::from_static(b"data: {\"usage\":"));
         for _ in 0..64 {
@@ -622,6 +764,172 @@ mod tests {
         ));
         scan.feed(&Bytes::from_static(b"\n\n"));
         assert_eq!(scan.finish().0.and_then(|u| u.total_tokens), Some(9));
+    }
+
+    /// An Anthropic Messages stream as the API sends it, with `message_delta` as given.
+    fn anthropic_stream(message_delta_usage: &str) -> Vec<u8> {
+        format!(
+            "event: message_start\n\
+             data: {{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_01XFDUDYJgAACzvnptvVoYEL\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5-20250929\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{{\"input_tokens\":25,\"cache_creation_input_tokens\":1200,\"cache_read_input_tokens\":3000,\"cache_creation\":{{\"ephemeral_5m_input_tokens\":1200,\"ephemeral_1h_input_tokens\":0}},\"output_tokens\":1,\"service_tier\":\"standard\"}}}}}}\n\n\
+             event: content_block_start\n\
+             data: {{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{{\"type\":\"text\",\"text\":\"\"}}}}\n\n\
+             event: ping\n\
+             data: {{\"type\": \"ping\"}}\n\n\
+             event: content_block_delta\n\
+             data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"Hello\"}}}}\n\n\
+             event: content_block_delta\n\
+             data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"! Your \\\"usage\\\": {{\\\"output_tokens\\\": 999}}\"}}}}\n\n\
+             event: content_block_stop\n\
+             data: {{\"type\":\"content_block_stop\",\"index\":0}}\n\n\
+             event: message_delta\n\
+             data: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},\"usage\":{message_delta_usage}}}\n\n\
+             event: message_stop\n\
+             data: {{\"type\":\"message_stop\"}}\n\n"
+        )
+        .into_bytes()
+    }
+
+    fn anthropic_scan() -> UsageScan {
+        UsageScan::for_content_type(Some("text/event-stream; charset=utf-8"), Kind::Anthropic)
+    }
+
+    /// 25 input, 1200 written to the cache, 3000 read from it, 15 output.
+    const CLAUDE_USAGE: Usage = Usage {
+        prompt_tokens: Some(25 + 1200 + 3000),
+        completion_tokens: Some(15),
+        total_tokens: Some(25 + 1200 + 3000 + 15),
+        cache_read_tokens: Some(3000),
+        cache_write_tokens: Some(1200),
+    };
+
+    #[test]
+    fn an_anthropic_stream_is_counted_from_message_start_and_the_last_message_delta() {
+        // The classic `message_delta` gives only the cumulative output; newer APIs repeat the
+        // input and cache counts there.
+        for delta in [
+            r#"{"output_tokens":15}"#,
+            r#"{"input_tokens":25,"cache_creation_input_tokens":1200,"cache_read_input_tokens":3000,"output_tokens":15,"server_tool_use":null}"#,
+            r#"{"input_tokens":null,"output_tokens":15}"#,
+        ] {
+            let stream = anthropic_stream(delta);
+            let mut scan = anthropic_scan();
+            scan.feed(&Bytes::from(stream.clone()));
+            assert_eq!(scan.finish(), (Some(CLAUDE_USAGE), None), "{delta}");
+            // Cut in two at every byte, and fed a byte at a time: the same count.
+            for at in 0..=stream.len() {
+                let mut scan = anthropic_scan();
+                scan.feed(&Bytes::copy_from_slice(&stream[..at]));
+                scan.feed(&Bytes::copy_from_slice(&stream[at..]));
+                assert_eq!(scan.finish().0, Some(CLAUDE_USAGE), "{delta} cut at {at}");
+            }
+            let mut scan = anthropic_scan();
+            for byte in &stream {
+                scan.feed(&Bytes::copy_from_slice(&[*byte]));
+            }
+            assert_eq!(scan.finish().0, Some(CLAUDE_USAGE), "{delta} byte by byte");
+        }
+    }
+
+    #[test]
+    fn anthropic_stream_fields_are_merged_the_last_value_winning() {
+        // Several deltas (a tool-use turn, say): each field is the last one given.
+        let mut scan = anthropic_scan();
+        scan.feed(&Bytes::from_static(
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":10,\"cache_creation_input_tokens\":null,\"cache_read_input_tokens\":null,\"output_tokens\":1}}}\n\n\
+              event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":5}}\n\n\
+              event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":9,\"cache_read_input_tokens\":4}}\n\n",
+        ));
+        assert_eq!(
+            scan.finish().0,
+            Some(Usage {
+                prompt_tokens: Some(14),
+                completion_tokens: Some(9),
+                total_tokens: Some(23),
+                cache_read_tokens: Some(4),
+                cache_write_tokens: None,
+            })
+        );
+        // A stream cut before any usage (an overloaded_error event, say) counts nothing.
+        let mut scan = anthropic_scan();
+        scan.feed(&Bytes::from_static(
+            b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+        ));
+        assert_eq!(scan.finish(), (None, None));
+        // Read as OpenAI's (as every route was before), only the message_delta's top-level
+        // usage is seen, and no cache counts: why the scan must know the route's kind.
+        let mut scan = UsageScan::for_content_type(Some("text/event-stream"), Kind::OpenAi);
+        scan.feed(&Bytes::from(anthropic_stream(r#"{"output_tokens":15}"#)));
+        assert_eq!(
+            scan.finish()
+                .0
+                .map(|u| (u.completion_tokens, u.cache_read_tokens)),
+            Some((Some(15), None))
+        );
+    }
+
+    #[test]
+    fn an_anthropic_json_answer_and_error() {
+        let body = br#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":1200,"cache_read_input_tokens":3000,"cache_creation":{"ephemeral_5m_input_tokens":1200},"output_tokens":15,"service_tier":"standard"}}"#;
+        for at in [body.len(), 1, 100] {
+            let mut scan = UsageScan::for_content_type(Some("application/json"), Kind::Anthropic);
+            scan.feed(&Bytes::from_static(&body[..at]));
+            scan.feed(&Bytes::from_static(&body[at..]));
+            assert_eq!(scan.finish(), (Some(CLAUDE_USAGE), None));
+        }
+        // Absent and null fields: what is given counts.
+        let read = |usage: &str| {
+            let mut scan = UsageScan::for_content_type(Some("application/json"), Kind::Anthropic);
+            scan.feed(&Bytes::from(format!(
+                r#"{{"type":"message","usage":{usage}}}"#
+            )));
+            scan.finish().0
+        };
+        assert_eq!(
+            read(r#"{"input_tokens":7,"output_tokens":3}"#),
+            Some(Usage {
+                prompt_tokens: Some(7),
+                completion_tokens: Some(3),
+                total_tokens: Some(10),
+                cache_read_tokens: None,
+                cache_write_tokens: None,
+            })
+        );
+        assert_eq!(
+            read(
+                r#"{"input_tokens":7,"cache_creation_input_tokens":null,"cache_read_input_tokens":0,"output_tokens":null}"#
+            ),
+            Some(Usage {
+                prompt_tokens: Some(7),
+                completion_tokens: None,
+                total_tokens: Some(7),
+                cache_read_tokens: Some(0),
+                cache_write_tokens: None,
+            })
+        );
+        assert_eq!(read("null"), None);
+        assert_eq!(read("{}"), None);
+        assert_eq!(read(r#""many""#), None);
+        // count_tokens answers its count at the top level: not a call's usage.
+        let mut scan = UsageScan::for_content_type(Some("application/json"), Kind::Anthropic);
+        scan.feed(&Bytes::from_static(br#"{"input_tokens":2095}"#));
+        assert_eq!(scan.finish(), (None, None));
+        // Anthropic's error envelope gives the row its message.
+        let mut scan = UsageScan::for_content_type(Some("application/json"), Kind::Anthropic);
+        scan.feed(&Bytes::from_static(
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of request tokens has exceeded your per-minute rate limit"},"request_id":"req_011CSHoEeqs5C35K2UUqR7Fy"}"#,
+        ));
+        assert_eq!(
+            scan.finish(),
+            (
+                None,
+                Some("Number of request tokens has exceeded your per-minute rate limit".into())
+            )
+        );
+    }
+
+    #[test]
+    fn anthropic_limits_count_every_token_the_model_saw() {
+        assert_eq!(CLAUDE_USAGE.tokens(), 25 + 1200 + 3000 + 15);
     }
 
     #[test]

@@ -194,7 +194,10 @@ impl LogStore {
                     usage.total_tokens,
                     r.stream,
                     r.cost,
-                    usage.cached_tokens,
+                    usage.cache_read_tokens,
+                    usage.cache_write_tokens,
+                    r.upstream_id,
+                    r.attempts,
                 ])?;
                 if let Some(id) = r.api_key_id {
                     keys.entry(id).or_default().add(r, &usage);
@@ -302,7 +305,7 @@ impl Sums {
         self.success_calls += i64::from(record.success);
         self.prompt_tokens += usage.prompt_tokens.unwrap_or(0);
         self.completion_tokens += usage.completion_tokens.unwrap_or(0);
-        self.cached_tokens += usage.cached_tokens.unwrap_or(0);
+        self.cached_tokens += usage.cache_read_tokens.unwrap_or(0);
         self.total_tokens += usage.total_tokens.unwrap_or(0);
         self.cost += record.cost;
         self.response_time += record.response_time;

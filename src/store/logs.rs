@@ -33,7 +33,15 @@ pub struct LogRow {
     /// USD.
     pub cost: f64,
     /// Prompt tokens read from the provider's cache (part of `prompt_tokens`).
-    pub cached_tokens: Option<i64>,
+    pub cache_read_tokens: Option<i64>,
+    /// Prompt tokens written to the provider's cache (part of `prompt_tokens`; Anthropic).
+    pub cache_write_tokens: Option<i64>,
+    /// The upstream that answered, or was tried last (0: the built-in `default`); null when
+    /// none was tried (a refused request).
+    pub upstream_id: Option<i64>,
+    /// The upstreams tried for the request (0 when none was); null on rows written before
+    /// keygate counted them.
+    pub attempts: Option<i64>,
 }
 
 /// Every column of `api_call_logs` after `id` and `api_key_id`, in the order `bind_log!`
@@ -56,7 +64,10 @@ pub const LOG_COLUMNS: &[&str] = &[
     "total_tokens",
     "stream",
     "cost",
-    "cached_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "upstream_id",
+    "attempts",
 ];
 
 /// SQL fragments of `api_call_logs`, built once from `LOG_COLUMNS`.
@@ -125,7 +136,10 @@ macro_rules! bind_log {
             .$bind(log.total_tokens)
             .$bind(log.stream)
             .$bind(log.cost)
-            .$bind(log.cached_tokens)
+            .$bind(log.cache_read_tokens)
+            .$bind(log.cache_write_tokens)
+            .$bind(log.upstream_id)
+            .$bind(log.attempts)
     }};
 }
 pub(crate) use bind_log;

@@ -377,7 +377,7 @@ async fn add_to_rollup(
             ") SELECT api_key_id, date(timestamp / 1000, 'unixepoch') AS d, ",
             "COALESCE(model, '') AS m, -COUNT(*), -SUM(status = 'success'), ",
             "-SUM(status = 'error'), -COALESCE(SUM(prompt_tokens), 0), ",
-            "-COALESCE(SUM(completion_tokens), 0), -COALESCE(SUM(cached_tokens), 0), ",
+            "-COALESCE(SUM(completion_tokens), 0), -COALESCE(SUM(cache_read_tokens), 0), ",
             "-COALESCE(SUM(total_tokens), 0), -COALESCE(SUM(cost), 0), -SUM(response_time) ",
             "FROM main.api_call_logs WHERE id IN ",
             "(SELECT id FROM stage.api_call_logs WHERE overwrite) AND api_key_id IS NOT NULL ",
@@ -461,7 +461,7 @@ impl StagedUsage {
         sums.error_calls += sign * i64::from(log.status == "error");
         sums.prompt_tokens += sign * log.prompt_tokens.unwrap_or(0);
         sums.completion_tokens += sign * log.completion_tokens.unwrap_or(0);
-        sums.cached_tokens += sign * log.cached_tokens.unwrap_or(0);
+        sums.cached_tokens += sign * log.cache_read_tokens.unwrap_or(0);
         sums.total_tokens += sign * log.total_tokens.unwrap_or(0);
         sums.cost += sign as f64 * log.cost;
         sums.response_time += sign * log.response_time;
@@ -476,7 +476,7 @@ struct UsageOf<'a> {
     status: &'a str,
     prompt_tokens: Option<i64>,
     completion_tokens: Option<i64>,
-    cached_tokens: Option<i64>,
+    cache_read_tokens: Option<i64>,
     total_tokens: Option<i64>,
     cost: f64,
     response_time: i64,
@@ -491,7 +491,7 @@ impl<'a> From<&'a LogRow> for UsageOf<'a> {
             status: &log.status,
             prompt_tokens: log.prompt_tokens,
             completion_tokens: log.completion_tokens,
-            cached_tokens: log.cached_tokens,
+            cache_read_tokens: log.cache_read_tokens,
             total_tokens: log.total_tokens,
             cost: log.cost,
             response_time: log.response_time,
@@ -628,7 +628,7 @@ pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
     // A row staged earlier under this id (the file repeats it) is replaced: its sums go.
     let replaced: Option<StagedRow> = sqlx::query_as(
         "SELECT api_key_id, timestamp, model, status, prompt_tokens, completion_tokens, \
-         cached_tokens, total_tokens, cost, response_time FROM stage.api_call_logs WHERE id = ?",
+         cache_read_tokens, total_tokens, cost, response_time FROM stage.api_call_logs WHERE id = ?",
     )
     .bind(log.id)
     .fetch_optional(stage.conn())
@@ -641,7 +641,7 @@ pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
             status: &row.3,
             prompt_tokens: row.4,
             completion_tokens: row.5,
-            cached_tokens: row.6,
+            cache_read_tokens: row.6,
             total_tokens: row.7,
             cost: row.8,
             response_time: row.9,

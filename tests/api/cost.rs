@@ -96,17 +96,17 @@ async fn a_chat_call_costs_its_tokens_at_the_embedded_prices() {
     let rows = stored(&app.state.pool, id).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].cost, expected);
-    assert_eq!(rows[0].cached_tokens, Some(600));
+    assert_eq!(rows[0].cache_read_tokens, Some(600));
     assert_eq!(rows[0].prompt_tokens, Some(1000));
 
     // The admin API's rows carry both, in a key's logs and in all logs.
     let row = &app.logs_of(id).await[0];
     assert!(close(row["cost"].as_f64().unwrap(), expected), "{row}");
-    assert_eq!(row["cached_tokens"], 600);
+    assert_eq!(row["cache_read_tokens"], 600);
     let (status, all) = app.get("/api/api-logs").await;
     assert_eq!(status, StatusCode::OK);
     assert!(close(all["items"][0]["cost"].as_f64().unwrap(), expected));
-    assert_eq!(all["items"][0]["cached_tokens"], 600);
+    assert_eq!(all["items"][0]["cache_read_tokens"], 600);
 
     // Stats add them up, in all and per model.
     chat_with_usage(&app, &key, "gpt-4o-mini", usage(10, 0, 5), false).await;
@@ -139,7 +139,7 @@ async fn a_streamed_call_is_priced_from_its_usage_chunk_and_provider_prefixes_ar
     let rows = stored(&app.state.pool, id).await;
     assert!(rows[0].stream);
     assert_eq!(rows[0].model.as_deref(), Some("openai/gpt-4o"));
-    assert_eq!(rows[0].cached_tokens, Some(128));
+    assert_eq!(rows[0].cache_read_tokens, Some(128));
     assert_eq!(
         rows[0].cost,
         expected_cost(&table_price("gpt-4o"), 500, 128, 50)
@@ -262,14 +262,49 @@ async fn export_and_import_keep_cost_and_old_exports_import_at_cost_0() {
     let pool = open(&db).await;
     let imported = stored(&pool, id).await;
     assert_eq!(
-        (imported[0].cost, imported[0].cached_tokens),
+        (imported[0].cost, imported[0].cache_read_tokens),
         (original[0].cost, Some(600))
     );
     pool.close().await;
 
-    // The same file as a version 1 export wrote it: no cost, no cached tokens.
+    // The same file as versions 2 and 3 wrote it: the cache reads named `cached_tokens`, no
+    // cache writes, upstream or attempts.
     let mut export: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    assert_eq!(export["metadata"]["format_version"], 3);
+    assert_eq!(export["metadata"]["format_version"], 4);
+    export["metadata"]["format_version"] = json!(3);
+    for log in export["data"]["logs"].as_array_mut().unwrap() {
+        let log = log.as_object_mut().unwrap();
+        let read = log.remove("cache_read_tokens").unwrap();
+        log.insert("cached_tokens".into(), read);
+        for new in ["cache_write_tokens", "upstream_id", "attempts"] {
+            assert!(log.remove(new).is_some(), "{new}");
+        }
+    }
+    let v3 = out_dir.path().join("v3.json");
+    let text = format!(
+        r#"{{"metadata": {}, "data": {}}}"#,
+        export["metadata"], export["data"]
+    );
+    std::fs::write(&v3, text).unwrap();
+    let (_v3, db) = fresh_db(Some(&app.db_path));
+    ok(
+        &db,
+        out_dir.path(),
+        &["data", "import", "--input", path_str(&v3)],
+    );
+    let pool = open(&db).await;
+    let imported = stored(&pool, id).await;
+    assert_eq!(
+        (
+            imported[0].cost,
+            imported[0].cache_read_tokens,
+            imported[0].cache_write_tokens
+        ),
+        (original[0].cost, Some(600), None)
+    );
+    pool.close().await;
+
+    // The same file as a version 1 export wrote it: no cost, no cached tokens.
     export["metadata"]["format_version"] = json!(1);
     for log in export["data"]["logs"].as_array_mut().unwrap() {
         let log = log.as_object_mut().unwrap();
@@ -293,7 +328,7 @@ async fn export_and_import_keep_cost_and_old_exports_import_at_cost_0() {
     assert_eq!(
         (
             imported[0].cost,
-            imported[0].cached_tokens,
+            imported[0].cache_read_tokens,
             imported[0].prompt_tokens
         ),
         (0.0, None, Some(1000))

@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use keygate::cli::Cli;
@@ -89,8 +89,9 @@ impl MockUpstream {
 /// old vLLM), `gpt-bad-request` → a 400 that names nothing keygate knows, anything else → a
 /// normal completion. Streams (`stream` true) are SSE like OpenAI's: only with
 /// `stream_options.include_usage` true does every chunk carry `"usage":null` and a last
-/// usage-only chunk (`"choices":[]`) come before `[DONE]`. Any other path or method is answered
-/// (and seen) too.
+/// usage-only chunk (`"choices":[]`) come before `[DONE]`. `POST /v1/messages` (and
+/// `/count_tokens`) answer like Anthropic's Messages API (`anthropic_answer`). Any other path
+/// or method is answered (and seen) too.
 pub async fn spawn_mock_upstream() -> MockUpstream {
     let mock = Mock::default();
     let app = Router::new()
@@ -100,6 +101,8 @@ pub async fn spawn_mock_upstream() -> MockUpstream {
                 Json(json!({"object": "list", "data": [{"id": "gpt-test", "object": "model"}]}))
             }),
         )
+        .route("/v1/messages", post(anthropic_answer))
+        .route("/v1/messages/count_tokens", post(anthropic_answer))
         .route("/v1/{*path}", any(mock_answer))
         .fallback(mock_answer)
         .with_state(mock.clone());
@@ -109,7 +112,8 @@ pub async fn spawn_mock_upstream() -> MockUpstream {
     MockUpstream { addr, mock }
 }
 
-async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
+/// Reads the request's body and notes what was received.
+async fn note(mock: &Mock, request: Request) -> (axum::http::request::Parts, Bytes) {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     mock.seen.lock().unwrap().push(Seen {
@@ -121,6 +125,11 @@ async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
         headers: parts.headers.clone(),
         body: body.clone(),
     });
+    (parts, body)
+}
+
+async fn mock_answer(State(mock): State<Mock>, request: Request) -> Response {
+    let (parts, body) = note(&mock, request).await;
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = request["model"].as_str().unwrap_or("gpt-test").to_string();
     match model.as_str() {
@@ -500,4 +509,113 @@ pub async fn wait_until_serving(base: &str, child: &mut std::process::Child) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The usage the mock's Anthropic answers report unless the request's `mock_usage` gives one:
+/// 25 plain input tokens, 1200 written to the cache, 3000 read from it, 15 output tokens.
+pub fn claude_usage() -> Value {
+    json!({"input_tokens": 25, "cache_creation_input_tokens": 1200,
+           "cache_read_input_tokens": 3000, "output_tokens": 15})
+}
+
+/// Anthropic's Messages API: `count_tokens` answers `{"input_tokens": 42}`; a message answers
+/// as JSON, or with `stream` true as Anthropic's event stream (`anthropic_events`), its usage
+/// `mock_usage` or `claude_usage()`; model `claude-overloaded` gets a 529 in Anthropic's error
+/// envelope.
+async fn anthropic_answer(State(mock): State<Mock>, request: Request) -> Response {
+    let (parts, body) = note(&mock, request).await;
+    if parts.uri.path().ends_with("/count_tokens") {
+        return Json(json!({"input_tokens": 42})).into_response();
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("claude-test")
+        .to_string();
+    if model == "claude-overloaded" {
+        return (
+            StatusCode::from_u16(529).unwrap(),
+            Json(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})),
+        )
+            .into_response();
+    }
+    let usage = request
+        .get("mock_usage")
+        .cloned()
+        .unwrap_or_else(claude_usage);
+    if request["stream"] == json!(true) {
+        let pieces = anthropic_events(&model, &usage);
+        let stream = futures_util::stream::iter(
+            pieces
+                .into_iter()
+                .map(|piece| Ok::<_, Infallible>(Bytes::from(piece))),
+        );
+        return Response::builder()
+            .header("content-type", "text/event-stream; charset=utf-8")
+            .body(Body::from_stream(stream))
+            .unwrap();
+    }
+    Json(json!({
+        "id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "Hello from mock"}],
+        "stop_reason": "end_turn", "stop_sequence": null, "usage": usage
+    }))
+    .into_response()
+}
+
+/// An Anthropic message stream as the API sends it (`message_start` with the input and cache
+/// counts and 1 output token, `content_block_start`, `ping`, two `content_block_delta`s,
+/// `content_block_stop`, `message_delta` with the cumulative `output_tokens`, `message_stop`),
+/// cut into pieces that split events and lines (the first mid-`usage`).
+pub fn anthropic_events(model: &str, usage: &Value) -> Vec<String> {
+    let mut start_usage = usage.clone();
+    start_usage["output_tokens"] = json!(1);
+    let events = [
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+            "role": "assistant", "content": [], "model": model, "stop_reason": null,
+            "stop_sequence": null, "usage": start_usage}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
+        ("ping", json!({"type": "ping"})),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Hello"}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": " from mock"}}),
+        ),
+        (
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "message_delta",
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": usage["output_tokens"]}}),
+        ),
+        ("message_stop", json!({"type": "message_stop"})),
+    ];
+    let text: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    let first_cut = text.find("\"usage\"").unwrap() + 10;
+    let mut pieces = vec![text[..first_cut].to_string()];
+    let mut rest = &text[first_cut..];
+    while !rest.is_empty() {
+        let at = rest.len().min(37);
+        pieces.push(rest[..at].to_string());
+        rest = &rest[at..];
+    }
+    pieces
 }

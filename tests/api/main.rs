@@ -1,6 +1,7 @@
 //! The one integration test binary: the real server on loopback, a temp SQLite file, a mock upstream.
 
 mod admin;
+mod anthropic_usage;
 mod audit;
 mod cli;
 mod confine;

@@ -46,7 +46,7 @@ async fn from_rows(pool: &SqlitePool, key_id: i64) -> Vec<Rolled> {
             "SELECT date(timestamp / 1000, 'unixepoch') AS d, COALESCE(model, '') AS m, \
              COUNT(*), SUM(status = 'success'), SUM(status = 'error'), \
              COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), \
-             COALESCE(SUM(cached_tokens), 0), COALESCE(SUM(total_tokens), 0), \
+             COALESCE(SUM(cache_read_tokens), 0), COALESCE(SUM(total_tokens), 0), \
              SUM(response_time), COALESCE(SUM(cost), 0.0) \
              FROM api_call_logs WHERE api_key_id = ? GROUP BY d, m ORDER BY d, m",
         )
@@ -201,7 +201,7 @@ async fn the_rollup_and_totals_are_exact_and_stats_survive_pruned_rows() {
         f64,
     ) = sqlx::query_as(
         "SELECT COUNT(*), SUM(status = 'success'), SUM(prompt_tokens), SUM(completion_tokens), \
-         SUM(cached_tokens), SUM(total_tokens), AVG(response_time), SUM(cost) \
+         SUM(cache_read_tokens), SUM(total_tokens), AVG(response_time), SUM(cost) \
          FROM api_call_logs WHERE api_key_id = ?",
     )
     .bind(id)

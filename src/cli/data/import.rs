@@ -309,7 +309,7 @@ impl<'a> Importer<'a> {
                 self.progress.inc(1);
             }
             Item::Log(index, log) => {
-                self.log(stage, index, log).await?;
+                self.log(stage, index, *log).await?;
                 self.progress.inc(1);
             }
         }

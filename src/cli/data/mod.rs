@@ -62,8 +62,10 @@ pub struct BackupArgs {
 /// The version of the file layout this binary writes. Version 2 added the call logs' `cost`
 /// and `cached_tokens`, and the keys' restriction lists and tags (`allowed_models`,
 /// `allowed_clients`, `allowed_ips`, `allowed_endpoints`, `tags`). Version 3 added the keys'
-/// limits (`limits::Limits::FIELDS`).
-const FORMAT_VERSION: u32 = 3;
+/// limits (`limits::Limits::FIELDS`). Version 4 renamed the call logs' `cached_tokens` to
+/// `cache_read_tokens` (older files' are read as such) and added their `cache_write_tokens`,
+/// `upstream_id` and `attempts`.
+const FORMAT_VERSION: u32 = 4;
 /// The oldest version this binary reads (its logs import at cost 0, its keys without
 /// restrictions or limits).
 const OLDEST_FORMAT_VERSION: u32 = 1;

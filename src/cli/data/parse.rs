@@ -20,11 +20,12 @@ use crate::policy::{self, ListKind, TextList};
 use crate::store::keys::{KeyRow, Restrictions};
 use crate::store::logs::LogRow;
 
-/// One thing read from the file, in file order.
+/// One thing read from the file, in file order. Rows are boxed: items travel in batches
+/// through a channel, each as large as the enum's largest variant.
 pub(super) enum Item {
     Metadata(Metadata),
     Key(usize, Box<ImportedKey>),
-    Log(usize, LogRow),
+    Log(usize, Box<LogRow>),
 }
 
 /// A key row of the file. `has_secret` is false for sanitized rows, whose `key_hash` is a
@@ -132,7 +133,8 @@ impl Reading<'_> {
 #[derive(Clone, Copy)]
 struct Layout {
     sanitized: bool,
-    /// Version 1 logs have no `cost` (read as 0) nor `cached_tokens`.
+    /// Version 1 logs have no `cost` (read as 0) nor `cached_tokens`; before version 4 the
+    /// logs' cache reads are `cached_tokens`.
     version: u32,
 }
 
@@ -279,7 +281,7 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
                     .map(|key| Item::Key(index, Box::new(key))),
                 DataType::Logs => fields
                     .log(self.layout.version)
-                    .map(|log| Item::Log(index, log)),
+                    .map(|log| Item::Log(index, Box::new(log))),
             }
             .and_then(|item| fields.finish().map(|()| item))
             .map_err(|message| self.reading.bad_row(message))?;
@@ -433,15 +435,34 @@ impl Fields {
         Ok(ImportedKey { row, has_secret })
     }
 
-    /// A log row; `version` 1 rows have no cost (0) nor cached tokens.
+    /// A log row; `version` 1 rows have no cost (0) nor cached tokens; versions 2 and 3 name
+    /// the cache reads `cached_tokens` and have no cache writes, upstream or attempts.
     fn log(&mut self, version: u32) -> Result<LogRow, String> {
-        let (cost, cached_tokens): (f64, _) = if version >= 2 {
-            (self.take("cost")?, self.take("cached_tokens")?)
-        } else {
-            (0.0, None)
+        let (cost, cache_read_tokens): (f64, _) = match version {
+            1 => (0.0, None),
+            2 | 3 => (self.take("cost")?, self.take("cached_tokens")?),
+            _ => (self.take("cost")?, self.take("cache_read_tokens")?),
         };
         if cost < 0.0 {
             return Err(self.error("cost", "must be 0 or more (USD)"));
+        }
+        let (cache_write_tokens, upstream_id, attempts) = if version >= 4 {
+            (
+                self.take("cache_write_tokens")?,
+                self.take::<Option<i64>>("upstream_id")?,
+                self.take::<Option<i64>>("attempts")?,
+            )
+        } else {
+            (None, None, None)
+        };
+        if upstream_id.is_some_and(|id| id < 0) {
+            return Err(self.error(
+                "upstream_id",
+                "must be an upstream id (0 for the built-in `default`) or null",
+            ));
+        }
+        if attempts.is_some_and(|n| n < 0) {
+            return Err(self.error("attempts", "must be 0 or more, or null"));
         }
         Ok(LogRow {
             id: self.take("id")?,
@@ -461,7 +482,10 @@ impl Fields {
             total_tokens: self.take("total_tokens")?,
             stream: self.take("stream")?,
             cost,
-            cached_tokens,
+            cache_read_tokens,
+            cache_write_tokens,
+            upstream_id,
+            attempts,
         })
     }
 

@@ -48,7 +48,8 @@ pub fn respond(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let scan = UsageScan::for_content_type(content_type);
+    // The route's kind, as its path implies it (until the relay routes by kind).
+    let scan = UsageScan::for_content_type(content_type, via.kind);
     record.http_status = parts.status.as_u16();
     record.answered(started);
     record.stream = matches!(scan, UsageScan::Sse { .. });
