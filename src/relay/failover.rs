@@ -107,6 +107,7 @@ pub async fn send<'t>(
                 let status = response.status().as_u16();
                 if !fails_over(status) {
                     upstream.health.succeeded();
+                    keep_failures(record, failures);
                     return Ok(Answered {
                         response,
                         injected,
@@ -121,6 +122,7 @@ pub async fn send<'t>(
                     &state.upstreams.cooldown,
                 );
                 if attempt == last {
+                    keep_failures(record, failures);
                     return Ok(Answered {
                         response,
                         injected,
@@ -135,7 +137,8 @@ pub async fn send<'t>(
                     // Not a whole answer in time: it is relayed as it is (the exchange may
                     // still be going on, so no other upstream gets the request).
                     Err(response) => {
-                        return Ok(Answered {
+                        keep_failures(record, failures);
+                    return Ok(Answered {
                             response,
                             injected,
                             route,
@@ -239,6 +242,13 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse()
         .ok()?;
     Some(Duration::from_secs(secs))
+}
+
+/// The row of an answered request keeps the failures of the upstreams tried before.
+fn keep_failures(record: &mut CallRecord, failures: String) {
+    if !failures.is_empty() {
+        record.set_error(failures);
+    }
 }
 
 /// Adds an upstream's failure to those kept for the call record.
