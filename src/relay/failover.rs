@@ -138,11 +138,11 @@ pub async fn send<'t>(
                     // still be going on, so no other upstream gets the request).
                     Err(response) => {
                         keep_failures(record, failures);
-                    return Ok(Answered {
+                        return Ok(Answered {
                             response,
                             injected,
                             route,
-                        })
+                        });
                     }
                 }
             }

@@ -48,7 +48,11 @@ fn close(a: f64, b: f64) -> bool {
 async fn claude_app() -> TestApp {
     let app = spawn_app().await;
     let base_url = format!("http://{}", app.upstream.addr);
-    crate::routing::add_upstream(&app, json!({"name": "claude", "kind": "anthropic", "base_url": base_url})).await;
+    crate::routing::add_upstream(
+        &app,
+        json!({"name": "claude", "kind": "anthropic", "base_url": base_url}),
+    )
+    .await;
     app
 }
 

@@ -219,7 +219,10 @@ async fn a_dead_upstream_fails_over_and_is_cooled_then_skipped_until_its_cooldow
         "keygate_upstream_requests_total{upstream=\"default\"} 5",
         "keygate_upstream_cooling{upstream=\"default\"} 0",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "no `{line}` in {metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in {metrics}"
+        );
     }
     // A dead port (connect refused) fails over too.
     let dead = add_upstream(

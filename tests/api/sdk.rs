@@ -69,3 +69,82 @@ async fn openai_python_sdk_works_through_keygate() {
         assert_eq!(row["prompt_tokens"], 4, "{row}");
     }
 }
+
+/// The official `anthropic` Python SDK through `/v1/messages`, as Claude Code uses it: Bearer
+/// and x-api-key keys, a message, a stream, count_tokens, a beta call, a key over its limit,
+/// a model no upstream serves, and failover past an overloaded (529) upstream.
+#[tokio::test]
+async fn anthropic_python_sdk_works_through_keygate() {
+    let app = spawn_app().await;
+    let mock = format!("http://{}", app.upstream.addr);
+    // First an upstream that is always overloaded, then the one that answers.
+    let overloaded = crate::routing::spawn_fixed(
+        529,
+        "",
+        r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+    )
+    .await;
+    let overloaded_url = overloaded.url.trim_end_matches("/v1").to_string();
+    crate::routing::add_upstream(&app, json!({"name": "busy", "kind": "anthropic", "base_url": overloaded_url, "models": ["claude-*"]})).await;
+    let claude = crate::routing::add_upstream(&app, json!({"name": "claude", "kind": "anthropic", "base_url": mock, "models": ["claude-*"], "priority": 1})).await;
+    let (id, key) = app.new_key().await;
+    let (_, limited) = app
+        .create_key(
+            json!({"name": "one a minute", "rate_limit_window": 1, "rate_limit_requests": 1}),
+        )
+        .await;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/anthropic_client.py");
+    let base_url = app.url("");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .env("KEYGATE_BASE_URL", base_url)
+            .env("KEYGATE_KEY", key)
+            .env("KEYGATE_LIMITED_KEY", limited)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "plain: Hello from mock",
+        "stream: Hello from mock",
+        "count_tokens: 42",
+        "beta: Hello from mock",
+        "limited: RateLimitError: Rate limit reached",
+        "unrouted: NotFoundError: No upstream serves model `gpt-4o`",
+    ] {
+        assert!(stdout.contains(line), "no `{line}` in {stdout}");
+    }
+    // The beta call kept its header (the query Claude Code adds is in tests/api/routing.rs);
+    // no request carried the client's key.
+    let seen = app.upstream.seen();
+    assert!(seen.iter().any(|s| s
+        .headers
+        .get("anthropic-beta")
+        .is_some_and(|b| b == "prompt-caching-2024-07-31")));
+    assert!(seen
+        .iter()
+        .all(|s| s.headers.get("authorization").is_none()));
+    let rows = app.logs_of(id).await;
+    // plain, stream, count_tokens, beta, unrouted: one row each, whatever was tried.
+    assert_eq!(rows.len(), 5, "{rows:#?}");
+    let served: Vec<_> = rows.iter().filter(|r| r["status"] == "success").collect();
+    assert_eq!(served.len(), 4);
+    for row in &served {
+        assert_eq!(row["upstream_id"], claude, "{row}");
+    }
+    // The overloaded upstream was tried first until its third failure cooled it.
+    let failed_over = served.iter().filter(|r| r["attempts"] == 2).count();
+    assert_eq!(failed_over, 3, "{served:#?}");
+    assert_eq!(overloaded.hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let streamed = served.iter().find(|r| r["stream"] == true).unwrap();
+    assert_eq!(streamed["cache_read_tokens"], 3000, "{streamed}");
+    assert_eq!(streamed["completion_tokens"], 15, "{streamed}");
+}
