@@ -208,6 +208,16 @@ impl Drop for Unanswered<'_> {
     }
 }
 
+/// Sends the row of a request keygate answered itself, successfully.
+fn answered_here(state: &AppState, record: &mut CallRecord, started: Instant, status: u16) {
+    let mut record = std::mem::take(record);
+    record.success = true;
+    record.http_status = status;
+    record.response_time = started.elapsed().as_millis() as i64;
+    record.answered(started);
+    state.logs.record(record);
+}
+
 /// keygate's own error answer, in the envelope of the route's API.
 fn error_response(error: ApiError, kind: Kind) -> Response<ReplyBody> {
     match kind {
@@ -261,12 +271,7 @@ async fn forward(
                 let reason = error.to_string();
                 Refusal::new(error, reason)
             })?;
-        let mut record = std::mem::take(record);
-        record.success = true;
-        record.http_status = answer.status().as_u16();
-        record.response_time = started.elapsed().as_millis() as i64;
-        record.answered(started);
-        state.logs.record(record);
+        answered_here(state, record, started, answer.status().as_u16());
         return Ok(answer);
     }
     // An activation-mode key restricted to some models starts its clock only once the body
@@ -313,8 +318,19 @@ async fn forward(
             .map_err(refuse)?;
         record.authenticated = true;
     }
-    // The upstreams to try, before the request counts against the key's limits.
     let table = state.upstreams.table();
+    if table.routes.len() > 1 && parts.method == Method::GET && parts.uri.path() == "/v1/models" {
+        // Several upstreams: keygate lists what the key can reach.
+        let listed = if parts.headers.contains_key("anthropic-version") {
+            Kind::Anthropic
+        } else {
+            Kind::OpenAi
+        };
+        let answer = models::reachable(&table, listed, &[], list_models, record.timestamp).await;
+        answered_here(state, record, started, answer.status().as_u16());
+        return Ok(answer);
+    }
+    // The upstreams to try, before the request counts against the key's limits.
     let plan = table.plan(
         kind,
         record.model.as_deref(),

@@ -1,4 +1,6 @@
-//! `GET /v1/models` for a key restricted to some models: the upstream's list, filtered to them.
+//! `GET /v1/models`: with upstreams configured, keygate's own list of the models the key can
+//! reach (SPEC §12), in OpenAI's shape or, asked with `anthropic-version`, Anthropic's; with
+//! only the built-in upstream, its list, filtered to a restricted key's models.
 
 use axum::body::Body;
 use axum::response::IntoResponse;
@@ -11,6 +13,53 @@ use super::upstream::RecordedBody;
 use super::ReplyBody;
 use crate::error::ApiError;
 use crate::policy::Policy;
+use crate::upstreams::registry::Table;
+use crate::upstreams::spec::Kind;
+
+/// The models reachable through the upstreams of `kind` in `table` (those in `bound` when it is
+/// not empty), less those `allowed` forbids, each named once with the first upstream serving
+/// it, in the order they are tried.
+pub async fn reachable(
+    table: &Table,
+    kind: Kind,
+    bound: &[i64],
+    allowed: Option<&Policy>,
+    now: i64,
+) -> Response<ReplyBody> {
+    let routes: Vec<_> = table
+        .routes
+        .iter()
+        .filter(|r| r.spec.enabled && r.spec.kind == kind)
+        .filter(|r| bound.is_empty() || bound.contains(&r.spec.id))
+        .collect();
+    let lists = futures_util::future::join_all(
+        routes
+            .iter()
+            .map(|r| crate::upstreams::models::served(&r.spec, &r.upstream, now)),
+    )
+    .await;
+    let mut seen = std::collections::HashSet::new();
+    let mut data = Vec::new();
+    for (route, list) in routes.iter().zip(&lists) {
+        for model in list.iter() {
+            if allowed.is_some_and(|p| p.model(Some(model)).is_err()) || !seen.insert(model) {
+                continue;
+            }
+            data.push(match kind {
+                Kind::OpenAi => serde_json::json!({"id": model, "object": "model", "created": 0, "owned_by": &*route.spec.name}),
+                Kind::Anthropic => serde_json::json!({"type": "model", "id": model, "display_name": model, "created_at": "1970-01-01T00:00:00Z"}),
+            });
+        }
+    }
+    let body = match kind {
+        Kind::OpenAi => serde_json::json!({"object": "list", "data": data}),
+        Kind::Anthropic => {
+            let id = |entry: Option<&Value>| entry.map_or(Value::Null, |e| e["id"].clone());
+            serde_json::json!({"data": &data, "has_more": false, "first_id": id(data.first()), "last_id": id(data.last())})
+        }
+    };
+    axum::Json(body).into_response().map(ReplyBody::Local)
+}
 
 /// The largest model list read to be filtered (OpenAI's is about 10 KB).
 const MAX_LIST_BYTES: usize = 8 << 20;

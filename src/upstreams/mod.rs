@@ -2,6 +2,7 @@
 //! live set the relay routes over.
 
 pub mod health;
+pub mod models;
 pub mod registry;
 pub mod spec;
 

@@ -451,3 +451,76 @@ async fn anthropic_routes_go_to_anthropic_upstreams_with_their_credential() {
     );
     assert!(app.upstream.seen().is_empty());
 }
+
+#[tokio::test]
+async fn v1_models_lists_what_the_key_can_reach_in_either_shape() {
+    let app = spawn_app().await;
+    let claude = spawn_mock_upstream().await;
+    add_upstream(&app, json!({"name": "a", "kind": "openai", "base_url": dead_url(), "models": ["gpt-a", "gpt-b"]})).await;
+    add_upstream(&app, json!({"name": "claude", "kind": "anthropic", "base_url": format!("http://{}", claude.addr)})).await;
+    let (key_id, key) = app.new_key().await;
+    let list = |anthropic: bool, key: String| {
+        let mut request = app.client.get(app.url("/v1/models")).bearer_auth(key);
+        if anthropic {
+            request = request.header("anthropic-version", "2023-06-01");
+        }
+        async move { read(request.send().await.unwrap()).await }
+    };
+    let (status, body) = list(false, key.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<(&str, &str)> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap(), m["owned_by"].as_str().unwrap()))
+        .collect();
+    // `a` lists its names (never asked: its address is dead); the default is asked.
+    assert_eq!(
+        ids,
+        [("gpt-a", "a"), ("gpt-b", "a"), ("gpt-test", "default")]
+    );
+    assert_eq!(body["object"], "list");
+    // An upstream's own list is kept 5 minutes.
+    let listing = spawn_fixed(
+        200,
+        "",
+        r#"{"object":"list","data":[{"id":"m1"},{"id":"x9"}]}"#,
+    )
+    .await;
+    add_upstream(
+        &app,
+        json!({"name": "listing", "kind": "openai", "base_url": listing.url, "models": ["m*"]}),
+    )
+    .await;
+    let (_, body) = list(false, key.clone()).await;
+    assert_eq!(body["data"][2]["id"], "m1", "{body}");
+    assert_eq!(
+        body["data"].as_array().unwrap().len(),
+        4,
+        "its pattern keeps m1 only: {body}"
+    );
+    list(false, key.clone()).await;
+    assert_eq!(listing.hits.load(Ordering::SeqCst), 1);
+    app.clock.advance(time::Duration::minutes(6));
+    list(false, key.clone()).await;
+    assert_eq!(listing.hits.load(Ordering::SeqCst), 2);
+    let (status, body) = list(true, key.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"][0]["type"], "model");
+    assert_eq!(body["data"][0]["id"], "gpt-test");
+    assert_eq!(body["has_more"], false);
+    assert_eq!(body["first_id"], "gpt-test");
+    // A key restricted to some models sees only those.
+    let (_, narrow) = app
+        .create_key(json!({"name": "narrow", "allowed_models": ["gpt-b"]}))
+        .await;
+    let (_, body) = list(false, narrow).await;
+    assert_eq!(body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(body["data"][0]["id"], "gpt-b");
+    app.flush().await;
+    let rows = app.logs_of(key_id).await;
+    assert_eq!(rows.len(), 5);
+    assert!(rows
+        .iter()
+        .all(|r| r["status"] == "success" && r["endpoint"] == "/v1/models"));
+}

@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Response, Uri};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{Config, StreamUsage};
 use crate::upstreams::health::HealthState;
+use crate::upstreams::models::ListCache;
 use crate::upstreams::spec::{AuthHeader, Kind, UpstreamSpec, DEFAULT_ID, DEFAULT_NAME};
 pub use conn::PoolStats;
 use conn::{CheckoutError, Conn, Pool, Target};
@@ -63,6 +65,8 @@ pub struct Upstream {
     keeps_v1: bool,
     /// Failures, cooldown and the last error (SPEC §12).
     pub health: HealthState,
+    /// Its answer to `GET /v1/models`, when asked (`upstreams::models`).
+    pub models: ListCache,
 }
 
 /// What an `Upstream` is made from.
@@ -238,6 +242,7 @@ impl Upstream {
             takes_stream_options: AtomicBool::new(settings.stream_usage == StreamUsage::Inject),
             keeps_v1: settings.kind == Kind::Anthropic,
             health: HealthState::default(),
+            models: ListCache::default(),
         })
     }
 
@@ -249,6 +254,37 @@ impl Upstream {
     /// Remembers that the upstream refused `stream_options`; true the first time.
     pub fn refuse_stream_options(&self) -> bool {
         self.takes_stream_options.swap(false, Ordering::Relaxed)
+    }
+
+    /// `GET /v1/{rest}` from this upstream, its whole answer read (up to `max_bytes`) within
+    /// its timeout: for model lists and probes, never for relayed requests.
+    pub async fn get(&self, rest: &str, max_bytes: usize) -> Result<(u16, Bytes), String> {
+        use http_body_util::{BodyExt, Limited};
+        let uri: Uri = format!("/v1/{rest}")
+            .parse()
+            .map_err(|_| format!("`{rest}` is not a path"))?;
+        let wire = self.encode(&Method::GET, &uri, &HeaderMap::new(), b"");
+        let exchange = async {
+            let response =
+                self.send(&wire, &Method::GET)
+                    .await
+                    .map_err(|failure| match failure {
+                        UpstreamFailure::Connect(cause) => format!("connect failed: {cause}"),
+                        UpstreamFailure::Busy => "all connections busy".to_string(),
+                        UpstreamFailure::Timeout => format!("no answer within {:?}", self.timeout),
+                        UpstreamFailure::Other(cause) => cause,
+                    })?;
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), max_bytes)
+                .collect()
+                .await
+                .map_err(|err| format!("answer unreadable: {err}"))?;
+            Ok((status, body.to_bytes()))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)))
+            .map_err(|err| self.redact(&err))
     }
 
     /// `text` with this upstream's credential masked (for what the call log keeps).
