@@ -9,13 +9,14 @@ import json
 import os
 import sys
 
-TARGETS = ["direct", "nginx", "keygate", "keygate_policy"]
+TARGETS = ["direct", "nginx", "keygate", "keygate_policy", "keygate_routed", "nginx_messages", "keygate_messages"]
 LOADS = [
     ("chat_c64", "chat, c={conns}"),
     ("chat_c1", "chat, c=1"),
     ("stream_c64", "stream, c={conns}"),
     ("ttfb_c1", "stream TTFB, c=1"),
     ("paced_c1", "stream paced TTFB, c=1"),
+    ("messages_stream_c64", "/v1/messages stream, c={conns}"),
 ]
 
 
@@ -122,6 +123,13 @@ def main():
         if "keygate_policy" in targets:
             w("| throughput chat c=%d with a restricted key, vs nginx | %s | 1.00× | key with allowed models, IPs, endpoints and tags |" % (
                 conns, ratio(v("keygate_policy", "chat_c64", "rps"), v("nginx", "chat_c64", "rps"))))
+        if "keygate_routed" in targets:
+            w("| throughput chat c=%d with 20 upstreams configured, vs nginx | %s | 1.00× | routed by model among 20 (3 serve the model, weighted); %s of the one-upstream run |" % (
+                conns, ratio(v("keygate_routed", "chat_c64", "rps"), v("nginx", "chat_c64", "rps")),
+                ratio(v("keygate_routed", "chat_c64", "rps"), v("keygate", "chat_c64", "rps"))))
+        if "keygate_messages" in targets:
+            w("| throughput /v1/messages stream c=%d, vs nginx | %s | 1.00× | Anthropic event stream, usage scanned from its events |" % (
+                conns, ratio(v("keygate_messages", "messages_stream_c64", "rps"), v("nginx_messages", "messages_stream_c64", "rps"))))
         w("| throughput chat c=%d, vs direct | %s | %s | share of the bare mock's RPS |" % (
             conns, ratio(v("keygate", "chat_c64", "rps"), v("direct", "chat_c64", "rps")),
             ratio(v("nginx", "chat_c64", "rps"), v("direct", "chat_c64", "rps"))))

@@ -7,7 +7,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/bench"
 OUT="$BENCH/out"
 RUN="$OUT/run"                                   # per-run scratch: configs, db, logs, raw results
-TARGETS=${BENCH_TARGETS:-"direct nginx keygate keygate_policy"}
+TARGETS=${BENCH_TARGETS:-"direct nginx keygate keygate_policy messages keygate_routed"}
 DURATION=${BENCH_DURATION:-10s}                  # each wrk load
 WARMUP=${BENCH_WARMUP:-2s}                       # wrk warm-up per target (not reported)
 CONNS=${BENCH_CONNECTIONS:-64}
@@ -231,11 +231,11 @@ sanity() { # target: one JSON and one SSE request, checked
   [[ "$r" == *'data: [DONE]'* && "$r" == *'"usage"'* && "${r##*$'\n'}" == 200 ]] || die "$t: streaming sanity request failed: ${r:0:500}"
 }
 
-run_wrk() { # target name conns duration stream(0|1)
-  local t=$1 name=$2 c=$3 d=$4 s=$5
+run_wrk() { # target name conns duration stream(0|1) [api]
+  local t=$1 name=$2 c=$3 d=$4 s=$5 api=${6:-openai}
   local txt="$RUN/logs/wrk_${t}__${name}.txt"
   log "$t: wrk $name (-t1 -c$c -d$d)"
-  BENCH_STREAM=$s BENCH_AUTH="${AUTH[$t]}" BENCH_CONNS=$c \
+  BENCH_STREAM=$s BENCH_API=$api BENCH_AUTH="${AUTH[$t]}" BENCH_CONNS=$c \
     "${CLIENT[@]}" wrk -t1 -c"$c" -d"$d" --timeout 10s --latency -s "$BENCH/wrk/chat.lua" \
     "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" >"$txt" 2>&1 || { cat "$txt" >&2; die "wrk failed"; }
   local json="$RUN/res/${t}__${name}.json"
@@ -267,6 +267,49 @@ for t in direct nginx keygate keygate_policy; do
   run_ttfb "$t" ttfb_c1 "$TTFB_COUNT" 20
   run_ttfb "$t" paced_c1 "$PACED_COUNT" 0 "\"mock_chunk_delay_ms\":$PACED_DELAY_MS"
 done
+
+# ---------------------------------------------------------------- several upstreams
+add_upstream() { # JSON
+  curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
+    -d "$1" "http://127.0.0.1:$KG_PORT/api/upstreams" >/dev/null || die "adding an upstream failed: $1"
+}
+if want messages && want keygate; then
+  # Anthropic's Messages API, streamed: keygate with an anthropic upstream (the mock) beside
+  # nginx passing /v1/messages to the same mock.
+  add_upstream "{\"name\":\"bench-anthropic\",\"kind\":\"anthropic\",\"base_url\":\"http://127.0.0.1:$MOCK_PORT\",\"api_key\":\"sk-ant-bench-upstream\"}"
+  PORT[keygate_messages]=$KG_PORT
+  AUTH[keygate_messages]=$KG_KEY
+  PORT[nginx_messages]=${PORT[nginx]:-}
+  AUTH[nginx_messages]=""
+  for t in nginx_messages keygate_messages; do
+    [ -n "${PORT[$t]}" ] || continue
+    BENCH_API=anthropic BENCH_STREAM=1 BENCH_AUTH="${AUTH[$t]}" BENCH_CONNS=$CONNS "${CLIENT[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$BENCH/wrk/chat.lua" \
+      "http://127.0.0.1:${PORT[$t]}/v1/messages" >"$RUN/logs/wrk_${t}__warmup.txt" 2>&1 || die "warm-up wrk failed"
+    count_kg "$t" "$(grep '^BENCH_JSON ' "$RUN/logs/wrk_${t}__warmup.txt" | sed 's/.*"requests":\([0-9]*\).*/\1/')" "$CONNS"
+    run_wrk "$t" messages_stream_c64 "$CONNS" "$DURATION" 1 anthropic
+  done
+fi
+if want keygate_routed && want keygate; then
+  # 20 configured upstreams (the one above, 16 for other models, 3 serving `bench` at one
+  # priority in weighted random order): routing must not show.
+  [ -n "${PORT[keygate_messages]:-}" ] || add_upstream "{\"name\":\"bench-anthropic\",\"kind\":\"anthropic\",\"base_url\":\"http://127.0.0.1:$MOCK_PORT\"}"
+  for i in $(seq 1 16); do
+    add_upstream "{\"name\":\"other-$i\",\"kind\":\"openai\",\"base_url\":\"http://127.0.0.1:$MOCK_PORT/v1\",\"models\":[\"other-$i-*\",\"model-$i\"],\"priority\":$((i % 3))}"
+  done
+  for w in 1 2 3; do
+    add_upstream "{\"name\":\"bench-$w\",\"kind\":\"openai\",\"base_url\":\"http://127.0.0.1:$MOCK_PORT/v1\",\"api_key\":\"sk-bench-upstream-$w\",\"models\":[\"bench\",\"gpt-4o-mini\"],\"weight\":$w}"
+  done
+  PORT[keygate_routed]=$KG_PORT
+  AUTH[keygate_routed]=$KG_KEY
+  t=keygate_routed
+  sanity "$t"
+  BENCH_AUTH="${AUTH[$t]}" BENCH_CONNS=$CONNS "${CLIENT[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$BENCH/wrk/chat.lua" \
+    "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" >"$RUN/logs/wrk_${t}__warmup.txt" 2>&1 || die "warm-up wrk failed"
+  count_kg "$t" "$(grep '^BENCH_JSON ' "$RUN/logs/wrk_${t}__warmup.txt" | sed 's/.*"requests":\([0-9]*\).*/\1/')" "$CONNS"
+  run_wrk "$t" chat_c64 "$CONNS" "$DURATION" 0
+  run_wrk "$t" chat_c1 1 "$DURATION" 0
+  run_wrk "$t" stream_c64 "$CONNS" "$DURATION" 1
+fi
 
 # ---------------------------------------------------------------- keygate: RSS + call-log rows
 RSS_JSON="{}"

@@ -10,6 +10,9 @@
 //!   object with `usage` {5, 7, 12}.
 //!   A request body may override the stream shape per request with
 //!   `"mock_chunks":N` and/or `"mock_chunk_delay_ms":D` (used by the bench's pacing check).
+//! * `POST /v1/messages` answers like Anthropic's Messages API: with `"stream":true` an event
+//!   stream (`message_start` with the input and cache counts, N `content_block_delta` events,
+//!   `message_delta` with the output count, `message_stop`), else one `message` JSON object.
 //! * `GET /v1/models` answers a small model list.
 //! * Anything else answers 404 `{"error":{"message":"not found"}}`.
 //!
@@ -38,6 +41,10 @@ const CONTENT_CHUNK: &str = "data: {\"id\":\"chatcmpl-bench\",\"object\":\"chat.
 const DONE_CHUNK: &str = "data: [DONE]\n\n";
 const COMPLETION_JSON: &str = "{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"bench\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"Hello from the keygate bench mock.\"},\"logprobs\":null,\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7,\"total_tokens\":12},\"system_fingerprint\":null}";
 const MODELS_JSON: &str = "{\"object\":\"list\",\"data\":[{\"id\":\"bench\",\"object\":\"model\",\"created\":1,\"owned_by\":\"keygate-bench\"},{\"id\":\"gpt-4o-mini\",\"object\":\"model\",\"created\":1,\"owned_by\":\"keygate-bench\"}]}";
+const MESSAGE_START: &str = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_bench\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"bench-claude\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":5,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n";
+const MESSAGE_DELTA_TEXT: &str = "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"tok \"}}\n\n";
+const MESSAGE_STOP: &str = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+const MESSAGE_JSON: &str = "{\"id\":\"msg_bench\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"bench-claude\",\"content\":[{\"type\":\"text\",\"text\":\"Hello from the keygate bench mock.\"}],\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":{\"input_tokens\":5,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":7}}";
 const NOT_FOUND_JSON: &str = "{\"error\":{\"message\":\"not found\"}}";
 
 struct Config {
@@ -46,6 +53,8 @@ struct Config {
     content_chunk: Bytes,
     usage_chunk: Bytes,
     done_chunk: Bytes,
+    /// Anthropic's `content_block_stop` and `message_delta` with the output count.
+    message_end: Bytes,
 }
 
 fn usage_chunk(n: usize) -> Bytes {
@@ -58,6 +67,8 @@ fn usage_chunk(n: usize) -> Bytes {
 /// SSE body: `chunks` content frames, one usage frame, one `[DONE]` frame, with an optional
 /// delay before every frame but the first.
 struct SseBody {
+    /// Sent first (Anthropic's `message_start`), when there is one.
+    head: Option<Bytes>,
     content_left: usize,
     stage: Stage,
     delay: Duration,
@@ -102,6 +113,9 @@ impl Body for SseBody {
             }
         }
         this.first = false;
+        if let Some(head) = this.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
         let data = match this.stage {
             Stage::Content => {
                 this.content_left -= 1;
@@ -188,6 +202,7 @@ async fn handle(
                     usage_chunk(chunks)
                 };
                 let sse = SseBody {
+                    head: None,
                     content_left: chunks,
                     stage: Stage::Content,
                     delay,
@@ -205,6 +220,30 @@ async fn handle(
                 resp
             } else {
                 json(StatusCode::OK, COMPLETION_JSON)
+            }
+        }
+        (&Method::POST, "/v1/messages") => {
+            if contains(&body, b"\"stream\":true") || contains(&body, b"\"stream\": true") {
+                let sse = SseBody {
+                    head: Some(Bytes::from_static(MESSAGE_START.as_bytes())),
+                    content_left: cfg.chunks,
+                    stage: Stage::Content,
+                    delay: cfg.chunk_delay,
+                    first: true,
+                    sleep: (!cfg.chunk_delay.is_zero())
+                        .then(|| Box::pin(tokio::time::sleep(cfg.chunk_delay))),
+                    armed: false,
+                    content: Bytes::from_static(MESSAGE_DELTA_TEXT.as_bytes()),
+                    usage: cfg.message_end.clone(),
+                    done: Bytes::from_static(MESSAGE_STOP.as_bytes()),
+                };
+                let mut resp = Response::new(Either::Right(sse));
+                let h = resp.headers_mut();
+                h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                resp
+            } else {
+                json(StatusCode::OK, MESSAGE_JSON)
             }
         }
         (&Method::GET, "/v1/models") => json(StatusCode::OK, MODELS_JSON),
@@ -257,6 +296,9 @@ fn main() {
         content_chunk: Bytes::from_static(CONTENT_CHUNK.as_bytes()),
         usage_chunk: usage_chunk(chunks),
         done_chunk: Bytes::from_static(DONE_CHUNK.as_bytes()),
+        message_end: Bytes::from(format!(
+            "event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":0}}\n\nevent: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{chunks}}}}}\n\n"
+        )),
     });
 
     let rt = if workers == 1 {

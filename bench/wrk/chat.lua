@@ -3,20 +3,30 @@
 --   BENCH_STREAM=1   add "stream":true (SSE response)
 --   BENCH_AUTH=KEY   send "Authorization: Bearer KEY"
 --   BENCH_CONNS=N    echoed into the result line (wrk's -c), for bookkeeping
+--   BENCH_API=anthropic  POST /v1/messages with an Anthropic Messages body instead
 -- done() prints one machine-readable line: BENCH_JSON {...}; latencies in microseconds.
 
 local stream = os.getenv("BENCH_STREAM") == "1"
 local auth = os.getenv("BENCH_AUTH")
 local conns = tonumber(os.getenv("BENCH_CONNS") or "0") or 0
 
+local anthropic = os.getenv("BENCH_API") == "anthropic"
+
 wrk.method = "POST"
-wrk.path = "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
 if auth ~= nil and auth ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. auth
 end
-wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say hello in five words."}],'
-  .. '"max_tokens":16' .. (stream and ',"stream":true' or '') .. '}'
+if anthropic then
+  wrk.path = "/v1/messages"
+  wrk.headers["anthropic-version"] = "2023-06-01"
+  wrk.body = '{"model":"bench-claude","max_tokens":16,"messages":[{"role":"user","content":"Say hello in five words."}]'
+    .. (stream and ',"stream":true' or '') .. '}'
+else
+  wrk.path = "/v1/chat/completions"
+  wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say hello in five words."}],'
+    .. '"max_tokens":16' .. (stream and ',"stream":true' or '') .. '}'
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
