@@ -53,9 +53,8 @@ impl AppState {
                 "KEYGATE_UPSTREAM_API_KEY (or OPENAI_API_KEY) is unset: requests go upstream without a credential"
             );
         }
-        let upstreams = Arc::new(
-            crate::upstreams::Registry::open(pool.clone(), keyring.fernet.clone()).await?,
-        );
+        let upstreams =
+            Arc::new(crate::upstreams::Registry::open(pool.clone(), keyring.fernet.clone()).await?);
         let metrics = Arc::new(Metrics::new(Labelling {
             max_models: config.metrics_models,
             per_key: config.metrics_per_key,

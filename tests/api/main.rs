@@ -28,5 +28,6 @@ mod secrets;
 mod shutdown;
 mod stream_usage;
 mod upstream_wire;
+mod upstreams_admin;
 mod webhooks;
 mod wire_fuzz;
