@@ -93,10 +93,14 @@ pub enum Action {
     Logout,
     /// A burst of failed admin authentications reached a limit (one entry per burst).
     LoginFailures,
+    /// An upstream (SPEC §12) added, changed or removed.
+    UpstreamCreate,
+    UpstreamUpdate,
+    UpstreamDelete,
 }
 
 impl Action {
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 16] = [
         Action::Create,
         Action::Edit,
         Action::Renew,
@@ -110,6 +114,9 @@ impl Action {
         Action::Login,
         Action::Logout,
         Action::LoginFailures,
+        Action::UpstreamCreate,
+        Action::UpstreamUpdate,
+        Action::UpstreamDelete,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +134,9 @@ impl Action {
             Action::Login => "login",
             Action::Logout => "logout",
             Action::LoginFailures => "login_failures",
+            Action::UpstreamCreate => "upstream.create",
+            Action::UpstreamUpdate => "upstream.update",
+            Action::UpstreamDelete => "upstream.delete",
         }
     }
 
@@ -213,6 +223,8 @@ pub fn snapshot(row: &KeyRow) -> Map<String, Value> {
     for (name, list) in row.restrictions.entries() {
         fields.insert(name.into(), json!(list.0));
     }
+    fields.insert("upstream_ids".into(), json!(row.binding.upstream_ids.0));
+    fields.insert("permissions".into(), json!(row.binding.permissions.0));
     // By the limits' own types (whole numbers stay whole).
     if let Ok(Value::Object(limits)) = serde_json::to_value(row.limits) {
         fields.extend(limits);
@@ -232,8 +244,14 @@ fn is_blank(value: &Value) -> bool {
 
 /// `{field: {"old": …, "new": …}}` for each field that differs.
 pub fn changes(before: Option<&KeyRow>, after: Option<&KeyRow>) -> Map<String, Value> {
-    let old = before.map(snapshot).unwrap_or_default();
-    let new = after.map(snapshot).unwrap_or_default();
+    diff(
+        before.map(snapshot).unwrap_or_default(),
+        after.map(snapshot).unwrap_or_default(),
+    )
+}
+
+/// `{field: {"old": …, "new": …}}` for each field of two snapshots that differs.
+pub fn diff(old: Map<String, Value>, new: Map<String, Value>) -> Map<String, Value> {
     let mut changed = Map::new();
     let names = new
         .keys()

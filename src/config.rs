@@ -321,7 +321,10 @@ impl LogFormat {
 pub const MAX_METRICS_MODELS: usize = 1000;
 
 /// Whether streamed requests get `stream_options.include_usage` added (`KEYGATE_STREAM_USAGE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum StreamUsage {
     Inject,
     Off,

@@ -57,6 +57,9 @@ pub enum ApiError {
     Unavailable { message: String, retry_after: u64 },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+    /// 500 whose message says what happened and what to do (the cause goes to the log).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl ApiError {
@@ -82,7 +85,7 @@ impl ApiError {
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -117,7 +120,7 @@ impl ApiError {
                 "The request body exceeds {limit} bytes; send a smaller one or raise KEYGATE_MAX_BODY_BYTES"
             ),
             ApiError::BadGateway(message) | ApiError::GatewayTimeout(message) => message.clone(),
-            ApiError::Unavailable { message, .. } => message.clone(),
+            ApiError::Unavailable { message, .. } | ApiError::Failed(message) => message.clone(),
             ApiError::Internal(_) => "Internal error; the server log has the details".into(),
         }
     }

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod logs;
 pub mod openapi;
 pub mod throttle;
+pub mod upstreams;
 
 use axum::middleware;
 use axum::Router;
@@ -21,6 +22,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(keys::router())
         .merge(audit::router())
         .merge(logs::router())
+        .merge(upstreams::router())
         .merge(auth::session_router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -8,14 +8,14 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi, PartialSchema};
 
-use super::{audit, auth, keys, logs};
+use super::{audit, auth, keys, logs, upstreams};
 use crate::limits::LimitsPatch;
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "keygate admin API",
-        description = "Keys, their expiry, restrictions and limits, stats and call logs. Every operation but login needs `Authorization: Bearer <KEYGATE_ADMIN_TOKEN>` or the console's session cookie. Times are RFC 3339 UTC; costs are USD."
+        description = "Keys, their expiry, restrictions and limits, stats and call logs; the upstreams requests are relayed to. Every operation but login needs `Authorization: Bearer <KEYGATE_ADMIN_TOKEN>` or the console's session cookie. Times are RFC 3339 UTC; costs are USD."
     ),
     paths(
         keys::list,
@@ -30,6 +30,11 @@ use crate::limits::LimitsPatch;
         keys::stats,
         keys::logs,
         logs::list,
+        upstreams::list,
+        upstreams::create,
+        upstreams::show,
+        upstreams::update,
+        upstreams::remove,
         audit::list,
         auth::login,
         auth::logout,
@@ -38,6 +43,7 @@ use crate::limits::LimitsPatch;
     security(("admin_token" = []), ("session" = [])),
     tags(
         (name = "keys", description = "API keys: create, change, renew, revoke, regenerate, delete, stats"),
+        (name = "upstreams", description = "Where requests are relayed: the built-in upstream and those configured at run time"),
         (name = "logs", description = "Call logs, one row per relayed request"),
         (name = "audit", description = "Every admin change: who, how, from where, what changed"),
         (name = "auth", description = "The console's session"),

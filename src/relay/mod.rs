@@ -257,6 +257,19 @@ async fn forward(
     // key that cannot be used at all gets its 401 from `admit` instead.
     let own = self_service::serves(&parts.method, parts.uri.path());
     check_head(&key, &parts, record, !own)?;
+    if let Some(policy) = key.policy.as_deref() {
+        if !own && !policy.permits(kind) {
+            let message = format!(
+                "This key may not use the {} API (its permissions); use a key permitted to, or ask the admin to add `{}` to this key's permissions",
+                match kind {
+                    Kind::OpenAi => "OpenAI",
+                    Kind::Anthropic => "Anthropic Messages",
+                },
+                kind.as_str()
+            );
+            return Err(Refusal::new(ApiError::Forbidden(message.clone()), message));
+        }
+    }
     if own {
         // About the key itself: answered here, not relayed and not a use of the key (nor the
         // first use of an activation-mode key).
@@ -326,21 +339,34 @@ async fn forward(
         } else {
             Kind::OpenAi
         };
-        let answer = models::reachable(&table, listed, &[], list_models, record.timestamp).await;
+        let bound = key.policy.as_deref().map_or(&[][..], Policy::upstream_ids);
+        let permitted = key.policy.as_deref().is_none_or(|p| p.permits(listed));
+        let answer = models::reachable(
+            &table,
+            listed,
+            permitted.then_some(bound),
+            list_models,
+            record.timestamp,
+        )
+        .await;
         answered_here(state, record, started, answer.status().as_u16());
         return Ok(answer);
     }
     // The upstreams to try, before the request counts against the key's limits.
+    let bound = key.policy.as_deref().map_or(&[][..], Policy::upstream_ids);
     let plan = table.plan(
         kind,
         record.model.as_deref(),
-        &[],
+        bound,
         record.timestamp,
         state.upstreams.attempts,
     );
     if plan.is_empty() {
         record.authenticated = false;
         let reason = match &record.model {
+            Some(model) if !bound.is_empty() => {
+                format!("no upstream this key is bound to serves model `{model}`")
+            }
             Some(model) => format!("no upstream serves model `{model}`"),
             None => format!("no {} upstream is configured", kind.as_str()),
         };

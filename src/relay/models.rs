@@ -17,20 +17,21 @@ use crate::upstreams::registry::Table;
 use crate::upstreams::spec::Kind;
 
 /// The models reachable through the upstreams of `kind` in `table` (those in `bound` when it is
-/// not empty), less those `allowed` forbids, each named once with the first upstream serving
+/// not empty; none when it is None: the key may not use `kind`), less those `allowed` forbids, each named once with the first upstream serving
 /// it, in the order they are tried.
 pub async fn reachable(
     table: &Table,
     kind: Kind,
-    bound: &[i64],
+    bound: Option<&[i64]>,
     allowed: Option<&Policy>,
     now: i64,
 ) -> Response<ReplyBody> {
     let routes: Vec<_> = table
         .routes
         .iter()
+        .filter(|_| bound.is_some())
         .filter(|r| r.spec.enabled && r.spec.kind == kind)
-        .filter(|r| bound.is_empty() || bound.contains(&r.spec.id))
+        .filter(|r| bound.is_some_and(|b| b.is_empty() || b.contains(&r.spec.id)))
         .collect();
     let lists = futures_util::future::join_all(
         routes

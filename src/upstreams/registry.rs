@@ -84,6 +84,15 @@ impl Table {
         plan
     }
 
+    /// The configured upstreams (not the built-in one), in routing order.
+    pub fn specs(&self) -> Vec<Arc<UpstreamSpec>> {
+        self.routes
+            .iter()
+            .filter(|r| r.spec.id != DEFAULT_ID)
+            .map(|r| r.spec.clone())
+            .collect()
+    }
+
     pub fn route(&self, id: i64) -> Option<&Route> {
         self.routes.iter().find(|route| route.spec.id == id)
     }
@@ -137,6 +146,9 @@ pub struct Registry {
     clock: Clock,
     builtin: Route,
     table: RwLock<Arc<Table>>,
+    /// One reload at a time: each builds on the table the one before installed, so an
+    /// upstream that did not change keeps its connections and health.
+    reloading: tokio::sync::Mutex<()>,
     pub cooldown: CooldownPolicy,
     /// Most upstreams one request tries (`KEYGATE_UPSTREAM_ATTEMPTS`).
     pub attempts: usize,
@@ -184,6 +196,7 @@ impl Registry {
                 upstream: builtin,
             },
             table: RwLock::new(Arc::new(Table { routes: Vec::new() })),
+            reloading: tokio::sync::Mutex::new(()),
         };
         registry.reload().await?;
         Ok(registry)
@@ -193,6 +206,7 @@ impl Registry {
     /// whose configuration did not change keeps its connections and health. One that cannot be
     /// used (a row edited by hand, a Fernet key that changed) is left out, with an error logged.
     pub async fn reload(&self) -> anyhow::Result<()> {
+        let _one_at_a_time = self.reloading.lock().await;
         let rows = store::upstreams::list(&self.pool).await?;
         let old = self.table();
         let mut kept: HashMap<i64, &Route> = old.routes.iter().map(|r| (r.spec.id, r)).collect();

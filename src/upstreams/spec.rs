@@ -27,6 +27,13 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::OpenAi, Kind::Anthropic];
+
+    /// The kind named `text` (exactly as the API writes it).
+    pub fn parse(text: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::OpenAi => "openai",
@@ -58,6 +65,13 @@ pub enum AuthHeader {
 }
 
 impl AuthHeader {
+    pub const ALL: [AuthHeader; 3] = [AuthHeader::Bearer, AuthHeader::ApiKey, AuthHeader::XApiKey];
+
+    /// The way named `text` (exactly as the API writes it).
+    pub fn parse(text: &str) -> Option<AuthHeader> {
+        AuthHeader::ALL.into_iter().find(|way| way.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuthHeader::Bearer => "bearer",

@@ -13,25 +13,9 @@ use crate::helpers::*;
 
 /// Adds an upstream as an admin would, and returns its id.
 pub async fn add_upstream(app: &TestApp, spec: Value) -> i64 {
-    let kind = spec["kind"].as_str().unwrap();
-    let id = sqlx::query_scalar::<_, i64>(
-        "INSERT INTO upstreams (name, kind, base_url, encrypted_api_key, auth_header, models, model_map, priority, weight, timeout_seconds, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, 0, 0) RETURNING id",
-    )
-    .bind(spec["name"].as_str().unwrap())
-    .bind(kind)
-    .bind(spec["base_url"].as_str().unwrap())
-    .bind(spec["api_key"].as_str().map(|k| app.state.keyring.fernet.encrypt(k.as_bytes())))
-    .bind(if kind == "openai" { "bearer" } else { "x-api-key" })
-    .bind(spec.get("models").map_or("[]".to_string(), |m| m.to_string()))
-    .bind(spec.get("model_map").map_or("{}".to_string(), |m| m.to_string()))
-    .bind(spec["priority"].as_i64().unwrap_or(0))
-    .bind(spec["timeout_seconds"].as_i64())
-    .fetch_one(&app.state.pool)
-    .await
-    .unwrap();
-    app.state.upstreams.reload().await.unwrap();
-    id
+    let (status, body) = app.post("/api/upstreams", spec).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_i64().unwrap()
 }
 
 /// An upstream that answers every request with `status` and `body` (extra header lines in
@@ -523,4 +507,95 @@ async fn v1_models_lists_what_the_key_can_reach_in_either_shape() {
     assert!(rows
         .iter()
         .all(|r| r["status"] == "success" && r["endpoint"] == "/v1/models"));
+}
+
+#[tokio::test]
+async fn keys_bound_to_upstreams_and_kinds_reach_only_those() {
+    let app = spawn_app().await;
+    let (a, b) = (spawn_mock_upstream().await, spawn_mock_upstream().await);
+    let a_id = add_upstream(&app, json!({"name": "a", "kind": "openai", "base_url": format!("http://{}/v1", a.addr), "models": ["gpt-a"]})).await;
+    let b_id = add_upstream(&app, json!({"name": "b", "kind": "openai", "base_url": format!("http://{}/v1", b.addr), "models": ["gpt-b"]})).await;
+    let claude = add_upstream(
+        &app,
+        json!({"name": "claude", "kind": "anthropic", "base_url": format!("http://{}", a.addr)}),
+    )
+    .await;
+    let (bound_id, bound) = app
+        .create_key(json!({"name": "b only", "upstream_ids": [b_id]}))
+        .await;
+    // Its upstream serves the model: relayed there.
+    let (status, _) = chat(&app, &bound, "gpt-b").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(b.seen().len(), 1);
+    // Only `a` (and the default, which it is not bound to) serve this one: 404, nothing sent.
+    let (status, body) = chat(&app, &bound, "gpt-a").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("bound to"),
+        "{body}"
+    );
+    assert!(a.seen().is_empty() && app.upstream.seen().is_empty());
+    let row = last_row(&app, bound_id).await;
+    assert_eq!(
+        (row["http_status"].as_i64(), row["attempts"].as_i64()),
+        (Some(404), Some(0))
+    );
+    // Its model list names only what it can reach.
+    let (_, list) = read(
+        app.client
+            .get(app.url("/v1/models"))
+            .bearer_auth(&bound)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["data"][0]["id"], "gpt-b");
+    // Bound to the built-in upstream (id 0): the default answers every model.
+    let (_, builtin) = app
+        .create_key(json!({"name": "default only", "upstream_ids": [0]}))
+        .await;
+    let (status, _) = chat(&app, &builtin, "gpt-a").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((a.seen().len(), app.upstream.seen().len()), (0, 1));
+
+    // A key permitted only OpenAI's API: 403 on /v1/messages, in Anthropic's envelope.
+    let (openai_only_id, openai_only) = app
+        .create_key(json!({"name": "openai only", "permissions": ["openai"]}))
+        .await;
+    let response = app
+        .client
+        .post(app.url("/v1/messages"))
+        .header("x-api-key", &openai_only)
+        .json(&json!({"model": "claude-x", "max_tokens": 1, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"]["type"], "permission_error", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("permissions"));
+    assert!(a.seen().is_empty());
+    let row = last_row(&app, openai_only_id).await;
+    assert_eq!(row["http_status"], 403);
+    assert!(row["upstream_id"].is_null());
+    // …and its Anthropic-shaped model list is empty, while OpenAI's is not.
+    let (_, list) = read(
+        app.client
+            .get(app.url("/v1/models"))
+            .bearer_auth(&openai_only)
+            .header("anthropic-version", "2023-06-01")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["data"], json!([]));
+    let (status, _) = chat(&app, &openai_only, "gpt-a").await;
+    assert_eq!(status, StatusCode::OK);
+    let _ = (a_id, claude);
 }
