@@ -35,6 +35,7 @@ use crate::limits::LimitsPatch;
         upstreams::show,
         upstreams::update,
         upstreams::remove,
+        upstreams::test,
         audit::list,
         auth::login,
         auth::logout,

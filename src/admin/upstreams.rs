@@ -13,6 +13,7 @@ use crate::audit::Actor;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::store;
 use crate::upstreams::form::{NewUpstream, UpstreamPatch};
+use crate::upstreams::models::Probe;
 use crate::upstreams::ops;
 use crate::upstreams::spec::{UpstreamSpec, DEFAULT_ID};
 use crate::upstreams::view::UpstreamView;
@@ -21,6 +22,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/upstreams", get(list).post(create))
         .route("/upstreams/{id}", get(show).patch(update).delete(remove))
+        .route("/upstreams/{id}/test", axum::routing::post(test))
 }
 
 /// Every upstream: the built-in `default` first, then the configured ones by id.
@@ -143,4 +145,14 @@ pub(crate) async fn remove(
         name: deleted.name,
         unbound_key_ids: deleted.unbound_key_ids,
     }))
+}
+
+#[utoipa::path(post, path = "/api/upstreams/{id}/test", tag = "upstreams", params(("id" = i64, Path, description = "The upstream's id (0: the built-in `default`)")), responses((status = 200, description = "What asking its model list found: whether it answered, its status, the latency, how many models", body = Probe), (status = 404, description = "No upstream with that id", body = ErrorBody), (status = 400, description = "Invalid input; `field` names it", body = ErrorBody), (status = 401, description = "No or wrong admin credential", body = ErrorBody), (status = 403, description = "A session request from another site", body = ErrorBody), (status = 429, description = "Too many failed credentials from this address", body = ErrorBody), (status = 503, description = "The database is busy or full; retry after Retry-After", body = ErrorBody)))]
+pub(crate) async fn test(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<Probe>, ApiError> {
+    let table = state.upstreams.table();
+    let route = table.route(id).ok_or(ApiError::NotFound("upstream"))?;
+    Ok(Json(crate::upstreams::models::probe(&route.upstream).await))
 }

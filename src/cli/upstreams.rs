@@ -40,6 +40,14 @@ pub enum UpstreamsCommand {
         #[arg(value_name = "ID|NAME")]
         upstream: String,
     },
+    /// Ask an upstream for its model list with its credential: whether it answers, and how fast
+    /// (exit status 1 when it does not).
+    Test {
+        #[arg(value_name = "ID|NAME")]
+        upstream: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove an upstream. Keys bound to it refuse this unless --force takes it out of their
     /// upstream_ids (a key bound to it alone may then use every upstream).
     Remove {
@@ -228,6 +236,7 @@ pub async fn run(
             let spec = ops::update(keyring, id, &patch, &by).await?;
             show(keyring, &spec, args.json, "changed").await
         }
+        UpstreamsCommand::Test { upstream, json } => test(keyring, config, &upstream, json).await,
         UpstreamsCommand::Enable { upstream } => switch(keyring, &upstream, true, &by).await,
         UpstreamsCommand::Disable { upstream } => switch(keyring, &upstream, false, &by).await,
         UpstreamsCommand::Remove {
@@ -260,6 +269,45 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// Probes an upstream from this machine, as the server would reach it.
+async fn test(
+    keyring: &Keyring,
+    config: &Config,
+    upstream: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let id = resolve(keyring, upstream).await?;
+    let upstream = if id == DEFAULT_ID {
+        crate::relay::upstream::Upstream::new(config)?
+    } else {
+        let spec = ops::get(keyring, id).await?;
+        crate::relay::upstream::Upstream::configured(&spec, config)?
+    };
+    let probe = crate::upstreams::models::probe(&upstream).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&probe)?);
+    } else if probe.ok {
+        let models = probe
+            .models
+            .map_or(String::new(), |n| format!(", {n} models"));
+        println!(
+            "Upstream '{}' answered HTTP {} in {} ms{models}.",
+            printable(&upstream.name),
+            probe.status.unwrap_or(0),
+            probe.latency_ms
+        );
+    }
+    if !probe.ok {
+        bail!(
+            "upstream '{}' failed its test after {} ms: {}",
+            printable(&upstream.name),
+            probe.latency_ms,
+            probe.error.as_deref().unwrap_or("no answer")
+        );
+    }
+    Ok(())
 }
 
 /// Enables or disables an upstream.

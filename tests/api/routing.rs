@@ -599,3 +599,86 @@ async fn keys_bound_to_upstreams_and_kinds_reach_only_those() {
     assert_eq!(status, StatusCode::OK);
     let _ = (a_id, claude);
 }
+
+#[tokio::test]
+async fn an_upstream_test_asks_its_model_list_and_never_shows_its_credential() {
+    let app = spawn_app().await;
+    let good = spawn_mock_upstream().await;
+    let good_id = add_upstream(&app, json!({"name": "good", "kind": "openai", "base_url": format!("http://{}/v1", good.addr), "api_key": "sk-good-upstream-0000"})).await;
+    let (status, probe) = app
+        .post(&format!("/api/upstreams/{good_id}/test"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{probe}");
+    assert_eq!(
+        (
+            probe["ok"].as_bool(),
+            probe["status"].as_i64(),
+            probe["models"].as_i64()
+        ),
+        (Some(true), Some(200), Some(1))
+    );
+    assert!(probe["latency_ms"].is_u64());
+    // An upstream that echoes its credential in a 401: redacted.
+    let secret = "sk-echoed-upstream-credential-1234";
+    let echo = spawn_fixed(
+        401,
+        "",
+        r#"{"error":{"message":"Incorrect API key provided: sk-echoed-upstream-credential-1234"}}"#,
+    )
+    .await;
+    let echo_id = add_upstream(
+        &app,
+        json!({"name": "echo", "kind": "openai", "base_url": echo.url, "api_key": secret}),
+    )
+    .await;
+    let (status, probe) = app
+        .post(&format!("/api/upstreams/{echo_id}/test"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (probe["ok"].as_bool(), probe["status"].as_i64()),
+        (Some(false), Some(401))
+    );
+    assert!(
+        probe["error"].as_str().unwrap().contains("HTTP 401"),
+        "{probe}"
+    );
+    assert!(!probe.to_string().contains(secret), "{probe}");
+    // Nothing listening; the built-in one; an unknown id.
+    let dead = add_upstream(
+        &app,
+        json!({"name": "dead", "kind": "openai", "base_url": dead_url()}),
+    )
+    .await;
+    let (_, probe) = app
+        .post(&format!("/api/upstreams/{dead}/test"), json!({}))
+        .await;
+    assert_eq!(probe["ok"], false);
+    assert!(probe["status"].is_null());
+    assert!(
+        probe["error"].as_str().unwrap().contains("connect"),
+        "{probe}"
+    );
+    let (_, probe) = app.post("/api/upstreams/0/test", json!({})).await;
+    assert_eq!(probe["ok"], true, "{probe}");
+    let (status, _) = app.post("/api/upstreams/999/test", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The CLI probes from its own process (not blocking this runtime, which serves the mocks).
+    let app = Arc::new(app);
+    let cli = |args: &'static [&'static str], ok: bool| {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || {
+            if ok {
+                crate::cli::ok(&app, args)
+            } else {
+                crate::cli::fails(&app, args)
+            }
+        })
+    };
+    let out = cli(&["upstreams", "test", "good"], true).await.unwrap();
+    assert!(out.contains("Upstream 'good' answered HTTP 200"), "{out}");
+    let out = cli(&["upstreams", "test", "echo", "--json"], false)
+        .await
+        .unwrap();
+    assert!(out.contains("HTTP 401") && !out.contains(secret), "{out}");
+}
