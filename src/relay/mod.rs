@@ -354,16 +354,21 @@ async fn forward(
     }
     // The upstreams to try, before the request counts against the key's limits.
     let bound = key.policy.as_deref().map_or(&[][..], Policy::upstream_ids);
+    // A model's own path (`/v1/models/{id}`) is routed by that model.
+    let model = record
+        .model
+        .as_deref()
+        .or_else(|| parts.uri.path().strip_prefix("/v1/models/"));
     let plan = table.plan(
         kind,
-        record.model.as_deref(),
+        model,
         bound,
         record.timestamp,
         state.upstreams.attempts,
     );
     if plan.is_empty() {
         record.authenticated = false;
-        let reason = match &record.model {
+        let reason = match model {
             Some(model) if !bound.is_empty() => {
                 format!("no upstream this key is bound to serves model `{model}`")
             }

@@ -118,6 +118,16 @@ async fn routes_by_model_then_priority_and_falls_back_to_the_default() {
     assert_eq!(models(a.seen()), ["gpt-a1", "gpt-a2"]);
     assert_eq!(models(b.seen()), ["gpt-b"]);
     assert_eq!(models(app.upstream.seen()), ["gpt-other"]);
+    // A model's own path is routed by that model.
+    let response = app
+        .client
+        .get(app.url("/v1/models/gpt-b"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(b.seen().last().unwrap().path_and_query, "/v1/models/gpt-b");
     // Each with its own credential.
     assert_eq!(
         a.seen()[0].headers["authorization"],
