@@ -204,7 +204,9 @@ pub fn render(state: &AppState) -> String {
 fn upstream_series(state: &AppState, text: &mut Exposition) {
     let table = state.upstreams.table();
     let now = state.clock.now_ms();
-    let families: [(&str, &str, &str, fn(&HealthState, i64) -> f64); 4] = [
+    /// A family's name, type, help, and its value for one upstream at a time.
+    type Family = (&'static str, &'static str, &'static str, fn(&HealthState, i64) -> f64);
+    let families: [Family; 4] = [
         (
             "keygate_upstream_requests_total",
             "counter",

@@ -10,6 +10,7 @@ mod models;
 pub mod policy;
 pub mod record;
 pub mod redact;
+mod routing;
 mod self_service;
 pub mod stream_usage;
 pub mod upstream;
@@ -125,7 +126,7 @@ async fn answer(
     request: Request<Incoming>,
 ) -> Response<ReplyBody> {
     let started = Instant::now();
-    let kind = route_kind(request.uri().path());
+    let kind = routing::route_kind(request.uri().path());
     // Back-pressure: while the call-log queue is at its bound, new requests wait here (their
     // time counts in response_time). A client that leaves while waiting gets no row: nothing
     // of its request was read or sent on. When the store cannot write (a full disk, a lock
@@ -257,18 +258,8 @@ async fn forward(
     // key that cannot be used at all gets its 401 from `admit` instead.
     let own = self_service::serves(&parts.method, parts.uri.path());
     check_head(&key, &parts, record, !own)?;
-    if let Some(policy) = key.policy.as_deref() {
-        if !own && !policy.permits(kind) {
-            let message = format!(
-                "This key may not use the {} API (its permissions); use a key permitted to, or ask the admin to add `{}` to this key's permissions",
-                match kind {
-                    Kind::OpenAi => "OpenAI",
-                    Kind::Anthropic => "Anthropic Messages",
-                },
-                kind.as_str()
-            );
-            return Err(Refusal::new(ApiError::Forbidden(message.clone()), message));
-        }
+    if !own {
+        routing::permitted(&key, kind)?;
     }
     if own {
         // About the key itself: answered here, not relayed and not a use of the key (nor the
@@ -334,56 +325,12 @@ async fn forward(
     let table = state.upstreams.table();
     if table.routes.len() > 1 && parts.method == Method::GET && parts.uri.path() == "/v1/models" {
         // Several upstreams: keygate lists what the key can reach.
-        let listed = if parts.headers.contains_key("anthropic-version") {
-            Kind::Anthropic
-        } else {
-            Kind::OpenAi
-        };
-        let bound = key.policy.as_deref().map_or(&[][..], Policy::upstream_ids);
-        let permitted = key.policy.as_deref().is_none_or(|p| p.permits(listed));
-        let answer = models::reachable(
-            &table,
-            listed,
-            permitted.then_some(bound),
-            list_models,
-            record.timestamp,
-        )
-        .await;
+        let answer = routing::model_list(&table, &key, &parts.headers, list_models, record).await;
         answered_here(state, record, started, answer.status().as_u16());
         return Ok(answer);
     }
     // The upstreams to try, before the request counts against the key's limits.
-    let bound = key.policy.as_deref().map_or(&[][..], Policy::upstream_ids);
-    // A model's own path (`/v1/models/{id}`) is routed by that model.
-    let model = record
-        .model
-        .as_deref()
-        .or_else(|| parts.uri.path().strip_prefix("/v1/models/"));
-    let plan = table.plan(
-        kind,
-        model,
-        bound,
-        record.timestamp,
-        state.upstreams.attempts,
-    );
-    if plan.is_empty() {
-        record.authenticated = false;
-        let reason = match model {
-            Some(model) if !bound.is_empty() => {
-                format!("no upstream this key is bound to serves model `{model}`")
-            }
-            Some(model) => format!("no upstream serves model `{model}`"),
-            None => format!("no {} upstream is configured", kind.as_str()),
-        };
-        let advice = match kind {
-            Kind::Anthropic => "add an anthropic upstream (keygate upstreams add --kind anthropic) or use a model one serves",
-            Kind::OpenAi => "use a model an upstream serves (GET /v1/models lists them)",
-        };
-        return Err(Refusal::new(
-            ApiError::NoRoute(format!("{}; {advice}", capitalized(&reason))),
-            reason,
-        ));
-    }
+    let plan = routing::plan(state, &table, kind, &key, parts.uri.path(), record)?;
     // The key's limits: its meter admits the request (counting it) or refuses it with a 429.
     let admitted = match &key.limits {
         None => None,
@@ -572,21 +519,4 @@ async fn drain(mut body: Incoming, budget: u64) {
         }
     };
     let _ = tokio::time::timeout(DRAIN_MAX_TIME, read).await;
-}
-
-/// `text` with its first letter upper-cased (a reason in the call log, a sentence for the client).
-fn capitalized(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => String::new(),
-    }
-}
-
-/// The route kind of a path (SPEC §12): Anthropic's Messages API, or OpenAI's everything else.
-pub fn route_kind(path: &str) -> Kind {
-    match path {
-        "/v1/messages" | "/v1/messages/count_tokens" => Kind::Anthropic,
-        _ => Kind::OpenAi,
-    }
 }
