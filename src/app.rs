@@ -158,11 +158,17 @@ pub async fn serve(
         state.config.cleanup_interval.min(WEBHOOK_POLL),
         shutdown.child_token(),
     );
+    let upstream_watch = crate::tasks::upstream_watch::spawn(
+        state.pool.clone(),
+        state.upstreams.clone(),
+        shutdown.child_token(),
+    );
     let logs = state.logs.clone();
     let router = router(state.clone());
     let grace = state.config.shutdown_grace;
     server::run(state, router, listener, shutdown, grace).await;
     sweeper.abort();
+    upstream_watch.abort();
     if let Some(retention) = retention {
         retention.abort();
     }

@@ -223,6 +223,8 @@ pub fn snapshot(row: &KeyRow) -> Map<String, Value> {
     for (name, list) in row.restrictions.entries() {
         fields.insert(name.into(), json!(list.0));
     }
+    fields.insert("upstream_ids".into(), json!(row.binding.upstream_ids.0));
+    fields.insert("permissions".into(), json!(row.binding.permissions.0));
     // By the limits' own types (whole numbers stay whole).
     if let Ok(Value::Object(limits)) = serde_json::to_value(row.limits) {
         fields.extend(limits);

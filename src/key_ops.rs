@@ -13,9 +13,9 @@ use crate::error::ApiError;
 use crate::keys::{self, ActivationUnit, ExpirationMode, Status};
 use crate::limits::meters::Meters;
 use crate::limits::{Limits, LimitsPatch, TakesLimits};
-use crate::policy::{self, ListKind, TextList};
+use crate::policy::{self, IdList, KindList, ListKind, TextList};
 use crate::relay::auth::KeyCache;
-use crate::store::keys::{KeyFilter, KeyRow, NewKey, Restrictions};
+use crate::store::keys::{Binding, KeyFilter, KeyRow, NewKey, Restrictions};
 use crate::store::{self, Page};
 use crate::webhooks::{Event, EventType, Webhooks};
 
@@ -59,6 +59,9 @@ pub struct KeyView {
     /// `allowed_models`, `allowed_clients`, `allowed_ips`, `allowed_endpoints`, `tags`.
     #[serde(flatten)]
     pub restrictions: Restrictions,
+    /// `upstream_ids`, `permissions`.
+    #[serde(flatten)]
+    pub binding: Binding,
     /// `rate_limit_window`, `rate_limit_requests`, … (SPEC §10; 0 = no limit).
     #[serde(flatten)]
     pub limits: Limits,
@@ -99,6 +102,7 @@ impl KeyView {
             total_tokens_used: row.total_tokens_used,
             total_cost: row.total_cost,
             restrictions: row.restrictions.clone(),
+            binding: row.binding.clone(),
             limits: row.limits,
             daily_cost: 0.0,
             weekly_cost: 0.0,
@@ -148,6 +152,11 @@ pub struct CreateKey {
     /// Paths under /v1/ (exact or `prefix*`); empty: any endpoint.
     pub allowed_endpoints: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
+    /// Upstream ids the key may be relayed to (0: the built-in `default`); empty: any.
+    pub upstream_ids: Option<Vec<i64>>,
+    /// Route kinds the key may use: `openai`, `anthropic`; empty: both.
+    #[schema(value_type = Option<Vec<crate::upstreams::spec::Kind>>)]
+    pub permissions: Option<Vec<String>>,
     /// The limit fields (read beside these by `limits::WithLimits`).
     #[serde(skip)]
     pub limits: LimitsPatch,
@@ -174,6 +183,11 @@ pub struct KeyPatch {
     /// Paths under /v1/ (exact or `prefix*`); empty: any endpoint.
     pub allowed_endpoints: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
+    /// Upstream ids the key may be relayed to (0: the built-in `default`); empty: any.
+    pub upstream_ids: Option<Vec<i64>>,
+    /// Route kinds the key may use: `openai`, `anthropic`; empty: both.
+    #[schema(value_type = Option<Vec<crate::upstreams::spec::Kind>>)]
+    pub permissions: Option<Vec<String>>,
     /// The limit fields to change (0 lifts a limit).
     #[serde(skip)]
     pub limits: LimitsPatch,
@@ -424,8 +438,16 @@ impl Keyring {
         let limits = Limits::default().patched(&request.limits);
         limits.validate()?;
         let mut tx = store::begin_write(&self.pool).await?;
+        let binding = binding(
+            &mut tx,
+            &Binding::default(),
+            request.upstream_ids.as_deref(),
+            request.permissions.as_deref(),
+        )
+        .await?;
         let row =
-            store::keys::insert_restricted(&mut *tx, &new, &restrictions, &limits, now).await?;
+            store::keys::insert_restricted(&mut *tx, &new, (&restrictions, &binding, &limits), now)
+                .await?;
         audit::record_key(&mut *tx, now, by, Action::Create, None, Some(&row)).await?;
         tx.commit().await?;
         self.cache.clear();
@@ -468,6 +490,13 @@ impl Keyring {
             row.is_active = is_active;
         }
         row.restrictions = restrictions(&row.restrictions, &patch.restriction_lists())?;
+        row.binding = binding(
+            &mut tx,
+            &row.binding,
+            patch.upstream_ids.as_deref(),
+            patch.permissions.as_deref(),
+        )
+        .await?;
         row.limits = row.limits.patched(&patch.limits);
         row.limits.validate()?;
         row.updated_at = now;
@@ -776,6 +805,30 @@ fn restrictions(current: &Restrictions, given: &GivenLists<'_>) -> Result<Restri
             ListKind::Tags => &mut next.tags,
         };
         *slot = TextList(valid);
+    }
+    Ok(next)
+}
+
+/// `current` with the given upstream ids (each naming an upstream, read in `tx`) and
+/// permissions checked and put in their place.
+async fn binding(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    current: &Binding,
+    upstream_ids: Option<&[i64]>,
+    permissions: Option<&[String]>,
+) -> Result<Binding, ApiError> {
+    let invalid = |invalid: policy::Invalid| ApiError::invalid(invalid.field, invalid.message);
+    let mut next = current.clone();
+    if let Some(ids) = upstream_ids {
+        let known = if ids.is_empty() {
+            Vec::new()
+        } else {
+            store::upstreams::ids(&mut **tx).await?
+        };
+        next.upstream_ids = IdList(policy::validate_upstream_ids(ids, &known).map_err(invalid)?);
+    }
+    if let Some(kinds) = permissions {
+        next.permissions = KindList(policy::validate_permissions(kinds).map_err(invalid)?);
     }
     Ok(next)
 }

@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::upstreams::spec::Kind;
+
 /// Most entries a list may hold.
 pub const MAX_ENTRIES: usize = 100;
 /// Longest entry, in bytes (below the 256 bytes a call record keeps of a model name, so a
@@ -39,6 +41,41 @@ impl TryFrom<String> for TextList {
     }
 }
 
+/// A list of numbers (a key's `upstream_ids`) stored as a JSON array in one TEXT column.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IdList(pub Vec<i64>);
+
+/// A list of route kinds (a key's `permissions`) stored as a JSON array in one TEXT column.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KindList(pub Vec<Kind>);
+
+macro_rules! json_list {
+    ($list:ty) => {
+        impl $list {
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+
+            /// The stored form: a JSON array.
+            pub fn to_json(&self) -> String {
+                serde_json::to_string(&self.0).unwrap_or_else(|_| "[]".into())
+            }
+        }
+
+        impl TryFrom<String> for $list {
+            type Error = serde_json::Error;
+
+            fn try_from(text: String) -> Result<Self, Self::Error> {
+                serde_json::from_str(&text).map(Self)
+            }
+        }
+    };
+}
+json_list!(IdList);
+json_list!(KindList);
+
 /// The lists a key is restricted by, as stored and shown.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lists<'a> {
@@ -46,6 +83,10 @@ pub struct Lists<'a> {
     pub allowed_clients: &'a [String],
     pub allowed_ips: &'a [String],
     pub allowed_endpoints: &'a [String],
+    /// The upstreams it may be relayed to; empty: any.
+    pub upstream_ids: &'a [i64],
+    /// The route kinds it may use; empty: any.
+    pub permissions: &'a [Kind],
 }
 
 /// What each list holds; names the field in errors and the thing in refusals.
@@ -148,6 +189,50 @@ pub fn validate(kind: ListKind, entries: &[String]) -> Result<Vec<String>, Inval
     Ok(kept)
 }
 
+/// Checks a key's `permissions` as given: each `openai` or `anthropic` (repeats dropped).
+pub fn validate_permissions(entries: &[String]) -> Result<Vec<Kind>, Invalid> {
+    let mut kept = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let kind = Kind::parse(entry.trim()).ok_or_else(|| Invalid {
+            field: format!("permissions[{i}]"),
+            message: format!(
+                "`{}` is not a permission; send openai (the OpenAI-compatible routes) or anthropic (/v1/messages)",
+                crate::cli::keys::printable(entry)
+            ),
+        })?;
+        if !kept.contains(&kind) {
+            kept.push(kind);
+        }
+    }
+    Ok(kept)
+}
+
+/// Checks a key's `upstream_ids` as given: each the id of an upstream in `known` (or 0, the
+/// built-in `default`); repeats dropped.
+pub fn validate_upstream_ids(ids: &[i64], known: &[i64]) -> Result<Vec<i64>, Invalid> {
+    let mut kept = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        if *id != crate::upstreams::spec::DEFAULT_ID && !known.contains(id) {
+            return Err(Invalid {
+                field: format!("upstream_ids[{i}]"),
+                message: format!(
+                    "no upstream has id {id}; send ids from GET /api/upstreams (`keygate upstreams list`), or [] for any upstream"
+                ),
+            });
+        }
+        if !kept.contains(id) {
+            kept.push(*id);
+        }
+    }
+    if kept.len() > MAX_ENTRIES {
+        return Err(Invalid {
+            field: "upstream_ids".into(),
+            message: format!("at most {MAX_ENTRIES} entries; send fewer"),
+        });
+    }
+    Ok(kept)
+}
+
 /// An IP address (a network of one) or a CIDR; IPv4-mapped IPv6 counts as IPv4.
 fn parse_net(text: &str) -> Option<IpNet> {
     if let Ok(ip) = text.parse::<IpAddr>() {
@@ -237,6 +322,8 @@ pub struct Policy {
     ips: Vec<IpNet>,
     ips_shown: String,
     endpoints: Patterns,
+    upstream_ids: Vec<i64>,
+    permissions: Vec<Kind>,
 }
 
 /// Why a request was refused: what was asked for and what is allowed (the 403's message and
@@ -279,6 +366,8 @@ impl Policy {
             && lists.allowed_clients.is_empty()
             && lists.allowed_ips.is_empty()
             && lists.allowed_endpoints.is_empty()
+            && lists.upstream_ids.is_empty()
+            && lists.permissions.is_empty()
         {
             return Ok(None);
         }
@@ -295,7 +384,19 @@ impl Policy {
             ips_shown: shown(lists.allowed_ips),
             ips,
             endpoints: Patterns::new(lists.allowed_endpoints, false),
+            upstream_ids: lists.upstream_ids.to_vec(),
+            permissions: lists.permissions.to_vec(),
         }))
+    }
+
+    /// The upstreams the key is bound to; empty: any.
+    pub fn upstream_ids(&self) -> &[i64] {
+        &self.upstream_ids
+    }
+
+    /// The key may use routes of `kind` (true when its `permissions` are empty).
+    pub fn permits(&self, kind: Kind) -> bool {
+        self.permissions.is_empty() || self.permissions.contains(&kind)
     }
 
     pub fn restricts_models(&self) -> bool {
@@ -363,6 +464,7 @@ mod tests {
             allowed_clients: &c,
             allowed_ips: &i,
             allowed_endpoints: &e,
+            ..Lists::default()
         })
         .unwrap()
         .unwrap()
@@ -371,6 +473,29 @@ mod tests {
     #[test]
     fn no_lists_no_policy() {
         assert!(Policy::from_lists(&Lists::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_binding_alone_makes_a_policy() {
+        let bound = Policy::from_lists(&Lists {
+            upstream_ids: &[3, 5],
+            ..Lists::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(bound.upstream_ids(), [3, 5]);
+        assert!(bound.permits(Kind::Anthropic) && bound.permits(Kind::OpenAi));
+        assert!(bound.model(Some("any")).is_ok() && !bound.restricts_models());
+        let allowed = Policy::from_lists(&Lists {
+            permissions: &[Kind::Anthropic],
+            ..Lists::default()
+        })
+        .unwrap()
+        .unwrap();
+        assert!(allowed.permits(Kind::Anthropic));
+        assert!(!allowed.permits(Kind::OpenAi));
+        assert!(allowed.upstream_ids().is_empty());
+        assert!(allowed.client(None).is_ok() && allowed.ip(None).is_ok());
     }
 
     #[test]

@@ -105,6 +105,39 @@ pub struct RestrictionArgs {
     /// Labels (the key list filters by them).
     #[arg(long, value_delimiter = ',')]
     pub tags: Option<Vec<String>>,
+    /// An upstream the key may be relayed to, by id or name (repeatable, or comma-separated;
+    /// 0 or `default`: the built-in one); `--upstream ""` clears the binding (any upstream).
+    #[arg(long = "upstream", value_delimiter = ',', value_name = "ID|NAME")]
+    pub upstreams: Option<Vec<String>>,
+    /// A route kind the key may use: openai or anthropic (repeatable, or comma-separated);
+    /// `--permission ""` clears them (both).
+    #[arg(long = "permission", value_delimiter = ',', value_name = "KIND")]
+    pub permissions: Option<Vec<String>>,
+}
+
+impl RestrictionArgs {
+    /// The `--upstream` values as ids (names looked up); None when not given.
+    async fn upstream_ids(&self, keyring: &Keyring) -> anyhow::Result<Option<Vec<i64>>> {
+        let Some(given) = &self.upstreams else {
+            return Ok(None);
+        };
+        let mut ids = Vec::with_capacity(given.len());
+        for text in given.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+            ids.push(super::upstreams::resolve(keyring, text).await?);
+        }
+        Ok(Some(ids))
+    }
+
+    /// The `--permission` values, empty ones dropped; None when not given.
+    fn permissions(&self) -> Option<Vec<String>> {
+        self.permissions.as_ref().map(|given| {
+            given
+                .iter()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect()
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +199,8 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
             let args = *args;
             let r = args.restrictions;
             let patch = KeyPatch {
+                upstream_ids: r.upstream_ids(keyring).await?,
+                permissions: r.permissions(),
                 name: args.name,
                 description: args.description.map(|d| Some(d).filter(|d| !d.is_empty())),
                 allowed_models: r.allowed_models,
@@ -336,6 +371,8 @@ async fn create(keyring: &Keyring, args: CreateArgs) -> anyhow::Result<()> {
     let now = keyring.now();
     let r = args.restrictions;
     let mut request = CreateKey {
+        upstream_ids: r.upstream_ids(keyring).await?,
+        permissions: r.permissions(),
         name: args.name,
         description: args.description,
         allowed_models: r.allowed_models,
@@ -394,6 +431,27 @@ pub fn print_restrictions(view: &KeyView) {
         };
         println!("  {field:<18} {shown}");
     }
+    let ids = &view.binding.upstream_ids.0;
+    let upstreams = if ids.is_empty() {
+        "any".to_string()
+    } else {
+        ids.iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("  {:<18} {upstreams}", "upstream_ids");
+    let kinds = &view.binding.permissions.0;
+    let permissions = if kinds.is_empty() {
+        "any (openai, anthropic)".to_string()
+    } else {
+        kinds
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("  {:<18} {permissions}", "permissions");
 }
 
 /// The key's limits, one line each.
@@ -407,6 +465,27 @@ pub fn print_limits(view: &KeyView) {
         };
         println!("  {field:<18} {shown}");
     }
+    let ids = &view.binding.upstream_ids.0;
+    let upstreams = if ids.is_empty() {
+        "any".to_string()
+    } else {
+        ids.iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("  {:<18} {upstreams}", "upstream_ids");
+    let kinds = &view.binding.permissions.0;
+    let permissions = if kinds.is_empty() {
+        "any (openai, anthropic)".to_string()
+    } else {
+        kinds
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("  {:<18} {permissions}", "permissions");
 }
 
 /// `Nh` / `Nd` → (N, unit).

@@ -8,6 +8,7 @@ pub mod healthcheck;
 pub mod keys;
 pub mod logs;
 pub mod menu;
+pub mod upstreams;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +50,10 @@ pub enum Command {
     /// database.
     #[command(subcommand)]
     Data(DataCommand),
+    /// The upstreams requests are relayed to (SPEC §12): list, add, edit, enable, disable,
+    /// remove; a running server picks changes up within a second.
+    #[command(subcommand)]
+    Upstreams(upstreams::UpstreamsCommand),
     /// Call-log maintenance: prune old rows, give disk space back.
     #[command(subcommand)]
     Logs(logs::LogsCommand),
@@ -99,5 +104,6 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Data(DataCommand::Backup(args)) => data::backup(&keyring, &args).await,
         Command::Logs(command) => logs::run(&keyring, command).await,
         Command::Audit(args) => audit::run(&keyring, &args).await,
+        Command::Upstreams(command) => upstreams::run(&keyring, &config, command).await,
     }
 }

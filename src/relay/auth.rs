@@ -202,7 +202,7 @@ async fn lookup(
     }
     // A stored list that does not parse (a database edited by hand) refuses the key rather
     // than letting it through with less restriction than it says.
-    let policy = Policy::from_lists(&row.restrictions.lists()).map_err(|invalid| {
+    let policy = Policy::from_lists(&row.policy_lists()).map_err(|invalid| {
         tracing::error!(key_id = row.id, field = %invalid.field, "a key's stored restrictions do not parse: {}", invalid.message);
         AuthFailure::internal(Some(row.id), "the key's stored restrictions do not parse")
     })?;

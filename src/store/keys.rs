@@ -5,7 +5,7 @@ use sqlx::{SqliteExecutor, SqlitePool};
 use super::Page;
 use crate::keys::{ActivationUnit, ExpirationMode, Lifecycle, Status};
 use crate::limits::Limits;
-use crate::policy::{Lists, TextList};
+use crate::policy::{IdList, KindList, Lists, TextList};
 
 /// One `api_keys` row as stored.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -33,6 +33,9 @@ pub struct KeyRow {
     pub total_cost: f64,
     #[sqlx(flatten)]
     pub restrictions: Restrictions,
+    /// The upstreams and route kinds it may use.
+    #[sqlx(flatten)]
+    pub binding: Binding,
     /// Its limits, by the column names of `Limits::FIELDS`.
     #[sqlx(flatten)]
     pub limits: Limits,
@@ -50,6 +53,19 @@ impl KeyRow {
             expires_at: self.expires_at,
             expiration_mode: self.mode(),
             activated_at: self.activated_at,
+        }
+    }
+
+    /// The lists `Policy` reads.
+    pub fn policy_lists(&self) -> Lists<'_> {
+        let r = &self.restrictions;
+        Lists {
+            allowed_models: &r.allowed_models.0,
+            allowed_clients: &r.allowed_clients.0,
+            allowed_ips: &r.allowed_ips.0,
+            allowed_endpoints: &r.allowed_endpoints.0,
+            upstream_ids: &self.binding.upstream_ids.0,
+            permissions: &self.binding.permissions.0,
         }
     }
 
@@ -112,16 +128,22 @@ impl Restrictions {
             ("tags", &self.tags),
         ]
     }
+}
 
-    /// The lists `Policy` reads.
-    pub fn lists(&self) -> Lists<'_> {
-        Lists {
-            allowed_models: &self.allowed_models.0,
-            allowed_clients: &self.allowed_clients.0,
-            allowed_ips: &self.allowed_ips.0,
-            allowed_endpoints: &self.allowed_endpoints.0,
-        }
-    }
+/// The upstreams (SPEC §12) and route kinds a key may use, by their column names (validated
+/// when written: every id names an upstream, every permission a kind).
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema,
+)]
+pub struct Binding {
+    /// Upstream ids (0: the built-in `default`); empty: any upstream.
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = Vec<i64>)]
+    pub upstream_ids: IdList,
+    /// `openai`, `anthropic`; empty: both.
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = Vec<crate::upstreams::spec::Kind>)]
+    pub permissions: KindList,
 }
 
 /// Every column of `api_keys` but `id` and the limits, in the order `bind_key!` binds them
@@ -153,6 +175,8 @@ pub const KEY_COLUMNS: &[&str] = &[
     "allowed_ips",
     "allowed_endpoints",
     "tags",
+    "upstream_ids",
+    "permissions",
 ];
 
 /// Columns `save` leaves alone: set once at creation, or kept by the log writer.
@@ -238,7 +262,9 @@ macro_rules! bind_key {
                 .bind(key.restrictions.allowed_clients.to_json())
                 .bind(key.restrictions.allowed_ips.to_json())
                 .bind(key.restrictions.allowed_endpoints.to_json())
-                .bind(key.restrictions.tags.to_json()),
+                .bind(key.restrictions.tags.to_json())
+                .bind(key.binding.upstream_ids.to_json())
+                .bind(key.binding.permissions.to_json()),
             |query, value| match value {
                 $crate::limits::LimitValue::Count(count) => query.bind(count),
                 $crate::limits::LimitValue::Usd(usd) => query.bind(usd),
@@ -250,7 +276,13 @@ pub(crate) use bind_key;
 
 impl NewKey {
     /// The row this key is inserted as at `now` (its id is given by the database).
-    fn row(&self, restrictions: &Restrictions, limits: &Limits, now: i64) -> KeyRow {
+    fn row(
+        &self,
+        restrictions: &Restrictions,
+        binding: &Binding,
+        limits: &Limits,
+        now: i64,
+    ) -> KeyRow {
         KeyRow {
             id: 0,
             key_hash: self.key_hash.clone(),
@@ -272,6 +304,7 @@ impl NewKey {
             total_tokens_used: 0,
             total_cost: 0.0,
             restrictions: restrictions.clone(),
+            binding: binding.clone(),
             limits: *limits,
         }
     }
@@ -283,18 +316,23 @@ pub async fn insert<'e>(
     key: &NewKey,
     now: i64,
 ) -> sqlx::Result<KeyRow> {
-    insert_restricted(db, key, &Restrictions::default(), &Limits::default(), now).await
+    let none = (
+        Restrictions::default(),
+        Binding::default(),
+        Limits::default(),
+    );
+    insert_restricted(db, key, (&none.0, &none.1, &none.2), now).await
 }
 
+/// Inserts a key with its restrictions, binding and limits.
 pub async fn insert_restricted<'e>(
     db: impl SqliteExecutor<'e>,
     key: &NewKey,
-    restrictions: &Restrictions,
-    limits: &Limits,
+    (restrictions, binding, limits): (&Restrictions, &Binding, &Limits),
     now: i64,
 ) -> sqlx::Result<KeyRow> {
     let sql = key_sql();
-    let row = key.row(restrictions, limits, now);
+    let row = key.row(restrictions, binding, limits, now);
     bind_key!(
         sqlx::query_as(&format!(
             "INSERT INTO api_keys ({}) VALUES ({}) RETURNING {}",

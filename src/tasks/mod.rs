@@ -1,9 +1,10 @@
-//! Background work: the batching call-log writer, the expiry sweeper, call-log retention and
-//! webhook delivery.
+//! Background work: the batching call-log writer, the expiry sweeper, call-log retention,
+//! webhook delivery and reloading upstreams changed by another process.
 
 pub mod log_writer;
 pub mod retention;
 pub mod sweeper;
+pub mod upstream_watch;
 pub mod webhooks;
 
 use std::future::Future;

@@ -29,5 +29,6 @@ mod shutdown;
 mod stream_usage;
 mod upstream_wire;
 mod upstreams_admin;
+mod upstreams_cli;
 mod webhooks;
 mod wire_fuzz;

@@ -346,3 +346,155 @@ async fn the_credential_is_in_no_answer_and_every_change_is_audited() {
     assert_eq!(status, 200);
     assert_eq!(filtered["items"].as_array().unwrap().len(), 1);
 }
+
+/// The key as the relay's cache loads it (its parsed policy).
+async fn authed(app: &TestApp, secret: &str) -> std::sync::Arc<keygate::relay::auth::AuthedKey> {
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    keygate::relay::auth::authenticate(
+        &app.state.pool,
+        &app.state.keyring.cache,
+        &headers,
+        std::time::Instant::now(),
+        app.clock.now_ms(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn keys_are_bound_to_upstreams_and_permissions_checked_and_shown() {
+    use keygate::upstreams::spec::Kind;
+    let app = spawn_app().await;
+    let a = create_upstream(
+        &app,
+        json!({"name": "a", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"}),
+    )
+    .await;
+    let b = create_upstream(
+        &app,
+        json!({"name": "b", "kind": "anthropic", "base_url": "http://127.0.0.1:9"}),
+    )
+    .await;
+    let (a, b) = (a["id"].as_i64().unwrap(), b["id"].as_i64().unwrap());
+
+    // Bad ids and permissions: 400 naming the entry; no key stored.
+    for (body, field) in [
+        (
+            json!({"name": "k", "upstream_ids": [999]}),
+            "upstream_ids[0]",
+        ),
+        (
+            json!({"name": "k", "upstream_ids": [a, -4]}),
+            "upstream_ids[1]",
+        ),
+        (
+            json!({"name": "k", "permissions": ["openai", "gemini"]}),
+            "permissions[1]",
+        ),
+        (json!({"name": "k", "permissions": [""]}), "permissions[0]"),
+    ] {
+        let (status, answer) = app.post("/api/api-keys", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["field"], field, "{answer}");
+    }
+    let (_, keys) = app.get("/api/api-keys").await;
+    assert_eq!(keys["total"], 0);
+
+    // A key without either: both empty (any upstream, any kind), and no policy.
+    let (plain, plain_secret) = app.new_key().await;
+    let shown = app.key_json(plain).await;
+    assert_eq!(shown["upstream_ids"], json!([]));
+    assert_eq!(shown["permissions"], json!([]));
+    assert!(authed(&app, &plain_secret).await.policy.is_none());
+
+    // Bound (repeats dropped; 0 is the built-in upstream): shown by show and list, and the
+    // cached key's policy carries them even with no other restriction.
+    let (id, secret) = app
+        .create_key(json!({"name": "bound", "upstream_ids": [b, 0, b], "permissions": ["anthropic", "anthropic"]}))
+        .await;
+    let shown = app.key_json(id).await;
+    assert_eq!(shown["upstream_ids"], json!([b, 0]));
+    assert_eq!(shown["permissions"], json!(["anthropic"]));
+    let (_, listed) = app.get("/api/api-keys").await;
+    let row = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap()
+        .clone();
+    assert_eq!(row["upstream_ids"], json!([b, 0]));
+    let key = authed(&app, &secret).await;
+    let policy = key.policy.as_ref().expect("a binding alone makes a policy");
+    assert_eq!(policy.upstream_ids(), [b, 0]);
+    assert!(policy.permits(Kind::Anthropic));
+    assert!(!policy.permits(Kind::OpenAi));
+
+    // PATCH: a bad entry changes nothing; a good one replaces; [] clears.
+    let (status, answer) = app
+        .patch(
+            &format!("/api/api-keys/{id}"),
+            json!({"upstream_ids": [a, 12345], "name": "renamed"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(answer["field"], "upstream_ids[1]");
+    assert_eq!(app.key_json(id).await["name"], "bound");
+    let (status, patched) = app
+        .patch(
+            &format!("/api/api-keys/{id}"),
+            json!({"upstream_ids": [a, b], "permissions": []}),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["upstream_ids"], json!([a, b]));
+    assert_eq!(patched["permissions"], json!([]));
+    let key = authed(&app, &secret).await;
+    assert!(key.policy.as_ref().unwrap().permits(Kind::OpenAi));
+    // The audit trail shows the binding's change.
+    let (_, audit) = app.get(&format!("/api/audit-log?key_id={id}")).await;
+    let changes = &audit["items"][0]["details"]["changes"];
+    assert_eq!(
+        changes["upstream_ids"],
+        json!({"old": [b, 0], "new": [a, b]})
+    );
+    assert_eq!(changes["permissions"]["old"], json!(["anthropic"]));
+
+    // The list counts the keys bound to each upstream.
+    let items = list(&app).await;
+    assert_eq!(items[1]["bound_keys"], 1);
+    assert_eq!(items[2]["bound_keys"], 1);
+
+    // Deleting a bound upstream: 409 naming how many keys; force unbinds them in the same
+    // transaction, and the relay's cached key follows at once.
+    let (status, answer) = delete(&app, &format!("/api/upstreams/{b}")).await;
+    assert_eq!(status, 409, "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("1 key(s) are bound to upstream `b`"),
+        "{message}"
+    );
+    assert!(message.contains("force=true"), "{message}");
+    assert_eq!(list(&app).await.len(), 3, "nothing deleted");
+    let (status, deleted) = delete(&app, &format!("/api/upstreams/{b}?force=true")).await;
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(deleted["unbound_key_ids"], json!([id]));
+    assert_eq!(app.key_json(id).await["upstream_ids"], json!([a]));
+    assert_eq!(
+        authed(&app, &secret)
+            .await
+            .policy
+            .as_ref()
+            .unwrap()
+            .upstream_ids(),
+        [a]
+    );
+    let (_, audit) = app.get("/api/audit-log?action=upstream.delete").await;
+    assert_eq!(audit["items"][0]["details"]["unbound_key_ids"], json!([id]));
+    // A deleted upstream's id is no longer accepted.
+    let (status, answer) = app
+        .patch(&format!("/api/api-keys/{id}"), json!({"upstream_ids": [b]}))
+        .await;
+    assert_eq!(status, 400, "{answer}");
+}

@@ -218,6 +218,8 @@ impl Serialize for ExportedKey<'_> {
         for (field, list) in r.restrictions.entries() {
             map.serialize_entry(field, list)?;
         }
+        map.serialize_entry("upstream_ids", &r.binding.upstream_ids)?;
+        map.serialize_entry("permissions", &r.binding.permissions)?;
         if let Ok(serde_json::Value::Object(limits)) = serde_json::to_value(r.limits) {
             for (field, value) in &limits {
                 map.serialize_entry(field, value)?;

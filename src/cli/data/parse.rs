@@ -16,8 +16,8 @@ use crate::clock::parse_rfc3339;
 use crate::error::ApiError;
 use crate::keys;
 use crate::limits::{Limits, LimitsPatch};
-use crate::policy::{self, ListKind, TextList};
-use crate::store::keys::{KeyRow, Restrictions};
+use crate::policy::{self, IdList, KindList, ListKind, TextList};
+use crate::store::keys::{Binding, KeyRow, Restrictions};
 use crate::store::logs::LogRow;
 
 /// One thing read from the file, in file order.
@@ -361,6 +361,23 @@ impl Fields {
             .map_err(|invalid| self.error(&invalid.field, invalid.message))
     }
 
+    /// The key's upstream ids and permissions; absent (files before format version 4) is
+    /// none. The ids are the file's: the importer maps them to the upstreams it imports and
+    /// checks that each names one.
+    fn binding(&mut self) -> Result<Binding, String> {
+        let ids: Option<Vec<i64>> = self.take("upstream_ids")?;
+        let mut upstream_ids = ids.unwrap_or_default();
+        let mut seen = std::collections::HashSet::new();
+        upstream_ids.retain(|id| seen.insert(*id));
+        let kinds: Option<Vec<String>> = self.take("permissions")?;
+        let permissions = policy::validate_permissions(&kinds.unwrap_or_default())
+            .map_err(|invalid| self.error(&invalid.field, invalid.message))?;
+        Ok(Binding {
+            upstream_ids: IdList(upstream_ids),
+            permissions: KindList(permissions),
+        })
+    }
+
     /// The key's limits, checked like the admin API checks them; absent (files of format
     /// versions 1 and 2) is none.
     fn limits(&mut self) -> Result<Limits, String> {
@@ -428,6 +445,7 @@ impl Fields {
                 allowed_endpoints: self.list(ListKind::Endpoints)?,
                 tags: self.list(ListKind::Tags)?,
             },
+            binding: self.binding()?,
             limits: self.limits()?,
         };
         Ok(ImportedKey { row, has_secret })
