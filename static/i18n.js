@@ -131,6 +131,13 @@ const en = {
   'error.header_line': 'line {n}: write Name: value',
   'error.upstream_name': 'give the upstream a name', 'error.base_url': 'enter the upstream’s base URL',
   'misc.yes': 'Yes', 'misc.no': 'No',
+  'section.binding': 'Upstreams and routes (none checked: all)',
+  'field.upstream_ids': 'Upstreams this key may use', 'field.permissions': 'Routes this key may use',
+  'hint.upstream_ids': 'None checked: every upstream. Manage them on the Upstreams page.',
+  'hint.permissions': 'None checked: both.',
+  'permission.openai': 'OpenAI-compatible (/v1/chat/completions, …)', 'permission.anthropic': 'Anthropic Messages (/v1/messages)',
+  'binding.builtin': 'built in', 'binding.upstreams': 'Upstreams', 'binding.permissions': 'Routes',
+  'binding.all_upstreams': 'all', 'binding.all_routes': 'all',
 };
 
 const zh = {
@@ -263,6 +270,13 @@ const zh = {
   'error.header_line': '第 {n} 行：请写成 名称: 值',
   'error.upstream_name': '请填写上游名称', 'error.base_url': '请填写上游的基础 URL',
   'misc.yes': '是', 'misc.no': '否',
+  'section.binding': '上游与接口（都不勾选：全部）',
+  'field.upstream_ids': '此密钥可用的上游', 'field.permissions': '此密钥可用的接口',
+  'hint.upstream_ids': '都不勾选：可用所有上游。上游在“上游”页面管理。',
+  'hint.permissions': '都不勾选：两者都可用。',
+  'permission.openai': 'OpenAI 兼容接口（/v1/chat/completions 等）', 'permission.anthropic': 'Anthropic 消息接口（/v1/messages）',
+  'binding.builtin': '内置', 'binding.upstreams': '上游', 'binding.permissions': '接口',
+  'binding.all_upstreams': '全部', 'binding.all_routes': '全部',
 };
 
 export const dictionaries = { en, zh };

@@ -62,7 +62,7 @@ function table(items, reload) {
 }
 
 function row(u, reload) {
-  const cell = (label, ...children) => h('td', { 'data-label': t(label) }, ...children);
+  const cell = (label, ...children) => h('td', { 'data-label': t(label), class: { 'col.base_url': 'url-cell', 'col.models': 'models-cell' }[label] }, ...children);
   const mapped = Object.entries(u.model_map || {});
   return h('tr', { 'data-upstream-id': u.id, 'data-upstream-name': u.name, 'data-state': u.status?.state, class: u.builtin ? 'builtin' : null },
     cell('col.name', h('div', { class: 'key-name', text: u.name }),
@@ -71,7 +71,8 @@ function row(u, reload) {
     cell('col.base_url', h('code', { class: 'url', text: u.base_url }),
       h('div', { class: 'muted small credential' }, u.has_api_key
         ? t('upstream.credential_set', { preview: u.api_key_preview ? ` ${u.api_key_preview}` : '' })
-        : t('upstream.no_credential'), ` · ${t(`auth.${u.auth_header}`)}`)),
+        : t('upstream.no_credential')),
+      h('div', { class: 'muted small', text: t(`auth.${u.auth_header}`) })),
     cell('col.models',
       u.models.length === 0
         ? h('span', { class: 'muted', text: t('upstream.any_model') })
