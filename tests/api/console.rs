@@ -203,17 +203,27 @@ async fn console_manages_upstreams_in_headless_chromium() {
     assert_eq!(names, ["default", "openai-main"], "{list}");
     let main = &items[1];
     assert_eq!(main["has_api_key"], true, "{main}");
-    assert_eq!(main["api_key_preview"], "…ABCD", "the credential typed last");
+    assert_eq!(
+        main["api_key_preview"], "…ABCD",
+        "the credential typed last"
+    );
     assert_eq!(main["base_url"], "https://api.openai.com/v1");
     assert_eq!(main["models"], json!(["gpt-4o*", "gpt-4.1", "o3"]));
     assert_eq!(main["model_map"], json!({"gpt-4": "gpt-4o"}));
-    assert_eq!(main["extra_headers"], json!({"openai-organization": "org-123"}));
+    assert_eq!(
+        main["extra_headers"],
+        json!({"openai-organization": "org-123"})
+    );
     assert_eq!((&main["priority"], &main["weight"]), (&json!(5), &json!(7)));
     assert_eq!(main["enabled"], true);
     assert!(main.get("api_key").is_none(), "{main}");
 
     let (_, keys) = app.get("/api/api-keys?search=claude%20code%20key").await;
     let key = &keys["items"][0];
-    assert_eq!(key["upstream_ids"], json!([0]), "claude-main was taken out: {key}");
+    assert_eq!(
+        key["upstream_ids"],
+        json!([0]),
+        "claude-main was taken out: {key}"
+    );
     assert_eq!(key["permissions"], json!(["anthropic"]));
 }
