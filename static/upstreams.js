@@ -52,6 +52,13 @@ async function load(body) {
   const configured = list.items.filter((u) => !u.builtin);
   fill(body, table(list.items, () => load(body)),
     configured.length === 0 && h('p', { class: 'state', id: 'upstreams-empty', text: t('empty.upstreams') }));
+  // A cooling badge is shown again once its cooldown ends (at most a minute from now), while
+  // this view is on screen and nothing newer has loaded.
+  const ends = list.items.map((u) => u.status?.state === 'cooling' && new Date(u.status.cooling_until).getTime()).filter(Boolean);
+  if (ends.length) {
+    const wait = Math.min(Math.max(Math.min(...ends) - Date.now(), 0) + 1000, 60_000);
+    setTimeout(() => { if (seq === loads && body.isConnected) load(body); }, wait);
+  }
 }
 
 function table(items, reload) {

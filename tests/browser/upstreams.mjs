@@ -259,6 +259,23 @@ async function main() {
   assert.equal(await row(page, 'local-vllm').locator('.badge').evaluate((el) => getComputedStyle(el).backgroundColor), 'rgb(232, 234, 238)', 'grey');
   await shot(page, 'upstreams.png');
   await page.unroute(/\/api\/upstreams$/);
+  // A cooldown about to end: the page asks again once it has, by itself.
+  let faked = 0;
+  await page.route(/\/api\/upstreams$/, async (route) => {
+    const response = await route.fetch();
+    const json = await response.json();
+    if (faked++ === 0) {
+      const claude = json.items.find((u) => u.name === 'claude-main');
+      claude.status = { state: 'cooling', cooling_until: Date.now() + 1500, consecutive_failures: 3, last_error: 'connect refused' };
+    }
+    await route.fulfill({ response, json });
+  });
+  await page.click('#upstreams-refresh');
+  await page.waitForFunction(() => /connect refused/.test(document.querySelector('#upstreams-table tr[data-upstream-name="claude-main"]')?.textContent));
+  await expectState(page, 'claude-main', 'healthy', /^Healthy$/);
+  assert.equal(faked, 2, 'one reload after the cooldown');
+  assert.equal(await row(page, 'claude-main').locator('.last-error').count(), 0);
+  await page.unroute(/\/api\/upstreams$/);
   ok(step);
 
   // --- The key dialog binds a key to upstreams and routes; the key shows it.
