@@ -47,6 +47,8 @@ const ASSETS: &[Asset] = &[
     asset!("stats.js", JS),
     asset!("chart.js", JS),
     asset!("logs.js", JS),
+    asset!("upstreams.js", JS),
+    asset!("upstream_forms.js", JS),
 ];
 
 /// The policy of every console response: only this origin's scripts, styles, images and API;

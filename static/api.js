@@ -2,10 +2,12 @@
 import { t } from './i18n.js';
 
 export class ApiError extends Error {
-  constructor(status, reason, message) {
+  constructor(status, reason, message, field) {
     super(message);
     this.status = status;
     this.reason = reason;
+    /** For a 400: the request field at fault (`name`, `models[0]`, …). */
+    this.field = field || null;
   }
 }
 
@@ -37,7 +39,7 @@ export async function api(method, path, body) {
   }
   if (!response.ok) {
     const message = (data && data.message) || `${response.status} ${response.statusText}`;
-    const error = new ApiError(response.status, data && data.error, message);
+    const error = new ApiError(response.status, data && data.error, message, data && data.field);
     if (response.status === 401 && path !== '/api/auth/login') onSignedOut();
     throw error;
   }

@@ -5,6 +5,7 @@ import { lang, onLanguage, setLang, t } from './i18n.js';
 import { renderKeys } from './keys.js';
 import { renderLogs } from './logs.js';
 import { renderStats } from './stats.js';
+import { renderUpstreams } from './upstreams.js';
 
 const main = document.getElementById('main');
 let signedIn = false;
@@ -15,6 +16,7 @@ function chrome() {
   document.getElementById('skip-link').textContent = t('nav.skip');
   document.getElementById('nav-keys').textContent = t('nav.keys');
   document.getElementById('nav-logs').textContent = t('nav.logs');
+  document.getElementById('nav-upstreams').textContent = t('nav.upstreams');
   document.getElementById('nav').setAttribute('aria-label', t('nav.main'));
   document.getElementById('lang-label').textContent = t('nav.language');
   document.getElementById('lang-select').value = lang();
@@ -67,19 +69,20 @@ async function logout() {
   showLogin(t('msg.logged_out'));
 }
 
-/** Shows the view the hash names: #/keys, #/logs, #/keys/ID/stats, #/keys/ID/logs. */
+/** Shows the view the hash names: #/keys, #/logs, #/upstreams, #/keys/ID/stats, #/keys/ID/logs. */
 function route() {
   if (!signedIn) return;
   const hash = location.hash.replace(/^#/, '') || '/keys';
   const parts = hash.split('/').filter(Boolean);
   for (const link of document.querySelectorAll('#nav a')) {
-    const current = (link.id === 'nav-logs' && parts[0] === 'logs') || (link.id === 'nav-keys' && parts[0] === 'keys');
+    const current = link.id === `nav-${parts[0]}` || (link.id === 'nav-keys' && !['logs', 'upstreams'].includes(parts[0]));
     if (current) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
   if (parts[0] === 'keys' && /^\d+$/.test(parts[1] || '') && parts[2] === 'stats') renderStats(main, Number(parts[1]));
   else if (parts[0] === 'keys' && /^\d+$/.test(parts[1] || '') && parts[2] === 'logs') renderLogs(main, Number(parts[1]));
   else if (parts[0] === 'logs') renderLogs(main, null);
+  else if (parts[0] === 'upstreams') renderUpstreams(main);
   else renderKeys(main);
 }
 

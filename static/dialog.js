@@ -1,5 +1,6 @@
 // Modal dialogs: native <dialog> (the page behind is inert), Tab kept inside, Esc closes,
-// focus returns to where it was; a failed action shows the server's message inside.
+// focus returns to where it was; a failed action shows the server's message inside (next to
+// the field it names, for a 400).
 import { h } from './dom.js';
 import { t } from './i18n.js';
 
@@ -44,13 +45,14 @@ export function openDialog({ title, body, actions = [], closeLabel, onClose, id 
     if (action.id) button.dataset.action = action.id;
     button.addEventListener('click', async () => {
       showError('');
+      clearFieldErrors(dialog);
       const buttons = [...foot.querySelectorAll('button')];
       buttons.forEach((b) => { b.disabled = true; });
       try {
         const keepOpen = (await action.run()) === false;
         if (!keepOpen) close();
       } catch (err) {
-        showError(err.message || String(err));
+        if (!showFieldError(dialog, err)) showError(err.message || String(err));
       } finally {
         buttons.forEach((b) => { b.disabled = false; });
       }
@@ -92,6 +94,42 @@ export function openDialog({ title, body, actions = [], closeLabel, onClose, id 
   const firstField = dialog.querySelector('.dialog-body input, .dialog-body select, .dialog-body textarea, .dialog-body button');
   (firstField || foot.querySelector('button')).focus();
   return { close, element: dialog, showError };
+}
+
+/**
+ * Shows a refused field's message (a 400's `field`: `base_url`, `models[0]`, …) under the
+ * control of that name (or the group marked `data-field`) in `dialog`, and focuses it.
+ * Returns false when the dialog has no such visible control (the caller shows it on top).
+ */
+export function showFieldError(dialog, err) {
+  if (!err || !err.field) return false;
+  const name = CSS.escape(String(err.field).replace(/[[.].*$/, ''));
+  const control = dialog.querySelector(`.dialog-body [data-field="${name}"], .dialog-body [name="${name}"]`);
+  if (!control || control.closest('[hidden]')) return false;
+  const box = control.closest('[data-field]') || control.closest('.field') || control.parentElement;
+  const id = `${control.id || name}-error`;
+  const message = h('p', { class: 'field-error', role: 'alert', id, text: err.message });
+  box.append(message);
+  const input = control.matches('input, select, textarea') ? control : control.querySelector('input, select, textarea');
+  if (input) {
+    input.setAttribute('aria-invalid', 'true');
+    input.dataset.describedBefore = input.getAttribute('aria-describedby') || '';
+    input.setAttribute('aria-describedby', `${input.dataset.describedBefore} ${id}`.trim());
+    input.focus();
+  }
+  message.scrollIntoView({ block: 'nearest' });
+  return true;
+}
+
+function clearFieldErrors(dialog) {
+  dialog.querySelectorAll('.field-error').forEach((node) => node.remove());
+  dialog.querySelectorAll('[aria-invalid="true"]').forEach((input) => {
+    input.removeAttribute('aria-invalid');
+    const before = input.dataset.describedBefore;
+    if (before) input.setAttribute('aria-describedby', before);
+    else input.removeAttribute('aria-describedby');
+    delete input.dataset.describedBefore;
+  });
 }
 
 /** Asks before something irreversible; resolves true when confirmed. */

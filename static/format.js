@@ -15,6 +15,14 @@ export function dateTimeSeconds(iso) {
   return new Intl.DateTimeFormat(locale(), { dateStyle: 'medium', timeStyle: 'medium' }).format(new Date(iso));
 }
 
+/** The time of day, HH:MM:SS in the browser's zone (a time in ms or RFC 3339). */
+export function clock(when) {
+  if (when === null || when === undefined) return '—';
+  const date = new Date(when);
+  if (Number.isNaN(date.getTime())) return String(when);
+  return new Intl.DateTimeFormat(locale(), { hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' }).format(date);
+}
+
 /** "in 3 days" / "2 hours ago" for a number of seconds from now (negative: past). */
 export function relative(seconds) {
   const rtf = new Intl.RelativeTimeFormat(locale(), { numeric: 'auto' });

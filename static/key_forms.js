@@ -1,4 +1,5 @@
-// The key dialogs: create, edit, renew, batch renew, and the one-time reveal of a full key.
+// The key dialogs: create, edit (with the key's upstream binding and permissions), renew, batch
+// renew, and the one-time reveal of a full key.
 import { api, query } from './api.js';
 import { openDialog } from './dialog.js';
 import { h, toast } from './dom.js';
@@ -55,6 +56,67 @@ function listFields(key) {
     return out;
   }
   return { node, values };
+}
+
+/** The configured upstreams (with the built-in `default`), or null where the server has none. */
+export async function upstreamChoices() {
+  try {
+    return (await api('GET', '/api/upstreams')).items;
+  } catch (err) {
+    if (err.status === 404) return null;
+    throw err;
+  }
+}
+
+const ROUTE_KINDS = ['openai', 'anthropic'];
+
+/**
+ * Which upstreams the key may be relayed to (`upstream_ids`) and which routes it may use
+ * (`permissions`): checkboxes, none checked = all. Sent only when chosen (create) or changed
+ * (edit). `upstreams`: from `upstreamChoices()`; null: the section is left out.
+ */
+function bindingFields(key, upstreams) {
+  if (!upstreams) return { node: null, values: () => ({}) };
+  const boundIds = (key && key.upstream_ids) || [];
+  const allowed = (key && key.permissions) || [];
+  const box = (name, value, checked, label, extra) => {
+    const input = h('input', { type: 'checkbox', name, value: String(value), checked });
+    return { input, node: h('label', {}, input, h('span', { text: label }), extra && h('span', { class: 'muted small', text: extra })) };
+  };
+  // A bound id the list does not have (deleted meanwhile) is kept, shown by its number.
+  const known = new Set(upstreams.map((u) => u.id));
+  const ups = [...upstreams.map((u) => box('upstream_ids', u.id, boundIds.includes(u.id), u.name, u.builtin ? t('binding.builtin') : t(`kind.${u.kind}`))),
+    ...boundIds.filter((id) => !known.has(id)).map((id) => box('upstream_ids', id, true, `#${id}`))];
+  const kinds = ROUTE_KINDS.map((kind) => box('permissions', kind, allowed.includes(kind), t(`permission.${kind}`)));
+  const node = h('fieldset', { class: 'binding' }, h('legend', { text: t('section.binding') }),
+    h('div', { class: 'field', 'data-field': 'upstream_ids' }, h('span', { text: t('field.upstream_ids') }),
+      h('div', { class: 'choices' }, ups.map((b) => b.node)), h('p', { class: 'hint', text: t('hint.upstream_ids') })),
+    h('div', { class: 'field', 'data-field': 'permissions' }, h('span', { text: t('field.permissions') }),
+      h('div', { class: 'choices' }, kinds.map((b) => b.node)), h('p', { class: 'hint', text: t('hint.permissions') })));
+  function values() {
+    const ids = ups.filter((b) => b.input.checked).map((b) => Number(b.input.value)).sort((a, b) => a - b);
+    const perms = kinds.filter((b) => b.input.checked).map((b) => b.input.value);
+    const out = {};
+    const before = [...boundIds].sort((a, b) => a - b);
+    if (key ? ids.join() !== before.join() : ids.length > 0) out.upstream_ids = ids;
+    if (key ? perms.join() !== ROUTE_KINDS.filter((k) => allowed.includes(k)).join() : perms.length > 0) out.permissions = perms;
+    return out;
+  }
+  return { node, values };
+}
+
+/** What a key is bound to, in words: "Upstreams: a, b · Routes: Anthropic Messages". */
+export function bindingSummary(key, upstreams) {
+  if (!('upstream_ids' in key) && !('permissions' in key)) return null;
+  const names = new Map((upstreams || []).map((u) => [u.id, u.name]));
+  const ids = key.upstream_ids || [];
+  const perms = key.permissions || [];
+  return h('div', { class: 'muted small binding-summary' },
+    h('span', { 'data-binding': 'upstreams' }, t('binding.upstreams'), ': ',
+      ids.length ? ids.map((id) => names.get(id) ?? `#${id}`).join(', ') : t('binding.all_upstreams')),
+    ' · ',
+    h('span', { 'data-binding': 'permissions' }, t('binding.permissions'), ': ',
+      perms.length ? perms.map((p) => t(`permission.${p}`)).join(', ') : t('binding.all_routes')));
 }
 
 /**
@@ -165,7 +227,15 @@ export function revealKey(key, title) {
   });
 }
 
-export function createKeyDialog(onDone) {
+export async function createKeyDialog(onDone) {
+  let upstreams;
+  try {
+    upstreams = await upstreamChoices();
+  } catch (err) {
+    toast(err.message);
+    return;
+  }
+  const binding = bindingFields(null, upstreams);
   const name = textField('name', t('field.name'), { required: true });
   const description = textField('description', t('field.description'), { multiline: true });
   const expiry = expiryChoices();
@@ -174,7 +244,7 @@ export function createKeyDialog(onDone) {
   openDialog({
     title: t('title.create_key'),
     id: 'create-dialog',
-    body: h('div', { class: 'dialog-body-inner' }, name.node, description.node, expiry.node, lists.node, limits.node),
+    body: h('div', { class: 'dialog-body-inner' }, name.node, description.node, expiry.node, lists.node, binding.node, limits.node),
     actions: [{
       label: t('action.create'),
       id: 'create',
@@ -183,7 +253,7 @@ export function createKeyDialog(onDone) {
           name.input.focus();
           throw new Error(t('error.name_required'));
         }
-        const body = { name: name.input.value.trim(), ...expiry.values(), ...lists.values(), ...limits.values() };
+        const body = { name: name.input.value.trim(), ...expiry.values(), ...lists.values(), ...binding.values(), ...limits.values() };
         if (description.input.value.trim()) body.description = description.input.value.trim();
         const key = await api('POST', '/api/api-keys', body);
         onDone();
@@ -193,7 +263,15 @@ export function createKeyDialog(onDone) {
   });
 }
 
-export function editKeyDialog(key, onDone) {
+export async function editKeyDialog(key, onDone) {
+  let upstreams;
+  try {
+    upstreams = await upstreamChoices();
+  } catch (err) {
+    toast(err.message);
+    return;
+  }
+  const binding = bindingFields(key, upstreams);
   const name = textField('name', t('field.name'), { value: key.name, required: true });
   const description = textField('description', t('field.description'), { value: key.description || '', multiline: true });
   const expiry = radios('edit-expiry', [
@@ -211,12 +289,12 @@ export function editKeyDialog(key, onDone) {
     id: 'edit-dialog',
     body: h('div', { class: 'dialog-body-inner' }, name.node, description.node,
       h('fieldset', {}, h('legend', { text: t('field.expiry') }), expiry.node, customBox),
-      lists.node, limits.node),
+      lists.node, binding.node, limits.node),
     actions: [{
       label: t('action.save'),
       id: 'save',
       run: async () => {
-        const patch = { ...lists.values(), ...limits.values() };
+        const patch = { ...lists.values(), ...binding.values(), ...limits.values() };
         if (name.input.value.trim() !== key.name) patch.name = name.input.value.trim();
         const desc = description.input.value.trim();
         if (desc !== (key.description || '')) patch.description = desc || null;

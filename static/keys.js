@@ -5,7 +5,7 @@ import { confirmDialog } from './dialog.js';
 import { clear, debounce, fill, h, toast } from './dom.js';
 import { dateTime, num, relative } from './format.js';
 import { t } from './i18n.js';
-import { batchRenewDialog, createKeyDialog, editKeyDialog, renewDialog, revealKey } from './key_forms.js';
+import { batchRenewDialog, bindingSummary, createKeyDialog, editKeyDialog, renewDialog, revealKey, upstreamChoices } from './key_forms.js';
 
 const view = { page: 1, pageSize: 20, search: '', status: '', tag: '', sort: null, dir: 1 };
 
@@ -80,9 +80,13 @@ async function load(body, tagList) {
   const seq = ++loads;
   fill(body, h('p', { class: 'state state-loading', text: t('state.loading') }));
   let list;
+  let upstreams;
   try {
     const order = view.sort ? { sort: view.sort, order: view.dir > 0 ? 'asc' : 'desc' } : {};
-    list = await api('GET', `/api/api-keys${query({ page: view.page, page_size: view.pageSize, search: view.search, status: view.status, tag: view.tag, ...order })}`);
+    // The upstreams name the ones a key is bound to (a failure there only leaves ids shown).
+    [list, upstreams] = await Promise.all([
+      api('GET', `/api/api-keys${query({ page: view.page, page_size: view.pageSize, search: view.search, status: view.status, tag: view.tag, ...order })}`),
+      upstreamChoices().catch(() => null)]);
   } catch (err) {
     if (seq !== loads) return;
     fill(body, h('p', { class: 'state state-error', role: 'alert', text: t('state.error', { message: err.message }) }));
@@ -101,7 +105,7 @@ async function load(body, tagList) {
   if (list.items.length === 0) {
     body.append(h('p', { class: 'state', id: 'keys-empty', text: view.search || view.status || view.tag ? t('empty.keys_filtered') : t('empty.keys') }));
   } else {
-    body.append(table(list.items, () => load(body, tagList)));
+    body.append(table(list.items, upstreams, () => load(body, tagList)));
   }
   fill(pager, 
     h('span', { class: 'muted', id: 'key-count', text: t('pager.summary', { page: view.page, pages, total: list.total }) }),
@@ -125,7 +129,7 @@ function sortHeader(column, label) {
   return th;
 }
 
-function table(items, reload) {
+function table(items, upstreams, reload) {
   const hasLimits = items.some((k) => 'token_limit' in k || 'daily_cost' in k);
   return h('div', { class: 'table-wrap' }, h('table', { class: 'cards-on-phone', id: 'keys-table' },
     h('thead', {}, h('tr', {},
@@ -139,13 +143,17 @@ function table(items, reload) {
       h('th', { scope: 'col', text: t('col.tags') }),
       hasLimits && h('th', { scope: 'col', text: t('col.spend') }),
       h('th', { scope: 'col', text: t('col.actions') }))),
-    h('tbody', {}, items.map((key) => row(key, reload, hasLimits)))));
+    h('tbody', {}, items.map((key) => row(key, upstreams, reload, hasLimits)))));
 }
 
-function row(key, reload, hasLimits) {
+/** A key bound to some upstreams or routes says which (a key with neither may use all). */
+const bound = (key) => (key.upstream_ids || []).length > 0 || (key.permissions || []).length > 0;
+
+function row(key, upstreams, reload, hasLimits) {
   return h('tr', { 'data-key-id': key.id, 'data-key-name': key.name },
     h('td', { 'data-label': t('col.name') }, h('div', { class: 'key-name', text: key.name }),
-      key.description && h('div', { class: 'muted small', text: key.description })),
+      key.description && h('div', { class: 'muted small', text: key.description }),
+      bound(key) && bindingSummary(key, upstreams)),
     h('td', { 'data-label': t('col.key') }, h('code', { text: key.key_preview })),
     h('td', { 'data-label': t('col.status') }, badge(key)),
     h('td', { 'data-label': t('col.expires') }, expiry(key)),

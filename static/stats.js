@@ -5,6 +5,7 @@ import { callsPerDay, meter } from './chart.js';
 import { fill, h } from './dom.js';
 import { ms, num, percent, usd } from './format.js';
 import { t } from './i18n.js';
+import { bindingSummary, upstreamChoices } from './key_forms.js';
 import { badge, expiry } from './keys.js';
 
 let days = 30;
@@ -13,8 +14,10 @@ export async function renderStats(main, id) {
   fill(main, h('p', { class: 'state state-loading', text: t('state.loading') }));
   let key;
   let stats;
+  let upstreams;
   try {
-    [key, stats] = await Promise.all([api('GET', `/api/api-keys/${id}`), api('GET', `/api/api-keys/${id}/stats?days=${days}`)]);
+    [key, stats, upstreams] = await Promise.all([api('GET', `/api/api-keys/${id}`), api('GET', `/api/api-keys/${id}/stats?days=${days}`),
+      upstreamChoices().catch(() => null)]);
   } catch (err) {
     fill(main, h('a', { class: 'back', href: '#/keys' }, `← ${t('nav.back_to_keys')}`),
       h('p', { class: 'state state-error', role: 'alert', text: t('state.error', { message: err.message }) }));
@@ -29,6 +32,7 @@ export async function renderStats(main, id) {
   fill(main, 
     h('a', { class: 'back', href: '#/keys' }, `← ${t('nav.back_to_keys')}`),
     h('h1', {}, t('title.stats', { name: key.name }), ' ', badge(key)),
+    bindingSummary(key, upstreams),
     h('div', { class: 'toolbar' }, range,
       h('span', { class: 'muted' }, t('col.expires'), ': ', expiry(key)),
       h('a', { class: 'btn', href: `#/keys/${id}/logs` }, t('action.logs'))),

@@ -32,6 +32,33 @@ fn node_and_chromium() -> (PathBuf, PathBuf) {
     (PathBuf::from(node), PathBuf::from(chromium))
 }
 
+/// Runs `tests/browser/<script>` against `app` (screenshots to target/console-screenshots);
+/// fails with its output unless it exits 0. Returns its stdout.
+async fn run_browser_script(script: &str, app: &TestApp) -> String {
+    let (node, chromium) = node_and_chromium();
+    let script = manifest_dir().join("tests/browser").join(script);
+    let shots = manifest_dir().join("target/console-screenshots");
+    let base = app.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(node)
+            .arg(script)
+            .arg(base)
+            .arg(ADMIN_TOKEN)
+            .arg(shots)
+            .env("KEYGATE_TEST_CHROMIUM", chromium)
+            .output()
+            .unwrap_or_else(|err| {
+                panic!("cannot run node ({err}): install Node.js, or set KEYGATE_TEST_NODE")
+            })
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    stdout
+}
+
 #[tokio::test]
 async fn console_page_has_a_strict_policy_and_no_inline_code() {
     let app = spawn_app().await;
@@ -101,7 +128,7 @@ async fn console_assets_need_no_login_but_its_data_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_works_in_headless_chromium() {
-    let (node, chromium) = node_and_chromium();
+    node_and_chromium();
     let app = spawn_app().await;
     // A week of calls on the server's clock: 35 succeed (two models), 3 fail.
     let (_, jobs) = app
@@ -136,26 +163,7 @@ async fn console_works_in_headless_chromium() {
         .create_key(json!({"name": "expiring soon key", "expires_days": 3}))
         .await;
 
-    let script = manifest_dir().join("tests/browser/console.mjs");
-    let shots = manifest_dir().join("target/console-screenshots");
-    let base = app.base.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(node)
-            .arg(script)
-            .arg(base)
-            .arg(ADMIN_TOKEN)
-            .arg(shots)
-            .env("KEYGATE_TEST_CHROMIUM", chromium)
-            .output()
-            .unwrap_or_else(|err| {
-                panic!("cannot run node ({err}): install Node.js, or set KEYGATE_TEST_NODE")
-            })
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = run_browser_script("console.mjs", &app).await;
     assert!(stdout.contains("console: all checks passed"), "{stdout}");
 
     // What the browser did is what the server has.
@@ -178,4 +186,44 @@ async fn console_works_in_headless_chromium() {
         .find(|k| k["name"] == "one day key")
         .unwrap();
     assert_eq!(revoked["status"], "revoked");
+}
+
+/// The Upstreams page and the key dialog's binding, driven by `tests/browser/upstreams.mjs`:
+/// what the browser did is what the server has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_manages_upstreams_in_headless_chromium() {
+    node_and_chromium();
+    let app = spawn_app().await;
+    let stdout = run_browser_script("upstreams.mjs", &app).await;
+    assert!(stdout.contains("upstreams: all checks passed"), "{stdout}");
+
+    let (_, list) = app.get("/api/upstreams").await;
+    let items = list["items"].as_array().unwrap();
+    let names: Vec<&str> = items.iter().map(|u| u["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default", "openai-main"], "{list}");
+    let main = &items[1];
+    assert_eq!(main["has_api_key"], true, "{main}");
+    assert_eq!(
+        main["api_key_preview"], "…ABCD",
+        "the credential typed last"
+    );
+    assert_eq!(main["base_url"], "https://api.openai.com/v1");
+    assert_eq!(main["models"], json!(["gpt-4o*", "gpt-4.1", "o3"]));
+    assert_eq!(main["model_map"], json!({"gpt-4": "gpt-4o"}));
+    assert_eq!(
+        main["extra_headers"],
+        json!({"openai-organization": "org-123"})
+    );
+    assert_eq!((&main["priority"], &main["weight"]), (&json!(5), &json!(7)));
+    assert_eq!(main["enabled"], true);
+    assert!(main.get("api_key").is_none(), "{main}");
+
+    let (_, keys) = app.get("/api/api-keys?search=claude%20code%20key").await;
+    let key = &keys["items"][0];
+    assert_eq!(
+        key["upstream_ids"],
+        json!([0]),
+        "claude-main was taken out: {key}"
+    );
+    assert_eq!(key["permissions"], json!(["anthropic"]));
 }

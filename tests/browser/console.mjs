@@ -255,9 +255,11 @@ async function main() {
   await page.fill('#create-dialog input[name="name"]', 'bad ip key');
   await page.fill('#create-dialog input[name="allowed_ips"]', 'not-an-ip');
   await page.click('#create-dialog [data-action="create"]');
-  const alert = page.locator('#create-dialog .alert[role="alert"]:not([hidden])');
+  // Next to the field the 400 names, which gets the focus.
+  const alert = page.locator('#create-dialog label:has(input[name="allowed_ips"]) .field-error[role="alert"]');
   await alert.waitFor();
-  assert.match(await alert.textContent(), /allowed_ips/);
+  assert.match(await alert.textContent(), /^allowed_ips\[0\]: /);
+  assert.equal(await page.evaluate(() => document.activeElement.name), 'allowed_ips');
   await page.keyboard.press('Escape');
   await page.locator('#create-dialog').waitFor({ state: 'detached' });
   ok(step);
