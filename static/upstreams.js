@@ -89,7 +89,29 @@ function row(u, reload) {
     cell('col.enabled', h('span', { text: u.enabled ? t('misc.yes') : t('misc.no') })),
     cell('col.status', statusCell(u.status)),
     cell('col.bound_keys', h('span', { class: 'num', text: num(u.bound_keys) })),
-    cell('col.actions', u.builtin ? h('span', { class: 'muted small', text: t('upstream.read_only') }) : actions(u, reload)));
+    cell('col.actions', u.builtin
+      ? h('div', { class: 'actions' }, testButton(u), h('span', { class: 'muted small', text: t('upstream.read_only') }))
+      : actions(u, reload)));
+}
+
+/** Asks the upstream for its model list with its credential (POST /api/upstreams/{id}/test). */
+function testButton(u) {
+  const label = t('action.test');
+  const run = async (event) => {
+    const button = event.currentTarget;
+    button.disabled = true;
+    try {
+      const probe = await api('POST', `/api/upstreams/${u.id}/test`);
+      toast(probe.ok
+        ? t('msg.upstream_test_ok', { name: u.name, status: probe.status, ms: num(probe.latency_ms), n: probe.models ?? '?' })
+        : t('msg.upstream_test_failed', { name: u.name, ms: num(probe.latency_ms), error: probe.error || '' }));
+    } catch (err) {
+      toast(err.message);
+    } finally {
+      button.disabled = false;
+    }
+  };
+  return h('button', { type: 'button', class: 'btn btn-small', 'data-action': 'test', 'aria-label': `${label}: ${u.name}`, onClick: run }, label);
 }
 
 function actions(u, reload) {
@@ -104,6 +126,7 @@ function actions(u, reload) {
     reload();
   };
   return h('div', { class: 'actions' },
+    testButton(u),
     button('edit', t('action.edit'), () => editUpstreamDialog(u, reload)),
     u.enabled
       ? button('disable', t('action.disable'), () => toggle(false))

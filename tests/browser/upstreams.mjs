@@ -114,8 +114,11 @@ async function main() {
   const builtin = row(page, 'default');
   assert.match(await builtin.textContent(), /KEYGATE_UPSTREAM_URL/);
   assert.match(await builtin.textContent(), /Read-only/);
-  assert.equal(await builtin.locator('button').count(), 0, 'no action on the built-in upstream');
+  assert.deepEqual(await builtin.locator('button').evaluateAll((bs) => bs.map((b) => b.dataset.action)), ['test'], 'only a test on the built-in upstream');
   await expectState(page, 'default', 'healthy', /^Healthy$/);
+  // Test: asks it for its model list (the mock answers), the answer in a toast.
+  await builtin.locator('[data-action="test"]').click();
+  await page.waitForFunction(() => /Upstream default answered HTTP 200 in \d+ ms \(1 models\)/.test(document.querySelector('#toast.show')?.textContent || ''));
   assert.match(await page.textContent('#upstreams-empty'), /No upstreams configured/);
   ok(step);
 
