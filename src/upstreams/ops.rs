@@ -25,6 +25,19 @@ pub struct Deleted {
 /// The stored row of `spec`, its credential encrypted (or `encrypted` kept when given: the
 /// credential did not change).
 fn row_of(keyring: &Keyring, spec: &UpstreamSpec, encrypted: Option<String>) -> UpstreamRow {
+    stored(
+        spec,
+        encrypted.or_else(|| {
+            spec.api_key
+                .as_ref()
+                .map(|key| keyring.fernet.encrypt(key.as_bytes()))
+        }),
+    )
+}
+
+/// The stored row of `spec` with the credential column `encrypted_api_key` (`spec.api_key`
+/// is not read).
+pub fn stored(spec: &UpstreamSpec, encrypted_api_key: Option<String>) -> UpstreamRow {
     let json =
         |value: serde_json::Result<String>, empty: &str| value.unwrap_or_else(|_| empty.into());
     UpstreamRow {
@@ -32,11 +45,7 @@ fn row_of(keyring: &Keyring, spec: &UpstreamSpec, encrypted: Option<String>) -> 
         name: spec.name.clone(),
         kind: spec.kind.as_str().into(),
         base_url: spec.base_url.clone(),
-        encrypted_api_key: encrypted.or_else(|| {
-            spec.api_key
-                .as_ref()
-                .map(|key| keyring.fernet.encrypt(key.as_bytes()))
-        }),
+        encrypted_api_key,
         auth_header: spec.auth_header.as_str().into(),
         models: json(serde_json::to_string(&spec.models), "[]"),
         model_map: json(serde_json::to_string(&spec.model_map), "{}"),

@@ -140,11 +140,14 @@ async fn a_full_export_imports_losslessly_into_a_fresh_database() {
     }
     let export: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     let metadata = &export["metadata"];
-    assert_eq!(metadata["format_version"], 3);
+    assert_eq!(metadata["format_version"], 4);
     assert_eq!(metadata["keygate_version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(metadata["counts"], json!({"apikeys": 3, "logs": 6}));
+    assert_eq!(
+        metadata["counts"],
+        json!({"upstreams": 0, "apikeys": 3, "logs": 6})
+    );
     assert_eq!(metadata["sanitized"], false);
-    assert_eq!(metadata["types"], json!(["apikeys", "logs"]));
+    assert_eq!(metadata["types"], json!(["upstreams", "apikeys", "logs"]));
     assert!(keygate::clock::parse_rfc3339(metadata["exported_at"].as_str().unwrap()).is_some());
     let alpha = &export["data"]["apikeys"][0];
     assert_eq!(
@@ -463,14 +466,14 @@ async fn a_corrupt_file_changes_nothing_and_says_where() {
         error.contains("`metadata` must come before `data`"),
         "{error}"
     );
-    std::fs::write(&other, r#"{"metadata": {"format_version": 4}, "data": {}}"#).unwrap();
+    std::fs::write(&other, r#"{"metadata": {"format_version": 5}, "data": {}}"#).unwrap();
     let error = fails(
         &db,
         dir.path(),
         &["data", "import", "--input", path_str(&other)],
     );
     assert!(
-        error.contains("format_version is 4") && error.contains("reads versions 1 to 3"),
+        error.contains("format_version is 5") && error.contains("reads versions 1 to 4"),
         "{error}"
     );
 }
