@@ -269,7 +269,7 @@ async fn export_and_import_keep_cost_and_old_exports_import_at_cost_0() {
 
     // The same file as a version 1 export wrote it: no cost, no cached tokens.
     let mut export: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    assert_eq!(export["metadata"]["format_version"], 3);
+    assert_eq!(export["metadata"]["format_version"], 4);
     export["metadata"]["format_version"] = json!(1);
     for log in export["data"]["logs"].as_array_mut().unwrap() {
         let log = log.as_object_mut().unwrap();

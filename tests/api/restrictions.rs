@@ -599,7 +599,7 @@ async fn export_and_import_carry_restrictions_and_old_files_still_import() {
     let file_text = file.to_str().unwrap();
     ok(&app, &["data", "export", "--output", file_text]);
     let export: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    assert_eq!(export["metadata"]["format_version"], 3);
+    assert_eq!(export["metadata"]["format_version"], 4);
     let row = &export["data"]["apikeys"][0];
     assert_eq!(row["allowed_clients"], json!(["my-app*"]));
     assert_eq!(row["tags"], json!(["t"]));
