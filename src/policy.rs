@@ -197,7 +197,7 @@ pub fn validate_permissions(entries: &[String]) -> Result<Vec<Kind>, Invalid> {
             field: format!("permissions[{i}]"),
             message: format!(
                 "`{}` is not a permission; send openai (the OpenAI-compatible routes) or anthropic (/v1/messages)",
-                crate::cli::keys::printable(entry)
+                entry.escape_debug()
             ),
         })?;
         if !kept.contains(&kind) {

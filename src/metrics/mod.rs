@@ -205,7 +205,12 @@ fn upstream_series(state: &AppState, text: &mut Exposition) {
     let table = state.upstreams.table();
     let now = state.clock.now_ms();
     /// A family's name, type, help, and its value for one upstream at a time.
-    type Family = (&'static str, &'static str, &'static str, fn(&HealthState, i64) -> f64);
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&HealthState, i64) -> f64,
+    );
     let families: [Family; 4] = [
         (
             "keygate_upstream_requests_total",

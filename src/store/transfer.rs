@@ -14,6 +14,7 @@ use sqlx::{
 use super::keys::{bind_key, key_sql, KeyRow};
 use super::log_batch::{rollup_add, rollup_columns};
 use super::logs::{bind_log, log_sql, LogRow};
+use super::upstreams::{self, UpstreamRow};
 use crate::clock::{day_text, MS_PER_DAY};
 
 /// A read transaction: counts and rows read in it all come from one snapshot, so an export
@@ -24,6 +25,12 @@ pub async fn begin_read(pool: &SqlitePool) -> sqlx::Result<Transaction<'static, 
 
 pub async fn count_keys(conn: &mut SqliteConnection) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+        .fetch_one(conn)
+        .await
+}
+
+pub async fn count_upstreams(conn: &mut SqliteConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM upstreams")
         .fetch_one(conn)
         .await
 }
@@ -103,6 +110,8 @@ pub struct Stage {
     usage: StagedUsage,
     /// Rows staged by `put_log` (the only ones that may overwrite a row of the database).
     overwrites: u64,
+    /// Upstreams staged.
+    upstreams: u64,
 }
 
 impl Stage {
@@ -143,6 +152,7 @@ impl Stage {
             uncommitted: None,
             usage: StagedUsage::default(),
             overwrites: 0,
+            upstreams: 0,
         };
         // Throwaway: no journal, no fsync. `overwrite`: the row existed in the database when
         // it was staged (a conflict resolved by overwriting it).
@@ -155,8 +165,11 @@ impl Stage {
              CREATE TABLE stage.api_keys (id INTEGER PRIMARY KEY, {key_columns}, \
              overwrite INTEGER NOT NULL); \
              CREATE TABLE stage.api_call_logs (id INTEGER PRIMARY KEY, {}, \
+             overwrite INTEGER NOT NULL); \
+             CREATE TABLE stage.upstreams (id INTEGER PRIMARY KEY, {}, \
              overwrite INTEGER NOT NULL);",
-            log_sql().data
+            log_sql().data,
+            upstreams::DATA
         ))
         .execute(&mut stage.conn)
         .await?;
@@ -243,6 +256,30 @@ impl Stage {
                 ))
             }
         };
+        // Upstreams first: the keys bound to them name their ids.
+        let columns = upstreams::DATA;
+        let overwrite_upstream = columns
+            .split(", ")
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        sqlx::query(&format!(
+            "INSERT INTO main.upstreams (id, {columns}) SELECT id, {columns} FROM stage.upstreams \
+             WHERE NOT overwrite ORDER BY id"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(write("new upstreams"))?;
+        sqlx::query(&format!(
+            "INSERT INTO main.upstreams (id, {columns}) SELECT id, {columns} FROM stage.upstreams \
+             WHERE overwrite ORDER BY id ON CONFLICT (id) DO UPDATE SET {overwrite_upstream}"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(write("overwritten upstreams"))?;
+        if self.upstreams > 0 {
+            upstreams::bump_generation(&mut *tx).await?;
+        }
         let keys = key_sql();
         let (all, data) = (&keys.select, &keys.data);
         sqlx::query(&format!(
@@ -619,6 +656,73 @@ pub async fn put_key(stage: &mut Stage, id: i64, key: &KeyRow) -> sqlx::Result<(
     .bind(id)
     .execute(stage.conn())
     .await?;
+    stage.staged().await
+}
+
+/// The upstream named `name`: staged by this import, else in the database.
+pub async fn upstream_named(stage: &mut Stage, name: &str) -> sqlx::Result<Option<UpstreamRow>> {
+    let columns = upstreams::DATA;
+    sqlx::query_as(&format!(
+        "SELECT id, {columns} FROM stage.upstreams WHERE name = ?1 \
+         UNION ALL SELECT id, {columns} FROM main.upstreams WHERE name = ?1 \
+         AND id NOT IN (SELECT id FROM stage.upstreams) LIMIT 1"
+    ))
+    .bind(name)
+    .fetch_optional(stage.conn())
+    .await
+}
+
+/// The id a new upstream of the file (`file_id` there) gets: its own when this database never
+/// gave it (ids are not reused: call-log rows keep naming the upstream that answered), else the
+/// next one.
+pub async fn new_upstream_id(stage: &mut Stage, file_id: i64) -> sqlx::Result<i64> {
+    // The largest id the database ever gave, the largest staged, and whether `file_id` is staged.
+    let (given, staged, file_id_staged): (i64, i64, bool) = sqlx::query_as(
+        "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM main.upstreams), \
+         (SELECT COALESCE(MAX(seq), 0) FROM main.sqlite_sequence WHERE name = 'upstreams')), \
+         (SELECT COALESCE(MAX(id), 0) FROM stage.upstreams), \
+         EXISTS (SELECT 1 FROM stage.upstreams WHERE id = ?)",
+    )
+    .bind(file_id)
+    .fetch_one(stage.conn())
+    .await?;
+    Ok(if file_id > given && !file_id_staged {
+        file_id
+    } else {
+        given.max(staged) + 1
+    })
+}
+
+/// The database (staged or existing) has upstream `id`.
+pub async fn upstream_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM stage.upstreams WHERE id = ?1) \
+         OR EXISTS (SELECT 1 FROM main.upstreams WHERE id = ?1)",
+    )
+    .bind(id)
+    .fetch_one(stage.conn())
+    .await
+}
+
+/// Stages `upstream` under `id`: a new row, or written over the database's upstream `id`.
+pub async fn put_upstream(stage: &mut Stage, id: i64, upstream: &UpstreamRow) -> sqlx::Result<()> {
+    stage.begin().await?;
+    let columns = upstreams::DATA;
+    let params = (1..=15)
+        .map(|n| format!("?{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _: UpstreamRow = upstreams::bind_upstream(
+        sqlx::query_as(&format!(
+            "INSERT OR REPLACE INTO stage.upstreams ({columns}, id, overwrite) VALUES ({params}, ?16, \
+             EXISTS (SELECT 1 FROM main.upstreams WHERE id = ?16)) RETURNING id, {columns}"
+        )),
+        upstream,
+    )
+    .bind(id)
+    .fetch_one(stage.conn())
+    .await?;
+    stage.upstreams += 1;
     stage.staged().await
 }
 

@@ -37,12 +37,12 @@ pub async fn list<'e>(db: impl SqliteExecutor<'e>) -> sqlx::Result<Vec<UpstreamR
         .await
 }
 
-/// The columns `insert` and `update` write, in their bind order (`bind_upstream`).
-const DATA: &str = "name, kind, base_url, encrypted_api_key, auth_header, models, model_map, \
+/// The columns `insert` and `update` write (all but `id`), in their bind order (`bind_upstream`).
+pub const DATA: &str = "name, kind, base_url, encrypted_api_key, auth_header, models, model_map, \
      priority, weight, enabled, timeout_seconds, stream_usage, extra_headers, created_at, updated_at";
 
-/// Binds `DATA`'s columns of `row`, in order.
-fn bind_upstream<'q>(
+/// Binds `DATA`'s columns of `row`, in order (`?1` to `?15`).
+pub(crate) fn bind_upstream<'q>(
     query: sqlx::query::QueryAs<'q, sqlx::Sqlite, UpstreamRow, sqlx::sqlite::SqliteArguments<'q>>,
     row: &'q UpstreamRow,
 ) -> sqlx::query::QueryAs<'q, sqlx::Sqlite, UpstreamRow, sqlx::sqlite::SqliteArguments<'q>> {

@@ -198,7 +198,7 @@ pub fn name(text: &str) -> Result<String, ApiError> {
     {
         return Err(invalid(&format!(
             "`{}` has other characters",
-            crate::cli::keys::printable(text)
+            text.escape_debug()
         )));
     }
     if text.chars().all(|c| c.is_ascii_digit()) {
@@ -219,7 +219,7 @@ pub fn kind(text: &str) -> Result<Kind, ApiError> {
             "kind",
             format!(
                 "`{}` is not a kind; send openai (any OpenAI-compatible API) or anthropic (the Messages API)",
-                crate::cli::keys::printable(text)
+                text.escape_debug()
             ),
         )
     })
@@ -231,7 +231,7 @@ pub fn auth_header(text: &str) -> Result<AuthHeader, ApiError> {
             "auth_header",
             format!(
                 "`{}` is not one of bearer (Authorization: Bearer), api-key (Azure) or x-api-key (Anthropic)",
-                crate::cli::keys::printable(text)
+                text.escape_debug()
             ),
         )
     })
@@ -245,7 +245,7 @@ pub fn stream_usage(text: &str) -> Result<StreamUsage, ApiError> {
             "stream_usage",
             format!(
                 "`{}` is not one of inject (ask streams for their usage) or off",
-                crate::cli::keys::printable(other)
+                other.escape_debug()
             ),
         )),
     }
@@ -260,7 +260,7 @@ pub fn base_url(text: &str) -> Result<String, ApiError> {
         )
     };
     let text = text.trim().trim_end_matches('/');
-    let shown = || crate::cli::keys::printable(text).into_owned();
+    let shown = || text.escape_debug().to_string();
     if text.is_empty() {
         return Err(invalid("is empty".into()));
     }
@@ -357,7 +357,7 @@ pub fn model_map(map: &BTreeMap<String, String>) -> Result<BTreeMap<String, Stri
     };
     let mut checked = BTreeMap::new();
     for (from, to) in map {
-        let shown = crate::cli::keys::printable(from);
+        let shown = from.escape_debug();
         let from = name(from).ok_or_else(|| {
             ApiError::invalid(
                 "model_map",
@@ -444,7 +444,7 @@ pub fn extra_headers(map: &BTreeMap<String, String>) -> Result<BTreeMap<String, 
     }
     let mut checked = BTreeMap::new();
     for (name, value) in map {
-        let shown = crate::cli::keys::printable(name);
+        let shown = name.escape_debug();
         let header = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
             ApiError::invalid(
                 "extra_headers",

@@ -25,6 +25,19 @@ pub struct Deleted {
 /// The stored row of `spec`, its credential encrypted (or `encrypted` kept when given: the
 /// credential did not change).
 fn row_of(keyring: &Keyring, spec: &UpstreamSpec, encrypted: Option<String>) -> UpstreamRow {
+    stored(
+        spec,
+        encrypted.or_else(|| {
+            spec.api_key
+                .as_ref()
+                .map(|key| keyring.fernet.encrypt(key.as_bytes()))
+        }),
+    )
+}
+
+/// The stored row of `spec` with the credential column `encrypted_api_key` (`spec.api_key`
+/// is not read).
+pub fn stored(spec: &UpstreamSpec, encrypted_api_key: Option<String>) -> UpstreamRow {
     let json =
         |value: serde_json::Result<String>, empty: &str| value.unwrap_or_else(|_| empty.into());
     UpstreamRow {
@@ -32,11 +45,7 @@ fn row_of(keyring: &Keyring, spec: &UpstreamSpec, encrypted: Option<String>) -> 
         name: spec.name.clone(),
         kind: spec.kind.as_str().into(),
         base_url: spec.base_url.clone(),
-        encrypted_api_key: encrypted.or_else(|| {
-            spec.api_key
-                .as_ref()
-                .map(|key| keyring.fernet.encrypt(key.as_bytes()))
-        }),
+        encrypted_api_key,
         auth_header: spec.auth_header.as_str().into(),
         models: json(serde_json::to_string(&spec.models), "[]"),
         model_map: json(serde_json::to_string(&spec.model_map), "{}"),
@@ -54,9 +63,16 @@ fn row_of(keyring: &Keyring, spec: &UpstreamSpec, encrypted: Option<String>) -> 
     }
 }
 
-/// The spec of a stored row (a row this server cannot read is a 500 naming it in the log).
+/// The spec of a stored row; one this server cannot read (a credential encrypted with another
+/// Fernet key, a row edited by hand) is a 500 saying which and what to do.
 fn spec_of(keyring: &Keyring, row: UpstreamRow) -> Result<UpstreamSpec, ApiError> {
-    Ok(UpstreamSpec::from_row(row, &keyring.fernet)?)
+    let (id, name) = (row.id, row.name.clone());
+    UpstreamSpec::from_row(row, &keyring.fernet).map_err(|err| {
+        ApiError::Failed(format!(
+            "{err:#}; give upstream `{name}` its credential again (PATCH /api/upstreams/{id} \
+             with api_key, or `keygate upstreams edit {id} --api-key-stdin`) or delete it"
+        ))
+    })
 }
 
 fn name_taken(name: &str) -> ApiError {
@@ -68,17 +84,6 @@ fn name_taken(name: &str) -> ApiError {
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     err.as_database_error()
         .is_some_and(|db| db.is_unique_violation())
-}
-
-/// A stored row of `spec` as it was encrypted before, or encrypted afresh when the credential changed.
-fn credential_kept(
-    before: &UpstreamSpec,
-    after: &UpstreamSpec,
-    stored: &UpstreamRow,
-) -> Option<String> {
-    (before.api_key == after.api_key)
-        .then(|| stored.encrypted_api_key.clone())
-        .flatten()
 }
 
 /// The non-secret fields of an upstream as the audit trail shows them; the credential only
@@ -191,7 +196,18 @@ pub async fn update(
     let stored = store::upstreams::get(&mut *tx, id)
         .await?
         .ok_or(ApiError::NotFound("upstream"))?;
-    let before = spec_of(keyring, stored.clone())?;
+    let before = match spec_of(keyring, stored.clone()) {
+        Ok(spec) => spec,
+        // A credential this server cannot decrypt can still be replaced or removed.
+        Err(_) if patch.api_key.is_some() => spec_of(
+            keyring,
+            UpstreamRow {
+                encrypted_api_key: None,
+                ..stored.clone()
+            },
+        )?,
+        Err(err) => return Err(err),
+    };
     let mut spec = before.clone();
     form::apply(&mut spec, patch)?;
     if spec.name != before.name
@@ -202,7 +218,13 @@ pub async fn update(
         return Err(name_taken(&spec.name));
     }
     spec.updated_at = now;
-    let row = row_of(keyring, &spec, credential_kept(&before, &spec, &stored));
+    // An unchanged credential keeps its stored token.
+    let kept = patch
+        .api_key
+        .is_none()
+        .then(|| stored.encrypted_api_key.clone())
+        .flatten();
+    let row = row_of(keyring, &spec, kept);
     store::upstreams::update(&mut *tx, &row)
         .await
         .map_err(|err| match is_unique_violation(&err) {

@@ -142,9 +142,12 @@ async fn a_full_export_imports_losslessly_into_a_fresh_database() {
     let metadata = &export["metadata"];
     assert_eq!(metadata["format_version"], 4);
     assert_eq!(metadata["keygate_version"], env!("CARGO_PKG_VERSION"));
-    assert_eq!(metadata["counts"], json!({"apikeys": 3, "logs": 6}));
+    assert_eq!(
+        metadata["counts"],
+        json!({"upstreams": 0, "apikeys": 3, "logs": 6})
+    );
     assert_eq!(metadata["sanitized"], false);
-    assert_eq!(metadata["types"], json!(["apikeys", "logs"]));
+    assert_eq!(metadata["types"], json!(["upstreams", "apikeys", "logs"]));
     assert!(keygate::clock::parse_rfc3339(metadata["exported_at"].as_str().unwrap()).is_some());
     let alpha = &export["data"]["apikeys"][0];
     assert_eq!(

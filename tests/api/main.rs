@@ -32,5 +32,6 @@ mod stream_usage;
 mod upstream_wire;
 mod upstreams_admin;
 mod upstreams_cli;
+mod upstreams_data;
 mod webhooks;
 mod wire_fuzz;

@@ -498,3 +498,79 @@ async fn keys_are_bound_to_upstreams_and_permissions_checked_and_shown() {
         .await;
     assert_eq!(status, 400, "{answer}");
 }
+
+#[tokio::test]
+async fn an_unreadable_upstream_is_left_out_of_routing_and_says_how_to_repair_it() {
+    let app = spawn_app().await;
+    let broken = create_upstream(&app, json!({"name": "broken", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": CREDENTIAL})).await;
+    // A credential this server cannot decrypt (as after a change of Fernet key).
+    sqlx::query("UPDATE upstreams SET encrypted_api_key = 'not-a-token' WHERE id = ?")
+        .bind(broken["id"].as_i64().unwrap())
+        .execute(&app.state.pool)
+        .await
+        .unwrap();
+    // Other changes go on; the relay routes over the upstreams it can read (the unreadable
+    // one is left out, with an error in the server log).
+    let (status, body) = app
+        .post(
+            "/api/upstreams",
+            json!({"name": "fine", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let names: Vec<String> = app
+        .state
+        .upstreams
+        .table()
+        .specs()
+        .iter()
+        .map(|u| u.name.clone())
+        .collect();
+    assert_eq!(names, ["fine"]);
+    // The unreadable one says what to do; a new credential repairs it.
+    let id = broken["id"].as_i64().unwrap();
+    let (status, body) = app.get(&format!("/api/upstreams/{id}")).await;
+    assert_eq!(status, 500, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot be decrypted") && message.contains("api_key"),
+        "{message}"
+    );
+    let (status, body) = app
+        .patch(&format!("/api/upstreams/{id}"), json!({"weight": 2}))
+        .await;
+    assert_eq!(status, 500, "{body}");
+    let (status, body) = app
+        .patch(
+            &format!("/api/upstreams/{id}"),
+            json!({"api_key": "sk-repaired-credential-0000000"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<String> = app
+        .state
+        .upstreams
+        .table()
+        .specs()
+        .iter()
+        .map(|u| u.name.clone())
+        .collect();
+    assert_eq!(names, ["broken", "fine"]);
+    // An unreadable one can also be deleted.
+    sqlx::query("UPDATE upstreams SET encrypted_api_key = 'not-a-token' WHERE id = ?")
+        .bind(id)
+        .execute(&app.state.pool)
+        .await
+        .unwrap();
+    let (status, body) = delete(&app, &format!("/api/upstreams/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    let names: Vec<String> = app
+        .state
+        .upstreams
+        .table()
+        .specs()
+        .iter()
+        .map(|u| u.name.clone())
+        .collect();
+    assert_eq!(names, ["fine"]);
+}

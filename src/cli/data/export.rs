@@ -15,7 +15,8 @@ use crate::clock::rfc3339;
 use crate::key_ops::Keyring;
 use crate::relay::redact::redact;
 use crate::store::keys::KeyRow;
-use crate::store::transfer;
+use crate::store::upstreams::UpstreamRow;
+use crate::store::{self, transfer};
 
 /// Rows an export reads per statement.
 const ROWS_PER_READ: i64 = 10_000;
@@ -45,18 +46,22 @@ pub async fn export(
     };
     let counted = counts
         .iter()
+        // A setup without upstreams: said as before they existed.
+        .filter(|(data_type, n)| *data_type != DataType::Upstreams || *n > 0)
         .map(|(data_type, n)| match data_type {
+            DataType::Upstreams => format!("{n} upstream(s)"),
             DataType::ApiKeys => format!("{n} API key(s)"),
             DataType::Logs => format!("{n} call log(s)"),
         })
         .collect::<Vec<_>>()
         .join(" and ");
     let note = if args.sanitize {
-        "sanitized: no key hashes or encrypted keys, IP addresses masked, credentials redacted \
-         from error messages; keys imported from it cannot authenticate until they are \
-         regenerated"
+        "sanitized: no key hashes, encrypted keys or upstream credentials, IP addresses \
+         masked, credentials redacted from error messages; keys imported from it cannot \
+         authenticate until they are regenerated, upstreams have no credential until one is set"
     } else {
-        "not sanitized: it holds key hashes and encrypted keys, keep it private"
+        "not sanitized: it holds key hashes, encrypted keys and encrypted upstream credentials, \
+         keep it private"
     };
     println!("Exported {counted} to {} ({note}).", path.display());
     Ok(())
@@ -98,6 +103,7 @@ async fn write_export(
     let mut counts = Vec::new();
     for &data_type in types {
         let n = match data_type {
+            DataType::Upstreams => transfer::count_upstreams(&mut tx).await?,
             DataType::ApiKeys => transfer::count_keys(&mut tx).await?,
             DataType::Logs => transfer::count_logs(&mut tx).await?,
         };
@@ -129,6 +135,17 @@ async fn write_export(
         loop {
             let before = written;
             match data_type {
+                // A handful of rows: read at once.
+                DataType::Upstreams => {
+                    for row in store::upstreams::list(&mut *tx).await? {
+                        let exported = ExportedUpstream {
+                            row: &row,
+                            sanitize: sanitize.is_some(),
+                        };
+                        write_row(&mut out, written, &exported)?;
+                        written += 1;
+                    }
+                }
                 DataType::ApiKeys => {
                     let mut rows = transfer::keys_after(&mut tx, after, ROWS_PER_READ);
                     while let Some(row) = rows.try_next().await? {
@@ -159,7 +176,7 @@ async fn write_export(
                 }
             }
             progress.inc(written - before);
-            if written - before < ROWS_PER_READ as u64 {
+            if data_type == DataType::Upstreams || written - before < ROWS_PER_READ as u64 {
                 break;
             }
         }
@@ -225,6 +242,42 @@ impl Serialize for ExportedKey<'_> {
                 map.serialize_entry(field, value)?;
             }
         }
+        map.end()
+    }
+}
+
+/// An upstream as the file holds it: its columns by name (lists and maps as JSON, times in
+/// RFC 3339), the credential as its Fernet token (`encrypted_api_key`, readable only with this
+/// server's Fernet key); sanitized, without it (`has_api_key` says whether there was one).
+struct ExportedUpstream<'a> {
+    row: &'a UpstreamRow,
+    sanitize: bool,
+}
+
+impl Serialize for ExportedUpstream<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.row;
+        let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("id", &r.id)?;
+        map.serialize_entry("name", &r.name)?;
+        map.serialize_entry("kind", &r.kind)?;
+        map.serialize_entry("base_url", &r.base_url)?;
+        map.serialize_entry("has_api_key", &r.encrypted_api_key.is_some())?;
+        if !self.sanitize {
+            map.serialize_entry("encrypted_api_key", &r.encrypted_api_key)?;
+        }
+        map.serialize_entry("auth_header", &r.auth_header)?;
+        map.serialize_entry("models", &json(&r.models))?;
+        map.serialize_entry("model_map", &json(&r.model_map))?;
+        map.serialize_entry("priority", &r.priority)?;
+        map.serialize_entry("weight", &r.weight)?;
+        map.serialize_entry("enabled", &r.enabled)?;
+        map.serialize_entry("timeout_seconds", &r.timeout_seconds)?;
+        map.serialize_entry("stream_usage", &r.stream_usage)?;
+        map.serialize_entry("extra_headers", &json(&r.extra_headers))?;
+        map.serialize_entry("created_at", &rfc3339(r.created_at))?;
+        map.serialize_entry("updated_at", &rfc3339(r.updated_at))?;
         map.end()
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use indicatif::ProgressBar;
 use tokio::sync::mpsc;
 
-use super::parse::{parse_export, ImportedKey, Item};
+use super::parse::{parse_export, ImportedKey, ImportedUpstream, Item};
 use super::{progress_bar, DataType, ImportArgs};
 use crate::cli::keys::printable;
 use crate::key_ops::Keyring;
@@ -17,6 +17,7 @@ use crate::keys;
 use crate::store::keys::KeyRow;
 use crate::store::logs::LogRow;
 use crate::store::transfer::{self, KeyClash, Stage};
+use crate::upstreams::spec::DEFAULT_ID;
 
 /// Conflicts named in the error that refuses an import.
 const CONFLICTS_LISTED: usize = 5;
@@ -83,6 +84,13 @@ pub async fn import(keyring: &Keyring, args: &ImportArgs) -> anyhow::Result<()> 
                 moved.keys, moved.logs
             );
         }
+    }
+    if importer.tally.upstream_credentials_dropped > 0 {
+        println!(
+            "{} new upstream(s) come without their credential (a sanitized export): set it with \
+             `keygate upstreams edit NAME --api-key-stdin` (or PATCH /api/upstreams/{{id}}).",
+            importer.tally.upstream_credentials_dropped
+        );
     }
     if importer.tally.keys_to_regenerate > 0 {
         println!(
@@ -159,6 +167,7 @@ enum Resolve {
 
 #[derive(Default)]
 struct Choices {
+    upstreams: HashMap<i64, bool>,
     keys: HashMap<i64, bool>,
     logs: HashMap<i64, bool>,
     /// "a(ll)" (true) or "s(kip all)" (false): the answer for every later conflict.
@@ -167,6 +176,8 @@ struct Choices {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Conflict {
+    /// The existing upstream's id.
+    Upstream(i64),
     Key(i64),
     Log(i64),
 }
@@ -178,8 +189,17 @@ struct Counts {
     skipped: u64,
 }
 
+impl Counts {
+    fn any(&self) -> bool {
+        self.new + self.overwritten + self.skipped > 0
+    }
+}
+
 #[derive(Default)]
 struct Tally {
+    upstreams: Counts,
+    /// New upstreams whose credential the (sanitized) file left out.
+    upstream_credentials_dropped: u64,
     keys: Counts,
     logs: Counts,
     keys_to_regenerate: u64,
@@ -193,6 +213,7 @@ impl Tally {
         let counts = |c: &Counts| serde_json::json!({"new": c.new, "overwritten": c.overwritten, "skipped": c.skipped});
         let details = serde_json::json!({
             "file": file,
+            "upstreams": counts(&self.upstreams),
             "keys": counts(&self.keys),
             "logs": counts(&self.logs),
         });
@@ -206,8 +227,11 @@ impl Tally {
     fn describe(&self, types: &[DataType]) -> String {
         types
             .iter()
+            // A file of a setup without upstreams: said as before they existed.
+            .filter(|t| **t != DataType::Upstreams || self.upstreams.any())
             .map(|t| {
                 let (what, c) = match t {
+                    DataType::Upstreams => ("upstreams", &self.upstreams),
                     DataType::ApiKeys => ("API keys", &self.keys),
                     DataType::Logs => ("call logs", &self.logs),
                 };
@@ -258,6 +282,9 @@ struct Importer<'a> {
     known_keys: HashSet<i64>,
     /// Imported key id → the existing key with the same secret that stands for it.
     merged: HashMap<i64, i64>,
+    /// The file's upstream id → the id it has in this database (its own, a fresh one, or the
+    /// existing upstream of the same name).
+    upstream_ids: HashMap<i64, i64>,
     tally: Tally,
     unresolved: Unresolved,
     /// Call-log rows read but not yet checked against the database (and staged): up to
@@ -275,10 +302,11 @@ impl<'a> Importer<'a> {
             keyring,
             pass,
             resolve,
-            types: vec![DataType::ApiKeys, DataType::Logs],
+            types: vec![DataType::Upstreams, DataType::ApiKeys, DataType::Logs],
             progress: ProgressBar::hidden(),
             known_keys: HashSet::new(),
             merged: HashMap::new(),
+            upstream_ids: HashMap::new(),
             tally: Tally::default(),
             unresolved: Unresolved::default(),
             pending: Vec::with_capacity(LOGS_PER_BATCH),
@@ -302,6 +330,11 @@ impl<'a> Importer<'a> {
                 };
                 self.progress = progress_bar(metadata.counts.values().sum(), verb);
             }
+            Item::Upstream(index, upstream) => {
+                self.flush_logs(stage).await?;
+                self.upstream(stage, index, *upstream).await?;
+                self.progress.inc(1);
+            }
             Item::Key(index, key) => {
                 // Rows are applied in file order.
                 self.flush_logs(stage).await?;
@@ -316,6 +349,103 @@ impl<'a> Importer<'a> {
         Ok(())
     }
 
+    /// An upstream of the file, matched by name: new (under its own id when this database
+    /// never gave it, else a fresh one), or a conflict with the one of its name.
+    async fn upstream(
+        &mut self,
+        stage: &mut Stage,
+        index: usize,
+        upstream: ImportedUpstream,
+    ) -> anyhow::Result<()> {
+        let ImportedUpstream {
+            mut row,
+            credential_dropped,
+        } = upstream;
+        let file_id = row.id;
+        let at = format!("data.upstreams[{index}] (id {file_id})");
+        if let Some(token) = &row.encrypted_api_key {
+            // Stored unreadable, it would stop the server from loading any upstream.
+            if self.keyring.fernet.decrypt(token).is_err() {
+                bail!(
+                    "{at}: its credential cannot be decrypted with this server's Fernet key \
+                     (exported with another KEYGATE_FERNET_KEY?); use the same key, or import \
+                     a sanitized export and set the credential again"
+                );
+            }
+        }
+        let existing = transfer::upstream_named(stage, &row.name)
+            .await
+            .with_context(|| at.clone())?;
+        let Some(existing) = existing else {
+            let id = transfer::new_upstream_id(stage, file_id)
+                .await
+                .with_context(|| at.clone())?;
+            self.tally.upstreams.new += 1;
+            if credential_dropped {
+                self.tally.upstream_credentials_dropped += 1;
+            }
+            self.upstream_ids.insert(file_id, id);
+            if self.pass == Pass::Write {
+                transfer::put_upstream(stage, id, &row)
+                    .await
+                    .with_context(|| at.clone())?;
+            }
+            return Ok(());
+        };
+        // Keys of the file bound to it are bound to the one of its name here.
+        self.upstream_ids.insert(file_id, existing.id);
+        let what = format!("upstream #{} '{}'", existing.id, printable(&existing.name));
+        match self.decide(Conflict::Upstream(existing.id), &what)? {
+            None => self.unresolved.add(what),
+            Some(false) => self.tally.upstreams.skipped += 1,
+            Some(true) => {
+                if row.encrypted_api_key.is_none() && credential_dropped {
+                    // A sanitized row carries no credential: the existing one is kept.
+                    row.encrypted_api_key = existing.encrypted_api_key.clone();
+                }
+                self.tally.upstreams.overwritten += 1;
+                if self.pass == Pass::Write {
+                    transfer::put_upstream(stage, existing.id, &row)
+                        .await
+                        .with_context(|| at.clone())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A key's `upstream_ids` as this database numbers them (the file's upstreams mapped to
+    /// theirs here); an id neither in the file nor in this database is an error.
+    async fn map_upstream_ids(
+        &mut self,
+        stage: &mut Stage,
+        at: &str,
+        row: &mut KeyRow,
+    ) -> anyhow::Result<()> {
+        let mut mapped = Vec::with_capacity(row.binding.upstream_ids.0.len());
+        for (i, id) in row.binding.upstream_ids.0.iter().enumerate() {
+            let here = match self.upstream_ids.get(id) {
+                Some(here) => *here,
+                None if *id == DEFAULT_ID => DEFAULT_ID,
+                None => {
+                    if self.pass == Pass::Write && !transfer::upstream_exists(stage, *id).await? {
+                        bail!(
+                            "{at}: field `upstream_ids[{i}]`: upstream {id} is neither in the file \
+                             nor in this database (export the upstreams with the keys: --types \
+                             upstreams,apikeys)"
+                        );
+                    }
+                    *id
+                }
+            };
+            if !mapped.contains(&here) {
+                mapped.push(here);
+            }
+        }
+        row.binding.upstream_ids.0 = mapped;
+        Ok(())
+    }
+
     async fn key(
         &mut self,
         stage: &mut Stage,
@@ -327,6 +457,7 @@ impl<'a> Importer<'a> {
             has_secret,
         } = key;
         let at = format!("data.apikeys[{index}] (id {})", row.id);
+        self.map_upstream_ids(stage, &at, &mut row).await?;
         let clash = transfer::key_clash(stage, row.id, &row.key_hash)
             .await
             .with_context(|| at.clone())?;
@@ -519,6 +650,7 @@ impl<'a> Importer<'a> {
             Resolve::Ask(choices) => choices,
         };
         let answered = match conflict {
+            Conflict::Upstream(id) => choices.upstreams.get(&id),
             Conflict::Key(id) => choices.keys.get(&id),
             Conflict::Log(id) => choices.logs.get(&id),
         };
@@ -539,6 +671,7 @@ impl<'a> Importer<'a> {
         };
         choices.rest = rest;
         match conflict {
+            Conflict::Upstream(id) => choices.upstreams.insert(id, overwrite),
             Conflict::Key(id) => choices.keys.insert(id, overwrite),
             Conflict::Log(id) => choices.logs.insert(id, overwrite),
         };

@@ -25,10 +25,11 @@ pub struct ExportArgs {
     /// Output file (default: keygate-export-YYYY-MM-DD.json); never overwritten.
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// Comma-separated: apikeys, logs.
-    #[arg(long, default_value = "apikeys,logs")]
+    /// Comma-separated: upstreams, apikeys, logs.
+    #[arg(long, default_value = "upstreams,apikeys,logs")]
     pub types: String,
-    /// Drop key hashes and encrypted keys, mask IPs, redact credentials from error messages.
+    /// Drop key hashes, encrypted keys and upstream credentials, mask IPs, redact credentials
+    /// from error messages.
     #[arg(long)]
     pub sanitize: bool,
 }
@@ -62,7 +63,8 @@ pub struct BackupArgs {
 /// The version of the file layout this binary writes. Version 2 added the call logs' `cost`
 /// and `cached_tokens`, and the keys' restriction lists and tags (`allowed_models`,
 /// `allowed_clients`, `allowed_ips`, `allowed_endpoints`, `tags`). Version 3 added the keys'
-/// limits (`limits::Limits::FIELDS`). Version 4 renamed the call logs' `cached_tokens` to
+/// limits (`limits::Limits::FIELDS`). Version 4 added the upstreams (SPEC §12), the keys'
+/// `upstream_ids` and `permissions`, renamed the call logs' `cached_tokens` to
 /// `cache_read_tokens` (older files' are read as such) and added their `cache_write_tokens`,
 /// `upstream_id` and `attempts`.
 const FORMAT_VERSION: u32 = 4;
@@ -73,6 +75,8 @@ const OLDEST_FORMAT_VERSION: u32 = 1;
 /// What an export can hold, in the order it is written (keys before the logs that refer to them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum DataType {
+    /// Before the keys bound to them.
+    Upstreams,
     ApiKeys,
     Logs,
 }
@@ -80,19 +84,20 @@ enum DataType {
 impl DataType {
     fn name(self) -> &'static str {
         match self {
+            DataType::Upstreams => "upstreams",
             DataType::ApiKeys => "apikeys",
             DataType::Logs => "logs",
         }
     }
 
     fn parse(text: &str) -> Option<Self> {
-        [DataType::ApiKeys, DataType::Logs]
+        [DataType::Upstreams, DataType::ApiKeys, DataType::Logs]
             .into_iter()
             .find(|t| t.name() == text)
     }
 }
 
-const VALID_TYPES: &str = "apikeys, logs";
+const VALID_TYPES: &str = "upstreams, apikeys, logs";
 
 fn parse_types(text: &str) -> anyhow::Result<Vec<DataType>> {
     let mut types = Vec::new();
@@ -152,9 +157,13 @@ mod tests {
             parse_types("logs, apikeys,logs").unwrap(),
             [DataType::ApiKeys, DataType::Logs]
         );
+        assert_eq!(
+            parse_types("apikeys,upstreams").unwrap(),
+            [DataType::Upstreams, DataType::ApiKeys]
+        );
         let err = parse_types("apikeys,users").unwrap_err().to_string();
         assert!(
-            err.contains("`users`") && err.contains("apikeys, logs"),
+            err.contains("`users`") && err.contains("upstreams, apikeys, logs"),
             "{err}"
         );
         assert!(parse_types(" , ").is_err());

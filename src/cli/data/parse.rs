@@ -1,6 +1,7 @@
 //! Reading an export file: a streaming parse that checks each row and hands it over at once.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 
@@ -19,11 +20,16 @@ use crate::limits::{Limits, LimitsPatch};
 use crate::policy::{self, IdList, KindList, ListKind, TextList};
 use crate::store::keys::{Binding, KeyRow, Restrictions};
 use crate::store::logs::LogRow;
+use crate::store::upstreams::UpstreamRow;
+use crate::upstreams::form;
+use crate::upstreams::ops;
+use crate::upstreams::spec::UpstreamSpec;
 
 /// One thing read from the file, in file order. Rows are boxed: items travel in batches
 /// through a channel, each as large as the enum's largest variant.
 pub(super) enum Item {
     Metadata(Metadata),
+    Upstream(usize, Box<ImportedUpstream>),
     Key(usize, Box<ImportedKey>),
     Log(usize, Box<LogRow>),
 }
@@ -33,6 +39,14 @@ pub(super) enum Item {
 pub(super) struct ImportedKey {
     pub(super) row: KeyRow,
     pub(super) has_secret: bool,
+}
+
+/// An upstream row of the file, checked like the admin API checks one. Its credential is the
+/// file's Fernet token (`encrypted_api_key`), or none.
+pub(super) struct ImportedUpstream {
+    pub(super) row: UpstreamRow,
+    /// The row had a credential the file does not carry (a sanitized export).
+    pub(super) credential_dropped: bool,
 }
 
 /// Rows handed over at a time: one wake-up of the importer per slice, not per row (per row,
@@ -229,7 +243,7 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object of row arrays: apikeys, logs")
+        f.write_str("an object of row arrays: upstreams, apikeys, logs")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
@@ -276,6 +290,9 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
         while let Some(object) = seq.next_element::<Map<String, Value>>()? {
             let mut fields = Fields::new(self.data_type, index, self.reading.line.get(), object);
             let item = match self.data_type {
+                DataType::Upstreams => fields
+                    .upstream(self.layout.sanitized)
+                    .map(|upstream| Item::Upstream(index, Box::new(upstream))),
                 DataType::ApiKeys => fields
                     .key(self.layout.sanitized)
                     .map(|key| Item::Key(index, Box::new(key))),
@@ -451,6 +468,58 @@ impl Fields {
             limits: self.limits()?,
         };
         Ok(ImportedKey { row, has_secret })
+    }
+
+    /// A failed check of the admin API's, as this row's error.
+    fn checked<T>(&self, checked: Result<T, ApiError>) -> Result<T, String> {
+        checked.map_err(|err| match err {
+            ApiError::Invalid { field, message } => self.error(&field, message),
+            other => self.error("upstream", other),
+        })
+    }
+
+    fn upstream(&mut self, sanitized: bool) -> Result<ImportedUpstream, String> {
+        let id: i64 = self.take("id")?;
+        if id <= 0 {
+            return Err(self.error("id", "must be 1 or more (0 is the built-in upstream)"));
+        }
+        let name: String = self.take("name")?;
+        let kind: String = self.take("kind")?;
+        let base_url: String = self.take("base_url")?;
+        let has_api_key: Option<bool> = self.take("has_api_key")?;
+        let token: Option<String> = self.take("encrypted_api_key")?;
+        let token = token.filter(|_| !sanitized);
+        let auth_header: String = self.take("auth_header")?;
+        let models: Option<Vec<String>> = self.take("models")?;
+        let model_map: Option<BTreeMap<String, String>> = self.take("model_map")?;
+        let priority: i64 = self.take("priority")?;
+        let weight: i64 = self.take("weight")?;
+        let timeout_seconds: Option<i64> = self.take("timeout_seconds")?;
+        let stream_usage: String = self.take("stream_usage")?;
+        let extra_headers: Option<BTreeMap<String, String>> = self.take("extra_headers")?;
+        let spec = UpstreamSpec {
+            id,
+            name: self.checked(form::name(&name))?,
+            kind: self.checked(form::kind(&kind))?,
+            base_url: self.checked(form::base_url(&base_url))?,
+            api_key: None,
+            auth_header: self.checked(form::auth_header(&auth_header))?,
+            models: self.checked(form::models(&models.unwrap_or_default()))?,
+            model_map: self.checked(form::model_map(&model_map.unwrap_or_default()))?,
+            priority: self.checked(form::priority(priority))?,
+            weight: self.checked(form::weight(weight))?,
+            enabled: self.take("enabled")?,
+            timeout_seconds: self
+                .checked(timeout_seconds.map(form::timeout_seconds).transpose())?,
+            stream_usage: self.checked(form::stream_usage(&stream_usage))?,
+            extra_headers: self.checked(form::extra_headers(&extra_headers.unwrap_or_default()))?,
+            created_at: self.time("created_at")?,
+            updated_at: self.time("updated_at")?,
+        };
+        Ok(ImportedUpstream {
+            credential_dropped: token.is_none() && has_api_key == Some(true),
+            row: ops::stored(&spec, token),
+        })
     }
 
     /// A log row; `version` 1 rows have no cost (0) nor cached tokens; versions 2 and 3 name
