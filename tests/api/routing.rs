@@ -692,3 +692,84 @@ async fn an_upstream_test_asks_its_model_list_and_never_shows_its_credential() {
         .unwrap();
     assert!(out.contains("HTTP 401") && !out.contains(secret), "{out}");
 }
+
+/// An upstream that answers 200 with a body it cuts short, then closes the connection.
+async fn spawn_truncating() -> Fixed {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 8192];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"id\":\"cut")
+                .await;
+        }
+    });
+    Fixed { url, hits }
+}
+
+#[tokio::test]
+async fn an_answer_broken_after_its_first_bytes_is_not_sent_elsewhere() {
+    let app = spawn_app().await;
+    let cut = spawn_truncating().await;
+    add_upstream(
+        &app,
+        json!({"name": "cut", "kind": "openai", "base_url": cut.url}),
+    )
+    .await;
+    let (key_id, key) = app.new_key().await;
+    let sent = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gpt-test", "messages": []}))
+        .send()
+        .await;
+    // The client sees the answer break (at its head or in its body, as hyper flushes it).
+    match sent {
+        Ok(response) => assert!(response.bytes().await.is_err(), "a cut body arrived whole"),
+        Err(err) => assert!(err.is_request() || err.is_body(), "{err}"),
+    }
+    assert_eq!(cut.hits.load(Ordering::SeqCst), 1);
+    assert!(
+        app.upstream.seen().is_empty(),
+        "sent to a second upstream after bytes reached the client"
+    );
+    let row = last_row(&app, key_id).await;
+    assert_eq!(
+        (row["status"].as_str(), row["attempts"].as_i64()),
+        (Some("error"), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn a_body_without_a_model_is_routed_by_its_route_kind_alone() {
+    let app = spawn_app().await;
+    let up = spawn_mock_upstream().await;
+    add_upstream(&app, json!({"name": "listed", "kind": "openai", "base_url": format!("http://{}/v1", up.addr), "models": ["gpt-x", "o*"]})).await;
+    let (_, key) = app.new_key().await;
+    for body in [
+        json!({"messages": []}),
+        json!({"model": 7}),
+        json!("not an object"),
+    ] {
+        let (status, answer) = read(app.chat(&key, body.clone()).await).await;
+        assert_eq!(status, StatusCode::OK, "{body}: {answer}");
+    }
+    let response = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The first upstream of the kind took each; the default none.
+    assert_eq!(up.seen().len(), 4);
+    assert!(app.upstream.seen().is_empty());
+}
