@@ -48,6 +48,7 @@ const ASSETS: &[Asset] = &[
     asset!("chart.js", JS),
     asset!("logs.js", JS),
     asset!("upstreams.js", JS),
+    asset!("audit.js", JS),
     asset!("upstream_forms.js", JS),
 ];
 

@@ -1,5 +1,6 @@
 // The console's entry: language, login and logout, and the views behind the #/ routes.
 import { api, whenSignedOut } from './api.js';
+import { renderAudit } from './audit.js';
 import { fill, h } from './dom.js';
 import { lang, onLanguage, setLang, t } from './i18n.js';
 import { renderKeys } from './keys.js';
@@ -17,6 +18,7 @@ function chrome() {
   document.getElementById('nav-keys').textContent = t('nav.keys');
   document.getElementById('nav-logs').textContent = t('nav.logs');
   document.getElementById('nav-upstreams').textContent = t('nav.upstreams');
+  document.getElementById('nav-audit').textContent = t('nav.audit');
   document.getElementById('nav').setAttribute('aria-label', t('nav.main'));
   document.getElementById('lang-label').textContent = t('nav.language');
   document.getElementById('lang-select').value = lang();
@@ -69,13 +71,13 @@ async function logout() {
   showLogin(t('msg.logged_out'));
 }
 
-/** Shows the view the hash names: #/keys, #/logs, #/upstreams, #/keys/ID/stats, #/keys/ID/logs. */
+/** Shows the view the hash names: #/keys, #/logs, #/upstreams, #/audit, #/keys/ID/stats, #/keys/ID/logs. */
 function route() {
   if (!signedIn) return;
   const hash = location.hash.replace(/^#/, '') || '/keys';
   const parts = hash.split('/').filter(Boolean);
   for (const link of document.querySelectorAll('#nav a')) {
-    const current = link.id === `nav-${parts[0]}` || (link.id === 'nav-keys' && !['logs', 'upstreams'].includes(parts[0]));
+    const current = link.id === `nav-${parts[0]}` || (link.id === 'nav-keys' && !['logs', 'upstreams', 'audit'].includes(parts[0]));
     if (current) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
   }
@@ -83,6 +85,7 @@ function route() {
   else if (parts[0] === 'keys' && /^\d+$/.test(parts[1] || '') && parts[2] === 'logs') renderLogs(main, Number(parts[1]));
   else if (parts[0] === 'logs') renderLogs(main, null);
   else if (parts[0] === 'upstreams') renderUpstreams(main);
+  else if (parts[0] === 'audit') renderAudit(main);
   else renderKeys(main);
 }
 

@@ -196,6 +196,7 @@ async fn console_manages_upstreams_in_headless_chromium() {
     let app = spawn_app().await;
     let stdout = run_browser_script("upstreams.mjs", &app).await;
     assert!(stdout.contains("upstreams: all checks passed"), "{stdout}");
+    assert!(stdout.contains("ok: audit log"), "{stdout}");
 
     let (_, list) = app.get("/api/upstreams").await;
     let items = list["items"].as_array().unwrap();

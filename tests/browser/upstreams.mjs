@@ -394,6 +394,42 @@ async function main() {
   await page.setViewportSize({ width: 1360, height: 900 });
   ok(step);
 
+  // --- The audit log page: the changes above, newest first, filtered by action and key; the
+  // credentials typed are not in it.
+  step = 'audit log';
+  await page.click('#nav-audit');
+  await page.waitForSelector('#audit-table');
+  assert.equal(await page.getAttribute('#nav-audit', 'aria-current'), 'page');
+  assert.equal(await page.textContent('main h1'), 'Audit log');
+  const firstAction = await page.getAttribute('#audit-table tbody tr:first-child', 'data-action');
+  assert.equal(firstAction, 'upstream.delete', 'newest first');
+  await page.selectOption('#audit-action', 'upstream.create');
+  await page.waitForFunction(() => {
+    const rows = [...document.querySelectorAll('#audit-table tbody tr')];
+    return rows.length > 0 && rows.every((r) => r.dataset.action === 'upstream.create');
+  });
+  assert.match(await page.textContent('#audit-table'), /openai-main \(upstream #\d+\)/);
+  assert.match(await page.textContent('#audit-table tbody'), /console/);
+  await page.selectOption('#audit-action', '');
+  await page.fill('#audit-key', String(keyId));
+  await page.dispatchEvent('#audit-key', 'change');
+  await page.waitForFunction((name) => {
+    const rows = [...document.querySelectorAll('#audit-table tbody tr')];
+    return rows.length > 0 && rows.every((r) => r.textContent.includes(name));
+  }, `#${keyId}`);
+  assert.match(await page.textContent('#audit-table tbody'), /upstream_ids: \[[^\]]*\] → /, 'a change shows old → new');
+  const audit = await page.evaluate(() => document.querySelector('main').outerHTML);
+  for (const secret of [SECRET, CLAUDE_SECRET, NEW_SECRET]) assert.ok(!audit.includes(secret), 'no credential in the audit page');
+  await page.selectOption('#lang-select', 'zh');
+  await page.waitForFunction(() => document.querySelector('main h1')?.textContent === '审计日志');
+  assert.equal(await page.textContent('#nav-audit'), '审计日志');
+  await page.selectOption('#lang-select', 'en');
+  await page.waitForFunction(() => document.querySelector('main h1')?.textContent === 'Audit log');
+  await page.fill('#audit-key', '');
+  await page.dispatchEvent('#audit-key', 'change');
+  await shot(page, 'audit.png');
+  ok(step);
+
   // --- The credentials typed never come back: not in the page, web storage or a URL.
   step = 'credentials write-only';
   await openUpstreams(page);
