@@ -1,9 +1,8 @@
 //! Reading an export file: a streaming parse that checks each row and hands it over at once.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Read;
 
 use anyhow::anyhow;
 use serde::de::{
@@ -56,57 +55,47 @@ pub(super) const ITEMS_PER_SEND: usize = 512;
 /// Parses an export from `reader`, sending its rows to `sink` in file order, in slices of
 /// `ITEMS_PER_SEND` (the metadata on its own, as soon as it is read).
 pub(super) fn parse_export(
-    reader: impl Read,
+    reader: impl std::io::BufRead,
     sink: &mpsc::Sender<Vec<Item>>,
 ) -> anyhow::Result<()> {
-    let line = Cell::new(1);
     let row_error = RefCell::new(None);
     let slice = RefCell::new(Vec::with_capacity(ITEMS_PER_SEND));
     let reading = Reading {
         sink,
         slice: &slice,
-        line: &line,
         row_error: &row_error,
     };
-    let mut de = serde_json::Deserializer::from_reader(LineCounter {
-        inner: reader,
-        line: &line,
-    });
+    // Straight from the buffered reader: serde_json reads it byte by byte, which the standard
+    // library makes cheap for a `BufReader` (a wrapper in between made it the parse's largest
+    // cost). serde_json keeps the position, so a row's error gets its line from there.
+    let mut de = serde_json::Deserializer::from_reader(reader);
     let parsed = ExportSeed { reading }
         .deserialize(&mut de)
         .and_then(|()| de.end())
         .and_then(|()| reading.flush());
     match (parsed, row_error.take()) {
         (Ok(()), _) => Ok(()),
-        // A row's own message already names its row, field and line.
-        (Err(_), Some(row_error)) => Err(anyhow!(row_error)),
+        // A row's own message already names its row and field; the line it ends on is where
+        // the parse stopped.
+        (Err(err), Some(row_error)) => Err(anyhow!(row_error.replacen(
+            LINE_MARK,
+            &err.line().to_string(),
+            1
+        ))),
         (Err(err), None) => Err(err.into()),
     }
 }
 
-/// Counts the lines read so far, so a row's error can name the line the row ends on.
-struct LineCounter<'a, R> {
-    inner: R,
-    line: &'a Cell<u64>,
-}
+/// Stands for the line in a row's error message until the parse's position is known.
+const LINE_MARK: &str = "\u{1}";
 
-impl<R: Read> Read for LineCounter<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let newlines = buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
-        self.line.set(self.line.get() + newlines);
-        Ok(n)
-    }
-}
-
-/// What every level of the parse shares: where rows go, the current line, and a bad row's
+/// What every level of the parse shares: where rows go, and a bad row's
 /// message (kept whole rather than wrapped in serde_json's position).
 #[derive(Clone, Copy)]
 struct Reading<'a> {
     sink: &'a mpsc::Sender<Vec<Item>>,
     /// Rows read but not yet sent.
     slice: &'a RefCell<Vec<Item>>,
-    line: &'a Cell<u64>,
     row_error: &'a RefCell<Option<String>>,
 }
 
@@ -287,27 +276,58 @@ impl<'de> Visitor<'de> for RowsSeed<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut index = 0;
-        while let Some(object) = seq.next_element::<Map<String, Value>>()? {
-            let mut fields = Fields::new(self.data_type, index, self.reading.line.get(), object);
-            let item = match self.data_type {
-                DataType::Upstreams => fields
-                    .upstream(self.layout.sanitized)
-                    .map(|upstream| Item::Upstream(index, Box::new(upstream))),
-                DataType::ApiKeys => fields
-                    .key(self.layout.sanitized)
-                    .map(|key| Item::Key(index, Box::new(key))),
-                DataType::Logs => fields
-                    .log(self.layout.version)
-                    .map(|log| Item::Log(index, Box::new(log))),
-            }
-            .and_then(|item| fields.finish().map(|()| item))
-            .map_err(|message| self.reading.bad_row(message))?;
+        while let Some(item) = seq.next_element_seed(RowSeed { rows: &self, index })? {
             self.reading.send(item)?;
             index += 1;
         }
         // The keys reach the importer before the first call log is parsed: it checks them
         // against the database as soon as it can.
         self.reading.flush()
+    }
+}
+
+/// One row: read as an object, then checked field by field before the parse moves past it
+/// (so a bad row's error has the position of the row's end, the line it names).
+struct RowSeed<'r, 'a> {
+    rows: &'r RowsSeed<'a>,
+    index: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_> {
+    type Value = Item;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Item, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_, '_> {
+    type Value = Item;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "a {} row (an object)", self.rows.data_type.name())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Item, A::Error> {
+        let mut object = Map::new();
+        while let Some((field, value)) = map.next_entry::<String, Value>()? {
+            object.insert(field, value);
+        }
+        let (rows, index) = (self.rows, self.index);
+        let mut fields = Fields::new(rows.data_type, index, object);
+        match rows.data_type {
+            DataType::Upstreams => fields
+                .upstream(rows.layout.sanitized)
+                .map(|upstream| Item::Upstream(index, Box::new(upstream))),
+            DataType::ApiKeys => fields
+                .key(rows.layout.sanitized)
+                .map(|key| Item::Key(index, Box::new(key))),
+            DataType::Logs => fields
+                .log(rows.layout.version)
+                .map(|log| Item::Log(index, Box::new(log))),
+        }
+        .and_then(|item| fields.finish().map(|()| item))
+        .map_err(|message| rows.reading.bad_row(message))
     }
 }
 
@@ -318,11 +338,11 @@ struct Fields {
 }
 
 impl Fields {
-    fn new(data_type: DataType, index: usize, line: u64, map: Map<String, Value>) -> Self {
+    fn new(data_type: DataType, index: usize, map: Map<String, Value>) -> Self {
         let name = data_type.name();
         let at = match map.get("id").and_then(Value::as_i64) {
-            Some(id) => format!("data.{name}[{index}] (id {id}, line {line})"),
-            None => format!("data.{name}[{index}] (line {line})"),
+            Some(id) => format!("data.{name}[{index}] (id {id}, line {LINE_MARK})"),
+            None => format!("data.{name}[{index}] (line {LINE_MARK})"),
         };
         Fields { map, at }
     }
