@@ -431,6 +431,11 @@ pub fn print_restrictions(view: &KeyView) {
         };
         println!("  {field:<18} {shown}");
     }
+    print_binding(view);
+}
+
+/// The upstreams and APIs the key is bound to (SPEC §12), one line each.
+fn print_binding(view: &KeyView) {
     let ids = &view.binding.upstream_ids.0;
     let upstreams = if ids.is_empty() {
         "any".to_string()
@@ -465,27 +470,6 @@ pub fn print_limits(view: &KeyView) {
         };
         println!("  {field:<18} {shown}");
     }
-    let ids = &view.binding.upstream_ids.0;
-    let upstreams = if ids.is_empty() {
-        "any".to_string()
-    } else {
-        ids.iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    println!("  {:<18} {upstreams}", "upstream_ids");
-    let kinds = &view.binding.permissions.0;
-    let permissions = if kinds.is_empty() {
-        "any (openai, anthropic)".to_string()
-    } else {
-        kinds
-            .iter()
-            .map(|k| k.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    println!("  {:<18} {permissions}", "permissions");
 }
 
 /// `Nh` / `Nd` → (N, unit).

@@ -82,19 +82,24 @@ pub async fn find_by_name<'e>(
         .await
 }
 
+/// `?1, …, ?15`: one placeholder per `DATA` column, in `bind_upstream`'s order.
+fn data_params() -> String {
+    (1..=15)
+        .map(|n| format!("?{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Inserts `row` (its `id` is ignored: the database gives one). A taken name fails with a
 /// unique violation.
 pub async fn insert<'e>(
     db: impl SqliteExecutor<'e>,
     row: &UpstreamRow,
 ) -> sqlx::Result<UpstreamRow> {
-    let params = (1..=15)
-        .map(|n| format!("?{n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     bind_upstream(
         sqlx::query_as(&format!(
-            "INSERT INTO upstreams ({DATA}) VALUES ({params}) RETURNING id, {DATA}"
+            "INSERT INTO upstreams ({DATA}) VALUES ({}) RETURNING id, {DATA}",
+            data_params()
         )),
         row,
     )
@@ -107,13 +112,10 @@ pub async fn insert_with_id<'e>(
     db: impl SqliteExecutor<'e>,
     row: &UpstreamRow,
 ) -> sqlx::Result<UpstreamRow> {
-    let params = (1..=15)
-        .map(|n| format!("?{n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     bind_upstream(
         sqlx::query_as(&format!(
-            "INSERT INTO upstreams ({DATA}, id) VALUES ({params}, ?16) RETURNING id, {DATA}"
+            "INSERT INTO upstreams ({DATA}, id) VALUES ({}, ?16) RETURNING id, {DATA}",
+            data_params()
         )),
         row,
     )

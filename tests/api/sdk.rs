@@ -21,6 +21,29 @@ pub(crate) fn python() -> PathBuf {
     venv
 }
 
+/// Runs `tests/sdk/<script>` with `env`; fails with its output unless it exits 0. Its stdout.
+async fn run_script(script: &str, env: Vec<(&'static str, String)>) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 #[tokio::test]
 async fn openai_python_sdk_works_through_keygate() {
     let app = spawn_app().await;
@@ -33,26 +56,16 @@ async fn openai_python_sdk_works_through_keygate() {
             json!({"name": "one a minute", "rate_limit_window": 1, "rate_limit_requests": 1}),
         )
         .await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_client.py");
-    let base_url = app.url("/v1");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .env("KEYGATE_BASE_URL", base_url)
-            .env("KEYGATE_KEY", key)
-            .env("KEYGATE_REVOKED_KEY", revoked)
-            .env("KEYGATE_LIMITED_KEY", limited)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_script(
+        "openai_client.py",
+        vec![
+            ("KEYGATE_BASE_URL", app.url("/v1")),
+            ("KEYGATE_KEY", key),
+            ("KEYGATE_REVOKED_KEY", revoked),
+            ("KEYGATE_LIMITED_KEY", limited),
+        ],
+    )
+    .await;
     assert!(stdout.contains("plain: Hello from mock"), "{stdout}");
     assert!(stdout.contains("stream: Hello!"), "{stdout}");
     assert!(stdout.contains("stream usage: 7"), "{stdout}");
@@ -93,25 +106,15 @@ async fn anthropic_python_sdk_works_through_keygate() {
             json!({"name": "one a minute", "rate_limit_window": 1, "rate_limit_requests": 1}),
         )
         .await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/anthropic_client.py");
-    let base_url = app.url("");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .env("KEYGATE_BASE_URL", base_url)
-            .env("KEYGATE_KEY", key)
-            .env("KEYGATE_LIMITED_KEY", limited)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = run_script(
+        "anthropic_client.py",
+        vec![
+            ("KEYGATE_BASE_URL", app.url("")),
+            ("KEYGATE_KEY", key),
+            ("KEYGATE_LIMITED_KEY", limited),
+        ],
+    )
+    .await;
     for line in [
         "plain: Hello from mock",
         "stream: Hello from mock",
