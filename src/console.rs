@@ -49,6 +49,7 @@ const ASSETS: &[Asset] = &[
     asset!("logs.js", JS),
     asset!("upstreams.js", JS),
     asset!("audit.js", JS),
+    asset!("pager.js", JS),
     asset!("upstream_forms.js", JS),
 ];
 

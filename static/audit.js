@@ -3,6 +3,7 @@ import { api, query } from './api.js';
 import { clear, fill, h } from './dom.js';
 import { dateTimeSeconds } from './format.js';
 import { t } from './i18n.js';
+import { fillPager } from './pager.js';
 
 /** The actions `GET /api/audit-log?action=` takes (src/audit.rs `Action`). */
 const ACTIONS = ['create', 'edit', 'renew', 'batch_renew', 'revoke', 'regenerate', 'delete', 'default_expiry',
@@ -48,14 +49,10 @@ async function load(body, pager) {
     return;
   }
   if (seq !== loads) return;
-  const pages = Math.max(1, Math.ceil(list.total / list.page_size));
   fill(body, list.items.length === 0
     ? h('p', { class: 'state', id: 'audit-empty', text: t('empty.audit') })
     : table(list.items));
-  fill(pager,
-    h('span', { class: 'muted', id: 'audit-count', text: t('pager.summary', { page: view.page, pages, total: list.total }) }),
-    h('button', { type: 'button', class: 'btn', id: 'audit-prev', disabled: view.page <= 1, onClick: () => { view.page--; load(body, pager); } }, t('pager.prev')),
-    h('button', { type: 'button', class: 'btn', id: 'audit-next', disabled: view.page >= pages, onClick: () => { view.page++; load(body, pager); } }, t('pager.next')));
+  fillPager(pager, 'audit', view, list, () => load(body, pager));
 }
 
 /** Who made a change: the console, the admin token, or the CLI (with its OS user), and from where. */

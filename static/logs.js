@@ -3,6 +3,7 @@ import { api, query } from './api.js';
 import { clear, debounce, fill, h } from './dom.js';
 import { bytes, dateTimeSeconds, ms, num, usd } from './format.js';
 import { t } from './i18n.js';
+import { fillPager } from './pager.js';
 
 const view = { page: 1, pageSize: 20, status: '', model: '', keyId: '' };
 let keyNames = new Map();
@@ -80,14 +81,10 @@ async function load(body, pager) {
     return;
   }
   if (seq !== loads) return;
-  const pages = Math.max(1, Math.ceil(list.total / list.page_size));
   fill(body, list.items.length === 0
     ? h('p', { class: 'state', id: 'logs-empty', text: t('empty.logs') })
     : table(list.items));
-  fill(pager, 
-    h('span', { class: 'muted', id: 'log-count', text: t('pager.summary', { page: view.page, pages, total: list.total }) }),
-    h('button', { type: 'button', class: 'btn', id: 'log-prev', disabled: view.page <= 1, onClick: () => { view.page--; load(body, pager); } }, t('pager.prev')),
-    h('button', { type: 'button', class: 'btn', id: 'log-next', disabled: view.page >= pages, onClick: () => { view.page++; load(body, pager); } }, t('pager.next')));
+  fillPager(pager, 'log', view, list, () => load(body, pager));
 }
 
 function table(rows) {
