@@ -134,15 +134,22 @@ pub async fn send<'t>(
                         note(&mut failures, upstream, &format!("HTTP {status}{detail}"));
                         continue;
                     }
-                    // Not a whole answer in time: it is relayed as it is (the exchange may
-                    // still be going on, so no other upstream gets the request).
-                    Err(response) => {
+                    // Longer than is read to look at: relayed as it is.
+                    Err(Incomplete::Relay(response)) => {
                         keep_failures(record, failures);
                         return Ok(Answered {
                             response,
                             injected,
                             route,
                         });
+                    }
+                    // It stalled or broke while being read: the exchange may still be going
+                    // on, so no other upstream gets the request, and what was read of the
+                    // answer is not the client's whole answer: 504 or 502.
+                    Err(Incomplete::Failed(failure)) => {
+                        let (error, reason) = describe(state, upstream, failure);
+                        let reason = format!("HTTP {status}, then {reason}");
+                        return Err(refusal(&failures, error, reason));
                     }
                 }
             }
@@ -205,12 +212,20 @@ fn body_for<'a>(
     }
 }
 
+/// A failed answer that could not be read to its end.
+enum Incomplete {
+    /// Longer than `complete` reads: the answer to relay, what was read of it given back.
+    Relay(Response<UpstreamBody>),
+    /// It stalled (`Timeout`) or broke (`Other`) while being read.
+    Failed(UpstreamFailure),
+}
+
 /// Reads the rest of a failed answer (up to a limit, within `timeout`): Ok with a short
-/// detail when it was complete (so the request can go elsewhere), else the answer to relay.
+/// detail when it was complete (so the request can go elsewhere).
 async fn complete(
     response: Response<UpstreamBody>,
     timeout: Duration,
-) -> Result<String, Response<UpstreamBody>> {
+) -> Result<String, Incomplete> {
     let (parts, mut body) = response.into_parts();
     let peeked = tokio::time::timeout(timeout, stream_usage::peek(&mut body)).await;
     match peeked {
@@ -225,10 +240,12 @@ async fn complete(
         }
         Ok(Ok(bytes)) => {
             body.replay(bytes);
-            Err(Response::from_parts(parts, body))
+            Err(Incomplete::Relay(Response::from_parts(parts, body)))
         }
-        // The answer broke or stalled: what arrived of it is all the client can get.
-        _ => Err(Response::from_parts(parts, body)),
+        Ok(Err(err)) => Err(Incomplete::Failed(UpstreamFailure::Other(format!(
+            "upstream connection failed mid-response: {err}"
+        )))),
+        Err(_) => Err(Incomplete::Failed(UpstreamFailure::Timeout)),
     }
 }
 

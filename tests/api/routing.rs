@@ -773,3 +773,38 @@ async fn a_body_without_a_model_is_routed_by_its_route_kind_alone() {
     assert_eq!(up.seen().len(), 4);
     assert!(app.upstream.seen().is_empty());
 }
+
+#[tokio::test]
+async fn a_503_that_stalls_before_its_end_is_a_504_and_goes_nowhere_else() {
+    let app = spawn_app().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 503 X\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"error\":")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    add_upstream(
+        &app,
+        json!({"name": "stalls", "kind": "openai", "base_url": url, "timeout_seconds": 1}),
+    )
+    .await;
+    let (key_id, key) = app.new_key().await;
+    let (status, body) = chat(&app, &key, "gpt-test").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(app.upstream.seen().is_empty(), "sent on after a timeout");
+    let row = last_row(&app, key_id).await;
+    let error = row["error_message"].as_str().unwrap();
+    assert!(
+        error.contains("HTTP 503, then upstream timed out"),
+        "{error}"
+    );
+    assert_eq!(row["attempts"], 1);
+}
