@@ -138,7 +138,7 @@ pub async fn send<'t>(
                     Err(Incomplete::Relay(response)) => {
                         keep_failures(record, failures);
                         return Ok(Answered {
-                            response,
+                            response: *response,
                             injected,
                             route,
                         });
@@ -215,7 +215,7 @@ fn body_for<'a>(
 /// A failed answer that could not be read to its end.
 enum Incomplete {
     /// Longer than `complete` reads: the answer to relay, what was read of it given back.
-    Relay(Response<UpstreamBody>),
+    Relay(Box<Response<UpstreamBody>>),
     /// It stalled (`Timeout`) or broke (`Other`) while being read.
     Failed(UpstreamFailure),
 }
@@ -240,7 +240,9 @@ async fn complete(
         }
         Ok(Ok(bytes)) => {
             body.replay(bytes);
-            Err(Incomplete::Relay(Response::from_parts(parts, body)))
+            Err(Incomplete::Relay(Box::new(Response::from_parts(
+                parts, body,
+            ))))
         }
         Ok(Err(err)) => Err(Incomplete::Failed(UpstreamFailure::Other(format!(
             "upstream connection failed mid-response: {err}"
