@@ -808,3 +808,46 @@ async fn a_503_that_stalls_before_its_end_is_a_504_and_goes_nowhere_else() {
     );
     assert_eq!(row["attempts"], 1);
 }
+
+#[tokio::test]
+async fn an_upstream_echoing_its_credential_in_a_failure_is_redacted_in_the_row() {
+    let app = spawn_app().await;
+    let secret = "sk-failing-upstream-credential-5678";
+    let echo = spawn_fixed(
+        503,
+        "",
+        r#"{"error":{"message":"overloaded for key sk-failing-upstream-credential-5678"}}"#,
+    )
+    .await;
+    let id = add_upstream(
+        &app,
+        json!({"name": "echo", "kind": "openai", "base_url": echo.url, "api_key": secret}),
+    )
+    .await;
+    let (key_id, key) = app.new_key().await;
+    let (status, _) = chat(&app, &key, "gpt-test").await;
+    assert_eq!(status, StatusCode::OK, "failed over to the default");
+    let row = last_row(&app, key_id).await;
+    let error = row["error_message"].as_str().unwrap();
+    assert!(
+        error.contains("upstream `echo` failed: HTTP 503"),
+        "{error}"
+    );
+    assert!(!error.contains(secret), "{error}");
+    // Nor in its status, the API, the metrics or keygate's own log.
+    let (_, listed) = app.get("/api/upstreams").await;
+    assert!(!listed.to_string().contains(secret));
+    assert!(!format!("{:?}", app.state.upstreams.health(id)).contains(secret));
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains(secret));
+    assert!(!captured_logs().contains(secret));
+}
