@@ -33,6 +33,7 @@ pub struct Outgoing {
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Where the body's `model` and `stream_options` are (the model itself is the record's).
     pub summary: RequestSummary,
     /// A stream of OpenAI chunks (its usage may be asked for).
     pub chunks: bool,
@@ -68,7 +69,7 @@ pub async fn send<'t>(
         let Some(request) = outgoing.as_ref() else {
             break;
         };
-        let (sent, splice) = body_for(route, request);
+        let (sent, splice) = body_for(route, request, record.model.as_deref());
         let mut wire = upstream.encode(&request.method, &request.uri, &request.headers, &sent);
         drop(sent);
         let method = request.method.clone();
@@ -176,18 +177,16 @@ pub async fn send<'t>(
     ))
 }
 
-/// The request body as `route` takes it: its model renamed by the upstream's `model_map`,
+/// The request body as `route` takes it: its `model` renamed by the upstream's `model_map`,
 /// and for a stream of chunks an upstream counts, `include_usage` added.
 fn body_for<'a>(
     route: &Route,
     request: &'a Outgoing,
+    model: Option<&str>,
 ) -> (Cow<'a, [u8]>, Option<stream_usage::Splice>) {
     let mut body = Cow::Borrowed(&request.body[..]);
     let mut summary = Cow::Borrowed(&request.summary);
-    if let (Some(mapped), Some(at)) = (
-        route.spec.mapped(request.summary.model.as_deref()),
-        request.summary.model_at.clone(),
-    ) {
+    if let (Some(mapped), Some(at)) = (route.spec.mapped(model), request.summary.model_at.clone()) {
         let mut renamed = Vec::with_capacity(body.len() + mapped.len());
         renamed.extend_from_slice(&body[..at.start]);
         // A JSON string of the mapped name (it was validated as text).

@@ -291,8 +291,8 @@ async fn forward(
 
     let body = read_body(&parts, body, state.config.max_body_bytes).await?;
     record.request_size = body.len() as i64;
-    let summary = RequestSummary::read(&body);
-    record.model = summary.model.clone();
+    let mut summary = RequestSummary::read(&body);
+    record.model = summary.model.take();
     record.stream = summary.stream == Some(true);
     let mut list_models = None;
     if let Some(restricted) = key.policy.as_deref().filter(|p| p.restricts_models()) {
