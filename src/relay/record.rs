@@ -419,6 +419,9 @@ pub enum UsageScan {
     Sse {
         partial: Vec<u8>,
         usage: StreamUsage,
+        /// The message of an error event the stream carried after its 200 (Anthropic's
+        /// `event: error`, or a chunk with a top-level `error`).
+        error: Option<String>,
         skipping: bool,
     },
     /// JSON: the body is kept (up to a limit) and parsed at the end: a body that came in one
@@ -488,6 +491,7 @@ impl UsageScan {
                     Kind::OpenAi => StreamUsage::OpenAi(None),
                     Kind::Anthropic => StreamUsage::Anthropic(AnthropicUsage::default()),
                 },
+                error: None,
                 skipping: false,
             },
             Some(ct) if ct.contains("json") => UsageScan::Json {
@@ -508,6 +512,7 @@ impl UsageScan {
             UsageScan::Sse {
                 partial,
                 usage,
+                error,
                 skipping,
             } => {
                 let mut chunk = &chunk[..];
@@ -524,10 +529,10 @@ impl UsageScan {
                 };
                 if !complete.is_empty() {
                     if partial.is_empty() {
-                        scan_sse_lines(complete, usage);
+                        scan_sse_lines(complete, usage, error);
                     } else {
                         partial.extend_from_slice(complete);
-                        scan_sse_lines(partial, usage);
+                        scan_sse_lines(partial, usage, error);
                         partial.clear();
                     }
                 }
@@ -565,10 +570,15 @@ impl UsageScan {
     /// The usage found, and the upstream's error message if the body carried one.
     pub fn finish(&mut self) -> (Option<Usage>, Option<String>) {
         match self {
-            UsageScan::Sse { partial, usage, .. } => {
+            UsageScan::Sse {
+                partial,
+                usage,
+                error,
+                ..
+            } => {
                 let rest = std::mem::take(partial);
-                scan_sse_lines(&rest, usage);
-                (usage.usage(), None)
+                scan_sse_lines(&rest, usage, error);
+                (usage.usage(), error.take())
             }
             UsageScan::Json {
                 first,
@@ -591,18 +601,28 @@ fn openai_event_usage(data: &[u8]) -> Option<Usage> {
 }
 
 /// Parses the `data:` lines of `text` that mention usage, in order.
-fn scan_sse_lines(text: &[u8], usage: &mut StreamUsage) {
-    if memmem::find(text, b"\"usage\"").is_none() {
+fn scan_sse_lines(text: &[u8], usage: &mut StreamUsage, error: &mut Option<String>) {
+    let mentions_usage = memmem::find(text, b"\"usage\"").is_some();
+    let mentions_error = memmem::find(text, b"\"error\"").is_some();
+    if !mentions_usage && !mentions_error {
         return;
     }
     for line in text.split(|b| *b == b'\n') {
         let Some(data) = line.strip_prefix(b"data:") else {
             continue;
         };
-        if memmem::find(data, b"\"usage\"").is_none() {
-            continue;
+        if mentions_usage && memmem::find(data, b"\"usage\"").is_some() {
+            usage.event(data);
         }
-        usage.event(data);
+        if mentions_error && error.is_none() && memmem::find(data, b"\"error\"").is_some() {
+            // Only an event whose top level has `error` (a delta's text may say "error").
+            let [found] = top_level_fields(data, ["error"]).unwrap_or([None]);
+            if let Some(raw) = found.filter(|raw| raw.first() == Some(&b'{')) {
+                *error = usage_and_error(data, Kind::OpenAi)
+                    .1
+                    .or_else(|| Some(String::from_utf8_lossy(raw).into_owned()));
+            }
+        }
     }
 }
 
@@ -652,6 +672,36 @@ mod tests {
             ),
             (Some(9), Some(4), Some(13), Some(2))
         );
+    }
+
+    #[test]
+    fn an_error_event_after_a_streams_start_is_kept_and_a_delta_saying_error_is_not() {
+        let stream = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n",
+            "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"an \\\"error\\\": x\"}}\n\n",
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+        );
+        for cut in [1, 7, 64] {
+            let mut scan = UsageScan::for_content_type(Some("text/event-stream"), Kind::Anthropic);
+            for piece in stream.as_bytes().chunks(cut) {
+                scan.feed(&Bytes::copy_from_slice(piece));
+            }
+            let (usage, error) = scan.finish();
+            assert_eq!(error.as_deref(), Some("Overloaded"), "cut {cut}");
+            assert_eq!(usage.and_then(|u| u.prompt_tokens), Some(9));
+        }
+        // A delta whose text says "error" is no error.
+        let mut scan = UsageScan::for_content_type(Some("text/event-stream"), Kind::OpenAi);
+        scan.feed(&Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"\\\"error\\\": 1\"}}],\"usage\":null}\n\ndata: [DONE]\n\n",
+        ));
+        assert_eq!(scan.finish().1, None);
+        // OpenAI-compatible servers that report a failure as a chunk with a top-level `error`.
+        let mut scan = UsageScan::for_content_type(Some("text/event-stream"), Kind::OpenAi);
+        scan.feed(&Bytes::from_static(
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"error\":{\"message\":\"model crashed\",\"type\":\"server_error\"}}\n\n",
+        ));
+        assert_eq!(scan.finish().1.as_deref(), Some("model crashed"));
     }
 
     #[test]
@@ -849,12 +899,13 @@ mod tests {
                 cache_write_tokens: None,
             })
         );
-        // A stream cut before any usage (an overloaded_error event, say) counts nothing.
+        // A stream cut before any usage (an overloaded_error event, say) counts nothing, and
+        // says why it ended.
         let mut scan = anthropic_scan();
         scan.feed(&Bytes::from_static(
             b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
         ));
-        assert_eq!(scan.finish(), (None, None));
+        assert_eq!(scan.finish(), (None, Some("Overloaded".into())));
         // Read as OpenAI's (as every route was before), only the message_delta's top-level
         // usage is seen, and no cache counts: why the scan must know the route's kind.
         let mut scan = UsageScan::for_content_type(Some("text/event-stream"), Kind::OpenAi);

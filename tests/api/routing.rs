@@ -851,3 +851,59 @@ async fn an_upstream_echoing_its_credential_in_a_failure_is_redacted_in_the_row(
     assert!(!metrics.contains(secret));
     assert!(!captured_logs().contains(secret));
 }
+
+#[tokio::test]
+async fn a_stream_that_reports_an_error_after_its_200_is_a_failed_row() {
+    let app = spawn_app().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let _ = socket.read(&mut buf).await;
+                let events = concat!(
+                    "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
+                    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n",
+                    "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+                );
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{events}",
+                    events.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    add_upstream(
+        &app,
+        json!({"name": "claude", "kind": "anthropic", "base_url": url}),
+    )
+    .await;
+    let (key_id, key) = app.new_key().await;
+    let response = app
+        .client
+        .post(app.url("/v1/messages"))
+        .header("x-api-key", &key)
+        .json(&json!({"model": "claude-x", "max_tokens": 5, "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    assert!(
+        text.contains("overloaded_error"),
+        "the client gets the event as sent: {text}"
+    );
+    let row = last_row(&app, key_id).await;
+    assert_eq!(row["status"], "error", "{row}");
+    assert_eq!(row["http_status"], 200);
+    assert_eq!(
+        row["error_message"],
+        "upstream stream ended with an error: Overloaded"
+    );
+    assert_eq!(
+        row["prompt_tokens"], 12,
+        "the usage read before the error still counts"
+    );
+}

@@ -139,6 +139,18 @@ impl RecordedBody {
                 record.success = false;
                 record.set_error(failure);
             }
+            // A stream answered 200, then carried an error event (Anthropic's `overloaded_error`
+            // mid-stream): the call failed, whatever part of the answer came before.
+            None if call.upstream_ok && record.stream => match upstream_message {
+                None => record.success = true,
+                Some(detail) => {
+                    record.success = false;
+                    record.set_error(format!(
+                        "upstream stream ended with an error: {}",
+                        stored_detail(&detail, call.via.secret.as_deref())
+                    ));
+                }
+            },
             None if call.upstream_ok => record.success = true,
             None => {
                 record.success = false;
