@@ -330,6 +330,17 @@ pub enum StreamUsage {
     Off,
 }
 
+impl StreamUsage {
+    /// The setting named `text` (`inject` or `off`, as the API and the environment write it).
+    pub fn parse(text: &str) -> Option<StreamUsage> {
+        match text {
+            "inject" => Some(StreamUsage::Inject),
+            "off" => Some(StreamUsage::Off),
+            _ => None,
+        }
+    }
+}
+
 /// When the console session cookie carries `Secure`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecureCookie {
@@ -432,10 +443,9 @@ impl Config {
             "never" => SecureCookie::Never,
             other => bail!("KEYGATE_SECURE_COOKIE: `{other}` is not one of auto, always, never"),
         };
-        let stream_usage = match args.stream_usage.trim().to_ascii_lowercase().as_str() {
-            "inject" => StreamUsage::Inject,
-            "off" => StreamUsage::Off,
-            other => bail!("KEYGATE_STREAM_USAGE: `{other}` is not one of inject, off"),
+        let setting = args.stream_usage.trim().to_ascii_lowercase();
+        let Some(stream_usage) = StreamUsage::parse(&setting) else {
+            bail!("KEYGATE_STREAM_USAGE: `{setting}` is not one of inject, off");
         };
         if args.max_body_bytes == 0 {
             bail!("KEYGATE_MAX_BODY_BYTES: must be a positive number of bytes");

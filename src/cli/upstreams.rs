@@ -13,8 +13,8 @@ use crate::config::Config;
 use crate::key_ops::Keyring;
 use crate::store;
 use crate::upstreams::form::{NewUpstream, UpstreamPatch};
+use crate::upstreams::health::Health;
 use crate::upstreams::ops;
-use crate::upstreams::registry::Health;
 use crate::upstreams::spec::{UpstreamSpec, DEFAULT_ID, DEFAULT_NAME};
 use crate::upstreams::view::UpstreamView;
 

@@ -26,13 +26,15 @@ pub async fn reachable(
     allowed: Option<&Policy>,
     now: i64,
 ) -> Response<ReplyBody> {
-    let routes: Vec<_> = table
-        .routes
-        .iter()
-        .filter(|_| bound.is_some())
-        .filter(|r| r.spec.enabled && r.spec.kind == kind)
-        .filter(|r| bound.is_some_and(|b| b.is_empty() || b.contains(&r.spec.id)))
-        .collect();
+    let routes: Vec<_> = match bound {
+        None => Vec::new(),
+        Some(bound) => table
+            .routes
+            .iter()
+            .filter(|r| r.spec.enabled && r.spec.kind == kind)
+            .filter(|r| bound.is_empty() || bound.contains(&r.spec.id))
+            .collect(),
+    };
     let lists = futures_util::future::join_all(
         routes
             .iter()

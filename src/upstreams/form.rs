@@ -238,17 +238,15 @@ pub fn auth_header(text: &str) -> Result<AuthHeader, ApiError> {
 }
 
 pub fn stream_usage(text: &str) -> Result<StreamUsage, ApiError> {
-    match text.trim() {
-        "inject" => Ok(StreamUsage::Inject),
-        "off" => Ok(StreamUsage::Off),
-        other => Err(ApiError::invalid(
+    StreamUsage::parse(text.trim()).ok_or_else(|| {
+        ApiError::invalid(
             "stream_usage",
             format!(
                 "`{}` is not one of inject (ask streams for their usage) or off",
-                other.escape_debug()
+                text.trim().escape_debug()
             ),
-        )),
-    }
+        )
+    })
 }
 
 /// An http(s) URL with a host and no query, fragment or user; without its trailing `/`.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::registry::Health;
+use serde::Serialize;
 
 /// The longest cooldown, however long an upstream keeps failing.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(600);
@@ -38,6 +38,19 @@ impl CooldownPolicy {
     }
 }
 
+/// An upstream's health as the admin API and console show it (kept in memory only).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct Health {
+    /// `healthy`, `cooling` (skipped until `cooling_until`) or `disabled`.
+    pub state: &'static str,
+    /// UTC ms.
+    pub cooling_until: Option<i64>,
+    pub consecutive_failures: u32,
+    /// The last failure, redacted of credentials.
+    pub last_error: Option<String>,
+}
+
+/// The health state of one upstream, kept with its connections.
 #[derive(Debug, Default)]
 pub struct HealthState {
     /// Requests sent to it, failures and cooldowns started, since it was configured as it is

@@ -6,10 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use rand::Rng;
-use serde::Serialize;
 use sqlx::SqlitePool;
 
-use super::health::CooldownPolicy;
+use super::health::{CooldownPolicy, Health};
 use super::spec::{AuthHeader, Kind, UpstreamSpec, DEFAULT_ID, DEFAULT_NAME};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -124,18 +123,6 @@ fn shuffle_by_weight(group: &mut [&Route]) {
         }
         group.swap(start, pick);
     }
-}
-
-/// An upstream's health as the admin API and console show it (kept in memory only).
-#[derive(Clone, Debug, Default, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct Health {
-    /// `healthy`, `cooling` (skipped until `cooling_until`) or `disabled`.
-    pub state: &'static str,
-    /// UTC ms.
-    pub cooling_until: Option<i64>,
-    pub consecutive_failures: u32,
-    /// The last failure, redacted of credentials.
-    pub last_error: Option<String>,
 }
 
 /// Every upstream's routing data and health.
@@ -263,10 +250,5 @@ impl Registry {
                 ..Health::default()
             },
         }
-    }
-
-    /// The built-in upstream `default`.
-    pub fn builtin(&self) -> &Arc<Upstream> {
-        &self.builtin.upstream
     }
 }

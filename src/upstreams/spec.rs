@@ -125,15 +125,13 @@ impl UpstreamSpec {
         use anyhow::Context as _;
         let what =
             |field: &str| format!("upstream `{}` (id {}): stored `{field}`", row.name, row.id);
-        let word = |text: &str| serde_json::Value::String(text.to_owned());
-        let kind: Kind = serde_json::from_value(word(&row.kind)).with_context(|| what("kind"))?;
-        let auth_header: AuthHeader =
-            serde_json::from_value(word(&row.auth_header)).with_context(|| what("auth_header"))?;
-        let stream_usage = match row.stream_usage.as_str() {
-            "inject" => StreamUsage::Inject,
-            "off" => StreamUsage::Off,
-            other => anyhow::bail!("{}: `{other}` is not inject or off", what("stream_usage")),
-        };
+        let named = |field: &str, text: &str| format!("{}: `{text}` is not known", what(field));
+        let kind =
+            Kind::parse(&row.kind).ok_or_else(|| anyhow::anyhow!(named("kind", &row.kind)))?;
+        let auth_header = AuthHeader::parse(&row.auth_header)
+            .ok_or_else(|| anyhow::anyhow!(named("auth_header", &row.auth_header)))?;
+        let stream_usage = StreamUsage::parse(&row.stream_usage)
+            .ok_or_else(|| anyhow::anyhow!(named("stream_usage", &row.stream_usage)))?;
         let api_key = match &row.encrypted_api_key {
             None => None,
             Some(token) => {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::registry::Health;
+use super::health::Health;
 use super::spec::{AuthHeader, Kind, UpstreamSpec, DEFAULT_ID, DEFAULT_NAME};
 use crate::clock::ser_opt_ms;
 use crate::config::{Config, StreamUsage};
