@@ -24,7 +24,7 @@ fn samples(text: &str) -> HashMap<String, f64> {
 }
 
 /// The metrics text, read with the admin token after every record so far was written.
-async fn scrape(app: &TestApp) -> String {
+pub(crate) async fn scrape(app: &TestApp) -> String {
     app.flush().await;
     let response = app
         .client

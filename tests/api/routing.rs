@@ -18,24 +18,31 @@ pub async fn add_upstream(app: &TestApp, spec: Value) -> i64 {
     body["id"].as_i64().unwrap()
 }
 
-/// An upstream that answers every request with `status` and `body` (extra header lines in
-/// `headers`), counting the requests it got. `status` 0: it never answers.
+/// A fake upstream and the requests it got.
 pub struct Fixed {
+    /// Its base URL, OpenAI-style (`…/v1`).
     pub url: String,
     pub hits: Arc<AtomicUsize>,
 }
 
-pub async fn spawn_fixed(status: u16, headers: &'static str, body: &'static str) -> Fixed {
+impl Fixed {
+    /// Its base URL, Anthropic-style (no `/v1`).
+    pub fn root(&self) -> String {
+        self.url.trim_end_matches("/v1").to_string()
+    }
+}
+
+/// An upstream that reads each request whole, counts it, writes `answer` (raw bytes, framing
+/// and all), then closes the connection, or with `hang` keeps it open for 30 s.
+pub async fn spawn_raw(answer: String, hang: bool) -> Fixed {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
     let hits = Arc::new(AtomicUsize::new(0));
     let counted = hits.clone();
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let hits = counted.clone();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (hits, answer) = (counted.clone(), answer.clone());
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 8192];
@@ -64,19 +71,30 @@ pub async fn spawn_fixed(status: u16, headers: &'static str, body: &'static str)
                     }
                 }
                 hits.fetch_add(1, Ordering::SeqCst);
-                if status == 0 {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    return;
-                }
-                let answer = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
-                    body.len()
-                );
                 let _ = socket.write_all(answer.as_bytes()).await;
+                if hang {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
             });
         }
     });
     Fixed { url, hits }
+}
+
+/// An upstream that answers every request with `status` and the JSON `body` (extra header
+/// lines in `headers`). `status` 0: it never answers.
+pub async fn spawn_fixed(status: u16, headers: &'static str, body: &'static str) -> Fixed {
+    if status == 0 {
+        return spawn_raw(String::new(), true).await;
+    }
+    spawn_raw(
+        format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
+            body.len()
+        ),
+        false,
+    )
+    .await
 }
 
 /// A URL where nothing listens.
@@ -195,16 +213,7 @@ async fn a_dead_upstream_fails_over_and_is_cooled_then_skipped_until_its_cooldow
     let until = app.state.upstreams.health(down_id).cooling_until.unwrap();
     assert_eq!(until - app.clock.now_ms(), 60_000);
     // Metrics name it.
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::metrics::scrape(&app).await;
     for line in [
         "keygate_upstream_requests_total{upstream=\"down\"} 4",
         "keygate_upstream_failures_total{upstream=\"down\"} 4",
@@ -693,29 +702,15 @@ async fn an_upstream_test_asks_its_model_list_and_never_shows_its_credential() {
     assert!(out.contains("HTTP 401") && !out.contains(secret), "{out}");
 }
 
-/// An upstream that answers 200 with a body it cuts short, then closes the connection.
-async fn spawn_truncating() -> Fixed {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counted = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 8192];
-            let _ = socket.read(&mut buf).await;
-            let _ = socket
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"id\":\"cut")
-                .await;
-        }
-    });
-    Fixed { url, hits }
-}
-
 #[tokio::test]
 async fn an_answer_broken_after_its_first_bytes_is_not_sent_elsewhere() {
     let app = spawn_app().await;
-    let cut = spawn_truncating().await;
+    // 200 with a body it cuts short, then it closes the connection.
+    let cut = spawn_raw(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"id\":\"cut".into(),
+        false,
+    )
+    .await;
     add_upstream(
         &app,
         json!({"name": "cut", "kind": "openai", "base_url": cut.url}),
@@ -777,20 +772,13 @@ async fn a_body_without_a_model_is_routed_by_its_route_kind_alone() {
 #[tokio::test]
 async fn a_503_that_stalls_before_its_end_is_a_504_and_goes_nowhere_else() {
     let app = spawn_app().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 8192];
-                let _ = socket.read(&mut buf).await;
-                let _ = socket
-                    .write_all(b"HTTP/1.1 503 X\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"error\":")
-                    .await;
-                tokio::time::sleep(Duration::from_secs(30)).await;
-            });
-        }
-    });
+    // A 503 whose body stops halfway; the connection stays open.
+    let stalls = spawn_raw(
+        "HTTP/1.1 503 X\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"error\":".into(),
+        true,
+    )
+    .await;
+    let url = stalls.url;
     add_upstream(
         &app,
         json!({"name": "stalls", "kind": "openai", "base_url": url, "timeout_seconds": 1}),
@@ -838,16 +826,7 @@ async fn an_upstream_echoing_its_credential_in_a_failure_is_redacted_in_the_row(
     let (_, listed) = app.get("/api/upstreams").await;
     assert!(!listed.to_string().contains(secret));
     assert!(!format!("{:?}", app.state.upstreams.health(id)).contains(secret));
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::metrics::scrape(&app).await;
     assert!(!metrics.contains(secret));
     assert!(!captured_logs().contains(secret));
 }
@@ -855,26 +834,20 @@ async fn an_upstream_echoing_its_credential_in_a_failure_is_redacted_in_the_row(
 #[tokio::test]
 async fn a_stream_that_reports_an_error_after_its_200_is_a_failed_row() {
     let app = spawn_app().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 8192];
-                let _ = socket.read(&mut buf).await;
-                let events = concat!(
-                    "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
-                    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n",
-                    "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
-                );
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{events}",
-                    events.len()
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
+    let events = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n",
+        "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+    );
+    let url = spawn_raw(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{events}",
+            events.len()
+        ),
+        false,
+    )
+    .await
+    .root();
     add_upstream(
         &app,
         json!({"name": "claude", "kind": "anthropic", "base_url": url}),

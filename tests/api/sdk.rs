@@ -97,7 +97,7 @@ async fn anthropic_python_sdk_works_through_keygate() {
         r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
     )
     .await;
-    let overloaded_url = overloaded.url.trim_end_matches("/v1").to_string();
+    let overloaded_url = overloaded.root();
     crate::routing::add_upstream(&app, json!({"name": "busy", "kind": "anthropic", "base_url": overloaded_url, "models": ["claude-*"]})).await;
     let claude = crate::routing::add_upstream(&app, json!({"name": "claude", "kind": "anthropic", "base_url": mock, "models": ["claude-*"], "priority": 1})).await;
     let (id, key) = app.new_key().await;
