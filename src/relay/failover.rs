@@ -96,7 +96,8 @@ pub async fn send<'t>(
                     .health
                     .failed(now, MAX_DURATION_EXCEEDED, None, &state.upstreams.cooldown);
                 return Err(refusal(
-                    &failures,
+                    record,
+                    failures,
                     ApiError::GatewayTimeout(
                         "The upstream did not answer in time; try again later".into(),
                     ),
@@ -150,7 +151,7 @@ pub async fn send<'t>(
                     Err(Incomplete::Failed(failure)) => {
                         let (error, reason) = describe(state, upstream, failure);
                         let reason = format!("HTTP {status}, then {reason}");
-                        return Err(refusal(&failures, error, reason));
+                        return Err(refusal(record, failures, error, reason));
                     }
                 }
             }
@@ -168,10 +169,11 @@ pub async fn send<'t>(
             note(&mut failures, upstream, &reason);
             continue;
         }
-        return Err(refusal(&failures, error, reason));
+        return Err(refusal(record, failures, error, reason));
     }
     Err(refusal(
-        &failures,
+        record,
+        failures,
         ApiError::BadGateway("No upstream could take the request; try again later".into()),
         "no upstream left to try".into(),
     ))
@@ -280,14 +282,11 @@ fn note(failures: &mut String, upstream: &Upstream, what: &str) {
     failures.push_str(&upstream.redact(what));
 }
 
-/// The refusal of a request no upstream served: the error the client gets, and for the call
-/// record the failures of the upstreams before the last.
-fn refusal(failures: &str, error: ApiError, reason: String) -> Refusal {
-    if failures.is_empty() {
-        Refusal::new(error, reason)
-    } else {
-        Refusal::new(error, format!("{failures}; then {reason}"))
-    }
+/// The refusal of a request no upstream served: the error the client gets and the last
+/// upstream's failure, after those of the upstreams before it in the call record.
+fn refusal(record: &mut CallRecord, failures: String, error: ApiError, reason: String) -> Refusal {
+    keep_failures(record, failures);
+    Refusal::new(error, reason)
 }
 
 /// What the client is told, and the call record's reason, for a failure of `upstream`.

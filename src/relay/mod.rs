@@ -168,7 +168,8 @@ async fn answer(
             let mut record = std::mem::take(&mut call.record);
             record.success = false;
             record.http_status = refusal.error.status().as_u16();
-            record.error_message = Some(refusal.reason);
+            // After the failures of upstreams tried before, if any.
+            record.set_error(refusal.reason);
             record.response_time = started.elapsed().as_millis() as i64;
             record.answered(started);
             state.logs.record(record);
