@@ -880,3 +880,39 @@ async fn a_stream_that_reports_an_error_after_its_200_is_a_failed_row() {
         "the usage read before the error still counts"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_whose_connections_all_stay_busy_fails_over() {
+    // One connection per upstream; the first request holds the hanging upstream's only one.
+    let app = Arc::new(spawn_app_with(&["--upstream-max-connections", "1"]).await);
+    let hangs = spawn_fixed(0, "", "").await;
+    add_upstream(
+        &app,
+        json!({"name": "hangs", "kind": "openai", "base_url": hangs.url, "timeout_seconds": 60}),
+    )
+    .await;
+    let (key_id, key) = app.new_key().await;
+    let holder = {
+        let (app, key) = (app.clone(), key.clone());
+        tokio::spawn(async move { chat(&app, &key, "gpt-test").await })
+    };
+    while hangs.hits.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The second waits for a connection (up to 5 s), none frees: it never left, so the next
+    // upstream takes it.
+    let (status, _) = chat(&app, &key, "gpt-test").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(hangs.hits.load(Ordering::SeqCst), 1);
+    assert_eq!(app.upstream.seen().len(), 1);
+    let row = last_row(&app, key_id).await;
+    assert_eq!(row["attempts"], 2);
+    assert!(
+        row["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("stayed busy"),
+        "{row}"
+    );
+    holder.abort();
+}
