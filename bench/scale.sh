@@ -103,6 +103,7 @@ json() { python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)$1))"
 
 TOTAL=$(get "/api/api-logs?page_size=1" | json '["total"]')
 LAST_PAGE=$(( (TOTAL + 49) / 50 ))
+MID_PAGE=$(( (LAST_PAGE + 1) / 2 ))
 NEXT=$(get "/api/api-logs?page_size=50" | json '["next_before"]')
 
 # median of 5 warm runs (one unmeasured run first), in ms
@@ -125,7 +126,9 @@ READS=(
   "model, page 1|/api/api-logs?model=gpt-4o&page=1&page_size=50"
   "next page by cursor (\`before\`)|/api/api-logs?before=$NEXT&page_size=50"
   "last page by cursor (\`after=0\`)|/api/api-logs?after=0&page_size=50"
+  "middle page by number (page $MID_PAGE)|/api/api-logs?page=$MID_PAGE&page_size=50"
   "last page by number (page $LAST_PAGE)|/api/api-logs?page=$LAST_PAGE&page_size=50"
+  "key_id, middle page by number|/api/api-logs?key_id=1&page=$(( (MID_PAGE + 9) / 10 ))&page_size=50"
 )
 ROWS_H=$(python3 -c "print(f'{$ROWS:,}')")
 {

@@ -36,8 +36,9 @@ pub struct LogsQuery {
     after: Option<i64>,
 }
 
-/// A page of logs: `{items, page, page_size, total}` as every list, plus `total_is_estimate`
-/// (past `TOTAL_COUNT_CAP` matching rows the total is estimated, never counted) and the
+/// A page of logs: `{items, page, page_size, total}` as every list (the total exact, from the
+/// call log's day counts), plus `total_is_estimate` (always false since those counts; kept for
+/// clients written against earlier versions, whose totals past 10,000 rows were estimated) and the
 /// cursors of the pages either side (`next_before`: pass as `before` for older rows;
 /// `prev_after`: pass as `after` for newer rows; null when there are none). `page` is null on
 /// a cursor page.
@@ -105,7 +106,7 @@ pub async fn page_of_logs(
         },
         page_size: at.page_size(),
         total: page.total,
-        total_is_estimate: page.total_is_estimate,
+        total_is_estimate: false,
         next_before: page.next_before,
         prev_after: page.prev_after,
     }))

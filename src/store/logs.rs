@@ -195,27 +195,29 @@ impl PageAt {
 #[derive(Debug)]
 pub struct LogPage {
     pub rows: Vec<LogRow>,
-    /// Rows matching the filter: exact up to `TOTAL_COUNT_CAP`, an estimate past it.
+    /// Rows matching the filter (exact: from `log_day_counts`).
     pub total: i64,
-    pub total_is_estimate: bool,
     /// Older rows exist: the id to pass as `before` for the next page.
     pub next_before: Option<i64>,
     /// Newer rows exist: the id to pass as `after` for the previous page.
     pub prev_after: Option<i64>,
 }
 
-/// Matching rows are counted up to this many (an index-only walk of at most this many
-/// entries, a few ms); past it the total is estimated without reading the log (see
-/// `estimate`), so no page read ever scans the whole table.
-pub const TOTAL_COUNT_CAP: i64 = 10_000;
+/// Where a page's walk of its index begins.
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    /// At an end: the newest row, or the oldest after `after=0`.
+    End,
+    /// Next to a cursor row `(timestamp, id)`.
+    Row(i64, i64),
+    /// `skip` rows into those older than `before` (UTC ms; None: all): a page by number, its
+    /// first row's day found from the day counts, so the walk skips at most one day's rows.
+    Skip { before: Option<i64>, skip: i64 },
+}
 
 /// The conditions of a filter, ANDed after ` WHERE `. Status conditions are SQL literals: only
 /// `status = 'error'` written out lets SQLite use the partial error indexes.
-fn push_filter(
-    query: &mut QueryBuilder<'_, Sqlite>,
-    filter: &LogFilter,
-    status: Option<LogStatus>,
-) {
+fn push_filter(query: &mut QueryBuilder<'_, Sqlite>, filter: &LogFilter) {
     query.push(" WHERE true");
     if let Some(key_id) = filter.key_id {
         query.push(" AND api_key_id = ").push_bind(key_id);
@@ -223,7 +225,7 @@ fn push_filter(
     if let Some(model) = &filter.model {
         query.push(" AND model = ").push_bind(model.clone());
     }
-    match status {
+    match filter.status {
         None => {}
         Some(LogStatus::Error) => {
             query.push(" AND status = 'error'");
@@ -237,31 +239,50 @@ fn push_filter(
 }
 
 /// One page of logs and the total matching the filter; None when the cursor's row does not
-/// exist (deleted or pruned).
+/// exist (deleted or pruned). The counts and the page are read in one transaction (one
+/// snapshot), so they agree while the call-log writer goes on.
 pub async fn list(
     pool: &SqlitePool,
     filter: &LogFilter,
     at: PageAt,
 ) -> sqlx::Result<Option<LogPage>> {
     let page_size = at.page_size();
-    let cursor = match at {
-        PageAt::Number(_) | PageAt::After { id: 0, .. } => None,
+    let mut tx = pool.begin().await?;
+    let days: Vec<(i64, i64)> = day_counts_query(filter)
+        .build_query_as()
+        .fetch_all(&mut *tx)
+        .await?;
+    let total = days.iter().map(|(_, rows)| rows).sum();
+    let start = match at {
+        PageAt::Number(page) => match seek(&days, page.offset()) {
+            Some(start) => start,
+            // Past the last row: an empty page.
+            None => {
+                return Ok(Some(LogPage {
+                    rows: Vec::new(),
+                    total,
+                    next_before: None,
+                    prev_after: None,
+                }))
+            }
+        },
+        PageAt::After { id: 0, .. } => Start::End,
         PageAt::Before { id, .. } | PageAt::After { id, .. } => {
             let timestamp: Option<i64> =
                 sqlx::query_scalar("SELECT timestamp FROM api_call_logs WHERE id = ?")
                     .bind(id)
-                    .fetch_optional(pool)
+                    .fetch_optional(&mut *tx)
                     .await?;
             match timestamp {
-                Some(timestamp) => Some((timestamp, id)),
+                Some(timestamp) => Start::Row(timestamp, id),
                 None => return Ok(None),
             }
         }
     };
-    let (total, total_is_estimate) = total(pool, filter).await?;
     let newest_first = !matches!(at, PageAt::After { .. });
-    let mut select = page_query(filter, at, cursor);
-    let mut rows: Vec<LogRow> = select.build_query_as().fetch_all(pool).await?;
+    let mut select = page_query(filter, at, start);
+    let mut rows: Vec<LogRow> = select.build_query_as().fetch_all(&mut *tx).await?;
+    tx.commit().await?;
     let more = rows.len() as i64 > page_size;
     rows.truncate(page_size as usize);
     if !newest_first {
@@ -277,127 +298,102 @@ pub async fn list(
     Ok(Some(LogPage {
         rows,
         total,
-        total_is_estimate,
         next_before,
         prev_after,
     }))
 }
 
+/// Where the walk for the rows past `offset` (newest first) starts: in the day holding row
+/// `offset`, after the rows of the newer days; None past the last row.
+fn seek(days: &[(i64, i64)], offset: i64) -> Option<Start> {
+    if offset == 0 {
+        return Some(Start::Skip {
+            before: None,
+            skip: 0,
+        });
+    }
+    let mut newer = 0;
+    for &(day, rows) in days {
+        if newer + rows > offset {
+            return Some(Start::Skip {
+                before: Some((day + 1) * MS_PER_DAY),
+                skip: offset - newer,
+            });
+        }
+        newer += rows;
+    }
+    None
+}
+
 /// The rows of a page (one more than the page: it tells whether the walk goes on past it),
 /// in the order of the index that serves the filter: newest first, or oldest first after a
-/// cursor row `(timestamp, id)`.
-fn page_query<'a>(
-    filter: &LogFilter,
-    at: PageAt,
-    cursor: Option<(i64, i64)>,
-) -> QueryBuilder<'a, Sqlite> {
+/// cursor row or from the oldest end.
+fn page_query<'a>(filter: &LogFilter, at: PageAt, start: Start) -> QueryBuilder<'a, Sqlite> {
     let mut select =
         QueryBuilder::<Sqlite>::new(format!("SELECT {} FROM api_call_logs", log_sql().select));
-    push_filter(&mut select, filter, filter.status);
+    push_filter(&mut select, filter);
     let newest_first = !matches!(at, PageAt::After { .. });
-    if let Some((timestamp, id)) = cursor {
-        // The range bound on `timestamp` is what the index serves; ties are few.
-        let (bound, strict) = if newest_first {
-            ("<=", "<")
-        } else {
-            (">=", ">")
-        };
-        select
-            .push(format!(" AND timestamp {bound} "))
-            .push_bind(timestamp)
-            .push(format!(" AND (timestamp {strict} "))
-            .push_bind(timestamp)
-            .push(format!(" OR id {strict} "))
-            .push_bind(id)
-            .push(")");
+    match start {
+        Start::End
+        | Start::Skip {
+            before: None,
+            skip: _,
+        } => {}
+        Start::Row(timestamp, id) => {
+            // The range bound on `timestamp` is what the index serves; ties are few.
+            let (bound, strict) = if newest_first {
+                ("<=", "<")
+            } else {
+                (">=", ">")
+            };
+            select
+                .push(format!(" AND timestamp {bound} "))
+                .push_bind(timestamp)
+                .push(format!(" AND (timestamp {strict} "))
+                .push_bind(timestamp)
+                .push(format!(" OR id {strict} "))
+                .push_bind(id)
+                .push(")");
+        }
+        Start::Skip {
+            before: Some(before),
+            skip: _,
+        } => {
+            select.push(" AND timestamp < ").push_bind(before);
+        }
     }
     let order = if newest_first { "DESC" } else { "ASC" };
     select
         .push(format!(" ORDER BY timestamp {order}, id {order} LIMIT "))
         .push_bind(at.page_size() + 1);
-    if let PageAt::Number(page) = at {
-        select.push(" OFFSET ").push_bind(page.offset());
+    if let Start::Skip { skip, .. } = start {
+        select.push(" OFFSET ").push_bind(skip);
     }
     select
 }
 
-/// Rows matching the filter, counted up to `TOTAL_COUNT_CAP`, else estimated (true).
-async fn total(pool: &SqlitePool, filter: &LogFilter) -> sqlx::Result<(i64, bool)> {
-    let (matching, errors): (i64, i64) =
-        count_query(filter).build_query_as().fetch_one(pool).await?;
-    if matching <= TOTAL_COUNT_CAP {
-        // Success rows have no index of their own: they are the rows but the (indexed) errors.
-        let total = match filter.status {
-            Some(LogStatus::Success) => matching - errors,
-            _ => matching,
-        };
-        return Ok((total, false));
-    }
-    Ok((estimate(pool, filter).await?, true))
-}
-
-/// One statement (so both counts see the same rows), each count stopping past the cap: the
-/// rows matching the filter (for a success filter: the rows of its key and model, whatever
-/// their status), and the error rows among them (0 unless the filter is on success).
-fn count_query<'a>(filter: &LogFilter) -> QueryBuilder<'a, Sqlite> {
-    let status = match filter.status {
-        Some(LogStatus::Error) => Some(LogStatus::Error),
-        _ => None,
+/// The rows matching the filter per UTC day that has any, newest day first, from
+/// `log_day_counts` (a few rows per key, day and model, whatever the traffic).
+fn day_counts_query<'a>(filter: &LogFilter) -> QueryBuilder<'a, Sqlite> {
+    let rows = match filter.status {
+        None => "rows",
+        Some(LogStatus::Error) => "errors",
+        Some(LogStatus::Success) => "rows - errors",
     };
-    let mut count =
-        QueryBuilder::<Sqlite>::new("SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM api_call_logs");
-    push_filter(&mut count, filter, status);
-    count
-        .push(" LIMIT ")
-        .push_bind(TOTAL_COUNT_CAP + 1)
-        .push("))");
-    if filter.status == Some(LogStatus::Success) {
-        count.push(", (SELECT COUNT(*) FROM (SELECT 1 FROM api_call_logs");
-        push_filter(&mut count, filter, Some(LogStatus::Error));
-        count
-            .push(" LIMIT ")
-            .push_bind(TOTAL_COUNT_CAP + 1)
-            .push("))");
-    } else {
-        count.push(", 0");
-    }
-    count
-}
-
-/// Past the cap, without reading the log: with no filter, the span of row ids (ids are given
-/// in order, so it is exact until rows are deleted or pruned); otherwise the usage rollup's
-/// calls of the filter's key (or of all keys) and model, from the UTC day of the oldest row
-/// still held (exact but for pruned rows of that day, rows of deleted keys, and rows of no
-/// key, which the rollup leaves out).
-async fn estimate(pool: &SqlitePool, filter: &LogFilter) -> sqlx::Result<i64> {
-    if filter.key_id.is_none() && filter.model.is_none() && filter.status.is_none() {
-        return sqlx::query_scalar(
-            "SELECT COALESCE((SELECT MAX(id) FROM api_call_logs) - \
-             (SELECT MIN(id) FROM api_call_logs) + 1, 0)",
-        )
-        .fetch_one(pool)
-        .await;
-    }
-    let column = match filter.status {
-        None => "calls",
-        Some(LogStatus::Success) => "success_calls",
-        Some(LogStatus::Error) => "error_calls",
-    };
-    let mut sum = QueryBuilder::<Sqlite>::new(format!(
-        "SELECT COALESCE(SUM({column}), 0) FROM usage_daily WHERE day >= \
-         (SELECT date(MIN(timestamp) / 1000, 'unixepoch') FROM api_call_logs"
+    let mut query = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT day, SUM({rows}) AS n FROM log_day_counts WHERE true"
     ));
     if let Some(key_id) = filter.key_id {
-        sum.push(" WHERE api_key_id = ").push_bind(key_id);
-    }
-    sum.push(")");
-    if let Some(key_id) = filter.key_id {
-        sum.push(" AND api_key_id = ").push_bind(key_id);
+        // Rows without a key are counted under 0, which no key filter may reach.
+        query
+            .push(" AND api_key_id = ")
+            .push_bind(if key_id > 0 { key_id } else { -1 });
     }
     if let Some(model) = &filter.model {
-        sum.push(" AND model = ").push_bind(model.clone());
+        query.push(" AND model = ").push_bind(model.clone());
     }
-    sum.build_query_scalar().fetch_one(pool).await
+    query.push(" GROUP BY day HAVING n > 0 ORDER BY day DESC");
+    query
 }
 
 #[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
@@ -628,49 +624,62 @@ mod tests {
                 "idx_logs_model_time",
             ),
         ];
-        let page = Page {
-            page: 3,
-            page_size: 50,
-        };
         let ats = [
-            (PageAt::Number(page), None),
+            (
+                PageAt::Number(Page {
+                    page: 1,
+                    page_size: 50,
+                }),
+                Start::Skip {
+                    before: None,
+                    skip: 0,
+                },
+            ),
+            (
+                PageAt::Number(Page {
+                    page: 3,
+                    page_size: 50,
+                }),
+                Start::Skip {
+                    before: Some(20 * MS_PER_DAY),
+                    skip: 100,
+                },
+            ),
             (
                 PageAt::Before {
                     id: 7,
                     page_size: 50,
                 },
-                Some((1, 7)),
+                Start::Row(1, 7),
             ),
             (
                 PageAt::After {
                     id: 7,
                     page_size: 50,
                 },
-                Some((1, 7)),
+                Start::Row(1, 7),
             ),
             (
                 PageAt::After {
                     id: 0,
                     page_size: 50,
                 },
-                None,
+                Start::End,
             ),
         ];
         for (filter, index) in &filters {
-            for (at, cursor) in ats {
-                let plan = plan(&pool, page_query(filter, at, cursor)).await;
+            for (at, start) in ats {
+                let plan = plan(&pool, page_query(filter, at, start)).await;
                 assert!(
                     plan.contains(&format!("USING INDEX {index}")) && !plan.contains("TEMP B-TREE"),
                     "{filter:?} {at:?}: {plan}"
                 );
             }
-            // What `total` counts: the rows, and the errors among them (success = the rest).
-            let plan = plan(&pool, count_query(filter)).await;
+            // The day counts: a range of their primary key when a key is given.
+            let plan = plan(&pool, day_counts_query(filter)).await;
             assert!(
-                plan.contains("INDEX idx_logs_")
-                    && !plan.contains("SCAN api_call_logs;")
-                    && !plan.ends_with("SCAN api_call_logs"),
-                "count {filter:?}: {plan}"
+                filter.key_id.is_none() || plan.contains("SEARCH log_day_counts"),
+                "counts {filter:?}: {plan}"
             );
         }
     }

@@ -375,6 +375,28 @@ async fn migration_0005_backfills_the_rollup_and_totals() {
         ),
         (Some(33), Some(0.75))
     );
+    // Migration 0012 counted the rows held per key (0: none), day and model.
+    let counts: Vec<(i64, i64, String, i64, i64)> = sqlx::query_as(
+        "SELECT api_key_id, day, model, rows, errors FROM log_day_counts ORDER BY 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let count = |key: i64, day: i64, model: &str, rows: i64, errors: i64| {
+        (key, day, model.to_string(), rows, errors)
+    };
+    assert_eq!(
+        counts,
+        [
+            count(0, 0, "", 1, 1),
+            count(1, 0, "gpt-a", 2, 1),
+            count(1, 1, "", 1, 1),
+            count(1, 1, "gpt-a", 1, 0),
+            count(2, 0, "gpt-b", 1, 0),
+        ]
+    );
+    let (_, page) = app.get("/api/api-logs?status=error").await;
+    assert_eq!(page["total"], 3);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
-//! Log reads at scale: totals counted up to a cap and estimated past it (from the rollup or the
-//! id span), cursor pages (`before`/`after` a row), the model filter; histories are imported
-//! through the real `keygate data import`.
+//! Log reads at scale: exact totals and pages by number from the day counts (kept by triggers
+//! through imports, overwrites, pruning and key deletion), cursor pages (`before`/`after` a
+//! row), the model filter; histories are imported through the real `keygate data import`.
 
 use std::path::Path;
 
@@ -64,74 +64,107 @@ fn total(page: &Value) -> (i64, bool) {
     )
 }
 
+/// `log_day_counts` agrees with the rows it counts (what the triggers keep it at).
+async fn assert_day_counts_match_rows(app: &TestApp, when: &str) {
+    let pool = &app.state.pool;
+    let counted: Vec<(i64, i64, String, i64, i64)> = sqlx::query_as(
+        "SELECT api_key_id, day, model, rows, errors FROM log_day_counts ORDER BY 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let rows: Vec<(i64, i64, String, i64, i64)> = sqlx::query_as(
+        "SELECT COALESCE(api_key_id, 0), timestamp / 86400000, COALESCE(model, ''), COUNT(*), \
+         SUM(status = 'error') FROM api_call_logs GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(counted, rows, "{when}");
+}
+
+/// Pages by number across days and filters hold what walking every row in page order gives.
+async fn assert_pages_by_number(app: &TestApp, query: &str, expected: &[i64]) {
+    let size = 97; // not a divisor of a day's rows
+    let pages = (expected.len() as i64 + size - 1) / size;
+    for page in [1, 2, pages / 2, pages - 1, pages, pages + 1] {
+        if page < 1 {
+            continue;
+        }
+        let (status, body) = app
+            .get(&format!("/api/api-logs?{query}&page={page}&page_size={size}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let from = ((page - 1) * size).min(expected.len() as i64) as usize;
+        let to = (page * size).min(expected.len() as i64) as usize;
+        assert_eq!(ids(&body), expected[from..to], "{query} page {page}");
+        assert_eq!(total(&body), (expected.len() as i64, false), "{query}");
+        let more = to < expected.len();
+        assert_eq!(
+            body["next_before"].as_i64(),
+            if more && from < to { Some(expected[to - 1]) } else { None },
+            "{query} page {page}"
+        );
+    }
+}
+
 #[tokio::test]
-async fn totals_past_the_cap_are_estimated_without_counting_and_filters_stay_exact() {
+async fn totals_are_exact_and_pages_by_number_start_at_their_day() {
     let app = spawn_app().await;
     let (key, _) = app.new_key().await;
     let (other, _) = app.new_key().await;
     let now = app.clock.now_ms();
-    // 10,100 rows of `key` (every 100th an error), then 20 of `other`; one second apart,
-    // alternating two models.
+    // 10,100 rows of `key` (every 100th an error), then 20 of `other`; a minute apart (a week
+    // of UTC days), alternating two models.
     let n = 10_100;
+    let minute = 60_000;
     let mut logs: Vec<Value> = (1..=n)
         .map(|id| {
             let model = if id % 2 == 0 { "m-even" } else { "m-odd" };
-            log_row(id, key, now - (n + 20 - id) * 1000, model, id % 100 == 0)
+            log_row(id, key, now - (n + 20 - id) * minute, model, id % 100 == 0)
         })
         .collect();
     logs.extend(
-        (n + 1..=n + 20).map(|id| log_row(id, other, now - (n + 20 - id) * 1000, "m-other", false)),
+        (n + 1..=n + 20)
+            .map(|id| log_row(id, other, now - (n + 20 - id) * minute, "m-other", false)),
     );
     import_logs(&app, &logs);
+    assert_day_counts_match_rows(&app, "after the import").await;
 
     let (status, all) = app.get("/api/api-logs?page_size=5").await;
     assert_eq!(status, 200, "{all}");
-    assert_eq!(total(&all), (n + 20, true), "past the cap: the id span");
+    assert_eq!(total(&all), (n + 20, false), "exact past 10,000 rows");
     assert_eq!(ids(&all), [n + 20, n + 19, n + 18, n + 17, n + 16]);
     assert_eq!(all["page"], 1);
     assert_eq!(all["next_before"], n + 16);
     assert!(all["prev_after"].is_null());
 
-    let (_, of_key) = app
-        .get(&format!("/api/api-keys/{key}/logs?page_size=1"))
+    // Newest first is highest id first here (timestamps rise with ids).
+    let newest_first = |keep: &dyn Fn(i64) -> bool| -> Vec<i64> {
+        (1..=n + 20).rev().filter(|id| keep(*id)).collect()
+    };
+    let is_key = |id: i64| id <= n;
+    let is_error = |id: i64| id <= n && id % 100 == 0;
+    assert_pages_by_number(&app, "x=1", &newest_first(&|_| true)).await;
+    assert_pages_by_number(&app, &format!("key_id={key}"), &newest_first(&is_key)).await;
+    assert_pages_by_number(
+        &app,
+        &format!("key_id={key}&status=success"),
+        &newest_first(&|id| is_key(id) && !is_error(id)),
+    )
+    .await;
+    assert_pages_by_number(&app, "status=error", &newest_first(&is_error)).await;
+    assert_pages_by_number(&app, "model=m-odd", &newest_first(&|id| is_key(id) && id % 2 == 1))
         .await;
-    assert_eq!(total(&of_key), (n, true), "from the key's rollup");
-    let (_, successes) = app
-        .get(&format!(
-            "/api/api-logs?key_id={key}&status=success&page_size=1"
-        ))
-        .await;
-    assert_eq!(total(&successes), (n - n / 100, true));
-    let (_, errors) = app
-        .get(&format!(
-            "/api/api-keys/{key}/logs?status=error&page_size=200"
-        ))
-        .await;
-    assert_eq!(total(&errors), (n / 100, false), "under the cap: counted");
-    assert_eq!(errors["items"].as_array().unwrap().len(), 101);
-    assert!(errors["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|r| r["status"] == "error"));
-    let (_, all_errors) = app.get("/api/api-logs?status=error&page_size=1").await;
-    assert_eq!(total(&all_errors), (n / 100, false));
-    let (_, of_other) = app.get(&format!("/api/api-logs?key_id={other}")).await;
-    assert_eq!(total(&of_other), (20, false));
-
-    let (_, odd) = app.get("/api/api-logs?model=m-odd&page_size=3").await;
-    assert_eq!(total(&odd), (n / 2, false));
-    assert_eq!(ids(&odd), [n - 1, n - 3, n - 5]);
-    let (_, odd_errors) = app
-        .get(&format!(
-            "/api/api-keys/{key}/logs?model=m-even&status=error&page_size=1"
-        ))
-        .await;
-    assert_eq!(
-        total(&odd_errors),
-        (n / 100, false),
-        "every 100th id is even"
-    );
+    assert_pages_by_number(
+        &app,
+        &format!("key_id={key}&model=m-even&status=error"),
+        &newest_first(&is_error),
+    )
+    .await;
+    assert_pages_by_number(&app, &format!("key_id={other}"), &newest_first(&|id| id > n)).await;
+    let (_, none) = app.get("/api/api-logs?key_id=0").await;
+    assert_eq!(total(&none), (0, false), "no key has id 0");
 
     // Stats come from the rollup the import kept.
     let (_, stats) = app.get(&format!("/api/api-keys/{key}/stats?days=30")).await;
@@ -146,6 +179,42 @@ async fn totals_past_the_cap_are_estimated_without_counting_and_filters_stay_exa
     assert_eq!(oldest["prev_after"], 3);
     let (_, newer) = app.get("/api/api-logs?after=3&page_size=3").await;
     assert_eq!(ids(&newer), [6, 5, 4]);
+
+    // The counts follow every other way rows come and go: a row without a key (an unknown
+    // key's 401), rows overwritten by an import (moved to another key, day, model and status),
+    // pruning, and a key's deletion (its rows go by ON DELETE CASCADE).
+    let (status, _) = read(app.chat("sk-not-a-key", json!({"model": "gpt-test"})).await).await;
+    assert_eq!(status, 401);
+    app.flush().await;
+    assert_day_counts_match_rows(&app, "a row without a key").await;
+    let moved: Vec<Value> = (5..=9)
+        .map(|id| log_row(id, other, now - id * 1000, "m-moved", id % 2 == 0))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("overwrite.json");
+    write_logs_file(&file, &moved);
+    let out = ok(&app, &["data", "import", "--input", file.to_str().unwrap(), "--force"]);
+    assert!(out.contains("5 overwritten"), "{out}");
+    assert_day_counts_match_rows(&app, "after overwriting rows").await;
+    let (_, moved_page) = app.get("/api/api-logs?model=m-moved&page=1&page_size=2").await;
+    assert_eq!(total(&moved_page), (5, false));
+    let out = ok(&app, &["logs", "prune", "--older-than", "3d"]);
+    assert!(out.contains("Deleted"), "{out}");
+    assert_day_counts_match_rows(&app, "after pruning").await;
+    let (_, all) = app.get("/api/api-logs?page_size=1").await;
+    let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_call_logs")
+        .fetch_one(&app.state.pool)
+        .await
+        .unwrap();
+    assert!(held < n, "pruned: {held}");
+    assert_eq!(total(&all), (held, false));
+    let (status, _) = app
+        .admin(reqwest::Method::DELETE, &format!("/api/api-keys/{other}"), None)
+        .await;
+    assert_eq!(status, 204);
+    assert_day_counts_match_rows(&app, "after deleting a key").await;
+    let (_, none) = app.get(&format!("/api/api-logs?key_id={other}")).await;
+    assert_eq!(total(&none), (0, false));
 }
 
 /// Cursors walk a key's rows both ways, ties of timestamp ordered by id, without gaps or
