@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
+use super::logs::ADD_DAY_COUNTS;
 use crate::clock::{day_text, MS_PER_DAY};
 use crate::limits::meter::Meter;
 use crate::relay::record::{CallRecord, Usage};
@@ -129,7 +130,7 @@ impl LogStore {
         // syncs it (tens to hundreds of ms on a large file), and while the writer did that its
         // queue filled and requests waited. `Checkpointer` does it on a thread of its own.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.set_prepared_statement_cache_capacity(8);
+        conn.set_prepared_statement_cache_capacity(9);
         Ok(LogStore { conn })
     }
 
@@ -163,6 +164,8 @@ impl LogStore {
         // formatted once per group, not per row.
         let mut keys: HashMap<i64, KeySums> = HashMap::new();
         let mut rollup: HashMap<(i64, i64, &str), Sums> = HashMap::new();
+        // Rows and errors per (key or 0, day, model): `log_day_counts`.
+        let mut counts: HashMap<(i64, i64, &str), (i64, i64)> = HashMap::new();
         let mut written = 0;
         let mut ip_text = String::new();
         {
@@ -199,10 +202,15 @@ impl LogStore {
                     r.upstream_id,
                     r.attempts,
                 ])?;
+                let day = r.timestamp.div_euclid(MS_PER_DAY);
+                let model = r.model.as_deref().unwrap_or("");
+                let count = counts
+                    .entry((r.api_key_id.unwrap_or(0), day, model))
+                    .or_default();
+                count.0 += 1;
+                count.1 += i64::from(r.status() == "error");
                 if let Some(id) = r.api_key_id {
                     keys.entry(id).or_default().add(r, &usage);
-                    let day = r.timestamp.div_euclid(MS_PER_DAY);
-                    let model = r.model.as_deref().unwrap_or("");
                     rollup.entry((id, day, model)).or_default().add(r, &usage);
                 }
                 written += 1;
@@ -212,6 +220,10 @@ impl LogStore {
             }
         }
         {
+            let mut add_counts = tx.prepare_cached(ADD_DAY_COUNTS)?;
+            for ((id, day, model), (rows, errors)) in &counts {
+                add_counts.execute(params![id, day, model, rows, errors])?;
+            }
             let mut add_rollup = tx.prepare_cached(ADD_ROLLUP)?;
             for ((id, day, model), sums) in &rollup {
                 add_rollup.execute(params![

@@ -144,6 +144,26 @@ macro_rules! bind_log {
 }
 pub(crate) use bind_log;
 
+/// Adds an inserted `log_day_counts` row (rows and errors) to the existing one of its key,
+/// day and model.
+macro_rules! day_counts_add {
+    () => {
+        " ON CONFLICT (api_key_id, day, model) DO UPDATE SET rows = rows + excluded.rows, \
+         errors = errors + excluded.errors"
+    };
+}
+pub(super) use day_counts_add;
+
+/// Adds rows to `log_day_counts` (?1 key id or 0, ?2 UTC day since the epoch, ?3 model or '',
+/// ?4 rows, ?5 errors among them): what inserting call logs does once per group, in the
+/// transaction of the rows (the call-log writer; an import does it per move-in). Deletions
+/// and changes are followed by the table's triggers.
+pub const ADD_DAY_COUNTS: &str = concat!(
+    "INSERT INTO log_day_counts (api_key_id, day, model, rows, errors) ",
+    "VALUES (?1, ?2, ?3, ?4, ?5)",
+    day_counts_add!()
+);
+
 /// A log row's outcome, as a status filter names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogStatus {

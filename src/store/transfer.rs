@@ -13,7 +13,7 @@ use sqlx::{
 
 use super::keys::{bind_key, key_sql, KeyRow};
 use super::log_batch::{rollup_add, rollup_columns};
-use super::logs::{bind_log, log_sql, LogRow};
+use super::logs::{bind_log, day_counts_add, log_sql, LogRow};
 use super::upstreams::{self, UpstreamRow};
 use crate::clock::{day_text, MS_PER_DAY};
 
@@ -108,6 +108,8 @@ pub struct Stage {
     uncommitted: Option<u64>,
     /// What the staged call logs add to the usage rollup, summed as they are staged.
     usage: StagedUsage,
+    /// The rows the move-in inserts (staged without `overwrite`), counted as they are staged.
+    counts: StagedCounts,
     /// Rows staged by `put_log` (the only ones that may overwrite a row of the database).
     overwrites: u64,
     /// Upstreams staged.
@@ -151,6 +153,7 @@ impl Stage {
             log_floor: 0,
             uncommitted: None,
             usage: StagedUsage::default(),
+            counts: StagedCounts::default(),
             overwrites: 0,
             upstreams: 0,
         };
@@ -317,6 +320,9 @@ impl Stage {
         add_to_rollup(&mut tx, &self.usage, self.overwrites > 0)
             .await
             .map_err(write("usage rollup"))?;
+        add_day_counts(&mut tx, &self.counts)
+            .await
+            .map_err(write("call-log counts"))?;
         let logs = log_sql();
         sqlx::query(&format!(
             "INSERT INTO main.api_call_logs ({}, id) SELECT {}, id FROM stage.api_call_logs \
@@ -505,6 +511,54 @@ impl StagedUsage {
     }
 }
 
+/// The call logs a move-in inserts (the staged rows that overwrite none), per (staged key id
+/// or 0, UTC day since the epoch, model or ''): rows and errors, for `log_day_counts`. Rows it
+/// overwrites are moved between groups by the table's update trigger.
+#[derive(Default)]
+struct StagedCounts(HashMap<(i64, i64, String), (i64, i64)>);
+
+impl StagedCounts {
+    fn add(&mut self, log: &UsageOf<'_>, sign: i64) {
+        let group = (
+            log.api_key_id.unwrap_or(0),
+            log.timestamp.div_euclid(MS_PER_DAY),
+            log.model.unwrap_or("").to_string(),
+        );
+        let count = self.0.entry(group).or_default();
+        count.0 += sign;
+        count.1 += sign * i64::from(log.status == "error");
+    }
+}
+
+/// Adds the move-in's new rows to `log_day_counts`, under their keys' new ids where keys moved.
+async fn add_day_counts(
+    tx: &mut Transaction<'_, Sqlite>,
+    counts: &StagedCounts,
+) -> sqlx::Result<()> {
+    let groups: Vec<_> = counts
+        .0
+        .iter()
+        .filter(|(_, (rows, _))| *rows != 0)
+        .collect();
+    for chunk in groups.chunks(1_000) {
+        let mut insert = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO main.log_day_counts (api_key_id, day, model, rows, errors) \
+             SELECT COALESCE((SELECT new FROM temp.key_moves WHERE old = column1), column1), \
+             column2, column3, column4, column5 FROM (",
+        );
+        insert.push_values(chunk, |mut row, ((key, day, model), (rows, errors))| {
+            row.push_bind(*key)
+                .push_bind(*day)
+                .push_bind(model.as_str())
+                .push_bind(*rows)
+                .push_bind(*errors);
+        });
+        insert.push(") WHERE true").push(day_counts_add!());
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// The fields of a call log the rollup sums.
 struct UsageOf<'a> {
     api_key_id: Option<i64>,
@@ -548,6 +602,7 @@ type StagedRow = (
     Option<i64>,
     f64,
     i64,
+    bool,
 );
 
 impl Drop for Stage {
@@ -732,7 +787,8 @@ pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
     // A row staged earlier under this id (the file repeats it) is replaced: its sums go.
     let replaced: Option<StagedRow> = sqlx::query_as(
         "SELECT api_key_id, timestamp, model, status, prompt_tokens, completion_tokens, \
-         cache_read_tokens, total_tokens, cost, response_time FROM stage.api_call_logs WHERE id = ?",
+         cache_read_tokens, total_tokens, cost, response_time, overwrite FROM stage.api_call_logs \
+         WHERE id = ?",
     )
     .bind(log.id)
     .fetch_optional(stage.conn())
@@ -751,6 +807,9 @@ pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
             response_time: row.9,
         };
         stage.usage.add(&old, -1);
+        if !row.10 {
+            stage.counts.add(&old, -1);
+        }
     }
     stage.usage.add(&log.into(), 1);
     stage.overwrites += 1;
@@ -761,14 +820,17 @@ pub async fn put_log(stage: &mut Stage, log: &LogRow) -> sqlx::Result<()> {
         format!(
             "INSERT INTO stage.api_call_logs ({}, id, overwrite) VALUES ({}, ?{id}, \
              EXISTS (SELECT 1 FROM main.api_call_logs WHERE id = ?{id})){}, \
-             overwrite = excluded.overwrite",
+             overwrite = excluded.overwrite RETURNING overwrite",
             sql.data, sql.params, sql.overwrite
         )
     });
-    bind_log!(sqlx::query(SQL.as_str()), log, bind)
+    let overwrite: bool = bind_log!(sqlx::query_scalar(SQL.as_str()), log, bind)
         .bind(log.id)
-        .execute(stage.conn())
+        .fetch_one(stage.conn())
         .await?;
+    if !overwrite {
+        stage.counts.add(&log.into(), 1);
+    }
     stage.staged().await
 }
 
@@ -799,6 +861,7 @@ pub async fn put_new_logs(stage: &mut Stage, logs: &[&LogRow]) -> sqlx::Result<V
     insert.build().execute(stage.conn()).await?;
     for log in &staged {
         stage.usage.add(&(*log).into(), 1);
+        stage.counts.add(&(*log).into(), 1);
     }
     stage.staged_rows(staged.len() as u64).await?;
     Ok(new)

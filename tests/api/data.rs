@@ -345,6 +345,7 @@ async fn conflicts_need_a_flag_then_skip_or_overwrite() {
     assert_eq!(app.key_json(keys[0].0).await["name"], "renamed");
     assert_eq!(app.key_json(keys[1].0).await["name"], "act");
     assert_eq!(app.logs_of(keys[1].0).await.len(), 1);
+    crate::scale::assert_day_counts_match_rows(&app, "skipped conflicts").await;
 
     let said = ok(
         &app.db_path,
@@ -358,6 +359,7 @@ async fn conflicts_need_a_flag_then_skip_or_overwrite() {
     );
     assert_eq!(app.key_json(keys[0].0).await["name"], "alpha");
     assert_eq!(app.logs_of(keys[0].0).await.len(), 3);
+    crate::scale::assert_day_counts_match_rows(&app, "overwritten conflicts").await;
     assert_eq!(app.chat_model(&keys[0].1, "gpt-test").await.0, 200);
 }
 

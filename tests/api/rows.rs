@@ -325,6 +325,11 @@ async fn a_large_import_while_traffic_runs_loses_nothing_and_blocks_no_admin_wri
     .unwrap();
     assert_ne!(imported_key, FILE_KEY);
     assert_eq!(imported, ROWS);
+    crate::scale::assert_day_counts_match_rows(
+        &app,
+        "an import beside live traffic, its key moved",
+    )
+    .await;
     // The usage rollup and the totals follow the moved key (the key now holding its old id
     // has no calls), and count the traffic once.
     let rolled = |id: i64| {

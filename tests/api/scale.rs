@@ -65,7 +65,7 @@ fn total(page: &Value) -> (i64, bool) {
 }
 
 /// `log_day_counts` agrees with the rows it counts (what the triggers keep it at).
-async fn assert_day_counts_match_rows(app: &TestApp, when: &str) {
+pub async fn assert_day_counts_match_rows(app: &TestApp, when: &str) {
     let pool = &app.state.pool;
     let counted: Vec<(i64, i64, String, i64, i64)> = sqlx::query_as(
         "SELECT api_key_id, day, model, rows, errors FROM log_day_counts ORDER BY 1, 2, 3",
@@ -92,7 +92,9 @@ async fn assert_pages_by_number(app: &TestApp, query: &str, expected: &[i64]) {
             continue;
         }
         let (status, body) = app
-            .get(&format!("/api/api-logs?{query}&page={page}&page_size={size}"))
+            .get(&format!(
+                "/api/api-logs?{query}&page={page}&page_size={size}"
+            ))
             .await;
         assert_eq!(status, 200, "{body}");
         let from = ((page - 1) * size).min(expected.len() as i64) as usize;
@@ -102,7 +104,11 @@ async fn assert_pages_by_number(app: &TestApp, query: &str, expected: &[i64]) {
         let more = to < expected.len();
         assert_eq!(
             body["next_before"].as_i64(),
-            if more && from < to { Some(expected[to - 1]) } else { None },
+            if more && from < to {
+                Some(expected[to - 1])
+            } else {
+                None
+            },
             "{query} page {page}"
         );
     }
@@ -154,15 +160,24 @@ async fn totals_are_exact_and_pages_by_number_start_at_their_day() {
     )
     .await;
     assert_pages_by_number(&app, "status=error", &newest_first(&is_error)).await;
-    assert_pages_by_number(&app, "model=m-odd", &newest_first(&|id| is_key(id) && id % 2 == 1))
-        .await;
+    assert_pages_by_number(
+        &app,
+        "model=m-odd",
+        &newest_first(&|id| is_key(id) && id % 2 == 1),
+    )
+    .await;
     assert_pages_by_number(
         &app,
         &format!("key_id={key}&model=m-even&status=error"),
         &newest_first(&is_error),
     )
     .await;
-    assert_pages_by_number(&app, &format!("key_id={other}"), &newest_first(&|id| id > n)).await;
+    assert_pages_by_number(
+        &app,
+        &format!("key_id={other}"),
+        &newest_first(&|id| id > n),
+    )
+    .await;
     let (_, none) = app.get("/api/api-logs?key_id=0").await;
     assert_eq!(total(&none), (0, false), "no key has id 0");
 
@@ -193,10 +208,21 @@ async fn totals_are_exact_and_pages_by_number_start_at_their_day() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("overwrite.json");
     write_logs_file(&file, &moved);
-    let out = ok(&app, &["data", "import", "--input", file.to_str().unwrap(), "--force"]);
+    let out = ok(
+        &app,
+        &[
+            "data",
+            "import",
+            "--input",
+            file.to_str().unwrap(),
+            "--force",
+        ],
+    );
     assert!(out.contains("5 overwritten"), "{out}");
     assert_day_counts_match_rows(&app, "after overwriting rows").await;
-    let (_, moved_page) = app.get("/api/api-logs?model=m-moved&page=1&page_size=2").await;
+    let (_, moved_page) = app
+        .get("/api/api-logs?model=m-moved&page=1&page_size=2")
+        .await;
     assert_eq!(total(&moved_page), (5, false));
     let out = ok(&app, &["logs", "prune", "--older-than", "3d"]);
     assert!(out.contains("Deleted"), "{out}");
@@ -209,7 +235,11 @@ async fn totals_are_exact_and_pages_by_number_start_at_their_day() {
     assert!(held < n, "pruned: {held}");
     assert_eq!(total(&all), (held, false));
     let (status, _) = app
-        .admin(reqwest::Method::DELETE, &format!("/api/api-keys/{other}"), None)
+        .admin(
+            reqwest::Method::DELETE,
+            &format!("/api/api-keys/{other}"),
+            None,
+        )
         .await;
     assert_eq!(status, 204);
     assert_day_counts_match_rows(&app, "after deleting a key").await;
@@ -344,4 +374,5 @@ async fn a_log_id_repeated_in_the_file_is_a_conflict_within_and_across_batches()
         (Some(600), Some(2)),
         "each id counted once in the rollup"
     );
+    assert_day_counts_match_rows(&app, "a repeated id overwritten").await;
 }
