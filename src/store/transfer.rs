@@ -383,7 +383,7 @@ async fn add_to_rollup(
     ))
     .execute(&mut **tx)
     .await?;
-    let groups: Vec<(&(i64, i64, String), &UsageSums)> = usage.0.iter().collect();
+    let groups: Vec<_> = usage.0.iter().collect();
     // 12 parameters a group: well within SQLite's limit of 32,766 per statement.
     for chunk in groups.chunks(1_000) {
         let mut insert = QueryBuilder::<Sqlite>::new(concat!(
@@ -396,7 +396,7 @@ async fn add_to_rollup(
         insert.push_values(chunk, |mut row, ((key, day, model), sums)| {
             row.push_bind(*key)
                 .push_bind(day_text(*day))
-                .push_bind(model.as_str())
+                .push_bind(*model)
                 .push_bind(sums.calls)
                 .push_bind(sums.success_calls)
                 .push_bind(sums.error_calls)
@@ -473,7 +473,35 @@ pub struct Moved {
 /// What staged call logs add to the usage rollup, per (staged key id, UTC day since the epoch,
 /// model or ''): as many groups as keys × days × models, whatever the number of rows.
 #[derive(Default)]
-struct StagedUsage(HashMap<(i64, i64, String), UsageSums>);
+struct StagedUsage(Groups<UsageSums>);
+
+/// Sums per (key id, UTC day since the epoch, model), looked up without allocating: a staged
+/// row's model is copied only the first time it is seen.
+struct Groups<V>(HashMap<String, HashMap<(i64, i64), V>>);
+
+impl<V> Default for Groups<V> {
+    fn default() -> Self {
+        Groups(HashMap::new())
+    }
+}
+
+impl<V: Default> Groups<V> {
+    fn entry(&mut self, key: i64, day: i64, model: &str) -> &mut V {
+        if !self.0.contains_key(model) {
+            self.0.insert(model.to_string(), HashMap::new());
+        }
+        let of_model = self.0.get_mut(model).expect("inserted above");
+        of_model.entry((key, day)).or_default()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = ((i64, i64, &str), &V)> {
+        self.0.iter().flat_map(|(model, groups)| {
+            groups
+                .iter()
+                .map(move |(&(key, day), sums)| ((key, day, model.as_str()), sums))
+        })
+    }
+}
 
 /// One `usage_daily` row's worth of calls.
 #[derive(Default)]
@@ -495,9 +523,8 @@ impl StagedUsage {
         let Some(key) = log.api_key_id else {
             return;
         };
-        let model = log.model.unwrap_or("");
-        let group = (key, log.timestamp.div_euclid(MS_PER_DAY), model.to_string());
-        let sums = self.0.entry(group).or_default();
+        let day = log.timestamp.div_euclid(MS_PER_DAY);
+        let sums = self.0.entry(key, day, log.model.unwrap_or(""));
         let success = log.status == "success";
         sums.calls += sign;
         sums.success_calls += sign * i64::from(success);
@@ -515,16 +542,15 @@ impl StagedUsage {
 /// or 0, UTC day since the epoch, model or ''): rows and errors, for `log_day_counts`. Rows it
 /// overwrites are moved between groups by the table's update trigger.
 #[derive(Default)]
-struct StagedCounts(HashMap<(i64, i64, String), (i64, i64)>);
+struct StagedCounts(Groups<(i64, i64)>);
 
 impl StagedCounts {
     fn add(&mut self, log: &UsageOf<'_>, sign: i64) {
-        let group = (
+        let count = self.0.entry(
             log.api_key_id.unwrap_or(0),
             log.timestamp.div_euclid(MS_PER_DAY),
-            log.model.unwrap_or("").to_string(),
+            log.model.unwrap_or(""),
         );
-        let count = self.0.entry(group).or_default();
         count.0 += sign;
         count.1 += sign * i64::from(log.status == "error");
     }
@@ -549,7 +575,7 @@ async fn add_day_counts(
         insert.push_values(chunk, |mut row, ((key, day, model), (rows, errors))| {
             row.push_bind(*key)
                 .push_bind(*day)
-                .push_bind(model.as_str())
+                .push_bind(*model)
                 .push_bind(*rows)
                 .push_bind(*errors);
         });
