@@ -14,6 +14,8 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
+        // `keygate keys list | head -1`: the rest of the output was not wanted.
+        Err(err) if err.is::<keygate::cli::output::ReaderLeft>() => ExitCode::from(141),
         Err(err) => {
             keygate::log_output::tell(&format!("error: {err:#}\n"));
             ExitCode::FAILURE

@@ -1,5 +1,6 @@
 //! `keygate audit`: the audit log of admin changes, newest first, as a table or `--json`.
 
+use crate::cli::output::say;
 use anyhow::bail;
 use clap::Args;
 use console::style;
@@ -49,22 +50,26 @@ pub async fn run(keyring: &Keyring, args: &AuditArgs) -> anyhow::Result<()> {
     };
     let (rows, total) = crate::store::audit::list(&keyring.pool, &filter, page).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        say!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     if rows.is_empty() {
-        println!("No audit entries.");
+        say!("No audit entries.");
         return Ok(());
     }
-    println!(
+    say!(
         "{:<24} {:<15} {:<22} {:<22} {:<16} changes",
-        "when", "action", "key", "by", "from"
+        "when",
+        "action",
+        "key",
+        "by",
+        "from"
     );
     for row in &rows {
-        print_row(row);
+        print_row(row)?;
     }
     if total > rows.len() as i64 {
-        println!(
+        say!(
             "{}",
             style(format!(
                 "({} of {total} entries; --limit shows more)",
@@ -76,7 +81,7 @@ pub async fn run(keyring: &Keyring, args: &AuditArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_row(row: &AuditRow) {
+fn print_row(row: &AuditRow) -> anyhow::Result<()> {
     let key = match (row.key_id, &row.key_name) {
         (Some(id), Some(name)) => format!("#{id} {}", printable(name)),
         (Some(id), None) => format!("#{id}"),
@@ -86,7 +91,7 @@ fn print_row(row: &AuditRow) {
         Some(user) => format!("{} ({})", row.via, printable(user)),
         None => row.via.clone(),
     };
-    println!(
+    say!(
         "{:<24} {:<15} {:<22} {:<22} {:<16} {}",
         rfc3339(row.at),
         row.action,
@@ -95,6 +100,7 @@ fn print_row(row: &AuditRow) {
         row.ip.as_deref().unwrap_or("-"),
         summary(&row.details)
     );
+    Ok(())
 }
 
 /// The changed field names (or the details as they are), on one line.

@@ -2,6 +2,7 @@
 
 use super::keys::printable;
 use crate::audit::Actor;
+use crate::cli::output::say;
 use crate::clock::{rfc3339, MS_PER_DAY};
 use crate::key_ops::{CreateKey, KeyPatch, Keyring};
 
@@ -11,20 +12,20 @@ pub async fn migrate_expiry(keyring: &Keyring, days: i64, dry_run: bool) -> anyh
         .add_default_expiry(days, dry_run, &Actor::cli())
         .await?;
     if changed.is_empty() {
-        println!("Every key already has an expiry (or is in activation mode, or revoked): nothing to change.");
+        say!("Every key already has an expiry (or is in activation mode, or revoked): nothing to change.");
         return Ok(());
     }
     let when = changed[0].expires_at.map(rfc3339).unwrap_or_default();
     let verb = if dry_run { "Would give" } else { "Gave" };
-    println!(
+    say!(
         "{verb} {} key(s) without an expiry an expiry of {days} days ({when}):",
         changed.len()
     );
     for row in &changed {
-        println!("  #{:<5} {}", row.id, printable(&row.name));
+        say!("  #{:<5} {}", row.id, printable(&row.name));
     }
     if dry_run {
-        println!("Dry run: nothing was changed. Run again without --dry-run to apply.");
+        say!("Dry run: nothing was changed. Run again without --dry-run to apply.");
     }
     Ok(())
 }
@@ -62,9 +63,12 @@ pub async fn seed_test(keyring: &Keyring) -> anyhow::Result<()> {
         ),
         ("Test Key - Never", CreateKey::default()),
     ];
-    println!(
+    say!(
         "{:<6} {:<20} {:<9} {:<26} key",
-        "id", "name", "status", "expires_at"
+        "id",
+        "name",
+        "status",
+        "expires_at"
     );
     for (name, request) in choices {
         let request = CreateKey {
@@ -86,7 +90,7 @@ pub async fn seed_test(keyring: &Keyring) -> anyhow::Result<()> {
             .expires_at
             .map(rfc3339)
             .unwrap_or_else(|| "never".into());
-        println!(
+        say!(
             "{:<6} {:<20} {:<9} {:<26} {secret}",
             view.id,
             printable(&view.name),

@@ -1,5 +1,6 @@
 //! `keygate keys …`: the key commands, with a coloured table or `--json`.
 
+use crate::cli::output::say;
 use std::borrow::Cow;
 use std::io::IsTerminal;
 
@@ -182,16 +183,16 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
         KeysCommand::Show { id, json } => {
             let view = keyring.full_view(&keyring.get(id).await?).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
+                say!("{}", serde_json::to_string_pretty(&view)?);
                 Ok(())
             } else {
                 print_keys(std::slice::from_ref(&view), false)?;
-                println!("  {:<18} {}", "total_tokens_used", view.total_tokens_used);
-                println!("  {:<18} ${:.6}", "total_cost", view.total_cost);
-                println!("  {:<18} ${:.6}", "daily_cost", view.daily_cost);
-                println!("  {:<18} ${:.6}", "weekly_cost", view.weekly_cost);
-                print_restrictions(&view);
-                print_limits(&view);
+                say!("  {:<18} {}", "total_tokens_used", view.total_tokens_used);
+                say!("  {:<18} ${:.6}", "total_cost", view.total_cost);
+                say!("  {:<18} ${:.6}", "daily_cost", view.daily_cost);
+                say!("  {:<18} ${:.6}", "weekly_cost", view.weekly_cost);
+                print_restrictions(&view)?;
+                print_limits(&view)?;
                 Ok(())
             }
         }
@@ -212,9 +213,9 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 ..Default::default()
             };
             let view = keyring.view(&keyring.update(args.id, &patch, &Actor::cli()).await?);
-            println!("Key #{} '{}' changed.", view.id, printable(&view.name));
-            print_restrictions(&view);
-            print_limits(&view);
+            say!("Key #{} '{}' changed.", view.id, printable(&view.name));
+            print_restrictions(&view)?;
+            print_limits(&view)?;
             Ok(())
         }
         KeysCommand::Expiry { id, expiry } => {
@@ -224,7 +225,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 ..Default::default()
             };
             let row = keyring.update(id, &patch, &Actor::cli()).await?;
-            println!(
+            say!(
                 "Expiry of key #{id} set to {}.",
                 describe_expiry(&keyring.view(&row))
             );
@@ -250,7 +251,7 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                 renewal
             };
             let row = keyring.renew(id, &renewal, &Actor::cli()).await?;
-            println!(
+            say!(
                 "Key #{id} renewed: {}.",
                 describe_expiry(&keyring.view(&row))
             );
@@ -268,13 +269,13 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
             };
             let batch = keyring.renew_expiring(&request, &Actor::cli()).await?;
             if batch.renewed.is_empty() {
-                println!("No key expires within {within} days: nothing renewed.");
+                say!("No key expires within {within} days: nothing renewed.");
             } else {
-                println!("Renewed {} key(s) by {extend} days:", batch.renewed.len());
+                say!("Renewed {} key(s) by {extend} days:", batch.renewed.len());
                 print_keys(&batch.renewed, false)?;
             }
             if !batch.skipped_ids.is_empty() {
-                println!(
+                say!(
                     "Skipped (not expiring within {within} days): {:?}",
                     batch.skipped_ids
                 );
@@ -283,24 +284,24 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
         }
         KeysCommand::Revoke { id } => {
             keyring.revoke(id, &Actor::cli()).await?;
-            println!(
+            say!(
                 "Key #{id} revoked: it can never authenticate again. Its record and logs are kept."
             );
             Ok(())
         }
         KeysCommand::Regenerate { id, grace_hours } => {
             let regenerated = keyring.regenerate(id, grace_hours, &Actor::cli()).await?;
-            println!(
+            say!(
                 "New key for #{id} '{}' (shown once, store it now):\n\n  {}\n",
                 printable(&regenerated.row.name),
                 regenerated.secret
             );
             match regenerated.grace_until {
-                Some(until) => println!(
+                Some(until) => say!(
                     "The old key works until {} UTC.",
                     &rfc3339(until)[..16].replace('T', " ")
                 ),
-                None => println!("The old key stopped working."),
+                None => say!("The old key stopped working."),
             }
             Ok(())
         }
@@ -312,11 +313,11 @@ pub async fn run(keyring: &Keyring, command: KeysCommand) -> anyhow::Result<()> 
                     printable(&row.name)
                 ))?
             {
-                println!("Not deleted.");
+                say!("Not deleted.");
                 return Ok(());
             }
             keyring.delete(id, &Actor::cli()).await?;
-            println!("Key #{id} and its call logs deleted.");
+            say!("Key #{id} and its call logs deleted.");
             Ok(())
         }
         KeysCommand::SeedTest => super::expiry::seed_test(keyring).await,
@@ -361,7 +362,7 @@ async fn list(keyring: &Keyring, args: ListArgs) -> anyhow::Result<()> {
         page.page += 1;
     }
     if views.is_empty() && !args.json {
-        println!("No keys. Create one with: keygate keys create --name NAME");
+        say!("No keys. Create one with: keygate keys create --name NAME");
         return Ok(());
     }
     print_keys(&views, args.json)
@@ -398,23 +399,23 @@ async fn create(keyring: &Keyring, args: CreateArgs) -> anyhow::Result<()> {
     let (row, secret) = keyring.create(&request, &Actor::cli()).await?;
     let view = keyring.view(&row).with_key(secret.clone());
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        say!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
-    println!(
+    say!(
         "Created key #{} '{}', {}.",
         view.id,
         printable(&view.name),
         describe_expiry(&view)
     );
-    print_restrictions(&view);
-    print_limits(&view);
-    println!("\n  {secret}\n\nThis is the only time the full key is shown: store it now.");
+    print_restrictions(&view)?;
+    print_limits(&view)?;
+    say!("\n  {secret}\n\nThis is the only time the full key is shown: store it now.");
     Ok(())
 }
 
 /// The key's restriction lists and tags, one line each (escaped: they come from the store).
-pub fn print_restrictions(view: &KeyView) {
+pub fn print_restrictions(view: &KeyView) -> anyhow::Result<()> {
     for (field, list) in view.restrictions.entries() {
         let shown = if list.is_empty() {
             if field == "tags" {
@@ -429,13 +430,14 @@ pub fn print_restrictions(view: &KeyView) {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        println!("  {field:<18} {shown}");
+        say!("  {field:<18} {shown}");
     }
-    print_binding(view);
+    print_binding(view)?;
+    Ok(())
 }
 
 /// The upstreams and APIs the key is bound to (SPEC §12), one line each.
-fn print_binding(view: &KeyView) {
+fn print_binding(view: &KeyView) -> anyhow::Result<()> {
     let ids = &view.binding.upstream_ids.0;
     let upstreams = if ids.is_empty() {
         "any".to_string()
@@ -445,7 +447,7 @@ fn print_binding(view: &KeyView) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("  {:<18} {upstreams}", "upstream_ids");
+    say!("  {:<18} {upstreams}", "upstream_ids");
     let kinds = &view.binding.permissions.0;
     let permissions = if kinds.is_empty() {
         "any (openai, anthropic)".to_string()
@@ -456,11 +458,12 @@ fn print_binding(view: &KeyView) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("  {:<18} {permissions}", "permissions");
+    say!("  {:<18} {permissions}", "permissions");
+    Ok(())
 }
 
 /// The key's limits, one line each.
-pub fn print_limits(view: &KeyView) {
+pub fn print_limits(view: &KeyView) -> anyhow::Result<()> {
     for (field, value) in view.limits.entries() {
         let shown = match field {
             _ if value == 0.0 => "none".to_string(),
@@ -468,8 +471,9 @@ pub fn print_limits(view: &KeyView) {
             _ if field.contains("cost") => format!("${value}"),
             _ => value.to_string(),
         };
-        println!("  {field:<18} {shown}");
+        say!("  {field:<18} {shown}");
     }
+    Ok(())
 }
 
 /// `Nh` / `Nd` → (N, unit).
@@ -550,12 +554,17 @@ pub fn coloured_status(view: &KeyView) -> String {
 
 pub fn print_keys(views: &[KeyView], json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(views)?);
+        say!("{}", serde_json::to_string_pretty(views)?);
         return Ok(());
     }
-    println!(
+    say!(
         "{:>5}  {:<24} {:<10} {:<14} {:<22} {:>7}  last used",
-        "id", "name", "key", "status", "expires", "usage"
+        "id",
+        "name",
+        "key",
+        "status",
+        "expires",
+        "usage"
     );
     for view in views {
         let expires = match view.expires_at {
@@ -570,7 +579,7 @@ pub fn print_keys(views: &[KeyView], json: bool) -> anyhow::Result<()> {
         let status = coloured_status(view);
         // Pad by the visible width: colour codes take no columns.
         let pad = 14usize.saturating_sub(console::measure_text_width(&status));
-        println!(
+        say!(
             "{:>5}  {:<24} {:<10} {status}{} {:<22} {:>7}  {}",
             view.id,
             truncate(&printable(&view.name), 24),

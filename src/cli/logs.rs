@@ -1,6 +1,7 @@
 //! `keygate logs prune|vacuum`: deleting old call-log rows by hand, and converting an older
 //! database so that pruning gives disk space back.
 
+use crate::cli::output::say;
 use clap::Subcommand;
 use tokio_util::sync::CancellationToken;
 
@@ -43,7 +44,7 @@ pub async fn run(keyring: &Keyring, command: LogsCommand) -> anyhow::Result<()> 
             let when = rfc3339(before);
             if dry_run {
                 let rows = retention::count_older(pool, before).await?;
-                println!(
+                say!(
                     "Dry run: {rows} call log(s) are older than {when} and would be deleted. \
                      Nothing was changed."
                 );
@@ -58,19 +59,19 @@ pub async fn run(keyring: &Keyring, command: LogsCommand) -> anyhow::Result<()> 
                 pruned.rows,
             )
             .await?;
-            println!(
+            say!(
                 "Deleted {} call log(s) older than {when}; the usage rollup keeps their usage \
                  (stats, limits and key totals are unchanged).",
                 pruned.rows
             );
             if pruned.rows > 0 {
                 if retention::is_incremental(pool).await? {
-                    println!(
+                    say!(
                         "{} free page(s) given back to the file system.",
                         pruned.pages_freed
                     );
                 } else {
-                    println!(
+                    say!(
                         "The freed space is reused by new rows; this database predates \
                          incremental auto-vacuum, so the file does not shrink (stop the server \
                          and run `keygate logs vacuum` once to change that)."
@@ -81,7 +82,7 @@ pub async fn run(keyring: &Keyring, command: LogsCommand) -> anyhow::Result<()> 
         }
         LogsCommand::Vacuum => {
             if retention::is_incremental(pool).await? {
-                println!("The database already gives freed space back (incremental auto-vacuum); nothing to do.");
+                say!("The database already gives freed space back (incremental auto-vacuum); nothing to do.");
                 return Ok(());
             }
             retention::convert_to_incremental(pool)
@@ -96,7 +97,7 @@ pub async fn run(keyring: &Keyring, command: LogsCommand) -> anyhow::Result<()> 
                     };
                     anyhow::anyhow!("cannot rewrite the database: {why}. Nothing was changed.")
                 })?;
-            println!(
+            say!(
                 "The database was rewritten in incremental auto-vacuum mode: pruned call logs \
                  now give their space back."
             );

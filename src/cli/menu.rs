@@ -1,6 +1,7 @@
 //! `keygate keys` with no subcommand: the interactive menu of the seeds (view, change expiry,
 //! renew expiring keys, delete). Without a terminal it prints help instead of waiting.
 
+use crate::cli::output::say;
 use std::io::IsTerminal;
 
 use clap::CommandFactory;
@@ -32,9 +33,7 @@ pub async fn run(keyring: &Keyring) -> anyhow::Result<()> {
         if let Some(keys) = cli.find_subcommand_mut("keys") {
             keys.print_help()?;
         }
-        println!(
-            "\n(The interactive menu needs a terminal; use the subcommands above in scripts.)"
-        );
+        say!("\n(The interactive menu needs a terminal; use the subcommands above in scripts.)");
         return Ok(());
     }
     let theme = ColorfulTheme::default();
@@ -58,7 +57,7 @@ pub async fn run(keyring: &Keyring) -> anyhow::Result<()> {
             Some(3) => delete(keyring, &theme).await?,
             _ => return Ok(()),
         }
-        println!();
+        say!();
     }
 }
 
@@ -95,7 +94,7 @@ async fn pick_key(
 ) -> anyhow::Result<Option<KeyView>> {
     let views = all_keys(keyring).await?;
     if views.is_empty() {
-        println!("No keys yet.");
+        say!("No keys yet.");
         return Ok(None);
     }
     let labels: Vec<String> = views.iter().map(label).collect();
@@ -129,7 +128,7 @@ async fn change_expiry(keyring: &Keyring, theme: &ColorfulTheme) -> anyhow::Resu
     let expires_at = match parse_expiry(&text, keyring.now()) {
         Ok(at) => at,
         Err(err) => {
-            println!("{err}");
+            say!("{err}");
             return Ok(());
         }
     };
@@ -138,7 +137,7 @@ async fn change_expiry(keyring: &Keyring, theme: &ColorfulTheme) -> anyhow::Resu
         ..Default::default()
     };
     let row = keyring.update(view.id, &patch, &Actor::cli()).await?;
-    println!(
+    say!(
         "Key #{} now {}.",
         view.id,
         describe_expiry(&keyring.view(&row))
@@ -150,7 +149,7 @@ async fn renew_expiring(keyring: &Keyring, theme: &ColorfulTheme) -> anyhow::Res
     let now = keyring.now();
     let expiring = store::keys::expiring_between(&keyring.pool, now, now + 7 * MS_PER_DAY).await?;
     if expiring.is_empty() {
-        println!("No key expires within 7 days.");
+        say!("No key expires within 7 days.");
         return Ok(());
     }
     let views: Vec<KeyView> = expiring.iter().map(|row| keyring.view(row)).collect();
@@ -180,7 +179,7 @@ async fn renew_expiring(keyring: &Keyring, theme: &ColorfulTheme) -> anyhow::Res
                     &Actor::cli(),
                 )
                 .await?;
-            println!("Renewed {} key(s) by {days} days.", batch.renewed.len());
+            say!("Renewed {} key(s) by {days} days.", batch.renewed.len());
         }
         Some(2) => {
             for view in &views {
@@ -197,7 +196,7 @@ async fn renew_expiring(keyring: &Keyring, theme: &ColorfulTheme) -> anyhow::Res
                         keyring
                             .renew_expiring(&renew(vec![view.id], days), &Actor::cli())
                             .await?;
-                        println!("Key #{} renewed by {days} days.", view.id);
+                        say!("Key #{} renewed by {days} days.", view.id);
                     }
                     Some(_) => continue,
                     None => break,
@@ -224,9 +223,9 @@ async fn delete(keyring: &Keyring, theme: &ColorfulTheme) -> anyhow::Result<()> 
         .interact()?
     {
         keyring.delete(view.id, &Actor::cli()).await?;
-        println!("Key #{} deleted.", view.id);
+        say!("Key #{} deleted.", view.id);
     } else {
-        println!("Not deleted.");
+        say!("Not deleted.");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod healthcheck;
 pub mod keys;
 pub mod logs;
 pub mod menu;
+pub mod output;
 pub mod upstreams;
 
 use clap::{Parser, Subcommand};

@@ -1,6 +1,7 @@
 //! `keygate upstreams …`: list, add, edit, enable, disable, remove, on the store directly (a
 //! running server notices within a second), through the admin API's own checks.
 
+use crate::cli::output::say;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 
@@ -255,13 +256,13 @@ pub async fn run(
                     printable(&spec.name)
                 ))?
             {
-                println!("Not removed.");
+                say!("Not removed.");
                 return Ok(());
             }
             let deleted = ops::delete(keyring, id, force, &by).await?;
-            println!("Upstream #{id} '{}' removed.", printable(&deleted.name));
+            say!("Upstream #{id} '{}' removed.", printable(&deleted.name));
             if !deleted.unbound_key_ids.is_empty() {
-                println!(
+                say!(
                     "Taken out of the upstream_ids of key(s) {:?}.",
                     deleted.unbound_key_ids
                 );
@@ -287,12 +288,12 @@ async fn test(
     };
     let probe = crate::upstreams::models::probe(&upstream).await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&probe)?);
+        say!("{}", serde_json::to_string_pretty(&probe)?);
     } else if probe.ok {
         let models = probe
             .models
             .map_or(String::new(), |n| format!(", {n} models"));
-        println!(
+        say!(
             "Upstream '{}' answered HTTP {} in {} ms{models}.",
             printable(&upstream.name),
             probe.status.unwrap_or(0),
@@ -324,7 +325,7 @@ async fn switch(
     };
     let spec = ops::update(keyring, id, &patch, by).await?;
     let state = if enabled { "enabled" } else { "disabled" };
-    println!("Upstream #{id} '{}' {state}.", printable(&spec.name));
+    say!("Upstream #{id} '{}' {state}.", printable(&spec.name));
     Ok(())
 }
 
@@ -404,12 +405,19 @@ async fn views(keyring: &Keyring, config: &Config) -> anyhow::Result<Vec<Upstrea
 async fn list(keyring: &Keyring, config: &Config, json: bool) -> anyhow::Result<()> {
     let views = views(keyring, config).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&views)?);
+        say!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(());
     }
-    println!(
+    say!(
         "{:<4} {:<20} {:<9} {:<8} {:<6} {:<8} {:<10} {:<5} BASE URL / MODELS",
-        "ID", "NAME", "KIND", "PRIORITY", "WEIGHT", "ENABLED", "CREDENTIAL", "KEYS"
+        "ID",
+        "NAME",
+        "KIND",
+        "PRIORITY",
+        "WEIGHT",
+        "ENABLED",
+        "CREDENTIAL",
+        "KEYS"
     );
     for view in &views {
         let credential = match (&view.api_key_preview, view.has_api_key) {
@@ -427,7 +435,7 @@ async fn list(keyring: &Keyring, config: &Config, json: bool) -> anyhow::Result<
         } else {
             view.priority.to_string()
         };
-        println!(
+        say!(
             "{:<4} {:<20} {:<9} {:<8} {:<6} {:<8} {:<10} {:<5} {} ({})",
             view.id,
             printable(&view.name),
@@ -453,9 +461,9 @@ async fn show(
     let bound = store::upstreams::bound_keys(&keyring.pool, spec.id).await?;
     let view = UpstreamView::new(spec, offline_health(spec.enabled), bound.len() as i64);
     if json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        say!("{}", serde_json::to_string_pretty(&view)?);
     } else {
-        println!(
+        say!(
             "Upstream #{} '{}' {done} ({} at {}). A running keygate uses it within a second.",
             view.id,
             printable(&view.name),

@@ -243,3 +243,44 @@ async fn cli_writes_and_relay_logging_share_the_database_without_lock_errors() {
     assert_eq!(app.key_json(id).await["usage_count"], 300);
     assert_eq!(app.key_json(other).await["expiring_soon"], true);
 }
+
+/// Output that cannot be written never panics: a reader that left (`| head -1`) ends the
+/// command quietly with status 141, as SIGPIPE would; a full disk is an error naming stdout.
+#[tokio::test]
+async fn a_closed_or_full_stdout_ends_the_command_without_a_panic() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        app.new_key().await;
+    }
+    let run = |stdout: Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_keygate"))
+            .args(["keys", "list"])
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}", app.db_path.display()),
+            )
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let left = run(Stdio::from(writer));
+    assert_eq!(left.status.code(), Some(141));
+    assert_eq!(String::from_utf8_lossy(&left.stderr), "", "quiet");
+
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let failed = run(Stdio::from(full));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write to standard output") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

@@ -1,5 +1,6 @@
 //! `keygate data backup`: a consistent snapshot of the live database into a new private file.
 
+use crate::cli::output::say;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -36,7 +37,7 @@ pub async fn backup(keyring: &Keyring, args: &BackupArgs) -> anyhow::Result<()> 
     let written = write_snapshot(keyring, &partial, target, args.force).await;
     let _ = std::fs::remove_file(&partial);
     let (keys, logs, bytes) = written?;
-    println!(
+    say!(
         "Backed up the database to {} ({keys} API key(s), {logs} call log(s), {:.1} MB): a \
          consistent snapshot as of its start. Keep it private, and keep the data directory's \
          fernet.key (or KEYGATE_FERNET_KEY) with it. To restore: stop keygate, replace the \

@@ -1,5 +1,6 @@
 //! Writing an export: one database snapshot streamed row by row into a new private file.
 
+use crate::cli::output::say;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::IpAddr;
@@ -63,7 +64,7 @@ pub async fn export(
         "not sanitized: it holds key hashes, encrypted keys and encrypted upstream credentials, \
          keep it private"
     };
-    println!("Exported {counted} to {} ({note}).", path.display());
+    say!("Exported {counted} to {} ({note}).", path.display());
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Applying an export: conflicts (flags or prompts), one all-or-nothing transaction, summary.
 
+use crate::cli::output::say;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -62,7 +63,7 @@ pub async fn import(keyring: &Keyring, args: &ImportArgs) -> anyhow::Result<()> 
     }
     if args.dry_run {
         drop(stage);
-        println!(
+        say!(
             "Dry run of {file}: would import {}. Nothing was changed.",
             importer.tally.describe(&importer.types)
         );
@@ -73,27 +74,28 @@ pub async fn import(keyring: &Keyring, args: &ImportArgs) -> anyhow::Result<()> 
             .with_context(|| format!("cannot import {file}; nothing was changed"))?;
         keyring.cache.clear();
         importer.tally.audit(keyring, &file).await?;
-        println!(
+        say!(
             "Imported {file}: {}.",
             importer.tally.describe(&importer.types)
         );
         if moved.keys + moved.logs > 0 {
-            println!(
+            say!(
                 "{} key(s) and {} call log(s) got new ids: keygate gave theirs to its own new \
                  rows while the file was read (the keys' call logs follow them).",
-                moved.keys, moved.logs
+                moved.keys,
+                moved.logs
             );
         }
     }
     if importer.tally.upstream_credentials_dropped > 0 {
-        println!(
+        say!(
             "{} new upstream(s) come without their credential (a sanitized export): set it with \
              `keygate upstreams edit NAME --api-key-stdin` (or PATCH /api/upstreams/{{id}}).",
             importer.tally.upstream_credentials_dropped
         );
     }
     if importer.tally.keys_to_regenerate > 0 {
-        println!(
+        say!(
             "{} new key(s) come without their secret (a sanitized export): they cannot authenticate \
              until regenerated (`keygate keys regenerate <id>`, POST /api/api-keys/{{id}}/regenerate, \
              or Regenerate in the console).",
@@ -101,14 +103,14 @@ pub async fn import(keyring: &Keyring, args: &ImportArgs) -> anyhow::Result<()> 
         );
     }
     if importer.tally.keys_merged > 0 {
-        println!(
+        say!(
             "{} key(s) of the file have the same secret as an existing key under another id: that \
              key stands for them, and their call logs go to it.",
             importer.tally.keys_merged
         );
     }
     if importer.tally.undecryptable > 0 {
-        println!(
+        say!(
             "{} key(s) have an encrypted copy that this server's Fernet key cannot read (exported \
              with another KEYGATE_FERNET_KEY?); they still authenticate by their hash.",
             importer.tally.undecryptable
