@@ -173,6 +173,9 @@ def main():
                   lc["result"], lc["rows"], lc["source"], lc["requests"], lc["requests"],
                   lc["requests"] + lc["slack"], lc["slack"]))
         w("")
+    rounds = int(meta.get("rounds", 0) or 0)
+    if rounds and "keygate" in targets:
+        rounds_section(w, d, rounds, conns, meta.get("round_duration", "?"))
     w("Latencies: wrk's exact percentiles (lua `done()`); stream c=%d times the whole SSE response; "
       "TTFB = request sent → first body byte (bench/ttfb.py, %s sequential requests over keep-alive)." % (
           conns, meta.get("ttfb_count", "?")))
@@ -180,6 +183,60 @@ def main():
     with open(out_md, "w") as f:
         f.write(text)
     sys.stdout.write(text)
+
+
+def median(values):
+    values = sorted(x for x in values if x is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2.0
+
+
+def rounds_section(w, d, rounds, conns, duration):
+    """The interleaved rounds: per round, the targets' chat c=64 RPS and p99 and chat c=1 p99,
+    keygate's ratios to nginx and its added c=1 p99 over direct; then the medians."""
+    kg = [t for t in ("keygate", "keygate_policy") if load(d, t, "round1_chat_c64")]
+    w("## Interleaved rounds")
+    w("")
+    w("%d rounds; in each, direct, nginx, keygate and keygate with the restricted key take turns "
+      "(chat c=%d, then chat c=1, %s each), so a round's ratios compare runs seconds apart." % (
+          rounds, conns, duration))
+    w("")
+    head = "| round | nginx c=%d RPS | nginx p99 | nginx c=1 added p99 |" % conns
+    for t in kg:
+        head += " %s RPS | ratio | p99 | p99 ratio | c=1 added p99 |" % t
+    w(head)
+    w("|---" * (4 + 5 * len(kg)) + "|")
+    cols = {}
+    for r in range(1, rounds + 1):
+        n = load(d, "nginx", "round%d_chat_c64" % r)
+        direct1 = load(d, "direct", "round%d_chat_c1" % r)
+        n1 = load(d, "nginx", "round%d_chat_c1" % r)
+        n_added = None if get(n1, "p99_us") is None or get(direct1, "p99_us") is None else get(n1, "p99_us") - get(direct1, "p99_us")
+        cols.setdefault("nginx", []).append(n_added)
+        row = "| %d | %s | %s | %s |" % (r, fmt_rps(get(n, "rps")), fmt_us(get(n, "p99_us")), fmt_delta(n_added))
+        for t in kg:
+            k = load(d, t, "round%d_chat_c64" % r)
+            k1 = load(d, t, "round%d_chat_c1" % r)
+            rps_ratio = None if not get(n, "rps") or get(k, "rps") is None else get(k, "rps") / get(n, "rps")
+            p99_ratio = None if not get(n, "p99_us") or get(k, "p99_us") is None else get(k, "p99_us") / get(n, "p99_us")
+            added = None if get(k1, "p99_us") is None or get(direct1, "p99_us") is None else get(k1, "p99_us") - get(direct1, "p99_us")
+            cols.setdefault(t, []).append((rps_ratio, p99_ratio, added))
+            row += " %s | %s | %s | %s | %s |" % (
+                fmt_rps(get(k, "rps")), "–" if rps_ratio is None else "%.2f×" % rps_ratio,
+                fmt_us(get(k, "p99_us")), "–" if p99_ratio is None else "%.2f×" % p99_ratio,
+                fmt_delta(added))
+        w(row)
+    row = "| **median** | | | %s |" % fmt_delta(median(cols["nginx"]))
+    for t in kg:
+        rr = median(c[0] for c in cols[t])
+        pr = median(c[1] for c in cols[t])
+        ad = median(c[2] for c in cols[t])
+        row += " | **%s** | | **%s** | **%s** |" % (
+            "–" if rr is None else "%.2f×" % rr, "–" if pr is None else "%.2f×" % pr, fmt_delta(ad))
+    w(row)
+    w("")
 
 
 if __name__ == "__main__":

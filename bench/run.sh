@@ -11,6 +11,8 @@ TARGETS=${BENCH_TARGETS:-"direct nginx keygate keygate_policy messages keygate_r
 DURATION=${BENCH_DURATION:-10s}                  # each wrk load
 WARMUP=${BENCH_WARMUP:-2s}                       # wrk warm-up per target (not reported)
 CONNS=${BENCH_CONNECTIONS:-64}
+ROUNDS=${BENCH_ROUNDS:-3}                        # interleaved rounds (0: none), see below
+ROUND_DURATION=${BENCH_ROUND_DURATION:-5s}       # each load of a round
 TTFB_COUNT=${BENCH_TTFB_COUNT:-500}
 PACED_COUNT=${BENCH_PACED_COUNT:-10}
 PACED_DELAY_MS=${BENCH_PACED_DELAY_MS:-2}
@@ -268,6 +270,21 @@ for t in direct nginx keygate keygate_policy; do
   run_ttfb "$t" paced_c1 "$PACED_COUNT" 0 "\"mock_chunk_delay_ms\":$PACED_DELAY_MS"
 done
 
+# ---------------------------------------------------------------- interleaved rounds
+# The loads above run one target after the other, so a drift of the machine between the
+# nginx and the keygate runs (seen: nginx 39k rps in one run, 32.6k an hour later) moves their
+# ratio. Here the targets take turns, round after round, with the same short loads: each
+# round's ratio compares runs seconds apart, and the report gives their median.
+if [ "$ROUNDS" -gt 0 ] && want nginx && want keygate; then
+  for r in $(seq 1 "$ROUNDS"); do
+    for t in direct nginx keygate keygate_policy; do
+      want "$t" || continue
+      run_wrk "$t" "round${r}_chat_c64" "$CONNS" "$ROUND_DURATION" 0
+      run_wrk "$t" "round${r}_chat_c1" 1 "$ROUND_DURATION" 0
+    done
+  done
+fi
+
 # ---------------------------------------------------------------- several upstreams
 add_upstream() { # JSON
   curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
@@ -345,7 +362,7 @@ ENV_LINE="$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(grep -m1 'model nam
 ${PIN_NOTE}; wrk -t1, ${DURATION} per load after a ${WARMUP} warm-up; mock upstream: 1 thread, ${MOCK_CHUNKS} SSE chunks; \
 nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///') with 1 worker; total bench time $(( $(date +%s) - T_START )) s."
 cat >"$RUN/meta.json" <<EOF
-{"connections": $CONNS, "ttfb_count": $TTFB_COUNT, "paced_delay_ms": $PACED_DELAY_MS,
+{"connections": $CONNS, "rounds": $ROUNDS, "round_duration": "$ROUND_DURATION", "ttfb_count": $TTFB_COUNT, "paced_delay_ms": $PACED_DELAY_MS,
  "env": $(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$ENV_LINE"),
  "rss": $RSS_JSON, "logcheck": $LOG_JSON}
 EOF

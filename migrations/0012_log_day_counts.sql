@@ -9,7 +9,9 @@
 -- key's ON DELETE CASCADE) and change (an import overwriting a row) in the statement that
 -- makes it. tests/api/scale.rs checks the counts against the rows after each of these.
 --   api_key_id  the row's key; 0 for rows without one (no key has id 0)
---   day         UTC days since the epoch: timestamp / 86400000
+--   day         UTC days since the epoch: timestamp / 86400000 rounded down, also before
+--               1970 (an import may bring such rows; SQLite's `/` rounds towards zero, so
+--               it is written (t - (t % 86400000 + 86400000) % 86400000) / 86400000)
 --   model       '' for rows without one
 --   rows        rows held; errors: those with status = 'error'
 -- A group whose last row goes is deleted, so the table holds only groups with rows.
@@ -23,17 +25,20 @@ CREATE TABLE log_day_counts (
 ) WITHOUT ROWID;
 
 INSERT INTO log_day_counts (api_key_id, day, model, rows, errors)
-SELECT COALESCE(api_key_id, 0), timestamp / 86400000, COALESCE(model, ''), COUNT(*),
-    SUM(status = 'error')
+SELECT COALESCE(api_key_id, 0),
+    (timestamp - (timestamp % 86400000 + 86400000) % 86400000) / 86400000,
+    COALESCE(model, ''), COUNT(*), SUM(status = 'error')
 FROM api_call_logs
 GROUP BY 1, 2, 3;
 
 CREATE TRIGGER log_day_counts_delete AFTER DELETE ON api_call_logs BEGIN
     UPDATE log_day_counts SET rows = rows - 1, errors = errors - (old.status = 'error')
-    WHERE api_key_id = COALESCE(old.api_key_id, 0) AND day = old.timestamp / 86400000
+    WHERE api_key_id = COALESCE(old.api_key_id, 0)
+        AND day = (old.timestamp - (old.timestamp % 86400000 + 86400000) % 86400000) / 86400000
         AND model = COALESCE(old.model, '');
     DELETE FROM log_day_counts
-    WHERE api_key_id = COALESCE(old.api_key_id, 0) AND day = old.timestamp / 86400000
+    WHERE api_key_id = COALESCE(old.api_key_id, 0)
+        AND day = (old.timestamp - (old.timestamp % 86400000 + 86400000) % 86400000) / 86400000
         AND model = COALESCE(old.model, '') AND rows <= 0;
 END;
 
@@ -41,14 +46,17 @@ END;
 CREATE TRIGGER log_day_counts_update AFTER UPDATE OF api_key_id, timestamp, model, status
 ON api_call_logs BEGIN
     UPDATE log_day_counts SET rows = rows - 1, errors = errors - (old.status = 'error')
-    WHERE api_key_id = COALESCE(old.api_key_id, 0) AND day = old.timestamp / 86400000
+    WHERE api_key_id = COALESCE(old.api_key_id, 0)
+        AND day = (old.timestamp - (old.timestamp % 86400000 + 86400000) % 86400000) / 86400000
         AND model = COALESCE(old.model, '');
     DELETE FROM log_day_counts
-    WHERE api_key_id = COALESCE(old.api_key_id, 0) AND day = old.timestamp / 86400000
+    WHERE api_key_id = COALESCE(old.api_key_id, 0)
+        AND day = (old.timestamp - (old.timestamp % 86400000 + 86400000) % 86400000) / 86400000
         AND model = COALESCE(old.model, '') AND rows <= 0;
     INSERT INTO log_day_counts (api_key_id, day, model, rows, errors)
-    VALUES (COALESCE(new.api_key_id, 0), new.timestamp / 86400000, COALESCE(new.model, ''), 1,
-        new.status = 'error')
+    VALUES (COALESCE(new.api_key_id, 0),
+        (new.timestamp - (new.timestamp % 86400000 + 86400000) % 86400000) / 86400000,
+        COALESCE(new.model, ''), 1, new.status = 'error')
     ON CONFLICT (api_key_id, day, model) DO UPDATE SET rows = rows + 1,
         errors = errors + excluded.errors;
 END;

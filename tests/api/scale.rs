@@ -74,7 +74,8 @@ pub async fn assert_day_counts_match_rows(app: &TestApp, when: &str) {
     .await
     .unwrap();
     let rows: Vec<(i64, i64, String, i64, i64)> = sqlx::query_as(
-        "SELECT COALESCE(api_key_id, 0), timestamp / 86400000, COALESCE(model, ''), COUNT(*), \
+        "SELECT COALESCE(api_key_id, 0), (timestamp - (timestamp % 86400000 + 86400000) % 86400000) \
+         / 86400000, COALESCE(model, ''), COUNT(*), \
          SUM(status = 'error') FROM api_call_logs GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
     )
     .fetch_all(pool)
@@ -202,8 +203,13 @@ async fn totals_are_exact_and_pages_by_number_start_at_their_day() {
     assert_eq!(status, 401);
     app.flush().await;
     assert_day_counts_match_rows(&app, "a row without a key").await;
+    // Two of them from before 1970 (an import may bring such rows): one new, one overwriting.
     let moved: Vec<Value> = (5..=9)
-        .map(|id| log_row(id, other, now - id * 1000, "m-moved", id % 2 == 0))
+        .map(|id| {
+            let at = if id == 9 { -5_000 } else { now - id * 1000 };
+            log_row(id, other, at, "m-moved", id % 2 == 0)
+        })
+        .chain([log_row(n + 1000, key, -86_400_001, "m-moved", true)])
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("overwrite.json");
@@ -218,12 +224,17 @@ async fn totals_are_exact_and_pages_by_number_start_at_their_day() {
             "--force",
         ],
     );
-    assert!(out.contains("5 overwritten"), "{out}");
+    assert!(out.contains("1 new, 5 overwritten"), "{out}");
     assert_day_counts_match_rows(&app, "after overwriting rows").await;
     let (_, moved_page) = app
         .get("/api/api-logs?model=m-moved&page=1&page_size=2")
         .await;
-    assert_eq!(total(&moved_page), (5, false));
+    assert_eq!(total(&moved_page), (6, false));
+    assert_eq!(ids(&moved_page), [5, 6]);
+    let (_, oldest) = app
+        .get("/api/api-logs?model=m-moved&page=3&page_size=2")
+        .await;
+    assert_eq!(ids(&oldest), [9, n + 1000], "before 1970, by day");
     let out = ok(&app, &["logs", "prune", "--older-than", "3d"]);
     assert!(out.contains("Deleted"), "{out}");
     assert_day_counts_match_rows(&app, "after pruning").await;
