@@ -16,17 +16,22 @@ const TOKENS: [HeaderName; 3] = [
 ];
 
 /// Sets the key's quotas on a response. When the key has a window, the upstream's own
-/// `x-ratelimit-*` headers (which describe keygate's upstream account, not this key) go.
+/// `x-ratelimit-*` headers (which describe keygate's upstream account, not this key) go:
+/// `insert` replaces them, and those of a quota the key does not have are removed. On every
+/// response of a metered key, so no value is formatted through a `String`.
 pub fn apply(headers: &mut HeaderMap, quotas: &RateQuotas) {
     if quotas.requests.is_none() && quotas.tokens.is_none() {
         return;
     }
-    for name in REQUESTS.iter().chain(&TOKENS) {
-        headers.remove(name);
-    }
+    headers.reserve(REQUESTS.len() + TOKENS.len());
     for (names, quota) in [(&REQUESTS, quotas.requests), (&TOKENS, quotas.tokens)] {
-        if let Some(quota) = quota {
-            insert(headers, names, &quota);
+        match quota {
+            Some(quota) => insert(headers, names, &quota),
+            None => {
+                for name in names {
+                    headers.remove(name);
+                }
+            }
         }
     }
 }
@@ -34,23 +39,36 @@ pub fn apply(headers: &mut HeaderMap, quotas: &RateQuotas) {
 fn insert(headers: &mut HeaderMap, [limit, remaining, reset]: &[HeaderName; 3], quota: &Quota) {
     headers.insert(limit.clone(), HeaderValue::from(quota.limit));
     headers.insert(remaining.clone(), HeaderValue::from(quota.remaining));
-    if let Ok(value) = HeaderValue::from_str(&duration(quota.reset_ms)) {
-        headers.insert(reset.clone(), value);
-    }
+    let mut text = [0u8; 32];
+    let len = write_duration(&mut text, quota.reset_ms);
+    // Digits and unit letters: always a valid value.
+    let value = HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("0s"));
+    headers.insert(reset.clone(), value);
 }
 
 /// A duration as OpenAI writes it: `20ms`, `59s`, `6m0s`, `1h0m0s` (whole seconds rounded up).
 pub fn duration(ms: i64) -> String {
-    if ms < 1000 {
-        return format!("{}ms", ms.max(0));
-    }
-    let secs = (ms + 999) / 1000;
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, _) => format!("{m}m{s}s"),
-        _ => format!("{h}h{m}m{s}s"),
-    }
+    let mut text = [0u8; 32];
+    let len = write_duration(&mut text, ms);
+    String::from_utf8_lossy(&text[..len]).into_owned()
+}
+
+/// Writes `duration`'s text into `out` (32 bytes hold any i64's); returns its length.
+fn write_duration(out: &mut [u8; 32], ms: i64) -> usize {
+    use std::io::Write;
+    let mut rest = &mut out[..];
+    let _ = if ms < 1000 {
+        write!(rest, "{}ms", ms.max(0))
+    } else {
+        let secs = ms / 1000 + i64::from(ms % 1000 != 0);
+        let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+        match (h, m) {
+            (0, 0) => write!(rest, "{s}s"),
+            (0, _) => write!(rest, "{m}m{s}s"),
+            _ => write!(rest, "{h}h{m}m{s}s"),
+        }
+    };
+    32 - rest.len()
 }
 
 #[cfg(test)]
@@ -64,6 +82,8 @@ mod tests {
         assert_eq!(duration(59_001), "1m0s");
         assert_eq!(duration(360_000), "6m0s");
         assert_eq!(duration(3_600_000), "1h0m0s");
+        assert_eq!(duration(-5), "0ms");
+        assert_eq!(duration(i64::MAX), "2562047788015h12m56s");
     }
 
     #[test]
@@ -71,6 +91,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-ratelimit-limit-tokens", HeaderValue::from(90_000));
         headers.insert("x-ratelimit-limit-requests", HeaderValue::from(5_000));
+        headers.append("x-ratelimit-limit-requests", HeaderValue::from(6_000));
         let quota = Quota {
             limit: 10,
             remaining: 9,
@@ -83,7 +104,8 @@ mod tests {
                 tokens: None,
             },
         );
-        assert_eq!(headers["x-ratelimit-limit-requests"], "10");
+        let limits: Vec<_> = headers.get_all("x-ratelimit-limit-requests").iter().collect();
+        assert_eq!(limits, ["10"], "every upstream value replaced");
         assert_eq!(headers["x-ratelimit-remaining-requests"], "9");
         assert_eq!(headers["x-ratelimit-reset-requests"], "1m0s");
         assert!(headers.get("x-ratelimit-limit-tokens").is_none());
