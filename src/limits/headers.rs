@@ -104,7 +104,10 @@ mod tests {
                 tokens: None,
             },
         );
-        let limits: Vec<_> = headers.get_all("x-ratelimit-limit-requests").iter().collect();
+        let limits: Vec<_> = headers
+            .get_all("x-ratelimit-limit-requests")
+            .iter()
+            .collect();
         assert_eq!(limits, ["10"], "every upstream value replaced");
         assert_eq!(headers["x-ratelimit-remaining-requests"], "9");
         assert_eq!(headers["x-ratelimit-reset-requests"], "1m0s");

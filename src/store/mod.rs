@@ -48,25 +48,29 @@ pub async fn open(database_url: &str, busy_timeout: Duration) -> anyhow::Result<
         // the OS cache, which made a stats read over a large log cost several times its SQL.
         // SQLite caps it at its compile-time maximum (2 GiB); the WAL is not mapped.
         .pragma("mmap_size", MMAP_BYTES.to_string());
-    if created {
-        // A new database is made in incremental auto-vacuum mode (pages freed by pruning are
-        // given back to the file system by `incremental_vacuum`), which SQLite only sets
-        // before the first table exists: one connection sets it and creates the schema. Never
-        // on every connection: setting the mode is a write, so opening a connection would
-        // need the write lock (and disk space). An existing database keeps its mode until
-        // `keygate logs vacuum` rewrites it.
-        let mut first = options
-            .clone()
-            .auto_vacuum(SqliteAutoVacuum::Incremental)
-            .connect()
-            .await
-            .with_context(|| format!("cannot create the database {database_url}"))?;
-        sqlx::migrate!("./migrations")
-            .run(&mut first)
-            .await
-            .context("cannot migrate the database")?;
-        first.close().await?;
-    }
+    // A new database is made in incremental auto-vacuum mode (pages freed by pruning are given
+    // back to the file system by `incremental_vacuum`), which SQLite only sets before the first
+    // table exists: the connection that creates the schema sets it. Never on every connection:
+    // setting the mode is a write, so opening a connection would need the write lock (and disk
+    // space). An existing database keeps its mode until `keygate logs vacuum` rewrites it.
+    let migrating = if created {
+        options.clone().auto_vacuum(SqliteAutoVacuum::Incremental)
+    } else {
+        options.clone()
+    };
+    // Migrations run on a connection of their own whose statements are not logged: a backfill
+    // over millions of call-log rows takes seconds, and sqlx would print its whole SQL as a
+    // slow-statement warning.
+    let mut first = migrating
+        .disable_statement_logging()
+        .connect()
+        .await
+        .with_context(|| format!("cannot open the database {database_url}"))?;
+    sqlx::migrate!("./migrations")
+        .run(&mut first)
+        .await
+        .context("cannot migrate the database")?;
+    first.close().await?;
     let pool = SqlitePoolOptions::new()
         .max_connections(8)
         // A transaction whose COMMIT failed (on a full disk SQLite rolls it back by itself)
@@ -82,10 +86,6 @@ pub async fn open(database_url: &str, busy_timeout: Duration) -> anyhow::Result<
         .connect_with(options)
         .await
         .with_context(|| format!("cannot open the database {database_url}"))?;
-    sqlx::migrate!("./migrations")
-        .run(&pool)
-        .await
-        .context("cannot migrate the database")?;
     Ok(pool)
 }
 
