@@ -40,7 +40,7 @@ passed=0 failed=0
 pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$*"; }
 fail() { failed=$((failed + 1)); printf 'FAIL  %s\n' "$*"; }
 # check "what" command...: PASS when the command succeeds.
-check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then pass "$what"; else fail "$what"; fi; }
+check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then pass "$what"; else fail "$what"; return 1; fi; }
 note() { printf '      %s\n' "$*"; }
 say() { printf '\n== %s\n' "$*"; }
 heavy() { [ -z "$TRY_WAIT_FOR" ] && return; while [ -e "$TRY_WAIT_FOR" ]; do sleep 20; done; }
@@ -114,21 +114,21 @@ EOF
 
 bases() {
   say "bases: local stand-ins for debian:$DEBIAN_RELEASE-slim and rust:$RUST_VERSION-slim-$DEBIAN_RELEASE"
-  local stand_in="org.opencontainers.image.description=local stand-in made by deploy/try.sh from Debian packages"
+  local stand_in='org.opencontainers.image.description="local stand-in made by deploy/try.sh from Debian packages"'
   if ! docker image inspect "debian:$DEBIAN_RELEASE-slim" >/dev/null 2>&1; then
-    debootstrap_slim "$DEBIAN_RELEASE" "$TRY_DIR/rootfs-$DEBIAN_RELEASE" || { fail "debootstrap $DEBIAN_RELEASE"; return; }
+    debootstrap_slim "$DEBIAN_RELEASE" "$TRY_DIR/rootfs-$DEBIAN_RELEASE" || { fail "debootstrap $DEBIAN_RELEASE"; return 1; }
     tar --numeric-owner -C "$TRY_DIR/rootfs-$DEBIAN_RELEASE" -c . |
       docker import --change "LABEL $stand_in" --change 'CMD ["bash"]' - "debian:$DEBIAN_RELEASE-slim" >/dev/null
     rm -rf "$TRY_DIR/rootfs-$DEBIAN_RELEASE"
   fi
   check "debian:$DEBIAN_RELEASE-slim exists ($(docker image inspect -f '{{.Size}}' "debian:$DEBIAN_RELEASE-slim" 2>/dev/null) bytes)" \
-    docker image inspect "debian:$DEBIAN_RELEASE-slim"
+    docker image inspect "debian:$DEBIAN_RELEASE-slim" || return 1
 
   if ! docker image inspect "rust:$RUST_VERSION-slim-$DEBIAN_RELEASE" >/dev/null 2>&1; then
     # As the official image: gcc, libc6-dev, ca-certificates, a rustup toolchain in
     # /usr/local/rustup with its proxies in /usr/local/cargo/bin. The toolchain is the host's.
     local sysroot ctx=$TRY_DIR/rust-ctx
-    sysroot=$(rustc "+$RUST_VERSION" --print sysroot) || { fail "a $RUST_VERSION toolchain on the host (rustup)"; return; }
+    sysroot=$(rustc "+$RUST_VERSION" --print sysroot) || { fail "a $RUST_VERSION toolchain on the host (rustup)"; return 1; }
     rm -rf "$ctx" && mkdir -p "$ctx/rustup/toolchains" "$ctx/cargo/bin" "$ctx/extra-ca"
     cp -a "$sysroot/." "$ctx/rustup/toolchains/$RUST_VERSION-x86_64-unknown-linux-gnu"
     rm -rf "$ctx/rustup/toolchains/$RUST_VERSION-x86_64-unknown-linux-gnu/share/doc"
@@ -232,7 +232,7 @@ docker_trial() {
   if (cd "$REPO" && docker build -t keygate . >"$TRY_DIR/build.log" 2>&1); then
     pass "docker build -t keygate . ($((SECONDS - t0)) s; log: $TRY_DIR/build.log)"
   else
-    fail "docker build -t keygate . (see $TRY_DIR/build.log)"; return
+    fail "docker build -t keygate . (see $TRY_DIR/build.log)"; return 1
   fi
   note "image size: $(docker image inspect -f '{{.Size}}' keygate) bytes" \
     "($(docker images keygate --format '{{.Size}}')); binary $(docker run --rm --entrypoint stat keygate -c %s /usr/local/bin/keygate) bytes"
@@ -300,7 +300,8 @@ compose_trial() {
     "$REPO/deploy/keygate.env.example" >"$env"
   chmod 0600 "$env"
   "${c[@]}" down -v >/dev/null 2>&1
-  check "docker compose -f deploy/compose.yaml up -d" sh -c "cd '$REPO' && ${c[*]} up -d"
+  check "docker compose -f deploy/compose.yaml up -d" sh -c "cd '$REPO' && ${c[*]} up -d" ||
+    { rm -f "$env"; [ -e "$env.try-saved" ] && mv "$env.try-saved" "$env"; return 1; }
   local id; id=$("${c[@]}" ps -q keygate)
   check "/healthz answers 200 within 15 s" wait_for 15 curl -sf $base/healthz
   admin=$(docker logs "$id" 2>&1 | grep -o 'kgadm-[0-9a-f]*' | head -1)
@@ -308,7 +309,8 @@ compose_trial() {
   key=$(key_create $base "$admin")
   check "the key is relayed to the mock upstream: 200" test "$(chat $base "$key")" = 200
   check "compose exec keygate keygate keys list shows it" sh -c "${c[*]} exec -T keygate keygate keys list | grep -q try"
-  check "read_only: the root filesystem is read-only" sh -c "! ${c[*]} exec -T keygate touch /etc/probe"
+  check "read_only: the root filesystem is read-only" \
+    sh -c "${c[*]} exec -T keygate touch /etc/probe 2>&1 | grep -q 'Read-only file system'"
   check "tmpfs /tmp and the /data volume are writable" \
     sh -c "${c[*]} exec -T keygate sh -c 'touch /tmp/probe && touch /data/probe && rm /data/probe'"
   check "cap_drop ALL and no-new-privileges hold (CapEff 0, NoNewPrivs 1)" \
@@ -454,7 +456,7 @@ clean() {
 [ $# -eq 0 ] && set -- all
 for step in "$@"; do
   case $step in
-    all) engine; bases; docker_trial; compose_trial; systemd_trial ;;
+    all) engine && bases && docker_trial && compose_trial; systemd_trial ;;
     engine) engine ;;
     bases) bases ;;
     docker) docker_trial ;;
