@@ -7,11 +7,10 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use crate::cost::{close, stored};
 use crate::data::{fresh_db, ok, open, path_str};
 use crate::helpers::*;
 use keygate::relay::record::{CallRecord, Usage};
-use keygate::store::logs::{self, LogFilter, LogRow};
-use keygate::store::Page;
 
 /// A model the embedded table prices, cache reads and writes included.
 const CLAUDE: &str = "claude-sonnet-4-5";
@@ -37,12 +36,6 @@ fn expected_cost() -> f64 {
         + 15.0 * at("output_cost_per_token")
 }
 
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-12 * a.abs().max(b.abs())
-}
-
-/// `POST /v1/messages` through keygate with `key` as a bearer (the route's own auth and
-/// headers are the relay's business, not this module's).
 /// An app whose mock upstream is also configured as an Anthropic upstream (the built-in
 /// `default` is OpenAI's and serves no `/v1/messages`).
 async fn claude_app() -> TestApp {
@@ -56,6 +49,8 @@ async fn claude_app() -> TestApp {
     app
 }
 
+/// `POST /v1/messages` through keygate with `key` as a bearer (the route's own auth and
+/// headers are the relay's business, not this module's).
 async fn messages(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
     app.client
         .post(app.url("/v1/messages"))
@@ -70,14 +65,6 @@ async fn messages(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
 fn message(model: &str, stream: bool) -> Value {
     json!({"model": model, "max_tokens": 64, "stream": stream,
            "messages": [{"role": "user", "content": "hi"}]})
-}
-
-/// The key's rows as the admin API shows them (all logs, narrowed to the key), newest first.
-async fn rows_of(app: &TestApp, key_id: i64) -> Vec<Value> {
-    app.flush().await;
-    let (status, page) = app.get(&format!("/api/api-logs?key_id={key_id}")).await;
-    assert_eq!(status, StatusCode::OK, "{page}");
-    page["items"].as_array().unwrap().clone()
 }
 
 /// The row's token columns: (prompt, completion, total, cache read, cache write).
@@ -122,7 +109,7 @@ async fn a_messages_answer_is_counted_with_its_cache_tokens_and_priced() {
     );
     assert_eq!(app.upstream.seen()[0].path_and_query, "/v1/messages");
 
-    let rows = rows_of(&app, id).await;
+    let rows = app.logs_of(id).await;
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
     assert_eq!(
@@ -176,7 +163,7 @@ async fn a_messages_stream_is_relayed_unchanged_and_counted_from_its_events() {
         "every event passes as the upstream sent it"
     );
 
-    let rows = rows_of(&app, id).await;
+    let rows = app.logs_of(id).await;
     let row = &rows[0];
     assert_eq!(
         (&row["stream"], &row["status"]),
@@ -194,7 +181,7 @@ async fn a_messages_stream_is_relayed_unchanged_and_counted_from_its_events() {
     let mut body = message(CLAUDE, true);
     body["mock_usage"] = plain;
     messages(&app, &key, body).await.text().await.unwrap();
-    let row = &rows_of(&app, id).await[0];
+    let row = &app.logs_of(id).await[0];
     assert_eq!(
         (
             &row["prompt_tokens"],
@@ -249,7 +236,7 @@ async fn anthropic_errors_and_token_counts_are_logged_without_usage() {
         .unwrap();
     assert_eq!(read(counted).await.1, json!({"input_tokens": 42}));
 
-    let rows = rows_of(&app, id).await;
+    let rows = app.logs_of(id).await;
     let (count, failed) = (&rows[0], &rows[1]);
     assert_eq!(
         failed["error_message"], "upstream returned HTTP 529: Overloaded",
@@ -268,23 +255,6 @@ async fn anthropic_errors_and_token_counts_are_logged_without_usage() {
         assert_eq!(row["cost"], 0.0);
         has_upstream_columns(row);
     }
-}
-
-/// The key's rows as stored, newest first.
-async fn stored(pool: &sqlx::SqlitePool, key_id: i64) -> Vec<LogRow> {
-    let filter = LogFilter {
-        key_id: Some(key_id),
-        ..Default::default()
-    };
-    let page = Page {
-        page: 1,
-        page_size: 100,
-    };
-    logs::list(pool, &filter, logs::PageAt::Number(page))
-        .await
-        .unwrap()
-        .unwrap()
-        .rows
 }
 
 #[tokio::test]
@@ -313,7 +283,7 @@ async fn the_new_columns_are_shown_exported_and_imported() {
         attempts: 2,
         ..CallRecord::default()
     });
-    let row = &rows_of(&app, id).await[0];
+    let row = &app.logs_of(id).await[0];
     assert_eq!(
         (
             &row["upstream_id"],

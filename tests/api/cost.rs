@@ -63,7 +63,7 @@ async fn chat_with_usage(app: &TestApp, key: &str, model: &str, usage: Value, st
 }
 
 /// The key's rows as stored (exact REAL values), newest first.
-async fn stored(pool: &sqlx::SqlitePool, key_id: i64) -> Vec<LogRow> {
+pub(crate) async fn stored(pool: &sqlx::SqlitePool, key_id: i64) -> Vec<LogRow> {
     let filter = LogFilter {
         key_id: Some(key_id),
         ..Default::default()
@@ -79,7 +79,7 @@ async fn stored(pool: &sqlx::SqlitePool, key_id: i64) -> Vec<LogRow> {
         .rows
 }
 
-fn close(a: f64, b: f64) -> bool {
+pub(crate) fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * a.abs().max(b.abs())
 }
 
