@@ -499,16 +499,27 @@ async fn keys_are_bound_to_upstreams_and_permissions_checked_and_shown() {
     assert_eq!(status, 400, "{answer}");
 }
 
+/// The names of the upstreams the relay routes over now.
+fn routed_names(app: &TestApp) -> Vec<String> {
+    let table = app.state.upstreams.table();
+    table.specs().iter().map(|u| u.name.clone()).collect()
+}
+
+/// Gives upstream `id` a credential this server cannot decrypt (as after a change of Fernet
+/// key).
+async fn unreadable(app: &TestApp, id: i64) {
+    sqlx::query("UPDATE upstreams SET encrypted_api_key = 'not-a-token' WHERE id = ?")
+        .bind(id)
+        .execute(&app.state.pool)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn an_unreadable_upstream_is_left_out_of_routing_and_says_how_to_repair_it() {
     let app = spawn_app().await;
     let broken = create_upstream(&app, json!({"name": "broken", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": CREDENTIAL})).await;
-    // A credential this server cannot decrypt (as after a change of Fernet key).
-    sqlx::query("UPDATE upstreams SET encrypted_api_key = 'not-a-token' WHERE id = ?")
-        .bind(broken["id"].as_i64().unwrap())
-        .execute(&app.state.pool)
-        .await
-        .unwrap();
+    unreadable(&app, broken["id"].as_i64().unwrap()).await;
     // Other changes go on; the relay routes over the upstreams it can read (the unreadable
     // one is left out, with an error in the server log).
     let (status, body) = app
@@ -518,15 +529,7 @@ async fn an_unreadable_upstream_is_left_out_of_routing_and_says_how_to_repair_it
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let names: Vec<String> = app
-        .state
-        .upstreams
-        .table()
-        .specs()
-        .iter()
-        .map(|u| u.name.clone())
-        .collect();
-    assert_eq!(names, ["fine"]);
+    assert_eq!(routed_names(&app), ["fine"]);
     // The unreadable one says what to do; a new credential repairs it.
     let id = broken["id"].as_i64().unwrap();
     let (status, body) = app.get(&format!("/api/upstreams/{id}")).await;
@@ -547,30 +550,10 @@ async fn an_unreadable_upstream_is_left_out_of_routing_and_says_how_to_repair_it
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let names: Vec<String> = app
-        .state
-        .upstreams
-        .table()
-        .specs()
-        .iter()
-        .map(|u| u.name.clone())
-        .collect();
-    assert_eq!(names, ["broken", "fine"]);
+    assert_eq!(routed_names(&app), ["broken", "fine"]);
     // An unreadable one can also be deleted.
-    sqlx::query("UPDATE upstreams SET encrypted_api_key = 'not-a-token' WHERE id = ?")
-        .bind(id)
-        .execute(&app.state.pool)
-        .await
-        .unwrap();
+    unreadable(&app, id).await;
     let (status, body) = delete(&app, &format!("/api/upstreams/{id}")).await;
     assert_eq!(status, 200, "{body}");
-    let names: Vec<String> = app
-        .state
-        .upstreams
-        .table()
-        .specs()
-        .iter()
-        .map(|u| u.name.clone())
-        .collect();
-    assert_eq!(names, ["fine"]);
+    assert_eq!(routed_names(&app), ["fine"]);
 }
