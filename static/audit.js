@@ -1,9 +1,9 @@
 // The audit log: admin changes, newest first, filtered by action and key, paginated.
-import { api, query } from './api.js';
-import { clear, fill, h } from './dom.js';
+import { query } from './api.js';
+import { fill, h } from './dom.js';
 import { dateTimeSeconds } from './format.js';
 import { t } from './i18n.js';
-import { fillPager } from './pager.js';
+import { pageLoader } from './pager.js';
 
 /** The actions `GET /api/audit-log?action=` takes (src/audit.rs `Action`). */
 const ACTIONS = ['create', 'edit', 'renew', 'batch_renew', 'revoke', 'regenerate', 'delete', 'default_expiry',
@@ -18,7 +18,11 @@ export async function renderAudit(main) {
   const key = h('input', { type: 'number', min: '1', id: 'audit-key', value: view.keyId, placeholder: t('hint.key_id') });
   const body = h('div', { 'aria-live': 'polite' });
   const pager = h('div', { class: 'inline', id: 'audit-pager' });
-  const refilter = () => { view.page = 1; load(body, pager); };
+  const load = pageLoader(body, pager, {
+    prefix: 'audit', empty: 'audit', view, render: table,
+    path: () => `/api/audit-log${query({ page: view.page, page_size: view.pageSize, action: view.action, key_id: view.keyId })}`,
+  });
+  const refilter = () => { view.page = 1; load(); };
   action.addEventListener('change', () => { view.action = action.value; refilter(); });
   key.addEventListener('change', () => { view.keyId = key.value.trim(); refilter(); });
   fill(main,
@@ -27,32 +31,10 @@ export async function renderAudit(main) {
     h('div', { class: 'toolbar' },
       h('label', { class: 'field' }, h('span', { text: t('field.action') }), action),
       h('label', { class: 'field' }, h('span', { text: t('field.key_id') }), key),
-      h('button', { type: 'button', class: 'btn', id: 'audit-refresh', onClick: () => load(body, pager) }, t('action.refresh'))),
+      h('button', { type: 'button', class: 'btn', id: 'audit-refresh', onClick: load }, t('action.refresh'))),
     body,
     h('div', { class: 'pager' }, pager));
-  await load(body, pager);
-}
-
-// An answer that arrives after a newer load started is dropped (the filters changed meanwhile).
-let loads = 0;
-
-async function load(body, pager) {
-  const seq = ++loads;
-  fill(body, h('p', { class: 'state state-loading', text: t('state.loading') }));
-  let list;
-  try {
-    list = await api('GET', `/api/audit-log${query({ page: view.page, page_size: view.pageSize, action: view.action, key_id: view.keyId })}`);
-  } catch (err) {
-    if (seq !== loads) return;
-    fill(body, h('p', { class: 'state state-error', role: 'alert', text: t('state.error', { message: err.message }) }));
-    clear(pager);
-    return;
-  }
-  if (seq !== loads) return;
-  fill(body, list.items.length === 0
-    ? h('p', { class: 'state', id: 'audit-empty', text: t('empty.audit') })
-    : table(list.items));
-  fillPager(pager, 'audit', view, list, () => load(body, pager));
+  await load();
 }
 
 /** Who made a change: the console, the admin token, or the CLI (with its OS user), and from where. */

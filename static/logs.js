@@ -1,9 +1,9 @@
 // Call logs, all or one key's: newest first, paginated, filtered by status, key and model.
 import { api, query } from './api.js';
-import { clear, debounce, fill, h } from './dom.js';
+import { debounce, fill, h } from './dom.js';
 import { bytes, dateTimeSeconds, ms, num, usd } from './format.js';
 import { t } from './i18n.js';
-import { fillPager } from './pager.js';
+import { pageLoader } from './pager.js';
 
 const view = { page: 1, pageSize: 20, status: '', model: '', keyId: '' };
 let keyNames = new Map();
@@ -43,7 +43,14 @@ export async function renderLogs(main, fixedKey) {
     [10, 20, 50, 100, 200].map((n) => h('option', { value: n, selected: n === view.pageSize, text: t('field.per_page', { n }) })));
   const body = h('div', { 'aria-live': 'polite' });
   const pager = h('div', { class: 'inline', id: 'log-pager' });
-  const refilter = () => { view.page = 1; load(body, pager); };
+  const load = pageLoader(body, pager, {
+    prefix: 'log', empty: 'logs', view, render: table,
+    path: () => {
+      const params = { page: view.page, page_size: view.pageSize, status: view.status, model: view.model };
+      return (view.keyId ? `/api/api-keys/${view.keyId}/logs` : '/api/api-logs') + query(params);
+    },
+  });
+  const refilter = () => { view.page = 1; load(); };
   status.addEventListener('change', () => { view.status = status.value; refilter(); });
   key.addEventListener('change', () => { view.keyId = key.value; refilter(); });
   model.addEventListener('input', debounce(() => { view.model = model.value.trim(); refilter(); }, 300));
@@ -56,35 +63,10 @@ export async function renderLogs(main, fixedKey) {
       h('label', { class: 'field' }, h('span', { text: t('field.status') }), status),
       h('label', { class: 'field' }, h('span', { text: t('field.key') }), key),
       h('label', { class: 'field' }, h('span', { text: t('field.model') }), model),
-      h('button', { type: 'button', class: 'btn', id: 'log-refresh', onClick: () => load(body, pager) }, t('action.refresh'))),
+      h('button', { type: 'button', class: 'btn', id: 'log-refresh', onClick: load }, t('action.refresh'))),
     body,
     h('div', { class: 'pager' }, pager, size));
-  await load(body, pager);
-}
-
-// Each load is numbered: an answer that arrives after a newer load started (filters changed
-// meanwhile) is dropped, so the view always shows the latest filters.
-let loads = 0;
-
-async function load(body, pager) {
-  const seq = ++loads;
-  fill(body, h('p', { class: 'state state-loading', text: t('state.loading') }));
-  const params = { page: view.page, page_size: view.pageSize, status: view.status, model: view.model };
-  const path = view.keyId ? `/api/api-keys/${view.keyId}/logs` : '/api/api-logs';
-  let list;
-  try {
-    list = await api('GET', path + query(params));
-  } catch (err) {
-    if (seq !== loads) return;
-    fill(body, h('p', { class: 'state state-error', role: 'alert', text: t('state.error', { message: err.message }) }));
-    clear(pager);
-    return;
-  }
-  if (seq !== loads) return;
-  fill(body, list.items.length === 0
-    ? h('p', { class: 'state', id: 'logs-empty', text: t('empty.logs') })
-    : table(list.items));
-  fillPager(pager, 'log', view, list, () => load(body, pager));
+  await load();
 }
 
 function table(rows) {
