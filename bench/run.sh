@@ -256,13 +256,20 @@ run_ttfb() { # target name count warmup [extra-json]
   [ "$rc" = 0 ] || log "WARNING: $t $name had errors: $(jget "$json" first_error)"
 }
 
+warm_up() { # target [stream(0|1)] [api]: c=$CONNS for $WARMUP, not reported (counted for
+  # keygate's call-log check)
+  local t=$1 s=${2:-0} api=${3:-openai} path=/v1/chat/completions
+  [ "$api" = anthropic ] && path=/v1/messages
+  local txt="$RUN/logs/wrk_${t}__warmup.txt"
+  BENCH_STREAM=$s BENCH_API=$api BENCH_AUTH="${AUTH[$t]}" BENCH_CONNS=$CONNS "${CLIENT[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" \
+    -s "$BENCH/wrk/chat.lua" "http://127.0.0.1:${PORT[$t]}$path" >"$txt" 2>&1 || die "warm-up wrk failed"
+  count_kg "$t" "$(grep '^BENCH_JSON ' "$txt" | sed 's/.*"requests":\([0-9]*\).*/\1/')" "$CONNS"
+}
+
 for t in direct nginx keygate keygate_policy; do
   want "$t" || continue
   sanity "$t"
-  # warm-up (not reported; counted for keygate's call-log check)
-  BENCH_AUTH="${AUTH[$t]}" BENCH_CONNS=$CONNS "${CLIENT[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$BENCH/wrk/chat.lua" \
-    "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" >"$RUN/logs/wrk_${t}__warmup.txt" 2>&1 || die "warm-up wrk failed"
-  count_kg "$t" "$(grep '^BENCH_JSON ' "$RUN/logs/wrk_${t}__warmup.txt" | sed 's/.*"requests":\([0-9]*\).*/\1/')" "$CONNS"
+  warm_up "$t"
   run_wrk "$t" chat_c64 "$CONNS" "$DURATION" 0
   run_wrk "$t" chat_c1 1 "$DURATION" 0
   run_wrk "$t" stream_c64 "$CONNS" "$DURATION" 1
@@ -300,9 +307,7 @@ if want messages && want keygate; then
   AUTH[nginx_messages]=""
   for t in nginx_messages keygate_messages; do
     [ -n "${PORT[$t]}" ] || continue
-    BENCH_API=anthropic BENCH_STREAM=1 BENCH_AUTH="${AUTH[$t]}" BENCH_CONNS=$CONNS "${CLIENT[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$BENCH/wrk/chat.lua" \
-      "http://127.0.0.1:${PORT[$t]}/v1/messages" >"$RUN/logs/wrk_${t}__warmup.txt" 2>&1 || die "warm-up wrk failed"
-    count_kg "$t" "$(grep '^BENCH_JSON ' "$RUN/logs/wrk_${t}__warmup.txt" | sed 's/.*"requests":\([0-9]*\).*/\1/')" "$CONNS"
+    warm_up "$t" 1 anthropic
     run_wrk "$t" messages_stream_c64 "$CONNS" "$DURATION" 1 anthropic
   done
 fi
@@ -320,9 +325,7 @@ if want keygate_routed && want keygate; then
   AUTH[keygate_routed]=$KG_KEY
   t=keygate_routed
   sanity "$t"
-  BENCH_AUTH="${AUTH[$t]}" BENCH_CONNS=$CONNS "${CLIENT[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP" -s "$BENCH/wrk/chat.lua" \
-    "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" >"$RUN/logs/wrk_${t}__warmup.txt" 2>&1 || die "warm-up wrk failed"
-  count_kg "$t" "$(grep '^BENCH_JSON ' "$RUN/logs/wrk_${t}__warmup.txt" | sed 's/.*"requests":\([0-9]*\).*/\1/')" "$CONNS"
+  warm_up "$t"
   run_wrk "$t" chat_c64 "$CONNS" "$DURATION" 0
   run_wrk "$t" chat_c1 1 "$DURATION" 0
   run_wrk "$t" stream_c64 "$CONNS" "$DURATION" 1

@@ -152,6 +152,15 @@ fn json(status: StatusCode, body: &'static str) -> Response<RespBody> {
     resp
 }
 
+/// A 200 whose body is the event stream `sse`.
+fn event_stream(sse: SseBody) -> Response<RespBody> {
+    let mut resp = Response::new(Either::Right(sse));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(hay, needle).is_some()
 }
@@ -213,11 +222,7 @@ async fn handle(
                     usage,
                     done: cfg.done_chunk.clone(),
                 };
-                let mut resp = Response::new(Either::Right(sse));
-                let h = resp.headers_mut();
-                h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                resp
+                event_stream(sse)
             } else {
                 json(StatusCode::OK, COMPLETION_JSON)
             }
@@ -237,11 +242,7 @@ async fn handle(
                     usage: cfg.message_end.clone(),
                     done: Bytes::from_static(MESSAGE_STOP.as_bytes()),
                 };
-                let mut resp = Response::new(Either::Right(sse));
-                let h = resp.headers_mut();
-                h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                resp
+                event_stream(sse)
             } else {
                 json(StatusCode::OK, MESSAGE_JSON)
             }

@@ -677,10 +677,15 @@ pub async fn key_clash(stage: &mut Stage, id: i64, key_hash: &str) -> sqlx::Resu
 
 /// The database's (staged or existing) key `id`.
 pub async fn key_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM stage.api_keys WHERE id = ?1) \
-         OR EXISTS (SELECT 1 FROM main.api_keys WHERE id = ?1)",
-    )
+    staged_or_held(stage, "api_keys", id).await
+}
+
+/// Whether `table` has row `id`, staged or in the database.
+async fn staged_or_held(stage: &mut Stage, table: &str, id: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM stage.{table} WHERE id = ?1) \
+         OR EXISTS (SELECT 1 FROM main.{table} WHERE id = ?1)"
+    ))
     .bind(id)
     .fetch_one(stage.conn())
     .await
@@ -776,13 +781,7 @@ pub async fn new_upstream_id(stage: &mut Stage, file_id: i64) -> sqlx::Result<i6
 
 /// The database (staged or existing) has upstream `id`.
 pub async fn upstream_exists(stage: &mut Stage, id: i64) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM stage.upstreams WHERE id = ?1) \
-         OR EXISTS (SELECT 1 FROM main.upstreams WHERE id = ?1)",
-    )
-    .bind(id)
-    .fetch_one(stage.conn())
-    .await
+    staged_or_held(stage, "upstreams", id).await
 }
 
 /// Stages `upstream` under `id`: a new row, or written over the database's upstream `id`.
