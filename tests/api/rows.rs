@@ -103,6 +103,61 @@ async fn the_writer_keeps_its_rows_through_a_store_failure() {
     assert!(captured_logs().contains("call-log writer recovered; no row was lost"));
 }
 
+/// Rows queued while the store is locked are written as one batch: in groups of several rows
+/// per statement and then one by one, each row's fields its own, and the rows of a key deleted
+/// meanwhile are dropped (the writer checks the reference itself).
+#[tokio::test]
+async fn a_batch_keeps_each_rows_fields_and_drops_the_rows_of_a_key_deleted_meanwhile() {
+    let app = spawn_app_with(&["--log-busy-timeout", "100ms"]).await;
+    let (kept, kept_key) = app.new_key().await;
+    let (gone, gone_key) = app.new_key().await;
+    let lock = lock_database(&app);
+    // 37 rows of the kept key (two groups of 16 and 5 single rows), interleaved with the
+    // deleted key's and with a refused request's row (no key).
+    for n in 0..37 {
+        let model = format!("model-{n}");
+        assert_eq!(app.chat_model(&kept_key, &model).await.0, StatusCode::OK);
+        if n % 3 == 0 {
+            assert_eq!(app.chat_model(&gone_key, &model).await.0, StatusCode::OK);
+        }
+    }
+    let (status, _) = app.chat_model("sk-not-a-key", "model-x").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Deleted on the connection holding the lock: the rows are still queued.
+    lock.execute("DELETE FROM api_keys WHERE id = ?1", [gone])
+        .unwrap();
+    lock.execute_batch("COMMIT").unwrap();
+
+    let rows = app.logs_of(kept).await;
+    assert_eq!(rows.len(), 37);
+    for row in &rows {
+        let model = row["model"].as_str().unwrap();
+        let n: usize = model["model-".len()..].parse().unwrap();
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(row["api_key_id"], kept, "{row}");
+        assert_eq!(row["status"], "success", "{row}");
+        assert_eq!(row["http_status"], 200, "{row}");
+        assert_eq!(row["endpoint"], "/v1/chat/completions", "{row}");
+        assert_eq!(
+            row["request_size"],
+            body.to_string().len(),
+            "row {n}: {row}"
+        );
+        assert!(row["total_tokens"].as_i64().unwrap() > 0, "{row}");
+    }
+    let (_, page) = app.get("/api/api-logs?page_size=200").await;
+    assert_eq!(page["total"], 38, "the kept key's rows and the refused one");
+    let without_key: Vec<_> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["api_key_id"].is_null())
+        .collect();
+    assert_eq!(without_key.len(), 1);
+    assert_eq!(without_key[0]["http_status"], 401);
+    crate::scale::assert_day_counts_match_rows(&app, "after a batch with a deleted key").await;
+}
+
 #[tokio::test]
 async fn new_requests_wait_while_the_call_log_queue_is_full() {
     let app = spawn_app_with(&["--log-queue-rows", "4"]).await;

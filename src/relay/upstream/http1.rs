@@ -77,6 +77,10 @@ pub struct Head {
 /// while it is incomplete.
 pub fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
     loop {
+        // The first look, before anything was read: nothing to parse.
+        if buf.is_empty() {
+            return Ok(None);
+        }
         // Uninitialised slots and byte ranges: zeroing 128 headers per response was measurable.
         let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
@@ -106,21 +110,25 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head
         // them rather than copies.
         let base = buf.as_ptr() as usize;
         let offset = |part: &[u8]| part.as_ptr() as usize - base;
-        let count = response.headers.len();
-        let mut ranges = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        for (range, h) in ranges.iter_mut().zip(response.headers.iter()) {
-            let value = if h.value.is_empty() {
-                0
-            } else {
-                offset(h.value)
-            };
-            let name = offset(h.name.as_bytes());
-            *range = (name, name + h.name.len(), value, value + h.value.len());
-        }
+        // Only as many ranges as there are headers (a zeroed array of `MAX_HEADERS` was 4 KiB
+        // to clear per response).
+        let ranges: Vec<_> = response
+            .headers
+            .iter()
+            .map(|h| {
+                let value = if h.value.is_empty() {
+                    0
+                } else {
+                    offset(h.value)
+                };
+                let name = offset(h.name.as_bytes());
+                (name, name + h.name.len(), value, value + h.value.len())
+            })
+            .collect();
         let http11 = response.version == Some(1);
         let bytes = buf.split_to(used).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(name_start, name_end, start, end) in &ranges[..count] {
+        let mut headers = HeaderMap::with_capacity(ranges.len());
+        for &(name_start, name_end, start, end) in &ranges {
             let name = HeaderName::from_bytes(&bytes[name_start..name_end])
                 .map_err(|_| invalid("bad header name"))?;
             let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
