@@ -67,14 +67,17 @@ fn log_columns() -> usize {
 }
 
 /// `INSERT INTO api_call_logs (…) VALUES (…), (…)` for 1 or `ROWS_PER_INSERT` rows, their
-/// parameters numbered in order.
+/// parameters numbered in order. `OR FAIL`: a row that breaks a constraint fails the statement
+/// without undoing its earlier rows, which the whole batch's rollback does anyway; so SQLite
+/// keeps no statement journal (a copy of every page the statement changes, spilled to a temp
+/// file past 64 KiB) for a multi-row insert.
 fn insert_rows(rows: usize) -> &'static str {
     static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
         let sql = super::logs::log_sql();
         let row = format!("({})", vec!["?"; log_columns()].join(", "));
         [1, ROWS_PER_INSERT].map(|rows| {
             format!(
-                "INSERT INTO api_call_logs ({}) VALUES {}",
+                "INSERT OR FAIL INTO api_call_logs ({}) VALUES {}",
                 sql.data,
                 vec![row.as_str(); rows].join(", ")
             )
