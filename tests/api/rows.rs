@@ -416,3 +416,43 @@ async fn a_large_import_while_traffic_runs_loses_nothing_and_blocks_no_admin_wri
     assert_eq!(keys, 2 + created);
     assert_eq!(staging_files(&db_dir), 0, "the staging file is removed");
 }
+
+/// The writer and the checkpointer run as batch threads: a waking writer does not preempt a
+/// request, and still gets a fair share of a busy CPU (at nice 5 it fell behind under load).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_writer_and_checkpointer_are_batch_threads() {
+    let _app = spawn_app().await;
+    // (name, policy) of this process's writer and checkpointer threads (other tests' apps too).
+    let policies = || {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if name.starts_with("keygate-log-wri") || name.starts_with("keygate-checkp") {
+                let tid: libc::pid_t = task.file_name().to_str().unwrap().parse().unwrap();
+                // SAFETY: reads the policy of a thread of this process.
+                found.push((name.trim().to_string(), unsafe {
+                    libc::sched_getscheduler(tid)
+                }));
+            }
+        }
+        found
+    };
+    // A thread sets its policy as its first step: give a just-started one a moment.
+    let started = Instant::now();
+    let mut found = policies();
+    while found.iter().any(|(_, policy)| *policy != libc::SCHED_BATCH)
+        && started.elapsed() < Duration::from_secs(2)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        found = policies();
+    }
+    assert!(
+        found.len() >= 2,
+        "writer and checkpointer not found: {found:?}"
+    );
+    assert!(
+        found.iter().all(|(_, policy)| *policy == libc::SCHED_BATCH),
+        "{found:?}"
+    );
+}
