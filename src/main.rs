@@ -10,11 +10,6 @@ use keygate::{AppState, Clock, Config};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: the relay's many small per-request allocations cost about half of what glibc's
-/// malloc takes for them (counted with callgrind: ~4k fewer instructions per request).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     match run().await {
