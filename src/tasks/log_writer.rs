@@ -1,4 +1,4 @@
-//! The call-log writer: records queue up without waking anyone, and a low-priority thread
+//! The call-log writer: records queue up without waking anyone, and a batch-priority thread
 //! writes them in batches every tick, at once on a flush, and all of them on shutdown. The
 //! queue is bounded (new requests wait for room), and a failed batch is retried until it is
 //! written: no row is ever dropped.
@@ -319,8 +319,8 @@ fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
     }
 }
 
-/// Moves the WAL into the database every `CHECKPOINT_EVERY` until the writer stops, at low
-/// priority; a failed checkpoint is only retried (the rows are safe in the WAL).
+/// Moves the WAL into the database every `CHECKPOINT_EVERY` until the writer stops, as a batch
+/// thread; a failed checkpoint is only retried (the rows are safe in the WAL).
 fn checkpoints(checkpointer: Checkpointer, shared: &Shared) {
     batch_priority();
     while !shared.stopped.load(Relaxed) {
