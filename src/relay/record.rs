@@ -643,6 +643,9 @@ mod sole_model_tests {
         assert_eq!(sole_model(br#"{"model":"a","mod\u0065l":"b"}"#), None);
         assert_eq!(sole_model(br#"{"model":"a","model":"a"}"#), None);
         assert_eq!(sole_model(br#"{"model":1}"#), None);
+        assert_eq!(sole_model(br#"{"model":null}"#), None);
+        assert_eq!(sole_model(br#"{"model":["gpt-4o"]}"#), None);
+        assert_eq!(sole_model(br#"{"model":{"name":"gpt-4o"}}"#), None);
         assert_eq!(sole_model(br#"{"model":"a"} x"#), None);
         assert_eq!(sole_model(b"not json"), None);
         assert_eq!(sole_model(br#"["model"]"#), None);
