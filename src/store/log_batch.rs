@@ -61,9 +61,9 @@ const KEY_EXISTS: &str = "SELECT 1 FROM api_keys WHERE id = ?1";
 /// writer's `pause` comes after each such group.
 const ROWS_PER_INSERT: usize = 16;
 
-/// The call log's columns, in `log_sql().data`'s order.
+/// The call log's columns but `id` (`log_sql().data`), whose parameters come before `id`'s.
 fn log_columns() -> usize {
-    super::logs::log_sql().data.split(", ").count()
+    super::logs::log_sql().id_param - 1
 }
 
 /// `INSERT INTO api_call_logs (…) VALUES (…), (…)` for 1 or `ROWS_PER_INSERT` rows, their
@@ -179,8 +179,7 @@ impl LogStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Off on this connection only: `write` looks each key up inside its IMMEDIATE
         // transaction and drops the rows of deleted keys itself, so checking the reference
-        // again for every row (a lookup in `api_keys` and a statement journal per insert)
-        // would only repeat that. Deletions, which cascade, run on the pool's connections.
+        // again for every row (a lookup in `api_keys` per insert) would only repeat that. Deletions, which cascade, run on the pool's connections.
         conn.pragma_update(None, "foreign_keys", false)?;
         // This connection never checkpoints: a checkpoint copies the WAL into the database and
         // syncs it (tens to hundreds of ms on a large file), and while the writer did that its

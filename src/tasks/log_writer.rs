@@ -348,9 +348,9 @@ fn write(store: &mut LogStore, pending: &[CallRecord]) -> rusqlite::Result<()> {
 /// Puts this thread (the writer, the checkpointer) under `SCHED_BATCH` (Linux; per thread):
 /// waking up, it does not preempt a running request, it waits for the running thread's turn to
 /// end; then it gets a fair share of the CPU. At nice 5 (before) a share of ~1/7 on a busy core
-/// let the queue climb to ~3,400 of its 4,096 rows at c=64, a few hundred rows from making
-/// requests wait for room; as a batch thread it stays under ~1,400 with the same throughput
-/// and p99. It also yields every few rows while it keeps up, so a request that arrives
+/// let the queue climb to 2,700–3,600 of its 4,096 rows at c=64, a few hundred rows from
+/// making requests wait for room; as a batch thread it peaked at ~1,400, with throughput and
+/// p99 no worse. It also yields every few rows while it keeps up, so a request that arrives
 /// mid-batch waits microseconds, not the batch.
 fn batch_priority() {
     #[cfg(target_os = "linux")]
@@ -359,7 +359,9 @@ fn batch_priority() {
         // SAFETY: a plain syscall on the calling thread (pid 0), reading `param` only.
         let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
         if result != 0 {
-            tracing::debug!("cannot run the call-log writer as a batch thread");
+            let thread = thread::current();
+            let name = thread.name().unwrap_or("call-log");
+            tracing::debug!(thread = name, "cannot run this thread as a batch thread");
         }
     }
 }
