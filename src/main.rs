@@ -12,6 +12,8 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // First, while no thread has touched SQLite yet.
+    keygate::store::tune_sqlite();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         // `keygate keys list | head -1`: the rest of the output was not wanted.

@@ -4,16 +4,22 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::meter::{Quota, RateQuotas};
 
-const REQUESTS: [HeaderName; 3] = [
+/// A quota's headers: its limit, what remains and when it resets.
+const PER_QUOTA: usize = 3;
+
+const REQUESTS: [HeaderName; PER_QUOTA] = [
     HeaderName::from_static("x-ratelimit-limit-requests"),
     HeaderName::from_static("x-ratelimit-remaining-requests"),
     HeaderName::from_static("x-ratelimit-reset-requests"),
 ];
-const TOKENS: [HeaderName; 3] = [
+const TOKENS: [HeaderName; PER_QUOTA] = [
     HeaderName::from_static("x-ratelimit-limit-tokens"),
     HeaderName::from_static("x-ratelimit-remaining-tokens"),
     HeaderName::from_static("x-ratelimit-reset-tokens"),
 ];
+
+/// How many headers `apply` may add to an answer.
+pub const ADDED: usize = 2 * PER_QUOTA;
 
 /// Sets the key's quotas on a response. When the key has a window, the upstream's own
 /// `x-ratelimit-*` headers (which describe keygate's upstream account, not this key) go:
@@ -23,7 +29,7 @@ pub fn apply(headers: &mut HeaderMap, quotas: &RateQuotas) {
     if quotas.requests.is_none() && quotas.tokens.is_none() {
         return;
     }
-    headers.reserve(REQUESTS.len() + TOKENS.len());
+    headers.reserve(ADDED);
     for (names, quota) in [(&REQUESTS, quotas.requests), (&TOKENS, quotas.tokens)] {
         match quota {
             Some(quota) => insert(headers, names, &quota),
@@ -36,14 +42,29 @@ pub fn apply(headers: &mut HeaderMap, quotas: &RateQuotas) {
     }
 }
 
-fn insert(headers: &mut HeaderMap, [limit, remaining, reset]: &[HeaderName; 3], quota: &Quota) {
-    headers.insert(limit.clone(), HeaderValue::from(quota.limit));
-    headers.insert(remaining.clone(), HeaderValue::from(quota.remaining));
+fn insert(
+    headers: &mut HeaderMap,
+    [limit, remaining, reset]: &[HeaderName; PER_QUOTA],
+    quota: &Quota,
+) {
+    let mut digits = itoa::Buffer::new();
+    headers.insert(
+        limit.clone(),
+        text_value(digits.format(quota.limit).as_bytes()),
+    );
+    headers.insert(
+        remaining.clone(),
+        text_value(digits.format(quota.remaining).as_bytes()),
+    );
     let mut text = [0u8; 32];
     let len = write_duration(&mut text, quota.reset_ms);
-    // Digits and unit letters: always a valid value.
-    let value = HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static("0s"));
-    headers.insert(reset.clone(), value);
+    headers.insert(reset.clone(), text_value(&text[..len]));
+}
+
+/// A value of digits, a sign and unit letters: always valid. One allocation, where
+/// `HeaderValue::from(i64)` makes two (a `BytesMut`, then its freeze).
+fn text_value(text: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(text).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// A duration as OpenAI writes it: `20ms`, `59s`, `6m0s`, `1h0m0s` (whole seconds rounded up).

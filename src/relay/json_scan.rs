@@ -177,6 +177,31 @@ mod tests {
     }
 
     #[test]
+    fn strings_end_at_their_closing_quote_whatever_their_length() {
+        // Quotes and escapes at every offset of the first 48 bytes of a string (`memchr2`
+        // looks at 16 or 32 bytes at a time).
+        for len in 0..48 {
+            let pad = "p".repeat(len);
+            for value in [
+                format!(r#""{pad}""#),
+                format!(r#""{pad}\"x""#),
+                format!(r#""{pad}\\""#),
+                format!(r#""{pad}\u0022{pad}""#),
+            ] {
+                let key = format!("k{pad}");
+                let json = format!(r#"{{"{key}":{value},"model":"m"}}"#);
+                let [k, model] = top_level_fields(json.as_bytes(), [key.as_str(), "model"])
+                    .unwrap_or_else(|| panic!("{json}"));
+                assert_eq!(text(k), Some(value.as_str()), "{json}");
+                assert_eq!(text(model), Some(r#""m""#), "{json}");
+                // Cut anywhere inside the value: not a whole object.
+                let cut = &json.as_bytes()[..key.len() + 4 + value.len() - 1];
+                assert_eq!(top_level_fields(cut, ["model"]), None, "{json}");
+            }
+        }
+    }
+
+    #[test]
     fn not_an_object_or_cut_short() {
         for json in [
             &b"[1,2]"[..],

@@ -127,7 +127,9 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head
             .collect();
         let http11 = response.version == Some(1);
         let bytes = buf.split_to(used).freeze();
-        let mut headers = HeaderMap::with_capacity(ranges.len());
+        // Room for the `x-ratelimit-*` headers a metered key's answer gets: adding them to a
+        // full map would rehash it into a bigger one on every such response.
+        let mut headers = HeaderMap::with_capacity(ranges.len() + crate::limits::headers::ADDED);
         for &(name_start, name_end, start, end) in &ranges {
             let name = HeaderName::from_bytes(&bytes[name_start..name_end])
                 .map_err(|_| invalid("bad header name"))?;
