@@ -64,7 +64,7 @@ fn insert(
 /// A value of digits, a sign and unit letters: always valid. One allocation, where
 /// `HeaderValue::from(i64)` makes two (a `BytesMut`, then its freeze).
 fn text_value(text: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(text).unwrap_or(HeaderValue::from_static("0"))
+    HeaderValue::from_bytes(text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// A duration as OpenAI writes it: `20ms`, `59s`, `6m0s`, `1h0m0s` (whole seconds rounded up).

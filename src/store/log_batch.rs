@@ -179,7 +179,8 @@ impl LogStore {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Off on this connection only: `write` looks each key up inside its IMMEDIATE
         // transaction and drops the rows of deleted keys itself, so checking the reference
-        // again for every row (a lookup in `api_keys` per insert) would only repeat that. Deletions, which cascade, run on the pool's connections.
+        // again for every row (a lookup in `api_keys` per insert) would only repeat that.
+        // Deletions, which cascade, run on the pool's connections.
         conn.pragma_update(None, "foreign_keys", false)?;
         // This connection never checkpoints: a checkpoint copies the WAL into the database and
         // syncs it (tens to hundreds of ms on a large file), and while the writer did that its
@@ -191,8 +192,8 @@ impl LogStore {
 
     /// Writes the rows and adds their usage to their keys and to `usage_daily`, in one
     /// transaction. Rows of keys deleted meanwhile are dropped, as their logs would have been;
-    /// returns the rows written. `pause` is called after every `ROWS_PER_INSERT` rows (the writer
-    /// yields the CPU there).
+    /// returns the rows written. `pause` is called after every `ROWS_PER_INSERT` rows (where the
+    /// writer may yield the CPU).
     pub fn write(
         &mut self,
         records: &[CallRecord],

@@ -38,8 +38,8 @@ const YIELD_UP_TO_ROWS: usize = 1_000;
 /// Under a full load a batch is ~1,000+ rows, ~2.5 ms of the core. Run straight through, every
 /// request on the core waited that long behind it; yielding after every 16-row group made the
 /// p99 worse still. Measured at c=64 (side-by-side A/B, 8 rounds, restricted key) against never
-/// yielding: every 4 groups (64 rows) p99 4.9 → 4.1 ms and +4% throughput (28.9k → 30.2k
-/// rps); every 2 groups 5.5 ms, every 8 groups 4.4 ms.
+/// yielding: every 4 groups (64 rows, `ROWS_PER_INSERT` being 16) p99 4.9 → 4.1 ms and +4%
+/// throughput (28.9k → 30.2k rps); every 2 groups 5.5 ms, every 8 groups 4.4 ms.
 const YIELD_EVERY_GROUPS: usize = 4;
 /// A failed batch is retried after this pause, doubled after each failure up to the maximum.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -364,8 +364,9 @@ fn write(store: &mut LogStore, pending: &[CallRecord]) -> rusqlite::Result<()> {
 /// end; then it gets a fair share of the CPU. At nice 5 (before) a share of ~1/7 on a busy core
 /// let the queue climb to 2,700–3,600 of its 4,096 rows at c=64, a few hundred rows from
 /// making requests wait for room; as a batch thread it peaked at ~1,400, with throughput and
-/// p99 no worse. It also yields every few rows while it keeps up, so a request that arrives
-/// mid-batch waits microseconds, not the batch.
+/// p99 no worse. It also yields every 16 rows while it keeps up and every 64 on a busy core
+/// (`YIELD_EVERY_GROUPS`), so a request that arrives mid-batch waits for those rows, not the
+/// batch.
 fn batch_priority() {
     #[cfg(target_os = "linux")]
     {
