@@ -52,7 +52,13 @@ pub const MS_PER_HOUR: i64 = 3_600_000;
 pub const MS_PER_DAY: i64 = 24 * MS_PER_HOUR;
 
 pub fn to_ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
+    let seconds = t.unix_timestamp();
+    if seconds >= 0 {
+        // Without the 128-bit division below (this runs twice per request).
+        seconds * 1000 + i64::from(t.millisecond())
+    } else {
+        (t.unix_timestamp_nanos() / 1_000_000) as i64
+    }
 }
 
 pub fn from_ms(ms: i64) -> OffsetDateTime {
@@ -109,6 +115,24 @@ mod tests {
         let ms = 1_796_169_599_999;
         assert_eq!(day_text(ms / MS_PER_DAY), "2026-12-01");
         assert_eq!(day_text((ms + 1) / MS_PER_DAY), "2026-12-02");
+    }
+
+    #[test]
+    fn milliseconds_are_the_nanoseconds_truncated() {
+        for nanos in [
+            0i128,
+            999_999,
+            1_000_000,
+            1_796_169_599_999_999_999,
+            -1,
+            -999_999,
+            -1_000_000,
+            -1_000_500_000,
+        ] {
+            let t = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+            assert_eq!(to_ms(t), (nanos / 1_000_000) as i64, "{nanos}");
+            assert_eq!(to_ms(from_ms(to_ms(t))), to_ms(t), "{nanos}");
+        }
     }
 
     #[test]

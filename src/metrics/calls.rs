@@ -1,7 +1,7 @@
 //! The per-request series, aggregated from call records by the call-log writer thread (off
 //! the request path): requests, durations, tokens, cost and refusals, by bounded labels.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::labels;
 use super::text::{Exposition, Histogram};
@@ -69,7 +69,8 @@ fn class_ix(class: &str) -> usize {
 /// Everything counted from call records since start.
 pub struct CallStats {
     labelling: Labelling,
-    model_ix: HashMap<String, ModelIx>,
+    /// foldhash, not SipHash: looked up for every call record.
+    model_ix: foldhash::HashMap<String, ModelIx>,
     model_names: Vec<String>,
     requests: BTreeMap<(&'static str, &'static str, ModelIx), u64>,
     spend: BTreeMap<ModelIx, Spend>,
@@ -84,7 +85,7 @@ impl CallStats {
     pub fn new(labelling: Labelling) -> Self {
         CallStats {
             labelling,
-            model_ix: HashMap::new(),
+            model_ix: foldhash::HashMap::default(),
             model_names: vec![NO_MODEL.into(), OTHER.into()],
             requests: BTreeMap::new(),
             spend: BTreeMap::new(),

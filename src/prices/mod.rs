@@ -72,7 +72,8 @@ pub fn cost(price: &Price, usage: &Usage) -> f64 {
         + tokens(usage.completion_tokens) as f64 * price.output_cost_per_token
 }
 
-type Table = HashMap<Box<str>, Price>;
+/// foldhash, not SipHash: every relayed call with usage looks its model up here.
+type Table = foldhash::HashMap<Box<str>, Price>;
 
 /// The embedded snapshot, parsed once per process.
 #[derive(Debug)]
@@ -135,7 +136,7 @@ impl Prices {
         let embedded =
             embedded().map_err(|e| anyhow!("the embedded price table does not parse: {e}"))?;
         let overrides = match file {
-            None => Table::new(),
+            None => Table::default(),
             Some(path) => read_file(path).with_context(|| {
                 format!(
                     "KEYGATE_PRICES_FILE: {} is not a usable price file",
@@ -236,7 +237,7 @@ fn read_file(path: &Path) -> anyhow::Result<Table> {
     let text = std::fs::read_to_string(path).context("cannot read it")?;
     let json: Map<String, Value> =
         serde_json::from_str(&text).context("not a JSON object of models")?;
-    let mut table = Table::new();
+    let mut table = Table::default();
     match json.get("models") {
         Some(Value::Object(models)) => {
             for (model, entry) in models {

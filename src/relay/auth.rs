@@ -1,6 +1,5 @@
 //! Header → key → cache or database → AuthedKey, or a refusal (the 401 of SPEC §3).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -75,7 +74,9 @@ struct Entry {
 /// Keys by hash, so a cached key authenticates without a database round trip.
 #[derive(Default)]
 pub struct KeyCache {
-    entries: RwLock<HashMap<KeyHash, Entry>>,
+    /// foldhash, not SipHash: one lookup per request (the hashes are SHA-256 of secrets;
+    /// foldhash is seeded per process all the same).
+    entries: RwLock<foldhash::HashMap<KeyHash, Entry>>,
     /// Lookups answered from the cache, and read from the database (for metrics).
     hits: AtomicU64,
     misses: AtomicU64,
