@@ -130,6 +130,12 @@ async fn console_assets_need_no_login_but_its_data_does() {
 async fn console_works_in_headless_chromium() {
     node_and_chromium();
     let app = spawn_app().await;
+    // The calls are seeded on seven days and the week is read two hours after the last: from
+    // noon UTC those two hours stay on the last day (started at the real time after 22:00 UTC,
+    // they crossed midnight and the week's last day read no call).
+    let today = app.clock.now().date();
+    app.clock
+        .set(today.midnight().assume_utc() + time::Duration::hours(12));
     // A week of calls on the server's clock: 35 succeed (two models), 3 fail.
     let (_, jobs) = app
         .create_key(
