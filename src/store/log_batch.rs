@@ -125,15 +125,26 @@ fn bind_row(
 
 /// A connection that moves the WAL's frames into the database, off the call-log writer's
 /// thread: a PASSIVE checkpoint waits for no reader or writer, so the writer goes on
-/// appending meanwhile. Under sustained writes a passive pass never quite catches up, so the
-/// WAL would only grow: past `TRUNCATE_FRAMES` frames a TRUNCATE checkpoint then copies the
-/// few frames left (holding writers back that long, within its busy timeout) and empties it.
+/// appending meanwhile. A pass that copied every frame lets the writer's next transaction start
+/// the WAL over at its beginning, in the same file; the writer's batches must not commit during
+/// such a pass (`tasks::log_writer` holds them back). Past `TRUNCATE_FRAMES` frames that
+/// passes did not copy, a TRUNCATE checkpoint copies them (holding writers back that long,
+/// within its busy timeout) and empties the file.
 pub struct Checkpointer {
     conn: Connection,
 }
 
 /// WAL frames (pages of about 4 KiB) past which the WAL is emptied.
 const TRUNCATE_FRAMES: i64 = 8192;
+
+/// What a passive pass found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pass {
+    /// Frames in the WAL.
+    pub frames: i64,
+    /// Every frame is in the database: the next write transaction starts the WAL over.
+    pub complete: bool,
+}
 
 impl Checkpointer {
     pub fn open(path: &Path) -> rusqlite::Result<Checkpointer> {
@@ -145,18 +156,27 @@ impl Checkpointer {
         Ok(Checkpointer { conn })
     }
 
-    /// One pass; returns the WAL's frames after it (0 once it was emptied).
-    pub fn checkpoint(&self) -> rusqlite::Result<i64> {
-        let frames = self.run("PRAGMA wal_checkpoint(PASSIVE)")?;
-        if frames <= TRUNCATE_FRAMES {
-            return Ok(frames);
-        }
-        self.run("PRAGMA wal_checkpoint(TRUNCATE)")
+    /// Copies the WAL's frames into the database, waiting for no one.
+    pub fn passive(&self) -> rusqlite::Result<Pass> {
+        let (busy, frames, copied): (i64, i64, i64) =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?;
+        Ok(Pass {
+            frames,
+            complete: busy == 0 && copied == frames,
+        })
     }
 
-    /// The WAL's frames after the checkpoint `pragma` (its second column).
-    fn run(&self, pragma: &str) -> rusqlite::Result<i64> {
-        self.conn.query_row(pragma, [], |row| row.get(1))
+    /// After `pass`: empties a WAL that passes could not copy whole and that holds more than
+    /// `TRUNCATE_FRAMES` frames; returns the frames left.
+    pub fn truncate_if_large(&self, pass: Pass) -> rusqlite::Result<i64> {
+        if pass.complete || pass.frames <= TRUNCATE_FRAMES {
+            return Ok(pass.frames);
+        }
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(1))
     }
 }
 
@@ -413,12 +433,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, writer) = database_with_wal(dir.path(), 200);
         let checkpointer = Checkpointer::open(&path).unwrap();
-        let frames = checkpointer.checkpoint().unwrap();
-        assert!(frames > 0 && frames <= TRUNCATE_FRAMES, "{frames}");
+        let pass = checkpointer.passive().unwrap();
+        assert!(pass.complete, "{pass:?}");
         assert!(
-            wal_bytes(&path) > 0,
-            "a passive pass leaves the WAL file for reuse"
+            pass.frames > 0 && pass.frames <= TRUNCATE_FRAMES,
+            "{pass:?}"
         );
+        assert_eq!(checkpointer.truncate_if_large(pass).unwrap(), pass.frames);
+        let reused = wal_bytes(&path);
+        assert!(reused > 0, "a passive pass leaves the WAL file for reuse");
+        // After a complete pass the next transaction writes from the WAL's beginning again.
+        writer
+            .execute("INSERT INTO t (b) VALUES (zeroblob(3500))", [])
+            .unwrap();
+        let next = checkpointer.passive().unwrap();
+        assert!(
+            next.frames > 0 && next.frames < 10,
+            "{next:?} after {pass:?}"
+        );
+        assert_eq!(wal_bytes(&path), reused, "the same file, not a longer one");
 
         writer.execute_batch("BEGIN").unwrap();
         for _ in 0..TRUNCATE_FRAMES as usize + 100 {
@@ -427,11 +460,28 @@ mod tests {
                 .unwrap();
         }
         writer.execute_batch("COMMIT").unwrap();
-        assert_eq!(checkpointer.checkpoint().unwrap(), 0);
+        // A pass that cannot copy every frame (a reader holds the WAL's end back) leaves a WAL
+        // past the limit to be emptied once it can be.
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        writer
+            .execute("INSERT INTO t (b) VALUES (zeroblob(3500))", [])
+            .unwrap();
+        let pass = checkpointer.passive().unwrap();
+        assert!(!pass.complete && pass.frames > TRUNCATE_FRAMES, "{pass:?}");
+        reader.execute_batch("COMMIT").unwrap();
+        assert_eq!(checkpointer.truncate_if_large(pass).unwrap(), 0);
         assert_eq!(wal_bytes(&path), 0, "past the limit the WAL is emptied");
         let rows: i64 = writer
             .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
             .unwrap();
-        assert_eq!(rows, 200 + TRUNCATE_FRAMES + 100, "nothing lost on the way");
+        assert_eq!(
+            rows,
+            200 + 1 + TRUNCATE_FRAMES + 100 + 1,
+            "nothing lost on the way"
+        );
     }
 }
