@@ -59,8 +59,8 @@ pub fn check(method: &Method, path: &str) -> Result<(), Unconfined> {
     check_path(path)
 }
 
-/// One pass over the path's bytes, no allocation. A trailing slash is allowed (its empty last
-/// segment names nothing else); `//` anywhere is not.
+/// No allocation. A trailing slash is allowed (its empty last segment names nothing else);
+/// `//` anywhere is not.
 fn check_path(path: &str) -> Result<(), Unconfined> {
     let bytes = path.as_bytes();
     // Nearly every path has no dot, `%` or backslash: then only an empty segment (`//`) can
