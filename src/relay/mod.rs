@@ -6,6 +6,7 @@ pub mod client_ip;
 pub mod confine;
 mod failover;
 mod json_scan;
+mod json_valid;
 mod models;
 pub mod policy;
 pub mod record;
@@ -292,11 +293,16 @@ async fn forward(
 
     let body = read_body(&parts, body, state.config.max_body_bytes).await?;
     record.request_size = body.len() as i64;
-    let mut summary = RequestSummary::read(&body);
+    let restricted = key.policy.as_deref().filter(|p| p.restricts_models());
+    // A key restricted to some models has its body read strictly, in the same pass.
+    let (mut summary, sole_model) = match restricted {
+        Some(_) => RequestSummary::read_checked(&body),
+        None => (RequestSummary::read(&body), None),
+    };
     record.model = summary.model.take();
     record.stream = summary.stream == Some(true);
     let mut list_models = None;
-    if let Some(restricted) = key.policy.as_deref().filter(|p| p.restricts_models()) {
+    if let Some(restricted) = restricted {
         let path = parts.uri.path();
         let checked = if path == "/v1/models" {
             // The list is answered, filtered to the models this key may use.
@@ -305,9 +311,9 @@ async fn forward(
         } else if let Some(id) = path.strip_prefix("/v1/models/") {
             restricted.model(Some(id))
         } else if parts.method == Method::POST {
-            // Read strictly, as the upstream will: the skim above takes the first `model`
-            // and does not decode escaped keys, which a client could use to name another.
-            restricted.model(record::sole_model(&body).as_deref())
+            // Read strictly, as the upstream will: the skim takes the last `model` of
+            // any text it can walk, which a client could use to name another.
+            restricted.model(sole_model.as_deref())
         } else {
             Ok(())
         };

@@ -6,6 +6,7 @@ use memchr::memmem;
 use std::ops::Range;
 
 use super::json_scan::{key_text, top_level_fields, walk_object};
+use super::json_valid::{decoded_key, string_value, walk_valid_object};
 use crate::upstreams::spec::Kind;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -253,71 +254,76 @@ pub struct RequestSummary {
 
 impl RequestSummary {
     pub fn read(body: &[u8]) -> Self {
-        let (mut model, mut stream, mut stream_options) = (None, None, None);
-        let end = walk_object(body, |member| match &*key_text(member.key) {
-            // The last of duplicate keys, as most upstream JSON parsers take it.
-            b"model" => model = Some(member.value),
-            b"stream" => stream = Some(member.value),
-            b"stream_options" => stream_options = Some(member.value),
-            _ => {}
+        let mut fields = Fields::default();
+        let end = walk_object(body, |member| {
+            fields.add(&key_text(member.key), member.value)
         });
+        fields.summary(body, end)
+    }
+
+    /// As `read`, and the model the body names as the upstream will read it, for keys whose
+    /// models are restricted: one strict pass over the whole body (`json_valid`), its keys
+    /// decoded (`"mod\u0065l"` is `model`). The model is None when the body is not valid JSON
+    /// (its summary is then `read`'s), when its top-level object has no `model` or more than
+    /// one (parsers differ on which one wins), or when `model` is not a string.
+    pub fn read_checked(body: &[u8]) -> (Self, Option<String>) {
+        let mut fields = Fields::default();
+        let mut decodes = true;
+        let end = walk_valid_object(body, |member| match decoded_key(member.key) {
+            Some(key) => fields.add(&key, member.value),
+            None => decodes = false,
+        });
+        if end.is_none() || !decodes {
+            return (RequestSummary::read(body), None);
+        }
+        let sole = match (fields.models, &fields.model) {
+            (1, Some(raw)) => string_value(&body[raw.clone()]),
+            _ => None,
+        };
+        (fields.summary(body, end), sole)
+    }
+}
+
+/// The top-level members a request summary reads, as a walk finds them.
+#[derive(Default)]
+struct Fields {
+    /// The last of duplicate keys, as most upstream JSON parsers take it.
+    model: Option<Range<usize>>,
+    models: usize,
+    stream: Option<Range<usize>>,
+    stream_options: Option<Range<usize>>,
+}
+
+impl Fields {
+    fn add(&mut self, key: &[u8], value: Range<usize>) {
+        match key {
+            b"model" => {
+                self.model = Some(value);
+                self.models += 1;
+            }
+            b"stream" => self.stream = Some(value),
+            b"stream_options" => self.stream_options = Some(value),
+            _ => {}
+        }
+    }
+
+    fn summary(self, body: &[u8], end: Option<usize>) -> RequestSummary {
         if end.is_none() {
             return RequestSummary::default();
         }
         RequestSummary {
-            model: model
+            model: self
+                .model
                 .clone()
                 .and_then(|raw| json_string_prefix(&body[raw], MODEL_MAX_BYTES)),
-            model_at: model,
-            stream: stream.and_then(|raw| serde_json::from_slice(&body[raw]).ok()),
-            stream_options,
+            model_at: self.model,
+            stream: self
+                .stream
+                .and_then(|raw| serde_json::from_slice(&body[raw]).ok()),
+            stream_options: self.stream_options,
             end,
         }
     }
-}
-
-/// The model a JSON request body names, read as the upstream will read it, for keys whose
-/// models are restricted: a full parse of the top-level object, its keys decoded
-/// (`"mod\u0065l"` is `model`). None when the body is not a JSON object, its `model` is not a
-/// string, or it names `model` more than once (parsers differ on which one wins).
-pub fn sole_model(body: &[u8]) -> Option<String> {
-    struct SoleModel;
-
-    impl<'de> serde::de::Visitor<'de> for SoleModel {
-        type Value = Option<String>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a JSON object")
-        }
-
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Option<String>, A::Error> {
-            let mut model = None;
-            let mut seen = false;
-            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                if key == "model" {
-                    if seen {
-                        return Err(serde::de::Error::custom("`model` twice"));
-                    }
-                    seen = true;
-                    model = map
-                        .next_value::<serde_json::Value>()?
-                        .as_str()
-                        .map(String::from);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            Ok(model)
-        }
-    }
-
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let model = serde::Deserializer::deserialize_map(&mut de, SoleModel).ok()?;
-    de.end().ok()?;
-    model
 }
 
 /// The JSON string `raw` decoded and capped at `max` bytes; a long string is decoded from a
@@ -630,7 +636,80 @@ fn scan_sse_lines(text: &[u8], usage: &mut StreamUsage, error: &mut Option<Strin
 
 #[cfg(test)]
 mod sole_model_tests {
-    use super::sole_model;
+    use super::RequestSummary;
+    use crate::relay::json_valid::{decoded_key, walk_valid_object};
+    use proptest::prelude::*;
+    use serde::de::IgnoredAny;
+
+    fn sole_model(body: &[u8]) -> Option<String> {
+        RequestSummary::read_checked(body).1
+    }
+
+    /// The model as serde_json reads it (the relay's check before `json_valid`): a full parse
+    /// of the top-level object, its keys decoded, `model` at most once.
+    fn parsed_model(body: &[u8]) -> Option<String> {
+        struct SoleModel;
+
+        impl<'de> serde::de::Visitor<'de> for SoleModel {
+            type Value = Option<String>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Option<String>, A::Error> {
+                let mut model = None;
+                let mut seen = false;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "model" {
+                        if seen {
+                            return Err(serde::de::Error::custom("`model` twice"));
+                        }
+                        seen = true;
+                        model = map
+                            .next_value::<serde_json::Value>()?
+                            .as_str()
+                            .map(String::from);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(model)
+            }
+        }
+
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let model = serde::Deserializer::deserialize_map(&mut de, SoleModel).ok()?;
+        de.end().ok()?;
+        model
+    }
+
+    /// Both reads of `body` agree, and the summary is the lenient skim's.
+    fn agrees(body: &[u8]) -> Result<(), TestCaseError> {
+        let (summary, model) = RequestSummary::read_checked(body);
+        let text = String::from_utf8_lossy(body);
+        if std::str::from_utf8(body).is_ok() {
+            prop_assert_eq!(&model, &parsed_model(body), "{}", text);
+            let mut keys_decode = true;
+            let walked = walk_valid_object(body, |member| {
+                keys_decode &= decoded_key(member.key).is_some();
+            });
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let parsed = serde::Deserializer::deserialize_map(&mut de, IgnoredAny).is_ok()
+                && de.end().is_ok();
+            prop_assert_eq!(walked.is_some() && keys_decode, parsed, "{}", text);
+        } else {
+            // Not JSON at all: refused, as serde_json refuses it wherever the bad byte is
+            // (it checks only the strings it decodes).
+            prop_assert_eq!(&model, &None, "{}", text);
+        }
+        let skimmed = RequestSummary::read(body);
+        prop_assert_eq!(format!("{summary:?}"), format!("{skimmed:?}"), "{}", text);
+        Ok(())
+    }
 
     #[test]
     fn reads_the_model_as_the_upstream_would() {
@@ -642,15 +721,166 @@ mod sole_model_tests {
             sole_model(br#"{"mod\u0065l":"gpt-\u0034o"}"#).as_deref(),
             Some("gpt-4o")
         );
-        assert_eq!(sole_model(br#"{"model":"a","mod\u0065l":"b"}"#), None);
-        assert_eq!(sole_model(br#"{"model":"a","model":"a"}"#), None);
-        assert_eq!(sole_model(br#"{"model":1}"#), None);
-        assert_eq!(sole_model(br#"{"model":null}"#), None);
-        assert_eq!(sole_model(br#"{"model":["gpt-4o"]}"#), None);
-        assert_eq!(sole_model(br#"{"model":{"name":"gpt-4o"}}"#), None);
-        assert_eq!(sole_model(br#"{"model":"a"} x"#), None);
-        assert_eq!(sole_model(b"not json"), None);
-        assert_eq!(sole_model(br#"["model"]"#), None);
+        assert_eq!(
+            sole_model(b" {\"model\" :\t\"a\\/b\" ,\"n\":[1,-0.5e+3,{},[],true,null]}\n")
+                .as_deref(),
+            Some("a/b")
+        );
+        for refused in [
+            &br#"{"model":"a","mod\u0065l":"b"}"#[..],
+            br#"{"model":"a","model":"a"}"#,
+            br#"{"model":1}"#,
+            br#"{"model":null}"#,
+            br#"{"model":["gpt-4o"]}"#,
+            br#"{"model":{"name":"gpt-4o"}}"#,
+            br#"{"model":"a"} x"#,
+            b"not json",
+            br#"["model"]"#,
+            br#"{"model":"a","n":01}"#,
+            br#"{"model":"a","n":1.}"#,
+            br#"{"model":"a","n":[1,]}"#,
+            br#"{"model":"a",}"#,
+            br#"{"model":"a","s":"\q"}"#,
+            br#"{"model":"a","\ud800":1}"#,
+            br#"{"model":"\ud800"}"#,
+            br#"{"model":"a","n":tru}"#,
+            br#"{"model":"a","n":[}]}"#,
+            b"{\"model\":\"a\",\"s\":\"tab\there\"}",
+            b"{\"model\":\"a\",\"s\":\"\xff\"}",
+        ] {
+            assert_eq!(
+                sole_model(refused),
+                None,
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+            agrees(refused).unwrap();
+        }
+    }
+
+    #[test]
+    fn nesting_has_no_limit_as_for_serde_json_skipping_a_value() {
+        for depth in [1, 127, 128, 129, 300, 100_000] {
+            let body = format!(
+                r#"{{"model":"m","n":{}{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            agrees(body.as_bytes()).unwrap();
+            assert_eq!(sole_model(body.as_bytes()).as_deref(), Some("m"), "{depth}");
+            let unclosed = &body.as_bytes()[..body.len() - 2];
+            agrees(unclosed).unwrap();
+            assert_eq!(sole_model(unclosed), None, "{depth}");
+        }
+    }
+
+    /// A valid JSON value, up to a few levels deep, from pieces that reach every branch of
+    /// the grammar.
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop::sample::select(vec![
+            "0",
+            "-1",
+            "12.5e-3",
+            "1E+2",
+            "true",
+            "false",
+            "null",
+            r#""""#,
+            r#""gpt-4o""#,
+            r#""a\"b\\c\/\b\f\n\r\t""#,
+            r#""\u00e9\u20AC\ud83d\ude00""#,
+            "\"é€😀\"",
+            r#""model""#,
+        ])
+        .prop_map(String::from);
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((key(), inner), 0..4).prop_map(|members| {
+                    let members: Vec<String> = members
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}:{v}"))
+                        .collect();
+                    format!("{{ {} }}", members.join(" , "))
+                }),
+            ]
+        })
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            r#""model""#,
+            r#""mod\u0065l""#,
+            r#""\u006dodel""#,
+            r#""Model""#,
+            r#""stream""#,
+            r#""stream_options""#,
+            r#""messages""#,
+            r#""""#,
+            r#""\ud800""#,
+            r#""model ""#,
+        ])
+        .prop_map(String::from)
+    }
+
+    /// Bytes that break JSON in many ways, to splice into valid bodies.
+    fn fault() -> impl Strategy<Value = Vec<u8>> {
+        prop::sample::select(vec![
+            &b""[..],
+            b",",
+            b"}",
+            b"]",
+            b"{",
+            b"[",
+            b"\"",
+            b"\\",
+            b":",
+            b"0",
+            b"-",
+            b".",
+            b"e",
+            b"\x01",
+            b"\xff",
+            b"\xc3",
+            b" ",
+            b"\\u12",
+            b"\\x",
+            b"tru",
+            b"nul",
+            b"01",
+            b"1.",
+        ])
+        .prop_map(<[u8]>::to_vec)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn valid_bodies_are_read_as_serde_json_reads_them(
+            members in prop::collection::vec((key(), value()), 0..6),
+            spaces in prop::sample::select(vec!["", " ", "\n\t ", "\r\n"]),
+        ) {
+            let members: Vec<String> = members.iter().map(|(k, v)| format!("{k}{spaces}:{spaces}{v}")).collect();
+            let body = format!("{spaces}{{{spaces}{}{spaces}}}{spaces}", members.join(","));
+            agrees(body.as_bytes())?;
+        }
+
+        #[test]
+        fn broken_bodies_are_refused_as_serde_json_refuses_them(
+            members in prop::collection::vec((key(), value()), 1..5),
+            cut in any::<prop::sample::Index>(),
+            removed in 0usize..3,
+            inserted in fault(),
+        ) {
+            let members: Vec<String> = members.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+            let mut body = format!("{{{}}}", members.join(",")).into_bytes();
+            let at = cut.index(body.len() + 1);
+            let removed = removed.min(body.len() - at);
+            body.splice(at..at + removed, inserted);
+            agrees(&body)?;
+        }
     }
 }
 

@@ -1,0 +1,280 @@
+//! A strict walk of a JSON object: the members of its top level, found only if the whole text
+//! is valid JSON (RFC 8259), so that what it finds is what any conforming parser reads. The
+//! relay checks a restricted key's `model` with it, in one pass instead of a parse.
+
+use std::borrow::Cow;
+
+use super::json_scan::{skip_ws, Member};
+
+/// Containers open at once that are tracked without allocating (deeper ones spill to the heap:
+/// like serde_json skipping a value, the walk sets no limit on nesting).
+const INLINE_DEPTH: usize = 128;
+
+/// The containers open around the walk, innermost last (true: an object).
+struct Open {
+    inline: [bool; INLINE_DEPTH],
+    spill: Vec<bool>,
+    depth: usize,
+}
+
+impl Open {
+    fn new() -> Self {
+        Open {
+            inline: [false; INLINE_DEPTH],
+            spill: Vec::new(),
+            depth: 0,
+        }
+    }
+
+    fn push(&mut self, object: bool) {
+        match self.inline.get_mut(self.depth) {
+            Some(slot) => *slot = object,
+            None => self.spill.push(object),
+        }
+        self.depth += 1;
+    }
+
+    fn pop(&mut self) {
+        self.depth -= 1;
+        if self.depth >= INLINE_DEPTH {
+            self.spill.pop();
+        }
+    }
+
+    /// Whether the innermost container is an object; None outside any.
+    fn innermost(&self) -> Option<bool> {
+        match self.depth {
+            0 => None,
+            d if d <= INLINE_DEPTH => Some(self.inline[d - 1]),
+            _ => self.spill.last().copied(),
+        }
+    }
+}
+
+/// As `json_scan::walk_object`, for valid JSON only: calls `visit` with each member of the
+/// object that `json` holds (whitespace around it allowed, nothing else) and returns the
+/// index of its closing brace; `None` if `json` is not exactly one valid JSON object in UTF-8
+/// (members visited before the fault was found were still visited: discard them then).
+pub fn walk_valid_object<'a>(json: &'a [u8], mut visit: impl FnMut(Member<'a>)) -> Option<usize> {
+    std::str::from_utf8(json).ok()?;
+    let mut at = skip_ws(json, 0);
+    if json.get(at) != Some(&b'{') {
+        return None;
+    }
+    at = skip_ws(json, at + 1);
+    let close = if json.get(at) == Some(&b'}') {
+        at
+    } else {
+        loop {
+            if json.get(at) != Some(&b'"') {
+                return None;
+            }
+            let key_start = at;
+            let key_end = string_end(json, at)?;
+            at = skip_ws(json, key_end);
+            if json.get(at) != Some(&b':') {
+                return None;
+            }
+            let start = skip_ws(json, at + 1);
+            let end = value_end(json, start)?;
+            visit(Member {
+                key: &json[key_start + 1..key_end - 1],
+                span: key_start..end,
+                value: start..end,
+            });
+            at = skip_ws(json, end);
+            match json.get(at) {
+                Some(b',') => at = skip_ws(json, at + 1),
+                Some(b'}') => break at,
+                _ => return None,
+            }
+        }
+    };
+    (skip_ws(json, close + 1) == json.len()).then_some(close)
+}
+
+/// A member's key decoded (borrowed unless it has an escape); `None` if an escape does not
+/// decode (a lone surrogate): a strict parser refuses the text then.
+pub fn decoded_key(key: &[u8]) -> Option<Cow<'_, [u8]>> {
+    if memchr::memchr(b'\\', key).is_none() {
+        return Some(Cow::Borrowed(key));
+    }
+    decode_string(key).map(|text| Cow::Owned(text.into_bytes()))
+}
+
+/// The text of a JSON string value (`raw` with its quotes) decoded; `None` if `raw` is not one.
+pub fn string_value(raw: &[u8]) -> Option<String> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if memchr::memchr(b'\\', inner).is_none() {
+        return std::str::from_utf8(inner).ok().map(String::from);
+    }
+    decode_string(inner)
+}
+
+/// The text between a string's quotes, its escapes decoded (by serde_json, which refuses a
+/// lone surrogate).
+fn decode_string(inner: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(inner.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(inner);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).ok()
+}
+
+/// The index just past the valid JSON value at `json[at]`.
+fn value_end(json: &[u8], mut at: usize) -> Option<usize> {
+    let mut open = Open::new();
+    loop {
+        // A value starts at `at`.
+        match *json.get(at)? {
+            b'"' => at = string_end(json, at)?,
+            b'{' | b'[' => {
+                let object = json[at] == b'{';
+                at = skip_ws(json, at + 1);
+                if json.get(at) == Some(if object { &b'}' } else { &b']' }) {
+                    // Empty: closed at once, a value like any other.
+                    at += 1;
+                } else {
+                    open.push(object);
+                    if object {
+                        at = member_value_start(json, at)?;
+                    }
+                    continue;
+                }
+            }
+            b't' => at = literal_end(json, at, b"true")?,
+            b'f' => at = literal_end(json, at, b"false")?,
+            b'n' => at = literal_end(json, at, b"null")?,
+            b'-' | b'0'..=b'9' => at = number_end(json, at)?,
+            _ => return None,
+        }
+        // After a value: the next member or element, or the end of containers.
+        loop {
+            let Some(object) = open.innermost() else {
+                return Some(at);
+            };
+            at = skip_ws(json, at);
+            match *json.get(at)? {
+                b',' if object => {
+                    at = member_value_start(json, skip_ws(json, at + 1))?;
+                    break;
+                }
+                b',' => {
+                    at = skip_ws(json, at + 1);
+                    break;
+                }
+                b'}' if object => {}
+                b']' if !object => {}
+                _ => return None,
+            }
+            open.pop();
+            at += 1;
+        }
+    }
+}
+
+/// `json[at]` starts a member (`"key" : value`): the index where its value starts.
+fn member_value_start(json: &[u8], at: usize) -> Option<usize> {
+    if json.get(at) != Some(&b'"') {
+        return None;
+    }
+    let at = skip_ws(json, string_end(json, at)?);
+    if json.get(at) != Some(&b':') {
+        return None;
+    }
+    Some(skip_ws(json, at + 1))
+}
+
+fn literal_end(json: &[u8], at: usize, literal: &[u8]) -> Option<usize> {
+    json[at..]
+        .starts_with(literal)
+        .then_some(at + literal.len())
+}
+
+/// `json[at]` starts a number: the index just past it, if it is one by JSON's grammar
+/// (`-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`).
+fn number_end(json: &[u8], mut at: usize) -> Option<usize> {
+    let digits = |at: usize| {
+        json.get(at..).map_or(0, |rest| {
+            rest.iter().take_while(|b| b.is_ascii_digit()).count()
+        })
+    };
+    if json[at] == b'-' {
+        at += 1;
+    }
+    match json.get(at)? {
+        b'0' => at += 1,
+        b'1'..=b'9' => at += digits(at),
+        _ => return None,
+    }
+    if json.get(at) == Some(&b'.') {
+        let n = digits(at + 1);
+        if n == 0 {
+            return None;
+        }
+        at += 1 + n;
+    }
+    if matches!(json.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(json.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        let n = digits(at);
+        if n == 0 {
+            return None;
+        }
+        at += n;
+    }
+    Some(at)
+}
+
+/// `json[at]` opens a string: the index just past its closing quote, if every escape in it is
+/// one of JSON's and it holds no control character.
+fn string_end(json: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        i = plain_run_end(json, i);
+        match *json.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => match *json.get(i + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                b'u' => {
+                    let hex = json.get(i + 2..i + 6)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    i += 6;
+                }
+                _ => return None,
+            },
+            _ => return None, // a control character
+        }
+    }
+}
+
+/// The first index from `i` that holds a quote, a backslash or a control character (or the
+/// end), eight bytes at a time where it can.
+fn plain_run_end(json: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` is zero: the lowest such byte has its high bit set in the result.
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    while let Some(chunk) = json.get(i..i + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let special = zero_byte(x ^ (ONES * u64::from(b'"')))
+            | zero_byte(x ^ (ONES * u64::from(b'\\')))
+            // Below 0x20: `x - 0x20` borrows into the byte (exact for bytes under 0x80).
+            | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
+        if special != 0 {
+            return i + (special.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while json
+        .get(i)
+        .is_some_and(|&b| b != b'"' && b != b'\\' && b >= 0x20)
+    {
+        i += 1;
+    }
+    i
+}
