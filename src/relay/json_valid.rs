@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use super::json_scan::{skip_ws, Member};
+use super::json_scan::{byte_below, first_flagged, skip_ws, splat, word_at, zero_byte, Member};
 
 /// Containers open at once that are tracked without allocating (deeper ones spill to the heap:
 /// like serde_json skipping a value, the walk sets no limit on nesting).
@@ -102,10 +102,12 @@ pub fn decoded_key(key: &[u8]) -> Option<Cow<'_, [u8]>> {
     decode_string(key).map(|text| Cow::Owned(text.into_bytes()))
 }
 
-/// The text of a JSON string value (`raw` with its quotes) decoded; `None` if `raw` is not one.
+/// The text of the JSON string `raw` (with its quotes) decoded, as serde_json reads it into a
+/// `String`; `None` if `raw` is not exactly one valid string. Without an escape (most strings)
+/// it is copied as it is.
 pub fn string_value(raw: &[u8]) -> Option<String> {
     let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    if memchr::memchr(b'\\', inner).is_none() {
+    if plain_run_end(inner, 0) == inner.len() {
         return std::str::from_utf8(inner).ok().map(String::from);
     }
     decode_string(inner)
@@ -255,18 +257,11 @@ fn string_end(json: &[u8], at: usize) -> Option<usize> {
 /// The first index from `i` that holds a quote, a backslash or a control character (or the
 /// end), eight bytes at a time where it can.
 fn plain_run_end(json: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // A byte of `x` is zero: the lowest such byte has its high bit set in the result.
-    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    while let Some(chunk) = json.get(i..i + 8) {
-        let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-        let special = zero_byte(x ^ (ONES * u64::from(b'"')))
-            | zero_byte(x ^ (ONES * u64::from(b'\\')))
-            // Below 0x20: `x - 0x20` borrows into the byte (exact for bytes under 0x80).
-            | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
+    while let Some(word) = word_at(json, i) {
+        let special =
+            zero_byte(word ^ splat(b'"')) | zero_byte(word ^ splat(b'\\')) | byte_below(word, 0x20);
         if special != 0 {
-            return i + (special.trailing_zeros() / 8) as usize;
+            return i + first_flagged(special);
         }
         i += 8;
     }
@@ -277,4 +272,31 @@ fn plain_run_end(json: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 5000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// A string value is decoded as serde_json decodes it, whatever the bytes around and
+        /// inside (long runs of plain bytes reach past the eight-byte steps).
+        #[test]
+        fn string_values_are_read_as_serde_json_reads_them(
+            pieces in prop::collection::vec(prop::sample::select(vec![
+                &b"\""[..], b"\\", b"\\\"", b"\\n", b"\\u0041", b"\\ud83d\\ude00", b"\\ud800", b"\\x",
+                b"a", b"plain text ", b"\x01", b"\t", b"\x7f", "é€😀".as_bytes(), b"\xff", b"\xe2\x82",
+            ]), 0..12),
+        ) {
+            let raw = pieces.concat();
+            prop_assert_eq!(
+                string_value(&raw),
+                serde_json::from_slice::<String>(&raw).ok(),
+                "{}", String::from_utf8_lossy(&raw)
+            );
+        }
+    }
 }

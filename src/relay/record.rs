@@ -333,7 +333,7 @@ fn json_string_prefix(raw: &[u8], max: usize) -> Option<String> {
     // least `max` bytes of text when the string is longer.
     let enough = 6 * max + 2;
     if raw.len() <= enough {
-        let mut text: String = serde_json::from_slice(raw).ok()?;
+        let mut text = string_value(raw)?;
         cap(&mut text, max);
         return Some(text);
     }
