@@ -1,8 +1,9 @@
 //! OpenAI's `x-ratelimit-*` response headers, from a key's window quotas.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use bytes::BytesMut;
 
-use super::meter::{Quota, RateQuotas};
+use super::meter::RateQuotas;
 
 /// A quota's headers: its limit, what remains and when it resets.
 const PER_QUOTA: usize = 3;
@@ -24,59 +25,63 @@ pub const ADDED: usize = 2 * PER_QUOTA;
 /// Sets the key's quotas on a response. When the key has a window, the upstream's own
 /// `x-ratelimit-*` headers (which describe keygate's upstream account, not this key) go:
 /// `insert` replaces them, and those of a quota the key does not have are removed. On every
-/// response of a metered key, so no value is formatted through a `String`.
+/// response of a metered key, so the values are formatted without `String`s, into one buffer
+/// that they share (one allocation for all of them, not one each).
 pub fn apply(headers: &mut HeaderMap, quotas: &RateQuotas) {
     if quotas.requests.is_none() && quotas.tokens.is_none() {
         return;
     }
     headers.reserve(ADDED);
-    for (names, quota) in [(&REQUESTS, quotas.requests), (&TOKENS, quotas.tokens)] {
-        match quota {
-            Some(quota) => insert(headers, names, &quota),
-            None => {
-                for name in names {
-                    headers.remove(name);
-                }
+    let mut text = BytesMut::with_capacity(ADDED * MAX_VALUE);
+    let mut ends = [0; ADDED];
+    let present = [(&REQUESTS, quotas.requests), (&TOKENS, quotas.tokens)];
+    for (quota, ends) in present
+        .iter()
+        .filter_map(|(_, q)| q.as_ref())
+        .zip(ends.chunks_mut(PER_QUOTA))
+    {
+        let mut digits = itoa::Buffer::new();
+        text.extend_from_slice(digits.format(quota.limit).as_bytes());
+        ends[0] = text.len();
+        text.extend_from_slice(digits.format(quota.remaining).as_bytes());
+        ends[1] = text.len();
+        let mut reset = [0u8; MAX_VALUE];
+        let len = write_duration(&mut reset, quota.reset_ms);
+        text.extend_from_slice(&reset[..len]);
+        ends[2] = text.len();
+    }
+    let text = text.freeze();
+    let mut ends = ends.into_iter();
+    let mut start = 0;
+    for (names, quota) in present {
+        for name in names {
+            if quota.is_none() {
+                headers.remove(name);
+                continue;
             }
+            let end = ends.next().unwrap_or(start);
+            // Digits, a sign and unit letters: always a valid value.
+            let value = HeaderValue::from_maybe_shared(text.slice(start..end))
+                .unwrap_or_else(|_| HeaderValue::from_static("0"));
+            headers.insert(name.clone(), value);
+            start = end;
         }
     }
 }
 
-fn insert(
-    headers: &mut HeaderMap,
-    [limit, remaining, reset]: &[HeaderName; PER_QUOTA],
-    quota: &Quota,
-) {
-    let mut digits = itoa::Buffer::new();
-    headers.insert(
-        limit.clone(),
-        text_value(digits.format(quota.limit).as_bytes()),
-    );
-    headers.insert(
-        remaining.clone(),
-        text_value(digits.format(quota.remaining).as_bytes()),
-    );
-    let mut text = [0u8; 32];
-    let len = write_duration(&mut text, quota.reset_ms);
-    headers.insert(reset.clone(), text_value(&text[..len]));
-}
-
-/// A value of digits, a sign and unit letters: always valid. One allocation, where
-/// `HeaderValue::from(i64)` makes two (a `BytesMut`, then its freeze).
-fn text_value(text: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(text).unwrap_or_else(|_| HeaderValue::from_static("0"))
-}
+/// The longest value written: an i64's digits and sign, or `write_duration`'s text.
+const MAX_VALUE: usize = 32;
 
 /// A duration as OpenAI writes it: `20ms`, `59s`, `6m0s`, `1h0m0s` (whole seconds rounded up).
 pub fn duration(ms: i64) -> String {
-    let mut text = [0u8; 32];
+    let mut text = [0u8; MAX_VALUE];
     let len = write_duration(&mut text, ms);
     String::from_utf8_lossy(&text[..len]).into_owned()
 }
 
 /// Writes `duration`'s text into `out` (32 bytes hold any i64's); returns its length. Digits
 /// go through `itoa`: `write!` cost ~1k instructions per response here.
-fn write_duration(out: &mut [u8; 32], ms: i64) -> usize {
+fn write_duration(out: &mut [u8; MAX_VALUE], ms: i64) -> usize {
     let mut len = 0;
     let mut put = |text: &[u8]| {
         out[len..len + text.len()].copy_from_slice(text);
@@ -106,6 +111,7 @@ fn write_duration(out: &mut [u8; 32], ms: i64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::meter::Quota;
 
     #[test]
     fn durations_read_like_openai_s() {
@@ -144,6 +150,44 @@ mod tests {
         assert_eq!(headers["x-ratelimit-remaining-requests"], "9");
         assert_eq!(headers["x-ratelimit-reset-requests"], "1m0s");
         assert!(headers.get("x-ratelimit-limit-tokens").is_none());
+        // Both quotas, and the tokens' alone: each value in its own header.
+        let requests = Quota {
+            limit: 1_000_000_000,
+            remaining: 999_907_596,
+            reset_ms: 3_024_000,
+        };
+        let tokens = Quota {
+            limit: 7,
+            remaining: -1,
+            reset_ms: 20,
+        };
+        apply(
+            &mut headers,
+            &RateQuotas {
+                requests: Some(requests),
+                tokens: Some(tokens),
+            },
+        );
+        let shown: Vec<_> = [&REQUESTS, &TOKENS]
+            .into_iter()
+            .flatten()
+            .map(|name| headers[name].to_str().unwrap())
+            .collect();
+        assert_eq!(
+            shown,
+            ["1000000000", "999907596", "50m24s", "7", "-1", "20ms"]
+        );
+        apply(
+            &mut headers,
+            &RateQuotas {
+                requests: None,
+                tokens: Some(tokens),
+            },
+        );
+        assert!(REQUESTS.iter().all(|name| headers.get(name).is_none()));
+        assert_eq!(headers["x-ratelimit-limit-tokens"], "7");
+        assert_eq!(headers["x-ratelimit-remaining-tokens"], "-1");
+        assert_eq!(headers["x-ratelimit-reset-tokens"], "20ms");
         // No window: the upstream's headers pass.
         let mut upstream = HeaderMap::new();
         upstream.insert("x-ratelimit-limit-tokens", HeaderValue::from(90_000));
