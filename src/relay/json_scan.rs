@@ -38,7 +38,18 @@ pub struct Member<'a> {
 /// Calls `visit` with each member of the object at the start of `json` (after whitespace), in
 /// order; returns the index of the object's closing brace, or `None` if `json` does not start
 /// with an object this skim can walk (members already visited were still visited).
-pub fn walk_object<'a>(json: &'a [u8], mut visit: impl FnMut(Member<'a>)) -> Option<usize> {
+pub fn walk_object<'a>(json: &'a [u8], visit: impl FnMut(Member<'a>)) -> Option<usize> {
+    walk_members(json, string_end, value_end, visit)
+}
+
+/// The walk of `walk_object` with the given scans: `string_end` for keys and `value_end` for
+/// values (each the index just past what starts at `json[at]`, or None).
+pub(super) fn walk_members<'a>(
+    json: &'a [u8],
+    string_end: impl Fn(&[u8], usize) -> Option<usize>,
+    value_end: impl Fn(&[u8], usize) -> Option<usize>,
+    mut visit: impl FnMut(Member<'a>),
+) -> Option<usize> {
     let mut at = skip_ws(json, 0);
     if json.get(at) != Some(&b'{') {
         return None;

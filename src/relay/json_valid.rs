@@ -4,7 +4,9 @@
 
 use std::borrow::Cow;
 
-use super::json_scan::{byte_below, first_flagged, skip_ws, splat, word_at, zero_byte, Member};
+use super::json_scan::{
+    byte_below, first_flagged, skip_ws, splat, walk_members, word_at, zero_byte, Member,
+};
 
 /// Containers open at once that are tracked without allocating (deeper ones spill to the heap:
 /// like serde_json skipping a value, the walk sets no limit on nesting).
@@ -55,41 +57,9 @@ impl Open {
 /// object that `json` holds (whitespace around it allowed, nothing else) and returns the
 /// index of its closing brace; `None` if `json` is not exactly one valid JSON object in UTF-8
 /// (members visited before the fault was found were still visited: discard them then).
-pub fn walk_valid_object<'a>(json: &'a [u8], mut visit: impl FnMut(Member<'a>)) -> Option<usize> {
+pub fn walk_valid_object<'a>(json: &'a [u8], visit: impl FnMut(Member<'a>)) -> Option<usize> {
     std::str::from_utf8(json).ok()?;
-    let mut at = skip_ws(json, 0);
-    if json.get(at) != Some(&b'{') {
-        return None;
-    }
-    at = skip_ws(json, at + 1);
-    let close = if json.get(at) == Some(&b'}') {
-        at
-    } else {
-        loop {
-            if json.get(at) != Some(&b'"') {
-                return None;
-            }
-            let key_start = at;
-            let key_end = string_end(json, at)?;
-            at = skip_ws(json, key_end);
-            if json.get(at) != Some(&b':') {
-                return None;
-            }
-            let start = skip_ws(json, at + 1);
-            let end = value_end(json, start)?;
-            visit(Member {
-                key: &json[key_start + 1..key_end - 1],
-                span: key_start..end,
-                value: start..end,
-            });
-            at = skip_ws(json, end);
-            match json.get(at) {
-                Some(b',') => at = skip_ws(json, at + 1),
-                Some(b'}') => break at,
-                _ => return None,
-            }
-        }
-    };
+    let close = walk_members(json, string_end, value_end, visit)?;
     (skip_ws(json, close + 1) == json.len()).then_some(close)
 }
 
