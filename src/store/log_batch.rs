@@ -429,6 +429,43 @@ impl Sums {
 mod tests {
     use super::*;
 
+    /// A batch of 16-row INSERTs finds every small allocation it makes in the connection's
+    /// lookaside: none goes to malloc because the slots ran out (with SQLite's default
+    /// lookaside ~6 per row did).
+    #[tokio::test]
+    async fn the_writer_s_batches_fit_its_lookaside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let url = format!("sqlite://{}", path.display());
+        crate::store::connect(&url).await.unwrap().close().await;
+        let mut store = LogStore::open(&path, Duration::from_secs(5)).unwrap();
+        let records: Vec<CallRecord> = (0..64)
+            .map(|n| CallRecord {
+                timestamp: 1_700_000_000_000 + n,
+                model: Some(format!("gpt-test-{n}")),
+                success: true,
+                http_status: 200,
+                ip_address: Some([127, 0, 0, 1].into()),
+                endpoint: "/v1/chat/completions".into(),
+                ..CallRecord::default()
+            })
+            .collect();
+        assert_eq!(store.write(&records, || {}).unwrap(), 64);
+        let (mut now, mut most) = (0, 0);
+        // SAFETY: the open connection's handle, and two ints for SQLite to write.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_db_status(
+                store.conn.handle(),
+                rusqlite::ffi::SQLITE_DBSTATUS_LOOKASIDE_MISS_FULL,
+                &mut now,
+                &mut most,
+                0,
+            )
+        };
+        assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+        assert_eq!(most, 0, "allocations that found the lookaside full");
+    }
+
     /// A WAL-mode database with `pages` pages' worth of rows written past its last checkpoint.
     fn database_with_wal(dir: &Path, pages: usize) -> (std::path::PathBuf, Connection) {
         let path = dir.join("wal.db");
