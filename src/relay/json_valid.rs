@@ -76,7 +76,17 @@ pub fn decoded_key(key: &[u8]) -> Option<Cow<'_, [u8]>> {
 /// `String`; `None` if `raw` is not exactly one valid string. Without an escape (most strings)
 /// it is copied as it is.
 pub fn string_value(raw: &[u8]) -> Option<String> {
-    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    // Whitespace around the string is allowed, as serde_json allows it.
+    let start = skip_ws(raw, 0);
+    let end = raw.len()
+        - raw
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_whitespace() && **b != 0x0c)
+            .count();
+    let inner = raw[start..end.max(start)]
+        .strip_prefix(b"\"")?
+        .strip_suffix(b"\"")?;
     if plain_run_end(inner, 0) == inner.len() {
         return std::str::from_utf8(inner).ok().map(String::from);
     }
@@ -258,7 +268,7 @@ mod tests {
         fn string_values_are_read_as_serde_json_reads_them(
             pieces in prop::collection::vec(prop::sample::select(vec![
                 &b"\""[..], b"\\", b"\\\"", b"\\n", b"\\u0041", b"\\ud83d\\ude00", b"\\ud800", b"\\x",
-                b"a", b"plain text ", b"\x01", b"\t", b"\x7f", "é€😀".as_bytes(), b"\xff", b"\xe2\x82",
+                b"a", b"plain text ", b" ", b"\r\n", b"\x0c", b"\x01", b"\t", b"\x7f", "é€😀".as_bytes(), b"\xff", b"\xe2\x82",
             ]), 0..12),
         ) {
             let raw = pieces.concat();
