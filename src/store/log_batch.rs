@@ -433,16 +433,22 @@ impl Sums {
 mod tests {
     use super::*;
 
+    /// A writer's store on a new, migrated database (kept while the directory is).
+    async fn migrated_store() -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let url = format!("sqlite://{}", path.display());
+        crate::store::connect(&url).await.unwrap().close().await;
+        let store = LogStore::open(&path, Duration::from_secs(5)).unwrap();
+        (dir, store)
+    }
+
     /// A batch of 16-row INSERTs finds every small allocation it makes in the connection's
     /// lookaside: none goes to malloc because the slots ran out (with SQLite's default
     /// lookaside ~6 per row did).
     #[tokio::test]
     async fn the_writer_s_batches_fit_its_lookaside() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.db");
-        let url = format!("sqlite://{}", path.display());
-        crate::store::connect(&url).await.unwrap().close().await;
-        let mut store = LogStore::open(&path, Duration::from_secs(5)).unwrap();
+        let (_dir, mut store) = migrated_store().await;
         let records: Vec<CallRecord> = (0..64)
             .map(|n| CallRecord {
                 timestamp: 1_700_000_000_000 + n,
@@ -474,11 +480,7 @@ mod tests {
     /// end), rows of one millisecond in the order they came.
     #[tokio::test]
     async fn a_batch_is_written_in_time_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.db");
-        let url = format!("sqlite://{}", path.display());
-        crate::store::connect(&url).await.unwrap().close().await;
-        let mut store = LogStore::open(&path, Duration::from_secs(5)).unwrap();
+        let (_dir, mut store) = migrated_store().await;
         let times = [5, 3, 9, 3, 1, 7, 3, 2];
         let records: Vec<CallRecord> = times
             .iter()
