@@ -32,39 +32,29 @@ pub fn apply(headers: &mut HeaderMap, quotas: &RateQuotas) {
         return;
     }
     headers.reserve(ADDED);
+    // Each value is split off the front of this buffer: they all share its one allocation.
     let mut text = BytesMut::with_capacity(ADDED * MAX_VALUE);
-    let mut ends = [0; ADDED];
-    let present = [(&REQUESTS, quotas.requests), (&TOKENS, quotas.tokens)];
-    for (quota, ends) in present
-        .iter()
-        .filter_map(|(_, q)| q.as_ref())
-        .zip(ends.chunks_mut(PER_QUOTA))
-    {
-        let mut digits = itoa::Buffer::new();
-        text.extend_from_slice(digits.format(quota.limit).as_bytes());
-        ends[0] = text.len();
-        text.extend_from_slice(digits.format(quota.remaining).as_bytes());
-        ends[1] = text.len();
-        let mut reset = [0u8; MAX_VALUE];
-        let len = write_duration(&mut reset, quota.reset_ms);
-        text.extend_from_slice(&reset[..len]);
-        ends[2] = text.len();
-    }
-    let text = text.freeze();
-    let mut ends = ends.into_iter();
-    let mut start = 0;
-    for (names, quota) in present {
-        for name in names {
-            if quota.is_none() {
+    for (names, quota) in [(&REQUESTS, quotas.requests), (&TOKENS, quotas.tokens)] {
+        let Some(quota) = quota else {
+            for name in names {
                 headers.remove(name);
-                continue;
             }
-            let end = ends.next().unwrap_or(start);
+            continue;
+        };
+        let (mut limit, mut remaining) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let mut reset = [0u8; MAX_VALUE];
+        let reset_len = write_duration(&mut reset, quota.reset_ms);
+        let values = [
+            limit.format(quota.limit).as_bytes(),
+            remaining.format(quota.remaining).as_bytes(),
+            &reset[..reset_len],
+        ];
+        for (name, value) in names.iter().zip(values) {
+            text.extend_from_slice(value);
             // Digits, a sign and unit letters: always a valid value.
-            let value = HeaderValue::from_maybe_shared(text.slice(start..end))
+            let value = HeaderValue::from_maybe_shared(text.split().freeze())
                 .unwrap_or_else(|_| HeaderValue::from_static("0"));
             headers.insert(name.clone(), value);
-            start = end;
         }
     }
 }

@@ -87,24 +87,35 @@ pub(super) fn walk_members<'a>(
 /// A member's key with its escapes decoded: borrowed unless it has a backslash (then decoded
 /// into a copy; a key that does not decode is left as it is).
 pub fn key_text(key: &[u8]) -> Cow<'_, [u8]> {
+    decoded_key(key).unwrap_or(Cow::Borrowed(key))
+}
+
+/// A member's key decoded (borrowed unless it has an escape); `None` if an escape does not
+/// decode (a lone surrogate): a strict parser refuses the text then.
+pub fn decoded_key(key: &[u8]) -> Option<Cow<'_, [u8]>> {
     if memchr::memchr(b'\\', key).is_none() {
-        return Cow::Borrowed(key);
+        return Some(Cow::Borrowed(key));
     }
-    let mut quoted = Vec::with_capacity(key.len() + 2);
+    decode_string(key).map(|text| Cow::Owned(text.into_bytes()))
+}
+
+/// The text between a string's quotes, its escapes decoded (by serde_json, which refuses a
+/// lone surrogate).
+pub(super) fn decode_string(inner: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(inner.len() + 2);
     quoted.push(b'"');
-    quoted.extend_from_slice(key);
+    quoted.extend_from_slice(inner);
     quoted.push(b'"');
-    match serde_json::from_slice::<String>(&quoted) {
-        Ok(decoded) => Cow::Owned(decoded.into_bytes()),
-        Err(_) => Cow::Borrowed(key),
-    }
+    serde_json::from_slice(&quoted).ok()
+}
+
+/// JSON's whitespace (not form feed).
+pub(super) fn is_ws(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 pub fn skip_ws(json: &[u8], mut at: usize) -> usize {
-    while json
-        .get(at)
-        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-    {
+    while json.get(at).is_some_and(|&b| is_ws(b)) {
         at += 1;
     }
     at

@@ -2,10 +2,9 @@
 //! is valid JSON (RFC 8259), so that what it finds is what any conforming parser reads. The
 //! relay checks a restricted key's `model` with it, in one pass instead of a parse.
 
-use std::borrow::Cow;
-
 use super::json_scan::{
-    byte_below, first_flagged, skip_ws, splat, walk_members, word_at, zero_byte, Member,
+    byte_below, decode_string, first_flagged, is_ws, skip_ws, splat, walk_members, word_at,
+    zero_byte, Member,
 };
 
 /// Containers open at once that are tracked without allocating (deeper ones spill to the heap:
@@ -63,27 +62,16 @@ pub fn walk_valid_object<'a>(json: &'a [u8], visit: impl FnMut(Member<'a>)) -> O
     (skip_ws(json, close + 1) == json.len()).then_some(close)
 }
 
-/// A member's key decoded (borrowed unless it has an escape); `None` if an escape does not
-/// decode (a lone surrogate): a strict parser refuses the text then.
-pub fn decoded_key(key: &[u8]) -> Option<Cow<'_, [u8]>> {
-    if memchr::memchr(b'\\', key).is_none() {
-        return Some(Cow::Borrowed(key));
-    }
-    decode_string(key).map(|text| Cow::Owned(text.into_bytes()))
-}
-
 /// The text of the JSON string `raw` (with its quotes) decoded, as serde_json reads it into a
 /// `String`; `None` if `raw` is not exactly one valid string. Without an escape (most strings)
 /// it is copied as it is.
 pub fn string_value(raw: &[u8]) -> Option<String> {
     // Whitespace around the string is allowed, as serde_json allows it.
     let start = skip_ws(raw, 0);
-    let end = raw.len()
-        - raw
-            .iter()
-            .rev()
-            .take_while(|b| b.is_ascii_whitespace() && **b != 0x0c)
-            .count();
+    let end = raw
+        .iter()
+        .rposition(|&b| !is_ws(b))
+        .map_or(start, |last| last + 1);
     let inner = raw[start..end.max(start)]
         .strip_prefix(b"\"")?
         .strip_suffix(b"\"")?;
@@ -91,16 +79,6 @@ pub fn string_value(raw: &[u8]) -> Option<String> {
         return std::str::from_utf8(inner).ok().map(String::from);
     }
     decode_string(inner)
-}
-
-/// The text between a string's quotes, its escapes decoded (by serde_json, which refuses a
-/// lone surrogate).
-fn decode_string(inner: &[u8]) -> Option<String> {
-    let mut quoted = Vec::with_capacity(inner.len() + 2);
-    quoted.push(b'"');
-    quoted.extend_from_slice(inner);
-    quoted.push(b'"');
-    serde_json::from_slice(&quoted).ok()
 }
 
 /// The index just past the valid JSON value at `json[at]`.

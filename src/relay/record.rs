@@ -5,8 +5,8 @@ use memchr::memmem;
 
 use std::ops::Range;
 
-use super::json_scan::{key_text, top_level_fields, walk_object};
-use super::json_valid::{decoded_key, string_value, walk_valid_object};
+use super::json_scan::{decoded_key, key_text, top_level_fields, walk_object};
+use super::json_valid::{string_value, walk_valid_object};
 use crate::upstreams::spec::Kind;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -637,7 +637,8 @@ fn scan_sse_lines(text: &[u8], usage: &mut StreamUsage, error: &mut Option<Strin
 #[cfg(test)]
 mod sole_model_tests {
     use super::RequestSummary;
-    use crate::relay::json_valid::{decoded_key, walk_valid_object};
+    use crate::relay::json_scan::decoded_key;
+    use crate::relay::json_valid::walk_valid_object;
     use proptest::prelude::*;
     use serde::de::IgnoredAny;
 
