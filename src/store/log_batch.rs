@@ -9,6 +9,7 @@ use foldhash::HashMap;
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
 use super::logs::ADD_DAY_COUNTS;
+use super::raw_statement::{Binder, RawStatement};
 use crate::clock::{day_text, MS_PER_DAY};
 use crate::limits::meter::Meter;
 use crate::relay::record::{CallRecord, Usage};
@@ -86,41 +87,49 @@ fn insert_rows(rows: usize) -> &'static str {
     &SQL[usize::from(rows != 1)]
 }
 
-/// Binds a row's columns, in `log_sql().data`'s order, to the parameters after `before`.
-fn bind_row(
-    insert: &mut rusqlite::CachedStatement<'_>,
-    before: usize,
-    r: &CallRecord,
-    ip: Option<&str>,
-) -> rusqlite::Result<()> {
+/// Binds a row's values, in `log_sql().data`'s order (`ip`: its address as text).
+fn bind_row<'a>(b: &mut Binder<'a>, r: &'a CallRecord, ip: Option<&'a str>) {
     let usage = r.usage.unwrap_or_default();
-    let values = params![
-        r.api_key_id,
-        r.timestamp,
-        r.model,
-        r.status(),
-        r.http_status,
-        r.response_time,
-        ip,
-        r.endpoint,
-        r.error_message,
-        r.request_size,
-        r.response_size,
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        usage.total_tokens,
-        r.stream,
-        r.cost,
-        usage.cache_read_tokens,
-        usage.cache_write_tokens,
-        r.upstream_id,
-        r.attempts,
-    ];
-    debug_assert_eq!(values.len(), log_columns());
-    for (n, value) in values.iter().enumerate() {
-        insert.raw_bind_parameter(before + n + 1, value)?;
+    b.bind(r.api_key_id);
+    b.bind(r.timestamp);
+    b.bind(r.model.as_deref());
+    b.bind(r.status());
+    b.bind(i64::from(r.http_status));
+    b.bind(r.response_time);
+    b.bind(ip);
+    b.bind(r.endpoint.as_str());
+    b.bind(r.error_message.as_deref());
+    b.bind(r.request_size);
+    b.bind(r.response_size);
+    b.bind(usage.prompt_tokens);
+    b.bind(usage.completion_tokens);
+    b.bind(usage.total_tokens);
+    b.bind(i64::from(r.stream));
+    b.bind(r.cost);
+    b.bind(usage.cache_read_tokens);
+    b.bind(usage.cache_write_tokens);
+    b.bind(r.upstream_id);
+    b.bind(i64::from(r.attempts));
+}
+
+/// The writer's two inserts (of `ROWS_PER_INSERT` rows and of one), prepared once.
+struct Inserts {
+    many: RawStatement,
+    one: RawStatement,
+}
+
+impl Inserts {
+    /// # Safety
+    /// Dropped before `conn` is closed.
+    unsafe fn prepare(conn: &Connection) -> rusqlite::Result<Inserts> {
+        // SAFETY: passed on to the caller.
+        unsafe {
+            Ok(Inserts {
+                many: RawStatement::prepare(conn, insert_rows(ROWS_PER_INSERT))?,
+                one: RawStatement::prepare(conn, insert_rows(1))?,
+            })
+        }
     }
-    Ok(())
 }
 
 /// Lookaside slots (SQLite's per-connection pool for small allocations) of the writer's
@@ -210,6 +219,8 @@ impl Checkpointer {
 /// before this opens). sqlx would send each statement to a worker thread and re-prepare a
 /// multi-row INSERT per batch; here each row is one bind + step of a prepared statement.
 pub struct LogStore {
+    // Before `conn`: fields drop in order, and the statements must go before their connection.
+    inserts: Inserts,
     conn: Connection,
 }
 
@@ -233,8 +244,10 @@ impl LogStore {
         // syncs it (tens to hundreds of ms on a large file), and while the writer did that its
         // queue filled and requests waited. `Checkpointer` does it on a thread of its own.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.set_prepared_statement_cache_capacity(9);
-        Ok(LogStore { conn })
+        conn.set_prepared_statement_cache_capacity(6);
+        // SAFETY: kept in the `LogStore` beside `conn`, and dropped before it.
+        let inserts = unsafe { Inserts::prepare(&conn)? };
+        Ok(LogStore { inserts, conn })
     }
 
     /// Writes the rows and adds their usage to their keys and to `usage_daily`, in one
@@ -270,9 +283,10 @@ impl LogStore {
         // Rows and errors per (key or 0, day, model): `log_day_counts`.
         let mut counts: HashMap<(i64, i64, &str), (i64, i64)> = HashMap::default();
         let mut written = 0;
-        // Formatted once per run of rows from the same address, not once per row.
+        // The group's addresses as text, each row's the span of `ip_text` it is in: formatted
+        // once per run of rows from the same address, not once per row.
         let mut ip_text = String::new();
-        let mut ip_of_text = None;
+        let mut ip_spans = [None::<(usize, usize)>; ROWS_PER_INSERT];
         let mut rows: Vec<&CallRecord> = records
             .iter()
             .filter(|r| r.api_key_id.is_none_or(|id| exists[&id]))
@@ -282,29 +296,33 @@ impl LogStore {
         // time-ordered indexes took an insert into the middle of a full page for it.
         rows.sort_by_key(|r| r.timestamp);
         {
-            let mut many = tx.prepare_cached(insert_rows(ROWS_PER_INSERT))?;
-            let mut one = tx.prepare_cached(insert_rows(1))?;
-            let columns = log_columns();
+            let inserts = &mut self.inserts;
             for chunk in rows.chunks(ROWS_PER_INSERT) {
-                let whole = chunk.len() == ROWS_PER_INSERT;
-                for (n, r) in chunk.iter().enumerate() {
-                    let ip = r.ip_address.map(|ip| {
-                        if ip_of_text != Some(ip) {
-                            ip_text.clear();
+                ip_text.clear();
+                let mut last = None;
+                for (r, span) in chunk.iter().zip(&mut ip_spans) {
+                    *span = r.ip_address.map(|ip| match last {
+                        Some((same, span)) if same == ip => span,
+                        _ => {
+                            let start = ip_text.len();
                             let _ = write!(ip_text, "{ip}");
-                            ip_of_text = Some(ip);
+                            last = Some((ip, (start, ip_text.len())));
+                            (start, ip_text.len())
                         }
-                        ip_text.as_str()
                     });
-                    if whole {
-                        bind_row(&mut many, n * columns, r, ip)?;
-                    } else {
-                        bind_row(&mut one, 0, r, ip)?;
-                        one.raw_execute()?;
-                    }
                 }
-                if whole {
-                    many.raw_execute()?;
+                let rows = chunk
+                    .iter()
+                    .zip(&ip_spans)
+                    .map(|(r, span)| (*r, span.map(|(start, end)| &ip_text[start..end])));
+                if chunk.len() == ROWS_PER_INSERT {
+                    inserts
+                        .many
+                        .execute(|b| rows.for_each(|(r, ip)| bind_row(b, r, ip)))?;
+                } else {
+                    for (r, ip) in rows {
+                        inserts.one.execute(|b| bind_row(b, r, ip))?;
+                    }
                 }
                 for r in chunk {
                     let usage = r.usage.unwrap_or_default();
@@ -474,6 +492,51 @@ mod tests {
         };
         assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
         assert_eq!(most, 0, "allocations that found the lookaside full");
+    }
+
+    /// Each row keeps its own address (bound without a copy, from text shared by a run of
+    /// rows of one address) in 16-row groups and in the rows after the last whole group.
+    #[tokio::test]
+    async fn each_row_is_written_with_its_own_address() {
+        let (_dir, mut store) = migrated_store().await;
+        let v4: std::net::IpAddr = [10, 0, 0, 1].into();
+        let v6: std::net::IpAddr = "2001:db8::7".parse().unwrap();
+        let other: std::net::IpAddr = [192, 168, 1, 200].into();
+        // Runs across the group boundary (row 16), a run broken by a row without one, and a
+        // last partial group.
+        let ips: Vec<Option<std::net::IpAddr>> = (0..37)
+            .map(|n| match n {
+                0..=5 | 14..=17 => Some(v4),
+                6 | 30 => None,
+                7..=9 | 31..=36 => Some(v6),
+                _ if n % 2 == 0 => Some(other),
+                _ => Some(v4),
+            })
+            .collect();
+        let records: Vec<CallRecord> = ips
+            .iter()
+            .enumerate()
+            .map(|(n, &ip)| CallRecord {
+                timestamp: n as i64,
+                ip_address: ip,
+                success: true,
+                http_status: 200,
+                endpoint: "/v1/models".into(),
+                ..CallRecord::default()
+            })
+            .collect();
+        assert_eq!(store.write(&records, || {}).unwrap(), ips.len());
+        let written: Vec<Option<String>> = store
+            .conn
+            .prepare("SELECT ip_address FROM api_call_logs ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let expected: Vec<Option<String>> =
+            ips.iter().map(|ip| ip.map(|ip| ip.to_string())).collect();
+        assert_eq!(written, expected);
     }
 
     /// A batch is written in the order of its rows' timestamps (rows come in as their requests

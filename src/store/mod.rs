@@ -4,6 +4,7 @@ pub mod audit;
 pub mod keys;
 pub mod log_batch;
 pub mod logs;
+mod raw_statement;
 pub mod retention;
 pub mod transfer;
 pub mod upstreams;
