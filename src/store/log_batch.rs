@@ -452,6 +452,17 @@ mod tests {
     use super::*;
 
     /// A writer's store on a new, migrated database (kept while the directory is).
+    /// A successful call's row at `timestamp`.
+    fn answered(timestamp: i64) -> CallRecord {
+        CallRecord {
+            timestamp,
+            success: true,
+            http_status: 200,
+            endpoint: "/v1/models".into(),
+            ..CallRecord::default()
+        }
+    }
+
     async fn migrated_store() -> (tempfile::TempDir, LogStore) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.db");
@@ -517,12 +528,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(n, &ip)| CallRecord {
-                timestamp: n as i64,
                 ip_address: ip,
-                success: true,
-                http_status: 200,
-                endpoint: "/v1/models".into(),
-                ..CallRecord::default()
+                ..answered(n as i64)
             })
             .collect();
         assert_eq!(store.write(&records, || {}).unwrap(), ips.len());
@@ -549,12 +556,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(n, &t)| CallRecord {
-                timestamp: t,
                 request_size: n as i64,
-                success: true,
-                http_status: 200,
-                endpoint: "/v1/models".into(),
-                ..CallRecord::default()
+                ..answered(t)
             })
             .collect();
         assert_eq!(store.write(&records, || {}).unwrap(), times.len());
