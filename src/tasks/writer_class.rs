@@ -57,15 +57,8 @@ impl Scheduling {
         } else {
             Class::Batch
         };
-        if class == self.current {
-            return;
-        }
-        if set(class) {
+        if class != self.current && set(class) {
             self.current = class;
-        } else if self.current == Class::Idle {
-            // Allowed by the check at the start, refused now: nothing more to try.
-            tracing::warn!("the call-log writer could not leave the idle class; it may fall behind on a busy CPU");
-            self.idle_allowed = false;
         }
     }
 
