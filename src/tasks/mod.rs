@@ -6,7 +6,6 @@ pub mod retention;
 pub mod sweeper;
 pub mod upstream_watch;
 pub mod webhooks;
-pub mod writer_class;
 
 use std::future::Future;
 use std::time::Duration;
