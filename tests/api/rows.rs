@@ -456,3 +456,61 @@ async fn the_writer_and_checkpointer_are_batch_threads() {
         "{found:?}"
     );
 }
+
+/// At low load the writer waits for a moment with no request open; while one stays open (a
+/// slow upstream here, a long stream in life) it waits only so long: the rows of the requests
+/// that ended meanwhile are written, unflushed, while that request is still open.
+#[tokio::test]
+async fn rows_are_written_while_a_request_stays_open() {
+    let app = spawn_app().await;
+    let (slow_id, slow_key) = app.new_key().await;
+    let (key_id, key) = app.new_key().await;
+    let open = {
+        let app_base = app.base.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(format!("{app_base}/v1/chat/completions"))
+                .bearer_auth(slow_key)
+                .json(
+                    &json!({"model": "gpt-slow", "messages": [{"role": "user", "content": "hi"}]}),
+                )
+                .send()
+                .await
+                .map(|response| response.status())
+        })
+    };
+    // The slow request is open once the upstream has it.
+    let started = Instant::now();
+    while app.upstream.seen().is_empty() && started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        app.upstream.seen().len(),
+        1,
+        "the slow request did not arrive"
+    );
+    for _ in 0..3 {
+        let (status, _) = app.chat_model(&key, "gpt-test").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    let db = rusqlite::Connection::open(&app.db_path).unwrap();
+    let rows = |id: i64| -> i64 {
+        db.query_row(
+            "SELECT COUNT(*) FROM api_call_logs WHERE api_key_id = ?1",
+            [id],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    let waited = Instant::now();
+    while rows(key_id) < 3 && waited.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rows(key_id), 3, "rows waited for the open request to end");
+    assert!(!open.is_finished(), "the slow request ended first");
+    assert_eq!(rows(slow_id), 0);
+    assert_eq!(open.await.unwrap().unwrap(), StatusCode::OK);
+    app.flush().await;
+    assert_eq!(rows(slow_id), 1);
+}
