@@ -29,7 +29,6 @@ use tower_service::Service;
 use crate::app::AppState;
 use crate::config::Config;
 use crate::relay::{self, ReplyBody};
-use crate::tasks::log_writer::OpenRequests;
 
 /// HTTP/2: a PING this often on a connection; no answer within the timeout closes it.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -222,7 +221,7 @@ async fn serve_connection(
     if let Err(err) = socket.set_nodelay(true) {
         tracing::debug!(error = %err, "cannot set TCP_NODELAY");
     }
-    let activity = Arc::new(Activity::new(state.logs.requests()));
+    let activity = Arc::new(Activity::new());
     let requests = activity.clone();
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let state = state.clone();
@@ -279,8 +278,6 @@ async fn serve_connection(
 /// What a connection is doing: requests open, and since when none has been.
 struct Activity {
     started: Instant,
-    /// The whole process's open requests, for the call-log writer.
-    all: OpenRequests,
     /// Requests whose response has not finished (or been dropped).
     open: AtomicUsize,
     /// Milliseconds from `started` to the end of the last request; `u64::MAX` before the first.
@@ -288,10 +285,9 @@ struct Activity {
 }
 
 impl Activity {
-    fn new(all: OpenRequests) -> Self {
+    fn new() -> Self {
         Activity {
             started: Instant::now(),
-            all,
             open: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(u64::MAX),
         }
@@ -320,7 +316,6 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn begin(activity: &Arc<Activity>) -> InFlight {
         activity.open.fetch_add(1, Ordering::AcqRel);
-        activity.all.open();
         InFlight(activity.clone())
     }
 }
@@ -331,7 +326,6 @@ impl Drop for InFlight {
         let ms = activity.started.elapsed().as_millis() as u64;
         activity.idle_since_ms.store(ms, Ordering::Release);
         activity.open.fetch_sub(1, Ordering::AcqRel);
-        activity.all.close();
     }
 }
 

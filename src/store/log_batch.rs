@@ -62,16 +62,6 @@ const KEY_EXISTS: &str = "SELECT 1 FROM api_keys WHERE id = ?1";
 /// writer's `pause` comes after each such group.
 const ROWS_PER_INSERT: usize = 16;
 
-/// How `LogStore::write` inserts its rows, and so how often it calls `pause`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pace {
-    /// `ROWS_PER_INSERT` rows a statement: the fewest instructions per row.
-    Grouped,
-    /// A row a statement, `pause` after each: the writer never holds the CPU for more than a
-    /// row's insert (~5 µs) at a time, for ~1k more instructions per row.
-    RowByRow,
-}
-
 /// The call log's columns but `id` (`log_sql().data`), whose parameters come before `id`'s.
 fn log_columns() -> usize {
     super::logs::log_sql().id_param - 1
@@ -263,12 +253,11 @@ impl LogStore {
 
     /// Writes the rows and adds their usage to their keys and to `usage_daily`, in one
     /// transaction. Rows of keys deleted meanwhile are dropped, as their logs would have been;
-    /// returns the rows written. `pause` is called after every statement's rows (see `Pace`),
-    /// where the writer may give up the CPU.
+    /// returns the rows written. `pause` is called after every `ROWS_PER_INSERT` rows (where the
+    /// writer may yield the CPU).
     pub fn write(
         &mut self,
         records: &[CallRecord],
-        pace: Pace,
         mut pause: impl FnMut(),
     ) -> rusqlite::Result<usize> {
         let mut exists: HashMap<i64, bool> = HashMap::default();
@@ -309,11 +298,7 @@ impl LogStore {
         rows.sort_by_key(|r| r.timestamp);
         {
             let inserts = &mut self.inserts;
-            let per_insert = match pace {
-                Pace::Grouped => ROWS_PER_INSERT,
-                Pace::RowByRow => 1,
-            };
-            for chunk in rows.chunks(per_insert) {
+            for chunk in rows.chunks(ROWS_PER_INSERT) {
                 ip_text.clear();
                 let mut last = None;
                 for (r, span) in chunk.iter().zip(&mut ip_spans) {
@@ -502,7 +487,7 @@ mod tests {
                 ..answered(1_700_000_000_000 + n)
             })
             .collect();
-        assert_eq!(store.write(&records, Pace::Grouped, || {}).unwrap(), 64);
+        assert_eq!(store.write(&records, || {}).unwrap(), 64);
         let (mut now, mut most) = (0, 0);
         // SAFETY: the open connection's handle, and two ints for SQLite to write.
         let rc = unsafe {
@@ -519,17 +504,10 @@ mod tests {
     }
 
     /// Each row keeps its own address (bound without a copy, from text shared by a run of
-    /// rows of one address) in 16-row groups, in the rows after the last whole group, and row
-    /// by row; `pause` comes after each statement.
+    /// rows of one address) in 16-row groups and in the rows after the last whole group.
     #[tokio::test]
     async fn each_row_is_written_with_its_own_address() {
-        for (pace, pauses) in [(Pace::Grouped, 3), (Pace::RowByRow, 37)] {
-            let (_dir, mut store) = migrated_store().await;
-            rows_keep_their_addresses(&mut store, pace, pauses);
-        }
-    }
-
-    fn rows_keep_their_addresses(store: &mut LogStore, pace: Pace, pauses: usize) {
+        let (_dir, mut store) = migrated_store().await;
         let v4: std::net::IpAddr = [10, 0, 0, 1].into();
         let v6: std::net::IpAddr = "2001:db8::7".parse().unwrap();
         let other: std::net::IpAddr = [192, 168, 1, 200].into();
@@ -552,12 +530,7 @@ mod tests {
                 ..answered(n as i64)
             })
             .collect();
-        let mut paused = 0;
-        assert_eq!(
-            store.write(&records, pace, || paused += 1).unwrap(),
-            ips.len()
-        );
-        assert_eq!(paused, pauses, "{pace:?}");
+        assert_eq!(store.write(&records, || {}).unwrap(), ips.len());
         let written: Vec<Option<String>> = store
             .conn
             .prepare("SELECT ip_address FROM api_call_logs ORDER BY id")
@@ -568,7 +541,7 @@ mod tests {
             .unwrap();
         let expected: Vec<Option<String>> =
             ips.iter().map(|ip| ip.map(|ip| ip.to_string())).collect();
-        assert_eq!(written, expected, "{pace:?}");
+        assert_eq!(written, expected);
     }
 
     /// A batch is written in the order of its rows' timestamps (rows come in as their requests
@@ -585,10 +558,7 @@ mod tests {
                 ..answered(t)
             })
             .collect();
-        assert_eq!(
-            store.write(&records, Pace::Grouped, || {}).unwrap(),
-            times.len()
-        );
+        assert_eq!(store.write(&records, || {}).unwrap(), times.len());
         let written: Vec<(i64, i64)> = store
             .conn
             .prepare("SELECT timestamp, request_size FROM api_call_logs ORDER BY id")

@@ -1,6 +1,6 @@
 //! The call-log writer: records queue up without waking anyone, and a batch-priority thread
-//! writes them in batches every tick (at low load in the gaps between requests), at once on a
-//! flush, and all of them on shutdown. The queue is bounded (new requests wait for room), and a failed batch is retried until it is
+//! writes them in batches every tick, at once on a flush, and all of them on shutdown. The
+//! queue is bounded (new requests wait for room), and a failed batch is retried until it is
 //! written: no row is ever dropped.
 
 use std::path::Path;
@@ -15,7 +15,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::metrics::Metrics;
 use crate::relay::record::CallRecord;
-use crate::store::log_batch::{Checkpointer, LogStore, Pace};
+use crate::store::log_batch::{Checkpointer, LogStore};
 
 /// Rows that may wait for the writer by default. A `kill -9` loses at most the queued rows,
 /// so the bound is the loss: 4096 rows are ~100 ms of traffic at ~35k requests/s (the relay's
@@ -41,16 +41,6 @@ const YIELD_UP_TO_ROWS: usize = 1_000;
 /// yielding: every 4 groups (64 rows, `ROWS_PER_INSERT` being 16) p99 4.9 → 4.1 ms and +4%
 /// throughput (28.9k → 30.2k rps); every 2 groups 5.5 ms, every 8 groups 4.4 ms.
 const YIELD_EVERY_GROUPS: usize = 4;
-/// Batches up to this size (under ~10,000 rows/s at the 50 ms tick) are written in the gaps
-/// between requests: a row at a time, each only while no request is open (`Gaps`), for at most
-/// `GAPS_FOR` from the tick. Written in 16-row groups, the writer's turns on the core were what
-/// a request at c=1 waited for in its slowest 1%. Measured at c=1 with `perf sched` on the
-/// core (4 s, ~26k requests, four runs each): waits of over 50 µs behind the writer 136–149 →
-/// 11–14, the longest ~400 → ~190 µs, for the same writer CPU per row (7–9 µs there).
-const GAPS_UP_TO_ROWS: usize = 512;
-/// How long from its tick a batch waits for gaps; the rest is written at once (while requests
-/// never stop: long streams open, or a steady load).
-const GAPS_FOR: Duration = Duration::from_millis(25);
 /// The longest the checkpointer holds the writer's next batch back (and waits for the one under
 /// way) for a pass that completes: at 35k requests/s that queues ~1,750 rows, under the bound.
 const HOLD_AT_MOST: Duration = Duration::from_millis(50);
@@ -96,68 +86,6 @@ struct Shared {
     turns: Turns,
     /// Counts every record as the writer takes it, and every batch.
     metrics: Arc<Metrics>,
-    /// Requests open in the process, for the writer to find the gaps between them.
-    gaps: Gaps,
-}
-
-/// Requests open in the whole process (from the request's head to the end of its response),
-/// and whether the writer is waiting for none to be. Opening and closing a request is an
-/// atomic add each; the last to close wakes the writer only when it waits.
-#[derive(Debug, Default)]
-struct Gaps {
-    open: AtomicUsize,
-    wanted: AtomicBool,
-    /// A flush or close is asking: stop waiting for gaps.
-    hurry: AtomicBool,
-}
-
-/// The request path's count of open requests (`LogSink::requests`).
-#[derive(Clone, Debug)]
-pub struct OpenRequests(Arc<Shared>);
-
-impl OpenRequests {
-    #[inline]
-    pub fn open(&self) {
-        self.0.gaps.open.fetch_add(1, SeqCst);
-    }
-
-    #[inline]
-    pub fn close(&self) {
-        self.0.gaps.close(&self.0.writer);
-    }
-}
-
-impl Gaps {
-    #[inline]
-    fn close(&self, writer: &Thread) {
-        // SeqCst with `wait`'s store and load: either this sees `wanted`, or the writer sees no
-        // request open.
-        if self.open.fetch_sub(1, SeqCst) == 1 && self.wanted.load(SeqCst) {
-            self.wanted.store(false, Relaxed);
-            writer.unpark();
-        }
-    }
-
-    /// The writer, between two rows: returns true once no request is open, false when `until`
-    /// has passed or a flush is asking first.
-    fn wait(&self, until: Instant) -> bool {
-        loop {
-            if self.open.load(SeqCst) == 0 {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= until || self.hurry.load(Relaxed) {
-                return false;
-            }
-            self.wanted.store(true, SeqCst);
-            if self.open.load(SeqCst) == 0 {
-                self.wanted.store(false, Relaxed);
-                return true;
-            }
-            thread::park_timeout(until - now);
-            self.wanted.store(false, Relaxed);
-        }
-    }
 }
 
 /// The request path's handle to the writer: sending never blocks, never wakes a thread
@@ -199,7 +127,6 @@ impl LogSink {
             stopped: AtomicBool::new(false),
             turns: Turns::default(),
             metrics,
-            gaps: Gaps::default(),
         });
         thread_tx
             .send(shared.clone())
@@ -226,11 +153,6 @@ impl LogSink {
             self.shared.queued.fetch_sub(1, Relaxed);
             tracing::error!("call-log writer has stopped; a call-log row was lost");
         }
-    }
-
-    /// The count of open requests the writer waits on to write in the gaps between them.
-    pub fn requests(&self) -> OpenRequests {
-        OpenRequests(self.shared.clone())
     }
 
     /// Whether a new request may start now: one relaxed load.
@@ -289,8 +211,6 @@ impl LogSink {
     async fn ask(&self, msg: fn(oneshot::Sender<()>) -> Msg) {
         let (ack, done) = oneshot::channel();
         if self.tx.send(msg(ack)).is_ok() {
-            // After the send: the writer clears it as it takes a flush or close.
-            self.shared.gaps.hurry.store(true, Relaxed);
             self.shared.writer.unpark();
             let _ = done.await;
         }
@@ -332,12 +252,8 @@ fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
         loop {
             match rx.try_recv() {
                 Ok(Msg::Record(record)) => pending.push(record),
-                Ok(Msg::Flush(ack)) => {
-                    shared.gaps.hurry.store(false, Relaxed);
-                    acks.push(ack);
-                }
+                Ok(Msg::Flush(ack)) => acks.push(ack),
                 Ok(Msg::Close(ack)) => {
-                    shared.gaps.hurry.store(false, Relaxed);
                     acks.push(ack);
                     closing = true;
                 }
@@ -356,10 +272,7 @@ fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
         if !pending.is_empty() {
             let turn = shared.turns.batch();
             let writing = Instant::now();
-            // Flushes, and retries of a failed batch, are written at once.
-            let in_gaps = acks.is_empty() && !closing && streak.is_none();
-            let gaps_until = in_gaps.then_some(batch_started + GAPS_FOR);
-            let written = write(&mut store, &pending, shared, gaps_until);
+            let written = write(&mut store, &pending);
             drop(turn);
             match written {
                 Ok(()) => {
@@ -521,43 +434,22 @@ impl Drop for Hold<'_> {
     }
 }
 
-/// Writes a batch: in the gaps between requests (`GAPS_UP_TO_ROWS`) while `gaps_until` has
-/// not passed, else in groups.
-fn write(
-    store: &mut LogStore,
-    pending: &[CallRecord],
-    shared: &Shared,
-    gaps_until: Option<Instant>,
-) -> rusqlite::Result<()> {
-    let written = match gaps_until {
-        Some(until) if pending.len() <= GAPS_UP_TO_ROWS => {
-            // Once a wait has run out, the rest of the batch is written without waiting.
-            let mut waiting = shared.gaps.wait(until);
-            // No yield between rows: a request arriving mid-row preempts the writer (a batch
-            // thread that has just woken from its wait), which then sees it open and waits.
-            // Yielding after every row, as the groups do, doubled the writer's CPU per row
-            // (6 → 15 µs at c=1, most of it in the scheduler) and found no more gaps.
-            let pause = || waiting = waiting && shared.gaps.wait(until);
-            store.write(pending, Pace::RowByRow, pause)?
-        }
-        _ => {
-            // Yielding costs the writer its turn whenever requests wait: after every group
-            // while it keeps up, after every few groups on a busy core.
-            let every = if pending.len() <= YIELD_UP_TO_ROWS {
-                1
-            } else {
-                YIELD_EVERY_GROUPS
-            };
-            let mut groups = 0usize;
-            let pause = || {
-                groups += 1;
-                if groups.is_multiple_of(every) {
-                    thread::yield_now();
-                }
-            };
-            store.write(pending, Pace::Grouped, pause)?
+fn write(store: &mut LogStore, pending: &[CallRecord]) -> rusqlite::Result<()> {
+    // Yielding costs the writer its turn whenever requests wait: after every group while it
+    // keeps up, after every few groups on a busy core.
+    let every = if pending.len() <= YIELD_UP_TO_ROWS {
+        1
+    } else {
+        YIELD_EVERY_GROUPS
+    };
+    let mut groups = 0usize;
+    let pause = || {
+        groups += 1;
+        if groups.is_multiple_of(every) {
+            thread::yield_now();
         }
     };
+    let written = store.write(pending, pause)?;
     tracing::debug!(rows = written, "call logs written");
     Ok(())
 }
@@ -641,41 +533,5 @@ mod tests {
             wal < written / 2,
             "the WAL holds {wal} bytes of {written} written over {passes} passes: it did not start over"
         );
-    }
-
-    /// The writer waits for a gap: at once when no request is open; until the last open one
-    /// closes, woken by it; never past its deadline nor while a flush is asking.
-    #[test]
-    fn the_writer_waits_for_a_gap_between_requests() {
-        let gaps = Arc::new(Gaps::default());
-        // Reached only if a close failed to wake the waiter.
-        let far = Instant::now() + Duration::from_secs(10);
-        assert!(gaps.wait(far), "no request open: a gap at once");
-
-        gaps.open.fetch_add(2, SeqCst);
-        let waiter = {
-            let gaps = gaps.clone();
-            thread::spawn(move || (gaps.wait(far), Instant::now()))
-        };
-        while !gaps.wanted.load(SeqCst) {
-            thread::yield_now();
-        }
-        gaps.close(waiter.thread());
-        assert!(
-            !waiter.is_finished(),
-            "one request still open: still waiting"
-        );
-        gaps.close(waiter.thread());
-        let (found, at) = waiter.join().unwrap();
-        assert!(found, "the last request closed: a gap");
-        assert!(at < far, "woken by the last close, not by the deadline");
-        assert_eq!(gaps.open.load(SeqCst), 0);
-
-        gaps.open.fetch_add(1, SeqCst);
-        let past = Instant::now();
-        assert!(!gaps.wait(past), "a request open and the deadline passed");
-        gaps.hurry.store(true, SeqCst);
-        assert!(!gaps.wait(far), "a flush is asking");
-        assert!(!gaps.wanted.load(SeqCst));
     }
 }

@@ -457,9 +457,10 @@ async fn the_writer_and_checkpointer_are_batch_threads() {
     );
 }
 
-/// At low load the writer waits for a moment with no request open; while one stays open (a
-/// slow upstream here, a long stream in life) it waits only so long: the rows of the requests
-/// that ended meanwhile are written, unflushed, while that request is still open.
+/// The rows of requests that have ended are written, unflushed, while another request stays
+/// open (a slow upstream here, a long stream in life): the writer's schedule does not wait for
+/// a quiet moment. (A writer that waited for no request to be open, without a bound, failed
+/// this.)
 #[tokio::test]
 async fn rows_are_written_while_a_request_stays_open() {
     let app = spawn_app().await;
