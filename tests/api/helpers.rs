@@ -78,6 +78,19 @@ impl MockUpstream {
     pub fn seen(&self) -> Vec<Seen> {
         self.mock.seen.lock().unwrap().clone()
     }
+
+    /// Waits (at most 10 s, then fails) until the mock has received `requests` requests.
+    pub async fn wait_until_seen(&self, requests: usize) {
+        let started = std::time::Instant::now();
+        while self.mock.seen.lock().unwrap().len() < requests {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the upstream got {} of {requests} requests",
+                self.seen().len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// A mock upstream that speaks like OpenAI. The request's `model` picks the behaviour:

@@ -23,6 +23,15 @@ async fn wait_for_rows(app: &TestApp, key_id: i64, rows: usize) -> Vec<Value> {
     }
 }
 
+/// The call-log rows of `key_id` in the database now, without a flush.
+async fn rows_in_database(app: &TestApp, key_id: i64) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM api_call_logs WHERE api_key_id = ?")
+        .bind(key_id)
+        .fetch_one(&app.state.pool)
+        .await
+        .unwrap()
+}
+
 /// Holds SQLite's write lock on the database (as a long admin write or import would).
 fn lock_database(app: &TestApp) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(&app.db_path).unwrap();
@@ -363,13 +372,7 @@ async fn a_large_import_while_traffic_runs_loses_nothing_and_blocks_no_admin_wri
 
     app.flush().await;
     let pool = &app.state.pool;
-    let traffic: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM api_call_logs WHERE api_key_id = ?")
-            .bind(key_id)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-    assert_eq!(traffic, relayed);
+    assert_eq!(rows_in_database(&app, key_id).await, relayed);
     assert_eq!(app.key_json(key_id).await["usage_count"], relayed);
     let (imported_key, imported): (i64, i64) = sqlx::query_as(
         "SELECT k.id, (SELECT COUNT(*) FROM api_call_logs l WHERE l.api_key_id = k.id) \
@@ -481,37 +484,25 @@ async fn rows_are_written_while_a_request_stays_open() {
         })
     };
     // The slow request is open once the upstream has it.
-    let started = Instant::now();
-    while app.upstream.seen().is_empty() && started.elapsed() < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(
-        app.upstream.seen().len(),
-        1,
-        "the slow request did not arrive"
-    );
+    app.upstream.wait_until_seen(1).await;
     for _ in 0..3 {
         let (status, _) = app.chat_model(&key, "gpt-test").await;
         assert_eq!(status, StatusCode::OK);
     }
 
-    let db = rusqlite::Connection::open(&app.db_path).unwrap();
-    let rows = |id: i64| -> i64 {
-        db.query_row(
-            "SELECT COUNT(*) FROM api_call_logs WHERE api_key_id = ?1",
-            [id],
-            |row| row.get(0),
-        )
-        .unwrap()
-    };
+    // Read without a flush.
     let waited = Instant::now();
-    while rows(key_id) < 3 && waited.elapsed() < Duration::from_secs(2) {
+    while rows_in_database(&app, key_id).await < 3 && waited.elapsed() < Duration::from_secs(2) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(rows(key_id), 3, "rows waited for the open request to end");
+    assert_eq!(
+        rows_in_database(&app, key_id).await,
+        3,
+        "rows waited for the open request to end"
+    );
     assert!(!open.is_finished(), "the slow request ended first");
-    assert_eq!(rows(slow_id), 0);
+    assert_eq!(rows_in_database(&app, slow_id).await, 0);
     assert_eq!(open.await.unwrap().unwrap(), StatusCode::OK);
     app.flush().await;
-    assert_eq!(rows(slow_id), 1);
+    assert_eq!(rows_in_database(&app, slow_id).await, 1);
 }
