@@ -179,35 +179,33 @@ impl Spent {
     }
 
     /// Each set limit that counts something (all but `rate_limit_window`), with what is
-    /// used of it and when that starts afresh.
-    pub fn standings(&self, limits: &Limits) -> Vec<Standing> {
-        let window = self.window.unwrap_or_default();
-        let window_end = self
-            .window
-            .map(|w| w.start.saturating_add(limits.window_ms()));
-        let next_day = Some((self.day + 1) * MS_PER_DAY);
-        let next_week = Some(week_start_day(week_of(self.day) + 1) * MS_PER_DAY);
-        [
-            ("concurrency_limit", self.in_flight as f64, None),
-            ("rate_limit_requests", window.requests as f64, window_end),
-            ("rate_limit_tokens", window.tokens as f64, window_end),
-            ("rate_limit_cost", window.cost, window_end),
-            ("daily_cost_limit", self.daily_cost, next_day),
-            ("weekly_cost_limit", self.weekly_cost, next_week),
-            ("token_limit", self.total_tokens as f64, None),
-            ("total_cost_limit", self.total_cost, None),
-        ]
-        .into_iter()
-        .filter_map(|(limit, used, resets_at)| {
-            let max = limits.get(limit).filter(|max| *max > 0.0)?;
-            Some(Standing {
+    /// used of it and when that starts afresh. An iterator, and each limit read from its
+    /// field, not by name: `check` runs on every request of a metered key.
+    pub fn standings<'a>(&self, limits: &'a Limits) -> impl Iterator<Item = Standing> + 'a {
+        let (l, w) = (limits, self.window.unwrap_or_default());
+        let end = self.window.map(|w| w.start.saturating_add(l.window_ms()));
+        let day = Some((self.day + 1) * MS_PER_DAY);
+        let week = Some(week_start_day(week_of(self.day) + 1) * MS_PER_DAY);
+        // (limit, its value, what is used of it, when that starts afresh)
+        #[rustfmt::skip]
+        let rows = [
+            ("concurrency_limit", l.concurrency_limit as f64, self.in_flight as f64, None),
+            ("rate_limit_requests", l.rate_limit_requests as f64, w.requests as f64, end),
+            ("rate_limit_tokens", l.rate_limit_tokens as f64, w.tokens as f64, end),
+            ("rate_limit_cost", l.rate_limit_cost, w.cost, end),
+            ("daily_cost_limit", l.daily_cost_limit, self.daily_cost, day),
+            ("weekly_cost_limit", l.weekly_cost_limit, self.weekly_cost, week),
+            ("token_limit", l.token_limit as f64, self.total_tokens as f64, None),
+            ("total_cost_limit", l.total_cost_limit, self.total_cost, None),
+        ];
+        rows.into_iter()
+            .filter(|&(_, max, _, _)| max > 0.0)
+            .map(|(limit, max, used, resets_at)| Standing {
                 limit,
                 max,
                 used,
                 resets_at,
             })
-        })
-        .collect()
     }
 
     /// The first limit a new request at `now` would break, checked with what is already
@@ -216,7 +214,6 @@ impl Spent {
     fn check(&self, limits: &Limits, now: i64) -> Result<(), Exceeded> {
         let Some(over) = self
             .standings(limits)
-            .into_iter()
             .find(|standing| standing.used >= standing.max)
         else {
             return Ok(());
@@ -336,6 +333,59 @@ mod tests {
             "daily_cost_limit"
         );
         assert!(meter.admit(&limits, T0 + MS_PER_DAY).is_ok());
+    }
+
+    #[test]
+    fn each_standing_is_its_own_limit_and_use() {
+        // Every limit a different value, every use a different one.
+        let limits = Limits {
+            rate_limit_window: 60,
+            rate_limit_requests: 11,
+            rate_limit_tokens: 12,
+            rate_limit_cost: 13.0,
+            concurrency_limit: 14,
+            token_limit: 15,
+            daily_cost_limit: 16.0,
+            weekly_cost_limit: 17.0,
+            total_cost_limit: 18.0,
+        };
+        let spent = Spent {
+            window: Some(Window {
+                start: T0,
+                requests: 1,
+                tokens: 2,
+                cost: 3.0,
+            }),
+            day: day_of(T0),
+            daily_cost: 4.0,
+            weekly_cost: 5.0,
+            total_tokens: 6,
+            total_cost: 7.0,
+            in_flight: 8,
+        };
+        let used = |limit: &str| match limit {
+            "rate_limit_requests" => 1.0,
+            "rate_limit_tokens" => 2.0,
+            "rate_limit_cost" => 3.0,
+            "daily_cost_limit" => 4.0,
+            "weekly_cost_limit" => 5.0,
+            "token_limit" => 6.0,
+            "total_cost_limit" => 7.0,
+            "concurrency_limit" => 8.0,
+            other => panic!("{other} counts nothing"),
+        };
+        let standings: Vec<Standing> = spent.standings(&limits).collect();
+        assert_eq!(standings.len(), Limits::FIELDS.len() - 1);
+        for standing in &standings {
+            assert_eq!(limits.get(standing.limit), Some(standing.max));
+            assert_eq!(standing.used, used(standing.limit), "{}", standing.limit);
+        }
+        // A limit of 0 is no limit.
+        let none = Limits {
+            token_limit: 0,
+            ..limits
+        };
+        assert!(spent.standings(&none).all(|s| s.limit != "token_limit"));
     }
 
     #[test]

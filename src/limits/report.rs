@@ -21,7 +21,6 @@ pub struct Remaining {
 pub fn remaining(limits: &Limits, spent: &Spent) -> Vec<(&'static str, Remaining)> {
     spent
         .standings(limits)
-        .into_iter()
         .map(|standing| {
             (
                 standing.limit,
