@@ -183,7 +183,7 @@ impl Spent {
     /// field, not by name: `check` runs on every request of a metered key.
     pub fn standings<'a>(&self, limits: &'a Limits) -> impl Iterator<Item = Standing> + 'a {
         let (l, w) = (limits, self.window.unwrap_or_default());
-        let end = self.window.map(|w| w.start.saturating_add(l.window_ms()));
+        let end = self.window.map(|on| on.start.saturating_add(l.window_ms()));
         let day = Some((self.day + 1) * MS_PER_DAY);
         let week = Some(week_start_day(week_of(self.day) + 1) * MS_PER_DAY);
         // (limit, its value, what is used of it, when that starts afresh)
