@@ -162,6 +162,10 @@ pub struct ConfigArgs {
         global = true
     )]
     pub max_connections: usize,
+    /// Threads that run requests: 0 = one per core keygate may use. With one, keygate runs a
+    /// single-threaded scheduler, which does a request's work with less bookkeeping.
+    #[arg(long, env = "KEYGATE_WORKERS", default_value_t = 0, global = true)]
+    pub workers: usize,
     /// Failed admin logins/tokens per client IP per minute before it gets 429.
     #[arg(
         long,
@@ -681,6 +685,19 @@ fn data_dir(database_url: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// `30s`, `5m`, `1h`, `2d` or a plain number of seconds.
+/// Most request threads `KEYGATE_WORKERS` may ask for.
+const MAX_WORKERS: usize = 1024;
+
+/// The request threads to run: `KEYGATE_WORKERS`, or with 0 one per core this process may use
+/// (its CPU affinity and cgroup quota).
+pub fn workers(requested: usize) -> anyhow::Result<usize> {
+    match requested {
+        0 => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+        n if n <= MAX_WORKERS => Ok(n),
+        n => bail!("KEYGATE_WORKERS: {n} is more than {MAX_WORKERS}; use 0 for one per core"),
+    }
+}
+
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
     let (number, unit) = text.split_at(
@@ -728,6 +745,19 @@ mod tests {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn workers_setting() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(workers(0).unwrap(), cores);
+        assert_eq!(workers(1).unwrap(), 1);
+        assert_eq!(workers(MAX_WORKERS).unwrap(), MAX_WORKERS);
+        let err = workers(MAX_WORKERS + 1).unwrap_err().to_string();
+        assert!(
+            err.starts_with("KEYGATE_WORKERS: 1025 is more than 1024"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -19,6 +20,16 @@ async fn count_rows(db_path: &std::path::Path) -> i64 {
 
 #[tokio::test]
 async fn sigterm_flushes_the_call_log_of_the_real_binary() {
+    sigterm_flushes_the_call_log(2).await;
+}
+
+/// One request thread: the single-threaded scheduler (what one core gets by default).
+#[tokio::test]
+async fn sigterm_flushes_the_call_log_of_the_real_binary_on_one_thread() {
+    sigterm_flushes_the_call_log(1).await;
+}
+
+async fn sigterm_flushes_the_call_log(workers: usize) {
     let upstream = spawn_mock_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -26,6 +37,8 @@ async fn sigterm_flushes_the_call_log_of_the_real_binary() {
     let db_path = dir.path().join("keygate.db");
     let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
     let mut child = serve_env(command.arg("serve"), &upstream, dir.path(), port)
+        .env("KEYGATE_WORKERS", workers.to_string())
+        .env("RUST_LOG", "info")
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -44,16 +57,23 @@ async fn sigterm_flushes_the_call_log_of_the_real_binary() {
         .await
         .unwrap();
     let key = created["key"].as_str().unwrap();
-    for _ in 0..30 {
+    // Streams and plain answers, 10 at a time.
+    let requests = (0..30).map(|i| {
         let response = client
             .post(format!("{base}/v1/chat/completions"))
             .bearer_auth(key)
-            .json(&json!({"model": "gpt-test", "messages": []}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-    }
+            .json(&json!({"model": "gpt-test", "stream": i % 2 == 0, "messages": []}))
+            .send();
+        async move {
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert!(response.text().await.unwrap().contains("Hel"));
+        }
+    });
+    futures_util::stream::iter(requests)
+        .buffer_unordered(10)
+        .collect::<Vec<()>>()
+        .await;
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -68,6 +88,11 @@ async fn sigterm_flushes_the_call_log_of_the_real_binary() {
     .await
     .unwrap();
     assert!(status.0.success(), "exit: {:?}\n{}", status.0, status.1);
+    assert!(
+        status.1.contains(&format!("workers={workers}")),
+        "{}",
+        status.1
+    );
     assert!(!status.1.contains(key) && !status.1.contains(ADMIN_TOKEN));
     assert_eq!(count_rows(&db_path).await, 30);
 }
