@@ -302,17 +302,7 @@ fn main() {
         )),
     });
 
-    let rt = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-    }
-    .expect("tokio runtime");
+    let rt = keygate::server::runtime(workers).expect("tokio runtime");
 
     rt.block_on(async move {
         let listener = match TcpListener::bind(listen).await {

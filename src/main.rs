@@ -21,8 +21,10 @@ fn main() -> ExitCode {
     keygate::store::tune_sqlite();
     let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    let result = keygate::config::workers(cli.config.workers)
-        .and_then(|workers| Ok(runtime(workers)?.block_on(run(cli, workers))?));
+    let result = keygate::config::workers(cli.config.workers).and_then(|workers| {
+        let runtime = keygate::server::runtime(workers)?;
+        runtime.block_on(run(cli, workers))
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // `keygate keys list | head -1`: the rest of the output was not wanted.
@@ -31,22 +33,6 @@ fn main() -> ExitCode {
             keygate::log_output::tell(&format!("error: {err:#}\n"));
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The async runtime. On one thread, tokio's single-threaded scheduler: the same work as a
-/// one-worker multi-thread runtime without its cross-thread queues and wakeups (side by side at
-/// c=64 on one core, it served more requests in 11 of 12 rounds).
-fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
     }
 }
 
