@@ -684,7 +684,6 @@ fn data_dir(database_url: &str) -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from(".")))
 }
 
-/// `30s`, `5m`, `1h`, `2d` or a plain number of seconds.
 /// Most request threads `KEYGATE_WORKERS` may ask for.
 const MAX_WORKERS: usize = 1024;
 
@@ -698,6 +697,7 @@ pub fn workers(requested: usize) -> anyhow::Result<usize> {
     }
 }
 
+/// `30s`, `5m`, `1h`, `2d` or a plain number of seconds.
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
     let (number, unit) = text.split_at(
