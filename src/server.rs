@@ -372,8 +372,9 @@ fn file_limit() -> Option<u64> {
 }
 
 /// The async runtime for `workers` request threads. With one, tokio's single-threaded
-/// scheduler: the same work as a one-worker multi-thread runtime without its cross-thread
-/// queues and wakeups (about 1% less CPU per request on one core, `bench/ab.sh`).
+/// scheduler rather than a multi-thread runtime with one worker and its cross-thread queues
+/// (the same instructions per request under callgrind; at most ~1% less CPU per request on
+/// one core in `bench/ab.sh`, at the edge of what it can tell).
 pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -454,6 +455,14 @@ async fn accept_failed(err: std::io::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_worker_gets_the_single_threaded_scheduler() {
+        use tokio::runtime::RuntimeFlavor;
+        let flavor = |workers| runtime(workers).unwrap().handle().runtime_flavor();
+        assert_eq!(flavor(1), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(2), RuntimeFlavor::MultiThread);
+    }
 
     #[test]
     fn busy_response_has_the_right_length() {
