@@ -8,7 +8,7 @@
 #
 # Environment: AB_ROUNDS (8), AB_SECS (4 s per round), AB_CONNS (64 per keygate), AB_STREAM=1
 # (streamed answers), AB_KEY=plain (a key with no limits; default: every limit and restriction
-# set, as bench/run.sh's restricted key). Build the mock first: cargo build --release --example
+# set, bench/restricted_key.json). Build the mock first: cargo build --release --example
 # mock_upstream. An A/A run (the same binary twice) shows the method's own spread.
 set -euo pipefail
 
@@ -53,11 +53,9 @@ taskset -c 0 "$MOCK" --listen "127.0.0.1:$MOCK_PORT" --chunks 20 --workers 1 >"$
 PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/"
 
-if [ "${AB_KEY:-restricted}" = plain ]; then
-  KEY_BODY='{"name":"ab"}'
-else
-  KEY_BODY='{"name":"ab restricted","allowed_models":["gpt-4o-mini","bench*"],"allowed_ips":["127.0.0.0/8","::1"],"allowed_endpoints":["/v1/chat/completions","/v1/embeddings"],"tags":["bench"],"rate_limit_window":60,"rate_limit_requests":1000000000,"rate_limit_tokens":1000000000000,"rate_limit_cost":1000000,"concurrency_limit":100000,"token_limit":1000000000000,"daily_cost_limit":1000000,"weekly_cost_limit":1000000,"total_cost_limit":1000000}'
-fi
+# The key each keygate gets: bench/run.sh's restricted key, or with AB_KEY=plain one without any.
+KEY_BODY=@"$ROOT/bench/restricted_key.json"
+[ "${AB_KEY:-restricted}" = plain ] && KEY_BODY='{"name":"ab"}'
 
 # start NAME BINARY: a keygate with its own database, port and key
 start() {

@@ -200,7 +200,7 @@ if want keygate; then
     # The same server, with a key whose restrictions and every limit are checked (and
     # counted) on every request; the limits are set far above what a run reaches.
     curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
-      -d '{"name":"bench restricted","allowed_models":["gpt-4o-mini","bench*"],"allowed_ips":["127.0.0.0/8","::1"],"allowed_endpoints":["/v1/chat/completions","/v1/embeddings"],"tags":["bench"],"rate_limit_window":60,"rate_limit_requests":1000000000,"rate_limit_tokens":1000000000000,"rate_limit_cost":1000000,"concurrency_limit":100000,"token_limit":1000000000000,"daily_cost_limit":1000000,"weekly_cost_limit":1000000,"total_cost_limit":1000000}' \
+      -d @"$ROOT/bench/restricted_key.json" \
       "http://127.0.0.1:$KG_PORT/api/api-keys" >"$RUN/key_policy.json" \
       || die "creating the restricted key failed"
     PORT[keygate_policy]=$KG_PORT
