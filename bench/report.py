@@ -173,6 +173,8 @@ def main():
                   lc["result"], lc["rows"], lc["source"], lc["requests"], lc["requests"],
                   lc["requests"] + lc["slack"], lc["slack"]))
         w("")
+    if "keygate" in targets and "nginx" in targets:
+        cpu_section(w, R, conns)
     rounds = int(meta.get("rounds", 0) or 0)
     if rounds and "keygate" in targets:
         rounds_section(w, d, rounds, conns, meta.get("round_duration", "?"))
@@ -191,6 +193,48 @@ def median(values):
         return None
     mid = len(values) // 2
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2.0
+
+
+def cpu_section(w, R, conns):
+    """Where the CPU went in the chat c=64 loads: each server thread's user and system time per
+    request (bench/cputicks.py), and what keygate may spend at 0.80× of nginx's throughput."""
+    runs = [(t, R.get((t, "chat_c64"))) for t in ("nginx", "keygate", "keygate_policy")]
+    runs = [(t, r) for t, r in runs if r and r.get("cpu_us")]
+    if not runs:
+        return
+    w("## CPU per request, chat c=%d" % conns)
+    w("")
+    w("User and system time of each server thread (from `/proc`, in µs per request) in the "
+      "chat c=%d loads above. Mock and proxy share one core, which the load keeps busy, so "
+      "the throughput is about 1 s over their sum." % conns)
+    w("")
+    w("| target | thread | user | system | total |")
+    w("|---|---|---:|---:|---:|")
+    totals = {}
+    for t, r in runs:
+        proxy = mock = 0.0
+        for name, (user, system) in sorted(r["cpu_us"].items(), key=lambda kv: -sum(kv[1])):
+            if name.startswith("mock/"):
+                mock += user + system
+            else:
+                proxy += user + system
+            if user + system >= 0.05:
+                w("| %s | %s | %.2f | %.2f | %.2f |" % (t, name, user, system, user + system))
+        w("| %s | **proxy, all threads** | | | **%.2f** |" % (t, proxy))
+        totals[t] = (proxy, mock)
+    w("")
+    if "nginx" in totals:
+        nginx_proxy, nginx_mock = totals["nginx"]
+        for t in ("keygate", "keygate_policy"):
+            if t not in totals:
+                continue
+            proxy, mock = totals[t]
+            budget = (nginx_proxy + nginx_mock) / 0.80 - mock
+            w("- %s: %.2f µs per request with the mock's %.2f (nginx: %.2f + %.2f), which predicts "
+              "%.2f× nginx's throughput; at 0.80× it could spend %.2f µs." % (
+                  t, proxy, mock, nginx_proxy, nginx_mock,
+                  (nginx_proxy + nginx_mock) / (proxy + mock), budget))
+        w("")
 
 
 def rounds_section(w, d, rounds, conns, duration):

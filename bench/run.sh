@@ -114,6 +114,7 @@ wait_http "http://127.0.0.1:$MOCK_PORT/v1/models" || { cat "$RUN/logs/mock.log" 
 log "mock upstream on 127.0.0.1:$MOCK_PORT (pid ${PIDS[-1]})"
 
 declare -A PORT AUTH
+declare -A PROC_PID=([mock]=${PIDS[-1]})   # the server processes whose CPU time is counted
 PORT[direct]=$MOCK_PORT
 AUTH[direct]=""
 
@@ -164,6 +165,7 @@ EOF
   PIDS+=($!)
   wait_http "http://127.0.0.1:$NGINX_PORT/v1/models" || { cat "$RUN/logs/nginx.log" "$NG/error.log" >&2 || true; die "nginx did not start"; }
   log "nginx on 127.0.0.1:$NGINX_PORT (pid ${PIDS[-1]}, 1 worker)"
+  PROC_PID[nginx]=$(pgrep -P "${PIDS[-1]}" | head -n 1)   # the worker: it does the proxying
   PORT[nginx]=$NGINX_PORT
   AUTH[nginx]=""
 fi
@@ -187,6 +189,7 @@ if want keygate; then
   ) >"$RUN/logs/keygate.log" 2>&1 &
   KG_PID=$!
   PIDS+=($KG_PID)
+  PROC_PID[keygate]=$KG_PID
   wait_http "http://127.0.0.1:$KG_PORT/healthz" || { tail -n 30 "$RUN/logs/keygate.log" >&2; die "keygate did not become healthy on /healthz"; }
   log "keygate on 127.0.0.1:$KG_PORT (pid $KG_PID)"
   curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
@@ -233,16 +236,25 @@ sanity() { # target: one JSON and one SSE request, checked
   [[ "$r" == *'data: [DONE]'* && "$r" == *'"usage"'* && "${r##*$'\n'}" == 200 ]] || die "$t: streaming sanity request failed: ${r:0:500}"
 }
 
+cpu_snap() { # target: the CPU time so far of the mock's threads and the target's (bench/cputicks.py)
+  local procs=("mock=${PROC_PID[mock]}") proxy=${1%%_*}
+  [ -n "${PROC_PID[$proxy]:-}" ] && procs+=("$proxy=${PROC_PID[$proxy]}")
+  python3 "$BENCH/cputicks.py" snap "${procs[@]}"
+}
+
 run_wrk() { # target name conns duration stream(0|1) [api]
   local t=$1 name=$2 c=$3 d=$4 s=$5 api=${6:-openai}
   local txt="$RUN/logs/wrk_${t}__${name}.txt"
   log "$t: wrk $name (-t1 -c$c -d$d)"
+  cpu_snap "$t" >"$RUN/cpu_before.json"
   BENCH_STREAM=$s BENCH_API=$api BENCH_AUTH="${AUTH[$t]}" BENCH_CONNS=$c \
     "${CLIENT[@]}" wrk -t1 -c"$c" -d"$d" --timeout 10s --latency -s "$BENCH/wrk/chat.lua" \
     "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" >"$txt" 2>&1 || { cat "$txt" >&2; die "wrk failed"; }
   local json="$RUN/res/${t}__${name}.json"
   grep '^BENCH_JSON ' "$txt" | sed 's/^BENCH_JSON //' >"$json"
   [ -s "$json" ] || { cat "$txt" >&2; die "no BENCH_JSON line from wrk"; }
+  cpu_snap "$t" >"$RUN/cpu_after.json"
+  python3 "$BENCH/cputicks.py" add "$json" "$RUN/cpu_before.json" "$RUN/cpu_after.json"
   count_kg "$t" "$(jget "$json" requests)" "$c"
 }
 
