@@ -165,7 +165,8 @@ EOF
   PIDS+=($!)
   wait_http "http://127.0.0.1:$NGINX_PORT/v1/models" || { cat "$RUN/logs/nginx.log" "$NG/error.log" >&2 || true; die "nginx did not start"; }
   log "nginx on 127.0.0.1:$NGINX_PORT (pid ${PIDS[-1]}, 1 worker)"
-  PROC_PID[nginx]=$(pgrep -P "${PIDS[-1]}" | head -n 1)   # the worker: it does the proxying
+  # its worker, which does the proxying: the master's one child
+  PROC_PID[nginx]=$(awk '{print $1}' "/proc/${PIDS[-1]}/task/${PIDS[-1]}/children" 2>/dev/null || true)
   PORT[nginx]=$NGINX_PORT
   AUTH[nginx]=""
 fi
