@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """The CPU time of the benchmark's server threads, from /proc, for run.sh's CPU-per-request table.
 
-  cputicks.py snap LABEL=PID ...       prints {"LABEL/THREAD": [user_ticks, system_ticks], ...}
-                                       (threads of one name summed; a process that is gone
-                                       is left out)
+  cputicks.py snap LABEL=PID ...       prints {"LABEL": [user_ticks, system_ticks],
+                                       "LABEL/THREAD": [...], ...}: each process's total
+                                       (threads that ended included) and its live threads
+                                       (those of one name summed); a process that is gone is
+                                       left out
   cputicks.py add RESULT BEFORE AFTER  adds to a wrk result (RESULT, with its "requests") the
                                        CPU each thread spent per request between the two
-                                       snapshots: "cpu_us": {"LABEL/THREAD": [user, system]}
+                                       snapshots: "cpu_us": {"LABEL": [user, system],
+                                       "LABEL/THREAD": [user, system]}
 
 The kernel keeps each thread's total exactly and splits it into user and system time by
 sampling at its clock tick, so the split is approximate; both are in µs per request here.
@@ -16,20 +19,26 @@ import os
 import sys
 
 
+def stat(path):
+    """(name, user ticks, system ticks) from a /proc stat file."""
+    with open(path) as f:
+        text = f.read()
+    # "pid (name) state ppid ...": the name may hold spaces and parentheses
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return name, int(fields[11]), int(fields[12])  # utime, stime: fields 14 and 15
+
+
 def threads(pid):
-    """{thread name: [user ticks, system ticks]} of a process, threads of one name summed."""
+    """{thread name: [user ticks, system ticks]} of a process's live threads, those of one
+    name summed."""
     out = {}
     base = "/proc/%s/task" % pid
     for tid in os.listdir(base):
         try:
-            with open("%s/%s/stat" % (base, tid)) as f:
-                stat = f.read()
+            name, user, system = stat("%s/%s/stat" % (base, tid))
         except OSError:  # the thread ended meanwhile
             continue
-        # "tid (name) state ppid ...": the name may hold spaces and parentheses
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        user, system = int(fields[11]), int(fields[12])  # utime, stime: fields 14 and 15
         ticks = out.setdefault(name, [0, 0])
         ticks[0] += user
         ticks[1] += system
@@ -41,6 +50,8 @@ def snap(pairs):
     for pair in pairs:
         label, pid = pair.split("=", 1)
         try:
+            _, user, system = stat("/proc/%s/stat" % pid)
+            out[label] = [user, system]
             for name, ticks in threads(pid).items():
                 out["%s/%s" % (label, name)] = ticks
         except OSError:

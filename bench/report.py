@@ -212,14 +212,13 @@ def cpu_section(w, R, conns):
     w("|---|---|---:|---:|---:|")
     totals = {}
     for t, r in runs:
-        proxy = mock = 0.0
-        for name, (user, system) in sorted(r["cpu_us"].items(), key=lambda kv: -sum(kv[1])):
-            if name.startswith("mock/"):
-                mock += user + system
-            else:
-                proxy += user + system
-            if user + system >= 0.05:
+        cpu = r["cpu_us"]
+        for name, (user, system) in sorted(cpu.items(), key=lambda kv: -sum(kv[1])):
+            if "/" in name and user + system >= 0.05:
                 w("| %s | %s | %.2f | %.2f | %.2f |" % (t, name, user, system, user + system))
+        # the processes' totals: they keep the time of threads that ended during the load
+        proxy = sum(sum(v) for k, v in cpu.items() if k != "mock" and "/" not in k)
+        mock = sum(cpu.get("mock", [0, 0]))
         w("| %s | **proxy, all threads** | | | **%.2f** |" % (t, proxy))
         totals[t] = (proxy, mock)
     w("")
