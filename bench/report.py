@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-TARGETS = ["direct", "nginx", "keygate", "keygate_policy", "keygate_routed", "nginx_messages", "keygate_messages"]
+TARGETS = ["direct", "nginx", "floor", "keygate", "keygate_policy", "keygate_routed", "nginx_messages", "keygate_messages"]
 LOADS = [
     ("chat_c64", "chat, c={conns}"),
     ("chat_c1", "chat, c=1"),
@@ -198,7 +198,7 @@ def median(values):
 def cpu_section(w, R, conns):
     """Where the CPU went in the chat c=64 loads: each server thread's user and system time per
     request (bench/cputicks.py), and what keygate may spend at 0.80× of nginx's throughput."""
-    runs = [(t, R.get((t, "chat_c64"))) for t in ("nginx", "keygate", "keygate_policy")]
+    runs = [(t, R.get((t, "chat_c64"))) for t in ("nginx", "floor", "keygate", "keygate_policy")]
     runs = [(t, r) for t, r in runs if r and r.get("cpu_us")]
     if not runs:
         return
@@ -224,15 +224,20 @@ def cpu_section(w, R, conns):
     w("")
     if "nginx" in totals:
         nginx_proxy, nginx_mock = totals["nginx"]
-        for t in ("keygate", "keygate_policy"):
+        for t in ("floor", "keygate", "keygate_policy"):
             if t not in totals:
                 continue
             proxy, mock = totals[t]
             budget = (nginx_proxy + nginx_mock) / 0.80 - mock
+            beyond = ""
+            if t != "floor" and "floor" in totals:
+                floor_proxy, floor_mock = totals["floor"]
+                beyond = " Beyond the floor (keygate's own work, and what it costs the mock): " \
+                    "%.2f + %.2f µs." % (proxy - floor_proxy, mock - floor_mock)
             w("- %s: %.2f µs per request with the mock's %.2f (nginx: %.2f + %.2f), which predicts "
-              "%.2f× nginx's throughput; at 0.80× it could spend %.2f µs." % (
+              "%.2f× nginx's throughput; at 0.80× it could spend %.2f µs.%s" % (
                   t, proxy, mock, nginx_proxy, nginx_mock,
-                  (nginx_proxy + nginx_mock) / (proxy + mock), budget))
+                  (nginx_proxy + nginx_mock) / (proxy + mock), budget, beyond))
         w("")
 
 

@@ -7,7 +7,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/bench"
 OUT="$BENCH/out"
 RUN="$OUT/run"                                   # per-run scratch: configs, db, logs, raw results
-TARGETS=${BENCH_TARGETS:-"direct nginx keygate keygate_policy messages keygate_routed"}
+TARGETS=${BENCH_TARGETS:-"direct nginx floor keygate keygate_policy messages keygate_routed"}
 DURATION=${BENCH_DURATION:-10s}                  # each wrk load
 WARMUP=${BENCH_WARMUP:-2s}                       # wrk warm-up per target (not reported)
 CONNS=${BENCH_CONNECTIONS:-64}
@@ -65,7 +65,7 @@ want() { [[ " $TARGETS " == *" $1 "* ]]; }
 cd "$ROOT"
 if want keygate; then
   log "cargo build --release (keygate + mock_upstream example)"
-  cargo build --release --bins --example mock_upstream \
+  cargo build --release --bins --example mock_upstream --example floor_proxy \
     || die "build failed (run with BENCH_TARGETS='direct nginx' to bench without keygate)"
   [ -x target/release/keygate ] || die "target/release/keygate missing after build"
 else
@@ -73,6 +73,7 @@ else
   cargo build --release --example mock_upstream || die "mock_upstream build failed"
 fi
 MOCK_BIN="$ROOT/target/release/examples/mock_upstream"
+FLOOR_BIN="$ROOT/target/release/examples/floor_proxy"
 KEYGATE_BIN="$ROOT/target/release/keygate"
 
 rm -rf "$RUN"
@@ -169,6 +170,22 @@ EOF
   PROC_PID[nginx]=$(awk '{print $1}' "/proc/${PIDS[-1]}/task/${PIDS[-1]}/children" 2>/dev/null || true)
   PORT[nginx]=$NGINX_PORT
   AUTH[nginx]=""
+fi
+
+# ---------------------------------------------------------------- floor
+# The cheapest relay on keygate's stack (examples/floor_proxy.rs: hyper's server on the same
+# runtime, no keys, limits, usage or call log): its CPU per request is what the stack costs,
+# and keygate's beyond it is keygate's own work. Chat c=64 only (it answers Content-Length
+# bodies, not streams).
+if want floor && want keygate; then
+  FLOOR_PORT=$(free_port)
+  "${SERVER[@]}" "$FLOOR_BIN" --listen "127.0.0.1:$FLOOR_PORT" --upstream "127.0.0.1:$MOCK_PORT" >"$RUN/logs/floor.log" 2>&1 &
+  PIDS+=($!)
+  PROC_PID[floor]=${PIDS[-1]}
+  PORT[floor]=$FLOOR_PORT
+  AUTH[floor]=""
+  wait_http "http://127.0.0.1:$FLOOR_PORT/v1/models" || { cat "$RUN/logs/floor.log" >&2; die "floor_proxy did not start"; }
+  log "floor_proxy on 127.0.0.1:$FLOOR_PORT (pid ${PIDS[-1]})"
 fi
 
 # ---------------------------------------------------------------- keygate
@@ -279,6 +296,10 @@ warm_up() { # target [stream(0|1)] [api]: c=$CONNS for $WARMUP, not reported (co
   count_kg "$t" "$(grep '^BENCH_JSON ' "$txt" | sed 's/.*"requests":\([0-9]*\).*/\1/')" "$CONNS"
 }
 
+if [ -n "${PORT[floor]:-}" ]; then
+  warm_up floor
+  run_wrk floor chat_c64 "$CONNS" "$DURATION" 0
+fi
 for t in direct nginx keygate keygate_policy; do
   want "$t" || continue
   sanity "$t"
