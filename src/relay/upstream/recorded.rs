@@ -66,7 +66,7 @@ pub fn respond(
         idle_timeout: via.timeout(),
         deadline: via.deadline(started),
         strip,
-        call: Some(PendingCall {
+        call: Some(Box::new(PendingCall {
             record,
             started,
             scan,
@@ -75,7 +75,7 @@ pub fn respond(
             via,
             ticket,
             span: tracing::Span::current(),
-        }),
+        })),
     });
     *response.status_mut() = parts.status;
     strip_hop_by_hop(&mut parts.headers);
@@ -114,7 +114,9 @@ pub struct RecordedBody {
     /// Removes the usage chunk keygate asked for from a stream (None: the stream passes as it
     /// comes).
     strip: Option<Box<UsageStrip>>,
-    call: Option<PendingCall>,
+    /// Boxed: the response that carries this body is moved several times on its way to
+    /// hyper, and the call is most of its size (~530 of ~760 bytes).
+    call: Option<Box<PendingCall>>,
 }
 
 impl RecordedBody {
