@@ -707,18 +707,24 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let n: u64 = number
         .parse()
         .with_context(|| format!("`{text}` is not a duration like 30s, 5m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        "ms" => return Ok(Duration::from_millis(n)),
+    let secs = |per: u64| {
+        n.checked_mul(per)
+            .map(Duration::from_secs)
+            .with_context(|| format!("`{text}` is too long"))
+    };
+    let duration = match unit {
+        "" | "s" => secs(1)?,
+        "m" => secs(60)?,
+        "h" => secs(3600)?,
+        "d" => secs(86_400)?,
+        "ms" => Duration::from_millis(n),
         _ => bail!("`{text}` is not a duration like 30s, 5m or 1h"),
     };
-    if secs == 0 {
+    // Zero would make a timeout fire at once, and a period a busy loop.
+    if duration.is_zero() {
         bail!("`{text}`: the duration must be positive");
     }
-    Ok(Duration::from_secs(secs))
+    Ok(duration)
 }
 
 fn parse_proxies(text: &str) -> anyhow::Result<Vec<IpNet>> {
@@ -745,6 +751,9 @@ mod tests {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("0ms").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("9999999999999999999d").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use axum::Router;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::{Request, Version};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -27,7 +27,6 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::app::AppState;
-use crate::config::Config;
 use crate::relay::{self, ReplyBody};
 
 /// HTTP/2: a PING this often on a connection; no answer within the timeout closes it.
@@ -62,12 +61,9 @@ pub async fn run(
     // their own, tracked to be waited for.
     let mut connections = JoinSet::new();
     let streams = TaskTracker::new();
-    let http = Arc::new(http_builder(
-        &state.config,
-        TrackedExecutor(streams.clone()),
-    ));
+    let http = Arc::new(http_builder(TrackedExecutor(streams.clone())));
     let timeouts = Timeouts {
-        first_head: state.config.header_timeout,
+        head: state.config.header_timeout,
         idle: state.config.idle_timeout,
     };
     let cap = connection_cap(state.config.max_connections, file_limit());
@@ -118,7 +114,6 @@ pub async fn run(
     drain(&mut connections, &streams, grace).await;
 }
 
-/// HTTP/1.1 and HTTP/2 settings. The timer comes first: hyper panics on a timeout without one.
 /// Lets open connections finish for `grace`, then drops the rest. Dropping a connection drops
 /// its requests: each sends its call record (`relay::Unanswered`, `RecordedBody`) as it goes.
 async fn drain(connections: &mut JoinSet<()>, streams: &TaskTracker, grace: Duration) {
@@ -161,12 +156,16 @@ where
     }
 }
 
-fn http_builder(config: &Config, executor: TrackedExecutor) -> auto::Builder<TrackedExecutor> {
+/// HTTP/1.1 and HTTP/2 settings. The timer comes first: hyper panics on a timeout without one.
+/// hyper's own header-read timeout is off: it armed a boxed timer for every request (and
+/// registered it, the next head not being there yet); `serve_connection` bounds the wait for a
+/// head instead, with the one timer its connection has anyway.
+fn http_builder(executor: TrackedExecutor) -> auto::Builder<TrackedExecutor> {
     let mut builder = auto::Builder::new(executor);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout);
+        .header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -178,10 +177,20 @@ fn http_builder(config: &Config, executor: TrackedExecutor) -> auto::Builder<Tra
 
 #[derive(Clone, Copy)]
 struct Timeouts {
-    /// Until the first request: protocol detection, the HTTP/2 preface and the first head.
-    first_head: Duration,
-    /// With no request open, after the first.
+    /// For a request head to arrive: from the connection's start (protocol detection, the
+    /// HTTP/2 preface and the first head) and, on HTTP/1.1, from the end of the previous
+    /// response. A head that is half sent does not stop it.
+    head: Duration,
+    /// With no request open, after the first (on HTTP/1.1 when shorter than `head`).
     idle: Duration,
+}
+
+impl Timeouts {
+    /// How often a connection's task looks at its deadline at the latest: never longer than
+    /// a wait it bounds, so a request that ends after a look is still caught in time.
+    fn period(self) -> Duration {
+        self.head.min(self.idle)
+    }
 }
 
 /// One of the capped connection places; given back when the connection's task ends.
@@ -226,6 +235,9 @@ async fn serve_connection(
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         let state = state.clone();
         let mut router = router.clone();
+        if request.version() == Version::HTTP_2 {
+            requests.http2.store(true, Ordering::Relaxed);
+        }
         let open = InFlight::begin(&requests);
         async move {
             let response = if request.uri().path().starts_with("/v1/") {
@@ -244,11 +256,11 @@ async fn serve_connection(
     tokio::pin!(conn);
     let mut closing_by: Option<Instant> = None;
     let result = loop {
-        // At least once per idle period: a request may have ended since the last look.
+        // At least once per period: a request may have ended since the last look.
         let wake = closing_by.unwrap_or_else(|| {
             activity
                 .deadline(timeouts)
-                .min(Instant::now() + timeouts.idle)
+                .min(Instant::now() + timeouts.period())
         });
         tokio::select! {
             biased;
@@ -278,6 +290,8 @@ async fn serve_connection(
 /// What a connection is doing: requests open, and since when none has been.
 struct Activity {
     started: Instant,
+    /// It speaks HTTP/2 (seen on its first request): no head timeout between requests.
+    http2: AtomicBool,
     /// Requests whose response has not finished (or been dropped).
     open: AtomicUsize,
     /// Milliseconds from `started` to the end of the last request; `u64::MAX` before the first.
@@ -288,20 +302,26 @@ impl Activity {
     fn new() -> Self {
         Activity {
             started: Instant::now(),
+            http2: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(u64::MAX),
         }
     }
 
     /// When the connection would be idle too long if nothing happens meanwhile (with a
-    /// request open: one idle period from now, to look again).
+    /// request open: one period from now, to look again).
     fn deadline(&self, timeouts: Timeouts) -> Instant {
         if self.open.load(Ordering::Acquire) > 0 {
-            return Instant::now() + timeouts.idle;
+            return Instant::now() + timeouts.period();
         }
+        let between = if self.http2.load(Ordering::Relaxed) {
+            timeouts.idle
+        } else {
+            timeouts.period()
+        };
         match self.idle_since_ms.load(Ordering::Acquire) {
-            u64::MAX => self.started + timeouts.first_head,
-            ms => self.started + Duration::from_millis(ms) + timeouts.idle,
+            u64::MAX => self.started + timeouts.head,
+            ms => self.started + Duration::from_millis(ms) + between,
         }
     }
 

@@ -105,6 +105,43 @@ async fn the_header_timeout_also_bounds_the_wait_between_keep_alive_requests() {
 }
 
 #[tokio::test]
+async fn a_second_head_sent_drop_by_drop_is_closed_after_the_header_timeout() {
+    // The connection's own timer bounds every head from the end of the previous response:
+    // bytes that keep coming do not extend it, and the idle timeout (longer) does not apply.
+    let app = spawn_app_with(&["--header-timeout", "1s", "--idle-timeout", "60s"]).await;
+    let mut socket = TcpStream::connect(addr(&app)).await.unwrap();
+    one_request(&mut socket).await;
+    let started = Instant::now();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let (mut closed, mut got) = (None, Vec::new());
+    for byte in head.iter() {
+        if socket.write_all(&[*byte]).await.is_err() {
+            closed = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(100), socket.read(&mut buf)).await {
+            Err(_) => {}
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = Some(started.elapsed());
+                break;
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let closed = closed.expect("the server closes a head that keeps coming");
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+        "{got:?}"
+    );
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(3000)).contains(&closed),
+        "closed at {closed:?}"
+    );
+    assert_serves(&app).await;
+}
+
+#[tokio::test]
 async fn over_the_connection_cap_a_new_connection_is_refused_at_once() {
     let app = spawn_app_with(&["--max-connections", "3"]).await;
     let mut held = Vec::new();
