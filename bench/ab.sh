@@ -19,34 +19,16 @@ BIN_B=$(realpath "$2")
 ROUNDS=${AB_ROUNDS:-8}
 SECS=${AB_SECS:-4}
 CONNS=${AB_CONNS:-64}
-MOCK="$ROOT/target/release/examples/mock_upstream"
 ADMIN=ab-admin-token-0123456789
-for tool in wrk taskset curl python3; do
-  command -v $tool >/dev/null || { echo "bench/ab.sh needs $tool" >&2; exit 1; }
-done
-[ -x "$MOCK" ] || { echo "build the mock first: cargo build --release --example mock_upstream" >&2; exit 1; }
-
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+need bench/ab.sh wrk taskset curl python3
 RUN=$(mktemp -d)
-PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_started
   rm -rf "$RUN"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-# wait_http URL [-f]: until it answers (with -f: a 2xx)
-wait_http() {
-  for _ in $(seq 1 300); do
-    curl -sS ${2:-} -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "no answer from $1" >&2
-  exit 1
-}
 
 MOCK_PORT=$(free_port)
 taskset -c 0 "$MOCK" --listen "127.0.0.1:$MOCK_PORT" --chunks 20 --workers 1 >"$RUN/mock.log" 2>&1 &

@@ -7,13 +7,14 @@
 #   bash bench/instr.sh BINARY [BINARY_B]
 #
 # keygate runs on CPU 0 (so with one runtime thread, as in bench/run.sh), the mock and the
-# clients on CPU 1. Each build runs under valgrind with instrumentation off until a warm-up is done, then counts
-# INSTR_REQUESTS chat requests (non-streaming, from INSTR_CLIENTS keep-alive clients) and prints
-# the instructions per request of its request thread (the runtime: hyper, the relay), of its
-# call-log writer, and of the whole process; with two builds, B's over A's.
+# clients on CPU 1. Each build runs under valgrind with instrumentation off until a warm-up is
+# done, then counts INSTR_REQUESTS chat requests (non-streaming, from INSTR_CLIENTS keep-alive
+# clients) and prints the instructions per request of its request thread (the runtime: hyper,
+# the relay), of its call-log writer, and of the whole process; with two builds, B's over A's.
 #
 # Environment: INSTR_REQUESTS (2000), INSTR_CLIENTS (4), INSTR_KEY=plain (a key without limits;
-# default: bench/restricted_key.json). Needs valgrind (apt-get install valgrind) and the mock:
+# default: bench/restricted_key.json), INSTR_KEEP=1 (keep the callgrind files and logs, and say
+# where). Needs valgrind (apt-get install valgrind) and the mock:
 # cargo build --release --example mock_upstream.
 set -euo pipefail
 
@@ -23,34 +24,16 @@ BIN_A=$(realpath "$1")
 BIN_B=$(realpath "${2:-$1}")
 REQUESTS=${INSTR_REQUESTS:-2000}
 CLIENTS=${INSTR_CLIENTS:-4}
-MOCK="$ROOT/target/release/examples/mock_upstream"
 ADMIN=instr-admin-token-0123456789
-for tool in valgrind callgrind_control taskset curl python3; do
-  command -v $tool >/dev/null || { echo "bench/instr.sh needs $tool" >&2; exit 1; }
-done
-[ -x "$MOCK" ] || { echo "build the mock first: cargo build --release --example mock_upstream" >&2; exit 1; }
-
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+need bench/instr.sh valgrind callgrind_control taskset curl python3
 RUN=$(mktemp -d)
-PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_started
   [ -n "${INSTR_KEEP:-}" ] && echo "kept $RUN" >&2 || rm -rf "$RUN"
 }
 trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-wait_http() { # URL [-f]: until it answers, while the process started last runs
-  for _ in $(seq 1 600); do
-    curl -sS ${2:-} -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
-    kill -0 "${PIDS[-1]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "no answer from $1" >&2
-  return 1
-}
 
 MOCK_PORT=$(free_port)
 taskset -c 1 "$MOCK" --listen "127.0.0.1:$MOCK_PORT" --chunks 20 --workers 1 >"$RUN/mock.log" 2>&1 &
