@@ -95,7 +95,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn the_header_timeout_also_bounds_the_wait_between_keep_alive_requests() {
-    // hyper starts its header-read timer when it begins waiting for the next head.
+    // The head timeout runs from the end of the previous response (the connection's timer).
     let app = spawn_app_with(&["--header-timeout", "1s", "--idle-timeout", "60s"]).await;
     let mut socket = TcpStream::connect(addr(&app)).await.unwrap();
     one_request(&mut socket).await;
