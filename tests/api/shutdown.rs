@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
 
@@ -223,4 +224,40 @@ async fn a_second_signal_ends_a_shutdown_that_is_still_waiting() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_at_once_on_shutdown() {
+    // The connection task looks at the shutdown signal only when it fires (server::Gated): it
+    // must still fire. With nothing open, the drain does not wait for the grace.
+    let app = spawn_app_with(&["--shutdown-grace", "10s"]).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        socket
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains("\"ok\"}") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+        }
+        idle.push(socket);
+    }
+    let started = Instant::now();
+    app.shutdown().await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    for mut socket in idle {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(1), socket.read(&mut buf))
+            .await
+            .expect("closed, not left open")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{:?}", &buf[..n]);
+    }
 }
