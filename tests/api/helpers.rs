@@ -632,3 +632,24 @@ pub fn anthropic_events(model: &str, usage: &Value) -> Vec<String> {
     }
     pieces
 }
+
+/// Sends one keep-alive `GET /healthz` on a raw socket and reads its whole (small) response.
+pub async fn one_request(socket: &mut tokio::net::TcpStream) {
+    tokio::io::AsyncWriteExt::write_all(socket, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("\"ok\"}") {
+        let n = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncReadExt::read(socket, &mut buf),
+        )
+        .await
+        .expect("an answer")
+        .unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+}

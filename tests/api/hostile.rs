@@ -58,25 +58,6 @@ async fn a_half_sent_head_is_closed_after_the_header_timeout() {
     assert_serves(&app).await;
 }
 
-/// Sends one keep-alive request and reads its whole (small) response.
-async fn one_request(socket: &mut TcpStream) {
-    socket
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&got).contains("\"ok\"}") {
-        let n = tokio::time::timeout(Duration::from_secs(2), socket.read(&mut buf))
-            .await
-            .expect("an answer")
-            .unwrap();
-        assert!(n > 0, "closed before answering");
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert!(got.starts_with(b"HTTP/1.1 200"));
-}
-
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let app = spawn_app_with(&["--idle-timeout", "1s"]).await;

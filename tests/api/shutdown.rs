@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::helpers::*;
 
@@ -235,17 +235,7 @@ async fn idle_keep_alive_connections_are_closed_at_once_on_shutdown() {
     let mut idle = Vec::new();
     for _ in 0..3 {
         let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        socket
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !String::from_utf8_lossy(&got).contains("\"ok\"}") {
-            let n = socket.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed before answering");
-            got.extend_from_slice(&buf[..n]);
-        }
+        one_request(&mut socket).await;
         idle.push(socket);
     }
     let started = Instant::now();
