@@ -256,6 +256,14 @@ async fn serve_connection(
     });
     let conn = http.serve_connection(TokioIo::new(socket), service);
     tokio::pin!(conn);
+    // The connection's task wakes for every read and write of its socket; its shutdown signal
+    // and its timer are looked at only when they fired.
+    let stop = shutdown.cancelled();
+    tokio::pin!(stop);
+    let mut stop = Gated::new(stop.as_mut());
+    let timer = tokio::time::sleep(timeouts.period());
+    tokio::pin!(timer);
+    let mut timer = Gated::new(timer.as_mut());
     let mut closing_by: Option<Instant> = None;
     let result = loop {
         // At least once per period: a request may have ended since the last look.
@@ -264,10 +272,7 @@ async fn serve_connection(
                 .deadline(timeouts)
                 .min(Instant::now() + timeouts.period())
         });
-        // The connection's task wakes for every read and write of its socket; these two are
-        // looked at only when they fired.
-        let mut stop = Gated::new(shutdown.cancelled());
-        let mut timer = Gated::new(tokio::time::sleep_until(wake));
+        timer.reset(wake);
         tokio::select! {
             biased;
             result = conn.as_mut() => break result,
@@ -480,9 +485,9 @@ async fn accept_failed(err: std::io::Error) {
 
 /// A future polled only when its own waker was woken (and on its first poll): the connection
 /// task's timer and shutdown signal, which otherwise cost two polls (~90 instructions each) on
-/// every wake-up of the task, three or so per request.
-struct Gated<F: Future> {
-    inner: Pin<Box<F>>,
+/// every wake-up of the task, three or so per request. Made once per connection.
+struct Gated<F: Future + Unpin> {
+    inner: F,
     gate: Arc<Gate>,
     waker: Waker,
     polled: bool,
@@ -505,14 +510,14 @@ impl Wake for Gate {
     }
 }
 
-impl<F: Future> Gated<F> {
+impl<F: Future + Unpin> Gated<F> {
     fn new(inner: F) -> Self {
         let gate = Arc::new(Gate {
             fired: AtomicBool::new(false),
             task: AtomicWaker::new(),
         });
         Gated {
-            inner: Box::pin(inner),
+            inner,
             waker: Waker::from(gate.clone()),
             gate,
             polled: false,
@@ -520,7 +525,15 @@ impl<F: Future> Gated<F> {
     }
 }
 
-impl<F: Future> Future for Gated<F> {
+impl Gated<Pin<&mut tokio::time::Sleep>> {
+    /// Sets the timer to `deadline`; its next poll registers it again.
+    fn reset(&mut self, deadline: Instant) {
+        self.inner.as_mut().reset(deadline);
+        self.polled = false;
+    }
+}
+
+impl<F: Future + Unpin> Future for Gated<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -531,9 +544,7 @@ impl<F: Future> Future for Gated<F> {
             return Poll::Pending;
         }
         this.polled = true;
-        this.inner
-            .as_mut()
-            .poll(&mut Context::from_waker(&this.waker))
+        Pin::new(&mut this.inner).poll(&mut Context::from_waker(&this.waker))
     }
 }
 
