@@ -152,18 +152,24 @@ async fn read_answer(up: &mut Upstream) -> std::io::Result<Response<Full<Bytes>>
             head.parse(&up.buf).map_err(std::io::Error::other)?
         {
             let status = head.code.unwrap_or(502);
-            let mut length = 0usize;
+            let mut length = None;
             let mut content_type = None;
             for header in head.headers.iter() {
                 if header.name.eq_ignore_ascii_case("content-length") {
                     length = std::str::from_utf8(header.value)
                         .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
+                        .and_then(|v| v.parse::<usize>().ok());
                 } else if header.name.eq_ignore_ascii_case("content-type") {
                     content_type = HeaderValue::from_bytes(header.value).ok();
                 }
             }
+            // Anything else (a chunked stream) would leave the connection out of step: refused.
+            let length = length.ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "floor_proxy relays only answers with a Content-Length",
+                )
+            })?;
             while up.buf.len() < head_len + length {
                 if up.stream.read_buf(&mut up.buf).await? == 0 {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
