@@ -122,7 +122,7 @@ pub fn skip_ws(json: &[u8], mut at: usize) -> usize {
 }
 
 /// `json[at]` opens a string: the index just past its closing quote.
-fn string_end(json: &[u8], at: usize) -> Option<usize> {
+pub(super) fn string_end(json: &[u8], at: usize) -> Option<usize> {
     let mut i = at + 1;
     loop {
         i = quote_or_backslash(json, i)?;
@@ -182,27 +182,7 @@ pub(super) fn first_flagged(flags: u64) -> usize {
 fn value_end(json: &[u8], at: usize) -> Option<usize> {
     match json.get(at)? {
         b'"' => string_end(json, at),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut i = at;
-            loop {
-                match json.get(i)? {
-                    b'"' => {
-                        i = string_end(json, i)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-        }
+        b'{' | b'[' => super::json_nested::nested_end(json, at),
         _ => {
             let len = json[at..]
                 .iter()
@@ -263,6 +243,28 @@ mod tests {
                 assert_eq!(text(model), Some(r#""m""#), "{json}");
                 // Cut anywhere inside the value: not a whole object.
                 let cut = &json.as_bytes()[..key.len() + 4 + value.len() - 1];
+                assert_eq!(top_level_fields(cut, ["model"]), None, "{json}");
+            }
+        }
+    }
+
+    #[test]
+    fn nested_values_end_at_their_closing_bracket_at_any_offset() {
+        // Brackets, quotes and braces inside strings at every offset of the 8-byte words.
+        for len in 0..20 {
+            let pad = "1,".repeat(len);
+            for value in [
+                format!("[{pad}0]"),
+                format!(r#"{{"a":[{pad}{{}}],"b":"]}}{pad}"}}"#),
+                format!(r#"[[{pad}"[", {{"x":"\"}}"}}], [] ]"#),
+                format!("{{\"k\":{{\"k\":[{pad}[]]}}}}"),
+            ] {
+                let json = format!(r#"{{"v":{value},"model":"m"}}"#);
+                let [v, model] = top_level_fields(json.as_bytes(), ["v", "model"])
+                    .unwrap_or_else(|| panic!("{json}"));
+                assert_eq!(text(v), Some(value.as_str()), "{json}");
+                assert_eq!(text(model), Some(r#""m""#), "{json}");
+                let cut = &json.as_bytes()[..5 + value.len() - 1];
                 assert_eq!(top_level_fields(cut, ["model"]), None, "{json}");
             }
         }

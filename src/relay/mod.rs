@@ -5,6 +5,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod confine;
 mod failover;
+mod json_nested;
 mod json_scan;
 mod json_valid;
 mod models;
@@ -15,6 +16,7 @@ mod routing;
 mod self_service;
 pub mod stream_usage;
 pub mod upstream;
+mod usage_json;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,7 +28,7 @@ use axum::http::{header, request::Parts};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 use tracing::Instrument;
@@ -493,17 +495,51 @@ async fn read_body(parts: &Parts, body: Incoming, limit: usize) -> Result<bytes:
         return Err(too_large());
     }
     let mut body = body;
-    match Limited::new(&mut body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+    match collect(&mut body, limit).await {
+        Ok(whole) => Ok(whole),
+        Err(Unread::TooLarge) => {
             drain(body, DRAIN_MAX_BYTES).await;
             Err(too_large())
         }
-        Err(err) => Err(Refusal::new(
+        Err(Unread::Failed(err)) => Err(Refusal::new(
             ApiError::invalid("body", "the request body could not be read; send it again"),
             format!("client request body failed: {err}"),
         )),
     }
+}
+
+/// Why a body was not read whole.
+enum Unread {
+    TooLarge,
+    Failed(hyper::Error),
+}
+
+/// The body's data up to `limit` bytes (trailers are dropped). A body that came in one frame,
+/// as most do, is that frame: no list of frames to build and copy out of.
+async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, Unread> {
+    let mut first = Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(Unread::Failed)?.into_data() else {
+            continue;
+        };
+        total += data.len();
+        if total > limit {
+            return Err(Unread::TooLarge);
+        }
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => {
+                let mut both = bytes::BytesMut::with_capacity(total);
+                both.extend_from_slice(&first);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+        }
+    }
+    Ok(joined.map_or(first, bytes::BytesMut::freeze))
 }
 
 /// Past the body limit, up to this much more of the body (for up to `DRAIN_MAX_TIME`) is read

@@ -134,21 +134,22 @@ impl Usage {
 }
 
 /// `usage` as answers spell it; the Responses API's names are read when OpenAI's are absent
-/// (separate fields, not aliases: an answer carrying both names still parses).
-#[derive(Deserialize)]
-struct WireUsage {
-    prompt_tokens: Option<i64>,
-    completion_tokens: Option<i64>,
-    total_tokens: Option<i64>,
-    prompt_tokens_details: Option<TokenDetails>,
-    input_tokens: Option<i64>,
-    output_tokens: Option<i64>,
-    input_tokens_details: Option<TokenDetails>,
+/// (separate fields, not aliases: an answer carrying both names still parses). Read by
+/// `usage_json` in the common shapes, by serde in the others.
+#[derive(Default, Deserialize)]
+pub(super) struct WireUsage {
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub total_tokens: Option<i64>,
+    pub prompt_tokens_details: Option<TokenDetails>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub input_tokens_details: Option<TokenDetails>,
 }
 
 #[derive(Deserialize)]
-struct TokenDetails {
-    cached_tokens: Option<i64>,
+pub(super) struct TokenDetails {
+    pub cached_tokens: Option<i64>,
 }
 
 impl From<WireUsage> for Usage {
@@ -276,11 +277,14 @@ impl RequestSummary {
         if end.is_none() || !decodes {
             return (RequestSummary::read(body), None);
         }
-        let sole = match (fields.models, &fields.model) {
-            (1, Some(raw)) => string_value(&body[raw.clone()]),
-            _ => None,
-        };
-        (fields.summary(body, end), sole)
+        let sole_raw = (fields.models == 1).then(|| fields.model.clone()).flatten();
+        let summary = fields.summary(body, end);
+        let sole = sole_raw.and_then(|raw| match &summary.model {
+            // Too short to have been capped: the summary's model is the whole text.
+            Some(model) if raw.len() < MODEL_MAX_BYTES + 2 => Some(model.clone()),
+            _ => string_value(&body[raw]),
+        });
+        (summary, sole)
     }
 }
 
@@ -381,7 +385,7 @@ fn usage_and_error(json: &[u8], kind: Kind) -> (Option<Usage>, Option<String>) {
         return (None, None);
     };
     let usage = usage.and_then(|raw| match kind {
-        Kind::OpenAi => serde_json::from_slice::<Option<Usage>>(raw).ok()?,
+        Kind::OpenAi => super::usage_json::openai_usage(raw),
         Kind::Anthropic => anthropic_usage(raw)?.usage(),
     });
     let message = error
