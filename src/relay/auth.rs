@@ -124,7 +124,15 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        let (scheme, token) = value.trim().split_once(' ')?;
+        let value = value.trim();
+        // The usual `Bearer KEY`, without a search for the space.
+        if let Some(token) = value
+            .get(7..)
+            .filter(|_| value.as_bytes()[..7].eq_ignore_ascii_case(b"bearer "))
+        {
+            return Some(token.trim());
+        }
+        let (scheme, token) = value.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
     headers
@@ -230,6 +238,12 @@ mod tests {
         headers.insert(header::AUTHORIZATION, "bearer  xyz ".parse().unwrap());
         assert_eq!(presented_key(&headers), Some("xyz"));
         headers.insert(header::AUTHORIZATION, "Basic xyz".parse().unwrap());
+        assert_eq!(presented_key(&headers), None);
+        headers.insert(header::AUTHORIZATION, "BEARER kg-1".parse().unwrap());
+        assert_eq!(presented_key(&headers), Some("kg-1"));
+        headers.insert(header::AUTHORIZATION, "Bearer".parse().unwrap());
+        assert_eq!(presented_key(&headers), None);
+        headers.insert(header::AUTHORIZATION, "Bearerx y".parse().unwrap());
         assert_eq!(presented_key(&headers), None);
     }
 }

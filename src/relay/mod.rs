@@ -117,16 +117,18 @@ pub async fn relay(
     if span.is_disabled() {
         // Filtered out (the usual `RUST_LOG=warn` of a busy gateway): no span to enter on
         // every poll of the request's future.
-        answer(state, peer, request).await
+        answer(state, peer, request, false).await
     } else {
-        answer(state, peer, request).instrument(span).await
+        answer(state, peer, request, true).instrument(span).await
     }
 }
 
+/// `traced`: the request's span is enabled (and current while this runs).
 async fn answer(
     state: &AppState,
     peer: SocketAddr,
     request: Request<Incoming>,
+    traced: bool,
 ) -> Response<ReplyBody> {
     let started = Instant::now();
     let kind = routing::route_kind(request.uri().path());
@@ -162,7 +164,7 @@ async fn answer(
         sink: &state.logs,
         armed: true,
     };
-    let outcome = forward(state, kind, parts, body, &mut call.record, started).await;
+    let outcome = forward(state, kind, parts, body, &mut call.record, started, traced).await;
     // From here the record is sent by this function or (moved into it) by the response body.
     call.armed = false;
     match outcome {
@@ -239,6 +241,7 @@ async fn forward(
     body: Incoming,
     record: &mut CallRecord,
     started: Instant,
+    traced: bool,
 ) -> Result<Response<ReplyBody>, Refusal> {
     let key = auth::authenticate(
         &state.pool,
@@ -250,9 +253,8 @@ async fn forward(
     .await
     .map_err(refuse)?;
     record.api_key_id = Some(key.id);
-    let span = tracing::Span::current();
-    if !span.is_disabled() {
-        span.record("key_id", key.id);
+    if traced {
+        tracing::Span::current().record("key_id", key.id);
     }
     // Before admission: a request that may not be relayed neither starts an activation-mode
     // key's clock nor counts as the key's use; its row still names the key.

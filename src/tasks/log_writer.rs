@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -55,15 +54,19 @@ pub struct WriterSettings {
     pub busy_timeout: Duration,
 }
 
-// Nearly every message is a record: boxing it would cost an allocation per request to save
-// queue slots the size of a record anyway.
-#[allow(clippy::large_enum_variant)]
-enum Msg {
-    Record(CallRecord),
-    /// Write everything received so far, then answer.
-    Flush(oneshot::Sender<()>),
-    /// Write everything, answer, and stop.
-    Close(oneshot::Sender<()>),
+/// What the request path hands the writer, behind one lock that each side holds only to push
+/// or to take it all. The writer takes the rows by swapping in its own emptied batch, so in a
+/// steady state neither side allocates for them (a channel allocated and zeroed a block of
+/// 31 rows every 31 rows, on the request path).
+#[derive(Debug, Default)]
+struct Inbox {
+    records: Vec<CallRecord>,
+    /// Flushes and a close asked for: answered once every row pushed before them is written.
+    acks: Vec<oneshot::Sender<()>>,
+    /// A close was asked for: the writer stops after writing everything.
+    closing: bool,
+    /// The writer has taken its last rows: nothing more is taken.
+    closed: bool,
 }
 
 /// What the request path and the writer share.
@@ -92,7 +95,8 @@ struct Shared {
 /// (except once when the queue reaches a quarter of its bound) and never touches the database.
 #[derive(Clone, Debug)]
 pub struct LogSink {
-    tx: Sender<Msg>,
+    /// Shared with the writer, which stops once it holds the only reference (every sink gone).
+    inbox: Arc<Mutex<Inbox>>,
     shared: Arc<Shared>,
 }
 
@@ -106,13 +110,14 @@ impl LogSink {
     ) -> anyhow::Result<LogSink> {
         let store = LogStore::open(database, settings.busy_timeout)
             .with_context(|| format!("cannot open {} for call logs", database.display()))?;
-        let (tx, rx) = mpsc::channel();
+        let inbox = Arc::new(Mutex::new(Inbox::default()));
+        let writer_inbox = inbox.clone();
         let (thread_tx, thread_rx) = std::sync::mpsc::sync_channel::<Arc<Shared>>(1);
         let handle = thread::Builder::new()
             .name("keygate-log-writer".into())
             .spawn(move || {
                 if let Ok(shared) = thread_rx.recv() {
-                    run(store, rx, &shared);
+                    run(store, &writer_inbox, &shared);
                 }
             })
             .context("cannot start the call-log writer thread")?;
@@ -138,7 +143,7 @@ impl LogSink {
             .name("keygate-checkpoint".into())
             .spawn(move || checkpoints(checkpointer, &watched))
             .context("cannot start the WAL checkpoint thread")?;
-        Ok(LogSink { tx, shared })
+        Ok(LogSink { inbox, shared })
     }
 
     /// Queues a row. Never blocks (it is called from `Drop`): rows of requests already under
@@ -149,10 +154,14 @@ impl LogSink {
             // A quarter full before the next tick: write now rather than make requests wait.
             self.shared.writer.unpark();
         }
-        if self.tx.send(Msg::Record(record)).is_err() {
+        let mut inbox = lock(&self.inbox);
+        if inbox.closed {
+            drop(inbox);
             self.shared.queued.fetch_sub(1, Relaxed);
             tracing::error!("call-log writer has stopped; a call-log row was lost");
+            return;
         }
+        inbox.records.push(record);
     }
 
     /// Whether a new request may start now: one relaxed load.
@@ -200,25 +209,32 @@ impl LogSink {
 
     /// Returns once every record sent before this call is in the database.
     pub async fn flush(&self) {
-        self.ask(Msg::Flush).await;
+        self.ask(false).await;
     }
 
     /// Writes every pending record and stops the writer.
     pub async fn close(&self) {
-        self.ask(Msg::Close).await;
+        self.ask(true).await;
     }
 
-    async fn ask(&self, msg: fn(oneshot::Sender<()>) -> Msg) {
+    async fn ask(&self, close: bool) {
         let (ack, done) = oneshot::channel();
-        if self.tx.send(msg(ack)).is_ok() {
-            self.shared.writer.unpark();
-            let _ = done.await;
+        {
+            let mut inbox = lock(&self.inbox);
+            if inbox.closed {
+                return;
+            }
+            inbox.acks.push(ack);
+            inbox.closing |= close;
         }
+        self.shared.writer.unpark();
+        let _ = done.await;
     }
 }
 
-fn lock(error: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> {
-    error
+/// The lock, whether or not a thread panicked holding it (neither side leaves it half-changed).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -230,7 +246,7 @@ struct Streak {
     retry_in: Duration,
 }
 
-fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
+fn run(mut store: LogStore, inbox: &Arc<Mutex<Inbox>>, shared: &Shared) {
     batch_priority();
     let mut pending: Vec<CallRecord> = Vec::new();
     let mut acks = Vec::new();
@@ -249,21 +265,18 @@ fn run(mut store: LogStore, rx: Receiver<Msg>, shared: &Shared) {
         }
         batch_started = Instant::now();
         let received = pending.len();
-        loop {
-            match rx.try_recv() {
-                Ok(Msg::Record(record)) => pending.push(record),
-                Ok(Msg::Flush(ack)) => acks.push(ack),
-                Ok(Msg::Close(ack)) => {
-                    acks.push(ack);
-                    closing = true;
-                }
-                Err(TryRecvError::Empty) => break,
-                // Every sink is gone: write what is left and stop.
-                Err(TryRecvError::Disconnected) => {
-                    closing = true;
-                    break;
-                }
+        {
+            let mut taken = lock(inbox);
+            if pending.is_empty() {
+                // The emptied batch goes back, with its room, for the next rows.
+                std::mem::swap(&mut pending, &mut taken.records);
+            } else {
+                pending.append(&mut taken.records);
             }
+            acks.append(&mut taken.acks);
+            // Asked to, or every sink is gone: write what is left and stop.
+            closing |= taken.closing || Arc::strong_count(inbox) == 1;
+            taken.closed = closing;
         }
         // Counted once, as they arrive (a batch that fails is retried, not counted again).
         if pending.len() > received {
