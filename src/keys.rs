@@ -19,13 +19,45 @@ pub fn generate() -> String {
 /// The canonical form of a presented key, or None when it is not a UUID
 /// (rejected before any lookup). Upper-case hex is accepted and lowered.
 pub fn canonical(presented: &str) -> Option<[u8; 36]> {
-    let bytes: [u8; 36] = presented.as_bytes().try_into().ok()?;
-    let well_formed = bytes.iter().enumerate().all(|(i, b)| match i {
-        8 | 13 | 18 | 23 => *b == b'-',
-        _ => b.is_ascii_hexdigit(),
-    });
-    well_formed.then(|| bytes.map(|b| b.to_ascii_lowercase()))
+    let mut bytes: [u8; 36] = presented.as_bytes().try_into().ok()?;
+    if HYPHENS.iter().any(|&i| bytes[i] != b'-') {
+        return None;
+    }
+    // Eight bytes at a time (on every request): each byte a hex digit or a hyphen (the four
+    // checked above), lowered by setting 0x20, which leaves digits and hyphens as they are.
+    let mut words = [0u64; 5];
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+        let mut eight = [b'0'; 8];
+        eight[..chunk.len()].copy_from_slice(chunk);
+        *word = u64::from_le_bytes(eight);
+    }
+    let ones = |byte: u8| u64::from_le_bytes([byte; 8]);
+    for (i, word) in words.iter_mut().enumerate() {
+        // Hyphens read as digits here; where they must be was checked above.
+        let mut unhyphened = *word;
+        for at in HYPHENS.iter().filter(|&&at| at / 8 == i) {
+            unhyphened ^= u64::from(b'-' ^ b'0') << (8 * (at % 8));
+        }
+        // High bit of each byte of `w` in lo..=hi, exact for bytes below 0x80 (no carries
+        // between them; a byte from 0x80 up fails the word anyway).
+        let within = |w: u64, lo: u8, hi: u8| {
+            w.wrapping_add(ones(0x80 - lo)) & !w.wrapping_add(ones(0x7f - hi))
+        };
+        let letters = within(unhyphened | ones(0x20), b'a', b'f');
+        let hex = (within(unhyphened, b'0', b'9') | letters) & !unhyphened;
+        if hex & ones(0x80) != ones(0x80) {
+            return None;
+        }
+        *word |= ones(0x20);
+    }
+    for (chunk, word) in bytes.chunks_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+    }
+    Some(bytes)
 }
+
+/// Where a UUID's hyphens are.
+const HYPHENS: [usize; 4] = [8, 13, 18, 23];
 
 pub fn hash(key: impl AsRef<[u8]>) -> KeyHash {
     Sha256::digest(key.as_ref()).into()
@@ -216,6 +248,32 @@ mod tests {
             Some(key.as_bytes())
         );
         assert_eq!(canonical("not-a-key"), None);
+        // Every byte value at every position, against the plain definition.
+        let reference = |text: &[u8]| -> Option<Vec<u8>> {
+            let well_formed = text.len() == 36
+                && text.iter().enumerate().all(|(i, b)| match i {
+                    8 | 13 | 18 | 23 => *b == b'-',
+                    _ => b.is_ascii_hexdigit(),
+                });
+            well_formed.then(|| text.to_ascii_lowercase())
+        };
+        let upper = key.to_uppercase().into_bytes();
+        for base in [key.as_bytes().to_vec(), upper] {
+            for at in 0..36 {
+                for byte in 0..=255u8 {
+                    let mut text = base.clone();
+                    text[at] = byte;
+                    let Ok(text) = String::from_utf8(text) else {
+                        continue;
+                    };
+                    assert_eq!(
+                        canonical(&text).map(|c| c.to_vec()),
+                        reference(text.as_bytes()),
+                        "{text:?}"
+                    );
+                }
+            }
+        }
         assert_eq!(canonical(&format!("{}x", &key[..35])), None);
     }
 

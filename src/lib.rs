@@ -1,6 +1,7 @@
 //! keygate: issues API keys, authenticates and relays OpenAI-compatible requests, logs every call.
 
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod audit;
 pub mod cli;

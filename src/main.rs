@@ -10,11 +10,8 @@ use keygate::{AppState, Clock, Config};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: a request's buffers of 1–8 KiB (hyper's read buffer, the upstream head's header
-/// map) are past glibc's per-thread cache, and glibc's general path for them (with its
-/// coalescing of free chunks) was ~6% of keygate's CPU time at c=64, mimalloc's whole share ~4%.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: keygate::alloc::MiMalloc = keygate::alloc::MiMalloc;
 
 fn main() -> ExitCode {
     // First, while no thread has touched SQLite yet.

@@ -1,6 +1,5 @@
 //! What a call costs: LiteLLM's per-token prices embedded at build time, a file that overrides or adds models, and the pure cost of one call's usage.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
@@ -124,7 +123,9 @@ pub struct Prices {
 
 #[derive(Default)]
 struct Unknown {
-    calls: HashMap<Box<str>, u64>,
+    /// foldhash, seeded per process: SipHash cost ~100 instructions per call of such a
+    /// model, and the map is capped (`UNKNOWN_MODELS_KEPT`), so no flood can grow it.
+    calls: foldhash::HashMap<Box<str>, u64>,
     /// Calls of unknown models past `UNKNOWN_MODELS_KEPT`.
     others: u64,
 }

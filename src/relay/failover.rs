@@ -89,12 +89,16 @@ pub async fn send<'t>(
             Some(deadline) => tokio::time::timeout_at(deadline, sending).await,
         };
         record.upstream_us = Some(super::record::micros(asked.elapsed()));
-        let now = state.clock.now_ms();
+        // Only a failure reads the clock (for the upstream's health).
+        let now = || state.clock.now_ms();
         let failure = match outcome {
             Err(_) => {
-                upstream
-                    .health
-                    .failed(now, MAX_DURATION_EXCEEDED, None, &state.upstreams.cooldown);
+                upstream.health.failed(
+                    now(),
+                    MAX_DURATION_EXCEEDED,
+                    None,
+                    &state.upstreams.cooldown,
+                );
                 return Err(refusal(
                     record,
                     failures,
@@ -118,7 +122,7 @@ pub async fn send<'t>(
                 }
                 let retry_after = retry_after(response.headers());
                 upstream.health.failed(
-                    now,
+                    now(),
                     &format!("HTTP {status}"),
                     if status == 429 { retry_after } else { None },
                     &state.upstreams.cooldown,
@@ -163,7 +167,7 @@ pub async fn send<'t>(
         if !matches!(error, ApiError::Unavailable { .. }) {
             upstream
                 .health
-                .failed(now, &reason, None, &state.upstreams.cooldown);
+                .failed(now(), &reason, None, &state.upstreams.cooldown);
         }
         if retryable && attempt < last {
             note(&mut failures, upstream, &reason);
