@@ -23,41 +23,44 @@ pub fn canonical(presented: &str) -> Option<[u8; 36]> {
     if HYPHENS.iter().any(|&i| bytes[i] != b'-') {
         return None;
     }
-    // Eight bytes at a time (on every request): each byte a hex digit or a hyphen (the four
-    // checked above), lowered by setting 0x20, which leaves digits and hyphens as they are.
-    let mut words = [0u64; 5];
-    for (word, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
-        let mut eight = [b'0'; 8];
-        eight[..chunk.len()].copy_from_slice(chunk);
-        *word = u64::from_le_bytes(eight);
-    }
+    // Eight bytes at a time (on every request; the last word padded with '0's): each byte a
+    // hex digit or, where checked above, a hyphen; lowered by setting 0x20, which leaves
+    // digits and hyphens as they are.
     let ones = |byte: u8| u64::from_le_bytes([byte; 8]);
-    for (i, word) in words.iter_mut().enumerate() {
-        // Hyphens read as digits here; where they must be was checked above.
-        let mut unhyphened = *word;
-        for at in HYPHENS.iter().filter(|&&at| at / 8 == i) {
-            unhyphened ^= u64::from(b'-' ^ b'0') << (8 * (at % 8));
-        }
-        // High bit of each byte of `w` in lo..=hi, exact for bytes below 0x80 (no carries
-        // between them; a byte from 0x80 up fails the word anyway).
-        let within = |w: u64, lo: u8, hi: u8| {
-            w.wrapping_add(ones(0x80 - lo)) & !w.wrapping_add(ones(0x7f - hi))
-        };
-        let letters = within(unhyphened | ones(0x20), b'a', b'f');
-        let hex = (within(unhyphened, b'0', b'9') | letters) & !unhyphened;
+    // High bit of each byte of `w` in lo..=hi, exact for bytes below 0x80 (no carries between
+    // them; a byte from 0x80 up fails the word anyway).
+    let within =
+        |w: u64, lo: u8, hi: u8| w.wrapping_add(ones(0x80 - lo)) & !w.wrapping_add(ones(0x7f - hi));
+    for i in 0..WORDS {
+        let end = (8 * i + 8).min(36);
+        let mut eight = [b'0'; 8];
+        eight[..end - 8 * i].copy_from_slice(&bytes[8 * i..end]);
+        let word = u64::from_le_bytes(eight);
+        let digits_for_hyphens = word ^ HYPHENS_TO_DIGITS[i];
+        let letters = within(digits_for_hyphens | ones(0x20), b'a', b'f');
+        let hex = (within(digits_for_hyphens, b'0', b'9') | letters) & !digits_for_hyphens;
         if hex & ones(0x80) != ones(0x80) {
             return None;
         }
-        *word |= ones(0x20);
-    }
-    for (chunk, word) in bytes.chunks_mut(8).zip(words) {
-        chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+        bytes[8 * i..end].copy_from_slice(&(word | ones(0x20)).to_le_bytes()[..end - 8 * i]);
     }
     Some(bytes)
 }
 
 /// Where a UUID's hyphens are.
 const HYPHENS: [usize; 4] = [8, 13, 18, 23];
+/// The 8-byte words of a 36-byte key.
+const WORDS: usize = 5;
+/// Per word of a key, what turns its hyphens into '0's (`canonical` checks them apart).
+const HYPHENS_TO_DIGITS: [u64; WORDS] = {
+    let mut masks = [0u64; WORDS];
+    let mut i = 0;
+    while i < HYPHENS.len() {
+        masks[HYPHENS[i] / 8] |= ((b'-' ^ b'0') as u64) << (8 * (HYPHENS[i] % 8));
+        i += 1;
+    }
+    masks
+};
 
 pub fn hash(key: impl AsRef<[u8]>) -> KeyHash {
     Sha256::digest(key.as_ref()).into()
