@@ -7,6 +7,8 @@ use std::ops::Range;
 
 use memchr::memchr2;
 
+use super::json_runs::special_in_blocks;
+
 /// The raw JSON text of each `names[i]` at the top level of the object `json` (the first
 /// occurrence wins); `None` if `json` is not an object this skim can walk (the caller then
 /// has nothing to read). Values are checked only for their extent, not their validity.
@@ -133,13 +135,18 @@ pub(super) fn string_end(json: &[u8], at: usize) -> Option<usize> {
     }
 }
 
-/// Bytes looked at eight at a time before `memchr2` takes over: most strings in a request or
-/// an answer are shorter (keys, roles, ids), and `memchr2` costs more to set up than that.
+/// Bytes looked at sixteen (or, near the end, eight) at a time before `memchr2` takes over:
+/// most strings in a request or an answer are shorter (keys, roles, ids), and `memchr2` costs
+/// more to set up than that.
 const SHORT_SCAN: usize = 32;
 
 /// The index of the first quote or backslash from `i` on.
-fn quote_or_backslash(json: &[u8], mut i: usize) -> Option<usize> {
+fn quote_or_backslash(json: &[u8], i: usize) -> Option<usize> {
     let stop = i + SHORT_SCAN;
+    let mut i = match special_in_blocks(json, i, stop, false) {
+        Ok(special) => return Some(special),
+        Err(rest) => rest,
+    };
     while i < stop {
         let Some(word) = word_at(json, i) else { break };
         let found = zero_byte(word ^ splat(b'"')) | zero_byte(word ^ splat(b'\\'));

@@ -6,6 +6,7 @@ pub mod client_ip;
 pub mod confine;
 mod failover;
 mod json_nested;
+mod json_runs;
 mod json_scan;
 mod json_valid;
 mod models;
