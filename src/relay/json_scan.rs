@@ -143,7 +143,8 @@ const SHORT_SCAN: usize = 32;
 /// The index of the first quote or backslash from `i` on.
 fn quote_or_backslash(json: &[u8], i: usize) -> Option<usize> {
     let stop = i + SHORT_SCAN;
-    let mut i = match special_in_blocks(json, i, stop, false) {
+    // Whether the string is ASCII is not the skim's concern.
+    let mut i = match special_in_blocks(json, i, stop, false, &mut true) {
         Ok(special) => return Some(special),
         Err(rest) => rest,
     };

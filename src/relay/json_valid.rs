@@ -58,7 +58,8 @@ impl Open {
 /// index of its closing brace; `None` if `json` is not exactly one valid JSON object in UTF-8
 /// (members visited before the fault was found were still visited: discard them then).
 pub fn walk_valid_object<'a>(json: &'a [u8], visit: impl FnMut(Member<'a>)) -> Option<usize> {
-    std::str::from_utf8(json).ok()?;
+    // UTF-8 is checked string by string (`string_end`): outside strings the grammar admits
+    // only ASCII.
     let close = walk_members(json, string_end, value_end, visit)?;
     (skip_ws(json, close + 1) == json.len()).then_some(close)
 }
@@ -76,7 +77,7 @@ pub fn string_value(raw: &[u8]) -> Option<String> {
     let inner = raw[start..end.max(start)]
         .strip_prefix(b"\"")?
         .strip_suffix(b"\"")?;
-    if plain_run_end(inner, 0) == inner.len() {
+    if plain_run_end(inner, 0, &mut true) == inner.len() {
         return std::str::from_utf8(inner).ok().map(String::from);
     }
     decode_string(inner)
@@ -190,13 +191,20 @@ fn number_end(json: &[u8], mut at: usize) -> Option<usize> {
 }
 
 /// `json[at]` opens a string: the index just past its closing quote, if every escape in it is
-/// one of JSON's and it holds no control character.
+/// one of JSON's, it holds no control character and it is UTF-8 (looked at only when a byte
+/// from 0x80 up was seen on the way).
 fn string_end(json: &[u8], at: usize) -> Option<usize> {
     let mut i = at + 1;
+    let mut ascii = true;
     loop {
-        i = plain_run_end(json, i);
+        i = plain_run_end(json, i, &mut ascii);
         match *json.get(i)? {
-            b'"' => return Some(i + 1),
+            b'"' => {
+                if !ascii {
+                    std::str::from_utf8(&json[at + 1..i]).ok()?;
+                }
+                return Some(i + 1);
+            }
             b'\\' => match *json.get(i + 1)? {
                 b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
                 b'u' => {
@@ -214,13 +222,17 @@ fn string_end(json: &[u8], at: usize) -> Option<usize> {
 }
 
 /// The first index from `i` that holds a quote, a backslash or a control character (or the
-/// end): sixteen bytes at a time, then eight, then one.
-fn plain_run_end(json: &[u8], i: usize) -> usize {
-    let mut i = match special_in_blocks(json, i, usize::MAX, true) {
+/// end): sixteen bytes at a time, then eight, then one. `ascii` is cleared if a byte from 0x80
+/// up was looked at (perhaps past the index returned).
+fn plain_run_end(json: &[u8], i: usize, ascii: &mut bool) -> usize {
+    let mut i = match special_in_blocks(json, i, usize::MAX, true, ascii) {
         Ok(special) => return special,
         Err(rest) => rest,
     };
     while let Some(word) = word_at(json, i) {
+        if word & splat(0x80) != 0 {
+            *ascii = false;
+        }
         let special =
             zero_byte(word ^ splat(b'"')) | zero_byte(word ^ splat(b'\\')) | byte_below(word, 0x20);
         if special != 0 {
@@ -232,6 +244,7 @@ fn plain_run_end(json: &[u8], i: usize) -> usize {
         .get(i)
         .is_some_and(|&b| b != b'"' && b != b'\\' && b >= 0x20)
     {
+        *ascii &= json[i] < 0x80;
         i += 1;
     }
     i
