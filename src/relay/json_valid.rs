@@ -205,19 +205,29 @@ fn string_end(json: &[u8], at: usize) -> Option<usize> {
                 }
                 return Some(i + 1);
             }
-            b'\\' => match *json.get(i + 1)? {
-                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
-                b'u' => {
-                    let hex = json.get(i + 2..i + 6)?;
-                    if !hex.iter().all(u8::is_ascii_hexdigit) {
-                        return None;
-                    }
-                    i += 6;
+            b'\\' => {
+                // Escapes often come in a row (text escaped to ASCII, as Python's `json.dumps`
+                // does by default: \u4e2d\u6587): taken one after another, without a look for
+                // the next special byte between them.
+                while json.get(i) == Some(&b'\\') {
+                    i = escape_end(json, i)?;
                 }
-                _ => return None,
-            },
+            }
             _ => return None, // a control character
         }
+    }
+}
+
+/// `json[at]` is a backslash in a string: the index just past the escape it starts, if it is
+/// one of JSON's.
+fn escape_end(json: &[u8], at: usize) -> Option<usize> {
+    match *json.get(at + 1)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(at + 2),
+        b'u' => {
+            let hex = json.get(at + 2..at + 6)?;
+            hex.iter().all(u8::is_ascii_hexdigit).then_some(at + 6)
+        }
+        _ => None,
     }
 }
 
