@@ -26,23 +26,16 @@ pub fn canonical(presented: &str) -> Option<[u8; 36]> {
     // Eight bytes at a time (on every request; the last word padded with '0's): each byte a
     // hex digit or, where checked above, a hyphen; lowered by setting 0x20, which leaves
     // digits and hyphens as they are.
-    let ones = |byte: u8| u64::from_le_bytes([byte; 8]);
-    // High bit of each byte of `w` in lo..=hi, exact for bytes below 0x80 (no carries between
-    // them; a byte from 0x80 up fails the word anyway).
-    let within =
-        |w: u64, lo: u8, hi: u8| w.wrapping_add(ones(0x80 - lo)) & !w.wrapping_add(ones(0x7f - hi));
     for i in 0..WORDS {
         let end = (8 * i + 8).min(36);
         let mut eight = [b'0'; 8];
         eight[..end - 8 * i].copy_from_slice(&bytes[8 * i..end]);
         let word = u64::from_le_bytes(eight);
-        let digits_for_hyphens = word ^ HYPHENS_TO_DIGITS[i];
-        let letters = within(digits_for_hyphens | ones(0x20), b'a', b'f');
-        let hex = (within(digits_for_hyphens, b'0', b'9') | letters) & !digits_for_hyphens;
-        if hex & ones(0x80) != ones(0x80) {
+        if !crate::swar::all_hex_digits(word ^ HYPHENS_TO_DIGITS[i]) {
             return None;
         }
-        bytes[8 * i..end].copy_from_slice(&(word | ones(0x20)).to_le_bytes()[..end - 8 * i]);
+        let lowered = word | u64::from_le_bytes([0x20; 8]);
+        bytes[8 * i..end].copy_from_slice(&lowered.to_le_bytes()[..end - 8 * i]);
     }
     Some(bytes)
 }

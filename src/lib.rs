@@ -20,6 +20,7 @@ pub mod relay;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod swar;
 pub mod tasks;
 pub mod upstreams;
 pub mod webhooks;

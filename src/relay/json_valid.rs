@@ -224,8 +224,9 @@ fn escape_end(json: &[u8], at: usize) -> Option<usize> {
     match *json.get(at + 1)? {
         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(at + 2),
         b'u' => {
-            let hex = json.get(at + 2..at + 6)?;
-            hex.iter().all(u8::is_ascii_hexdigit).then_some(at + 6)
+            let [a, b, c, d] = json.get(at + 2..at + 6)?.try_into().ok()?;
+            crate::swar::all_hex_digits(u64::from_le_bytes([a, b, c, d, b'0', b'0', b'0', b'0']))
+                .then_some(at + 6)
         }
         _ => None,
     }
