@@ -13,9 +13,10 @@
 # the relay), of its call-log writer, and of the whole process; with two builds, B's over A's.
 #
 # Environment: INSTR_REQUESTS (2000), INSTR_CLIENTS (4), INSTR_KEY=plain (a key without limits;
-# default: bench/restricted_key.json), INSTR_KEEP=1 (keep the callgrind files and logs, and say
-# where). Needs valgrind (apt-get install valgrind) and the mock:
-# cargo build --release --example mock_upstream.
+# default: bench/restricted_key.json), INSTR_MOCK_ARGS (more mock_upstream options, e.g.
+# --openai-headers: answers with the headers a real OpenAI answer carries), INSTR_KEEP=1 (keep
+# the callgrind files and logs, and say where). Needs valgrind (apt-get install valgrind) and
+# the mock: cargo build --release --example mock_upstream.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,7 +37,8 @@ cleanup() {
 trap cleanup EXIT
 
 MOCK_PORT=$(free_port)
-taskset -c 1 "$MOCK" --listen "127.0.0.1:$MOCK_PORT" --chunks 20 --workers 1 >"$RUN/mock.log" 2>&1 &
+# shellcheck disable=SC2086 # INSTR_MOCK_ARGS is a list of options
+taskset -c 1 "$MOCK" --listen "127.0.0.1:$MOCK_PORT" --chunks 20 --workers 1 ${INSTR_MOCK_ARGS:-} >"$RUN/mock.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$MOCK_PORT/" || exit 1
 

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! mock_upstream --listen 127.0.0.1:PORT [--chunks N] [--chunk-delay-ms D] [--workers W]
+//!               [--openai-headers]
 //! ```
 //!
 //! * `POST /v1/chat/completions` with `"stream":true` in the body answers an SSE stream of
@@ -15,6 +16,11 @@
 //!   `message_delta` with the output count, `message_stop`), else one `message` JSON object.
 //! * `GET /v1/models` answers a small model list.
 //! * Anything else answers 404 `{"error":{"message":"not found"}}`.
+//!
+//! With `--openai-headers` every answer also carries the headers api.openai.com sends
+//! (`OPENAI_HEADERS`: its organisation, version, request id and `x-ratelimit-*` headers and its
+//! CDN's), so a measurement can include what a real answer's head costs to relay. The bench
+//! runs without them (its history compares like with like).
 //!
 //! The runtime uses `--workers` threads (default 1) so it does not steal the bench's cores.
 
@@ -47,7 +53,35 @@ const MESSAGE_STOP: &str = "event: message_stop\ndata: {\"type\":\"message_stop\
 const MESSAGE_JSON: &str = "{\"id\":\"msg_bench\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"bench-claude\",\"content\":[{\"type\":\"text\",\"text\":\"Hello from the keygate bench mock.\"}],\"stop_reason\":\"end_turn\",\"stop_sequence\":null,\"usage\":{\"input_tokens\":5,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":0,\"output_tokens\":7}}";
 const NOT_FOUND_JSON: &str = "{\"error\":{\"message\":\"not found\"}}";
 
+/// The headers an answer of api.openai.com carries besides `content-type`, `content-length`
+/// and `date` (as they come, in their order; the ids and cookie made up).
+const OPENAI_HEADERS: [(&str, &str); 18] = [
+    ("connection", "keep-alive"),
+    ("access-control-expose-headers", "X-Request-ID"),
+    ("openai-organization", "user-mockorganization000000"),
+    ("openai-processing-ms", "362"),
+    ("openai-project", "proj_mockproject000000000000"),
+    ("openai-version", "2020-10-01"),
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-limit-tokens", "30000000"),
+    ("x-ratelimit-remaining-requests", "9999"),
+    ("x-ratelimit-remaining-tokens", "29999990"),
+    ("x-ratelimit-reset-requests", "6ms"),
+    ("x-ratelimit-reset-tokens", "0s"),
+    ("x-request-id", "req_0123456789abcdef0123456789abcdef"),
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains; preload",
+    ),
+    ("cf-cache-status", "DYNAMIC"),
+    ("x-content-type-options", "nosniff"),
+    ("server", "cloudflare"),
+    ("cf-ray", "8d1c2f3a4b5c6d7e-SJC"),
+];
+
 struct Config {
+    /// Add `OPENAI_HEADERS` to every answer.
+    openai_headers: bool,
     chunks: usize,
     chunk_delay: Duration,
     content_chunk: Bytes,
@@ -255,7 +289,7 @@ async fn handle(
 
 fn usage() -> ! {
     eprintln!(
-        "usage: mock_upstream --listen 127.0.0.1:PORT [--chunks N (20)] [--chunk-delay-ms D (0)] [--workers W (1)]"
+        "usage: mock_upstream --listen 127.0.0.1:PORT [--chunks N (20)] [--chunk-delay-ms D (0)] [--workers W (1)] [--openai-headers]"
     );
     std::process::exit(2);
 }
@@ -265,6 +299,7 @@ fn main() {
     let mut chunks: usize = 20;
     let mut delay_ms: u64 = 0;
     let mut workers: usize = 1;
+    let mut openai_headers = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -282,6 +317,7 @@ fn main() {
             "--chunks" => chunks = value().parse().unwrap_or_else(|_| usage()),
             "--chunk-delay-ms" => delay_ms = value().parse().unwrap_or_else(|_| usage()),
             "--workers" => workers = value().parse().unwrap_or_else(|_| usage()),
+            "--openai-headers" if inline.is_none() => openai_headers = true,
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -292,6 +328,7 @@ fn main() {
     }
 
     let cfg = Arc::new(Config {
+        openai_headers,
         chunks,
         chunk_delay: Duration::from_millis(delay_ms),
         content_chunk: Bytes::from_static(CONTENT_CHUNK.as_bytes()),
@@ -330,7 +367,19 @@ fn main() {
                 let _ = stream.set_nodelay(true);
                 let cfg = cfg.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, cfg.clone()));
+                    let svc = service_fn(move |req| {
+                        let cfg = cfg.clone();
+                        async move {
+                            let mut resp = handle(req, cfg.clone()).await?;
+                            if cfg.openai_headers {
+                                let headers = resp.headers_mut();
+                                for (name, value) in OPENAI_HEADERS {
+                                    headers.append(name, HeaderValue::from_static(value));
+                                }
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
                     let _ = http1::Builder::new()
                         .keep_alive(true)
                         .serve_connection(TokioIo::new(stream), svc)
