@@ -7,17 +7,35 @@ use bytes::BytesMut;
 use http_body_util::{BodyExt, Empty};
 use hyper::Method;
 use hyper_util::rt::TokioIo;
-use keygate::relay::upstream::http1::{parse_head, ChunkedDecoder, Framing};
+use std::cell::RefCell;
+
+use keygate::relay::upstream::http1::{parse_head, ChunkedDecoder, Framing, HeaderNames};
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+thread_local! {
+    /// Header names kept from case to case, as a connection keeps them from answer to answer.
+    static NAMES: RefCell<HeaderNames> = RefCell::default();
+}
+
 /// The body keygate reads from `wire` fed in `piece`-byte reads; Err when it refuses it or the
-/// connection ends early.
+/// connection ends early. Each look at the head is also taken with the names of earlier cases,
+/// and must come out the same.
 fn keygate_body(wire: &[u8], piece: usize) -> Result<Vec<u8>, String> {
     let mut pieces = wire.chunks(piece.max(1));
     let mut buf = BytesMut::new();
     let head = loop {
-        if let Some(head) = parse_head(&mut buf, &Method::GET).map_err(|e| e.to_string())? {
+        let mut again = buf.clone();
+        let kept =
+            NAMES.with(|names| parse_head(&mut again, &Method::GET, &mut names.borrow_mut()));
+        let parsed = parse_head(&mut buf, &Method::GET, &mut HeaderNames::default());
+        assert_eq!(
+            format!("{kept:?}"),
+            format!("{parsed:?}"),
+            "{:?}",
+            String::from_utf8_lossy(wire)
+        );
+        if let Some(head) = parsed.map_err(|e| e.to_string())? {
             break head;
         }
         buf.extend_from_slice(pieces.next().ok_or("ended in the head")?);

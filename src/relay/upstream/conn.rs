@@ -165,6 +165,8 @@ impl AsyncWrite for Stream {
 pub struct Conn {
     pub stream: Stream,
     pub buf: BytesMut,
+    /// The names of its last answer's headers, taken again for the next.
+    pub names: super::http1::HeaderNames,
     /// Its place under the cap of open connections, given back when it closes.
     _permit: OwnedSemaphorePermit,
 }
@@ -283,6 +285,7 @@ impl Pool {
         Ok(Conn {
             stream,
             buf: BytesMut::with_capacity(READ_BUFFER),
+            names: Default::default(),
             _permit: permit,
         })
     }

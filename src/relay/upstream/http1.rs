@@ -73,9 +73,43 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
+/// The header names of the last answer on a connection, in their order and as spelled on the
+/// wire: an upstream answers with the same names in the same order every time (api.openai.com
+/// with ~20, most of them not among the standard names), so each is taken again from here, a
+/// comparison and a reference count, instead of checked, lowercased and copied into a new
+/// allocation.
+#[derive(Debug, Default)]
+pub struct HeaderNames(Vec<(Box<[u8]>, HeaderName)>);
+
+impl HeaderNames {
+    /// Names kept at most (the first ones of an answer).
+    const KEPT: usize = 64;
+
+    /// The name at position `at` of an answer, spelled `raw` on the wire.
+    fn name(&mut self, at: usize, raw: &[u8]) -> io::Result<HeaderName> {
+        if let Some((spelled, known)) = self.0.get(at) {
+            if **spelled == *raw {
+                return Ok(known.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| invalid("bad header name"))?;
+        let kept = (Box::from(raw), name.clone());
+        if let Some(slot) = self.0.get_mut(at) {
+            *slot = kept;
+        } else if at == self.0.len() && at < Self::KEPT {
+            self.0.push(kept);
+        }
+        Ok(name)
+    }
+}
+
 /// Parses a final response head off the front of `buf` (skipping 1xx interim ones); `None`
-/// while it is incomplete.
-pub fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head>> {
+/// while it is incomplete. `names` are the connection's (`HeaderNames`).
+pub fn parse_head(
+    buf: &mut BytesMut,
+    method: &Method,
+    names: &mut HeaderNames,
+) -> io::Result<Option<Head>> {
     loop {
         // The first look, before anything was read: nothing to parse.
         if buf.is_empty() {
@@ -130,11 +164,13 @@ pub fn parse_head(buf: &mut BytesMut, method: &Method) -> io::Result<Option<Head
         // Room for the `x-ratelimit-*` headers a metered key's answer gets: adding them to a
         // full map would rehash it into a bigger one on every such response.
         let mut headers = HeaderMap::with_capacity(ranges.len() + crate::limits::headers::ADDED);
-        for &(name_start, name_end, start, end) in &ranges {
-            let name = HeaderName::from_bytes(&bytes[name_start..name_end])
-                .map_err(|_| invalid("bad header name"))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice(start..end))
-                .map_err(|_| invalid("bad header value"))?;
+        for (at, &(name_start, name_end, start, end)) in ranges.iter().enumerate() {
+            let name = names.name(at, &bytes[name_start..name_end])?;
+            // SAFETY: httparse took these bytes as a header value only if each is a tab, 0x20
+            // to 0x7e or 0x80 and up, which is `HeaderValue`'s own rule (checked for every
+            // byte value by `httparse_values_are_valid_header_values`).
+            let value =
+                unsafe { HeaderValue::from_maybe_shared_unchecked(bytes.slice(start..end)) };
             headers.append(name, value);
         }
         let framing = framing(&mut headers, status, method)?;
@@ -639,13 +675,111 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
         ] {
             let mut buf = BytesMut::from(wire);
-            assert!(parse_head(&mut buf, &post).is_err(), "{wire:?}");
+            assert!(
+                parse_head(&mut buf, &post, &mut HeaderNames::default()).is_err(),
+                "{wire:?}"
+            );
         }
         // A head over the limit is refused even when it arrives in one read.
         let mut huge = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', 70 * 1024));
         huge.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
-        assert!(parse_head(&mut BytesMut::from(&huge[..]), &post).is_err());
+        assert!(parse_head(
+            &mut BytesMut::from(&huge[..]),
+            &post,
+            &mut HeaderNames::default()
+        )
+        .is_err());
+    }
+
+    /// Each answer's headers, as parsed with the names of the ones before (`names`) and alone.
+    fn heads_both_ways(wires: &[&[u8]]) -> Vec<Vec<(String, Vec<u8>)>> {
+        let listed = |head: Head| {
+            (head.headers.iter())
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect::<Vec<_>>()
+        };
+        let mut names = HeaderNames::default();
+        let post = Method::POST;
+        wires
+            .iter()
+            .map(|wire| {
+                let parse = |names: &mut HeaderNames| {
+                    parse_head(&mut BytesMut::from(*wire), &post, names)
+                        .unwrap()
+                        .unwrap()
+                };
+                let alone = listed(parse(&mut HeaderNames::default()));
+                let after = listed(parse(&mut names));
+                assert_eq!(after, alone, "{:?}", String::from_utf8_lossy(wire));
+                after
+            })
+            .collect()
+    }
+
+    #[test]
+    fn header_names_are_taken_again_only_where_they_match() {
+        let heads = heads_both_ways(&[
+            b"HTTP/1.1 200 OK\r\nX-Request-Id: 1\r\nopenai-version: 2\r\nContent-Length: 0\r\n\r\n",
+            // The same names, other capitals; one changed in the middle.
+            b"HTTP/1.1 200 OK\r\nx-request-ID: 3\r\nOpenAI-Model: m\r\ncontent-length: 0\r\n\r\n",
+            // Longer, then shorter, than the answer before; names moved.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-request-id: 4\r\nopenai-model: n\r\nx-a: 5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nx-a: 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-REQUEST-ID: 7\r\n\r\n",
+        ]);
+        let names = |at: usize| {
+            heads[at]
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(1), ["x-request-id", "openai-model", "content-length"]);
+        assert_eq!(
+            names(2),
+            ["content-length", "x-request-id", "openai-model", "x-a"]
+        );
+        assert_eq!(heads[4], [("x-request-id".to_owned(), b"7".to_vec())]);
+        // More headers than are kept: the rest are parsed as before.
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for at in 0..HeaderNames::KEPT + 8 {
+            many.extend_from_slice(format!("x-h{at}: {at}\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        let heads = heads_both_ways(&[&many, &many]);
+        assert_eq!(heads[1].len(), HeaderNames::KEPT + 8);
+    }
+
+    /// `parse_head` builds values unchecked: whatever byte httparse lets into a header value,
+    /// at any place in a short value or a long one (its vectored path), must be one that
+    /// `HeaderValue` takes.
+    #[test]
+    fn httparse_values_are_valid_header_values() {
+        let mut admitted = 0;
+        for byte in 0..=255u8 {
+            for (len, at) in [(5, 2), (48, 0), (48, 17), (48, 40)] {
+                let mut value = vec![b'v'; len];
+                value[at] = byte;
+                let mut wire = b"HTTP/1.1 200 OK\r\nx-a: ".to_vec();
+                wire.extend_from_slice(&value);
+                wire.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+                let mut slots = [httparse::EMPTY_HEADER; 4];
+                let mut response = httparse::Response::new(&mut slots);
+                let parsed = httparse::ParserConfig::default().parse_response(&mut response, &wire);
+                if let Ok(httparse::Status::Complete(_)) = parsed {
+                    for header in response.headers.iter() {
+                        assert!(
+                            HeaderValue::from_bytes(header.value).is_ok(),
+                            "byte {byte:#04x} at {at} of {len}"
+                        );
+                        admitted += usize::from(header.value.contains(&byte));
+                    }
+                }
+            }
+        }
+        // Tab, 0x20-0x7e and 0x80-0xff, at each of the four places (not a test that passes
+        // because httparse refused everything).
+        assert!(admitted >= 4 * (1 + 95 + 128), "{admitted}");
     }
 
     #[test]
@@ -668,15 +802,21 @@ mod tests {
             ),
         ];
         for (wire, method) in not_reused {
-            let head = parse_head(&mut BytesMut::from(wire), method)
-                .unwrap()
-                .unwrap();
+            let head = parse_head(
+                &mut BytesMut::from(wire),
+                method,
+                &mut HeaderNames::default(),
+            )
+            .unwrap()
+            .unwrap();
             assert!(!head.keep_alive, "{wire:?}");
         }
         let mut both = BytesMut::from(
             &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\ntransfer-encoding: chunked\r\n\r\n"[..],
         );
-        let head = parse_head(&mut both, &post).unwrap().unwrap();
+        let head = parse_head(&mut both, &post, &mut HeaderNames::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(head.framing, Framing::Chunked);
         assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
     }

@@ -437,7 +437,7 @@ async fn round_trip(conn: &mut Conn, wire: &[u8], method: &Method) -> Result<Hea
     }
     let mut answered = false;
     loop {
-        match http1::parse_head(&mut conn.buf, method) {
+        match http1::parse_head(&mut conn.buf, method, &mut conn.names) {
             Ok(Some(head)) => return Ok(head),
             Ok(None) => {}
             Err(err) => return Err(fail(err, written, true)),
@@ -496,5 +496,49 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for name in doomed {
         headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_cookies_and_names_in_connection_leave_answers() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("Connection", "keep-alive, X-Private"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Authenticate", "Basic"),
+            ("proxy-authorization", "x"),
+            ("Proxy-Connection", "x"),
+            ("TE", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("set-cookie", "a=b"),
+            ("x-private", "1"),
+            ("content-type", "application/json"),
+            ("x-request-id", "r"),
+            ("keep-alive-not", "1"),
+            ("x-te", "1"),
+            ("connections", "1"),
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "connections",
+                "content-type",
+                "keep-alive-not",
+                "x-request-id",
+                "x-te"
+            ]
+        );
     }
 }
