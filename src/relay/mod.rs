@@ -5,6 +5,7 @@ pub mod auth;
 pub mod client_ip;
 pub mod confine;
 mod failover;
+mod json_back;
 mod json_nested;
 mod json_runs;
 mod json_scan;

@@ -5,6 +5,7 @@ use memchr::memmem;
 
 use std::ops::Range;
 
+use super::json_back::last_top_level_field;
 use super::json_scan::{decoded_key, key_text, top_level_fields, walk_object};
 use super::json_valid::{string_value, walk_valid_object};
 use crate::upstreams::spec::Kind;
@@ -384,10 +385,7 @@ fn usage_and_error(json: &[u8], kind: Kind) -> (Option<Usage>, Option<String>) {
     let Some([usage, error]) = top_level_fields(json, ["usage", "error"]) else {
         return (None, None);
     };
-    let usage = usage.and_then(|raw| match kind {
-        Kind::OpenAi => super::usage_json::openai_usage(raw),
-        Kind::Anthropic => anthropic_usage(raw)?.usage(),
-    });
+    let usage = usage.and_then(|raw| parse_usage(raw, kind));
     let message = error
         .and_then(|raw| serde_json::from_slice::<UpstreamError>(raw).ok())
         .and_then(|error| match error {
@@ -396,6 +394,14 @@ fn usage_and_error(json: &[u8], kind: Kind) -> (Option<Usage>, Option<String>) {
             UpstreamError::Other(_) => None,
         });
     (usage, message)
+}
+
+/// A `usage` object's counts, in `kind`'s spelling.
+fn parse_usage(raw: &[u8], kind: Kind) -> Option<Usage> {
+    match kind {
+        Kind::OpenAi => super::usage_json::openai_usage(raw),
+        Kind::Anthropic => anthropic_usage(raw)?.usage(),
+    }
 }
 
 /// An Anthropic `usage` object; None when it is null or not one.
@@ -599,6 +605,25 @@ impl UsageScan {
                 kind,
             } => usage_and_error(first.as_deref().unwrap_or(rest), *kind),
             _ => (None, None),
+        }
+    }
+
+    /// The usage found, for an answer whose error message is not read (a success that is not
+    /// a stream): a JSON body's `usage` is looked for from its end, where answers put it, so
+    /// the long part before it (`choices`, `content`) is not walked. The last `usage` of the
+    /// object is read, as the client's parser reads it.
+    pub fn finish_usage(&mut self) -> Option<Usage> {
+        match self {
+            UsageScan::Json {
+                first,
+                rest,
+                overflow: false,
+                kind,
+            } => {
+                let raw = last_top_level_field(first.as_deref().unwrap_or(rest), "usage")?;
+                parse_usage(raw, *kind)
+            }
+            _ => self.finish().0,
         }
     }
 }
@@ -892,6 +917,42 @@ mod sole_model_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_successful_answer_s_usage_read_from_its_end_is_the_one_read_from_its_start() {
+        let openai = concat!(
+            r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","#,
+            r#""choices":[{"index":0,"message":{"role":"assistant","content":"\"usage\":{\"prompt_tokens\":99}\\"},"#,
+            r#""finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"#,
+            r#""prompt_tokens_details":{"cached_tokens":4}},"system_fingerprint":"fp_1"}"#,
+            "\n"
+        );
+        let anthropic = concat!(
+            r#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"}"}],"#,
+            r#""model":"claude","stop_reason":"end_turn","stop_sequence":null,"#,
+            r#""usage":{"input_tokens":12,"cache_read_input_tokens":5,"output_tokens":6}}"#
+        );
+        for (body, kind, total) in [
+            (openai, Kind::OpenAi, Some(29)),
+            (anthropic, Kind::Anthropic, Some(23)),
+            (r#"{"object":"list","data":[]}"#, Kind::OpenAi, None),
+            (r#"{"usage":null}"#, Kind::OpenAi, None),
+            ("not json", Kind::OpenAi, None),
+        ] {
+            for cut in [1, 5, body.len()] {
+                let scan = || {
+                    let mut scan = UsageScan::for_content_type(Some("application/json"), kind);
+                    for piece in body.as_bytes().chunks(cut) {
+                        scan.feed(&Bytes::copy_from_slice(piece));
+                    }
+                    scan
+                };
+                let usage = scan().finish_usage();
+                assert_eq!(usage, scan().finish().0, "{body} in pieces of {cut}");
+                assert_eq!(usage.and_then(|u| u.total_tokens), total, "{body}");
+            }
+        }
+    }
 
     #[test]
     fn a_responses_api_stream_is_counted_from_its_completed_event() {

@@ -126,8 +126,13 @@ impl RecordedBody {
         };
         let span = std::mem::replace(&mut call.span, tracing::Span::none());
         let _in_request = span.enter();
-        let (usage, upstream_message) = call.scan.finish();
         let record = &mut call.record;
+        // A success that is not a stream has its message read nowhere below.
+        let (usage, upstream_message) = if call.upstream_ok && !record.stream {
+            (call.scan.finish_usage(), None)
+        } else {
+            call.scan.finish()
+        };
         if let Some(usage) = &usage {
             record.cost = call.via.prices.cost(record.model.as_deref(), usage);
         }
