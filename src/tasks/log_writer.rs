@@ -1,5 +1,6 @@
-//! The call-log writer: records queue up without waking anyone, and a batch-priority thread
-//! writes them in batches every tick, at once on a flush, and all of them on shutdown. The
+//! The call-log writer: records queue up without waking anyone, and a low-priority thread
+//! (`writer_priority`) writes them in batches every tick, at once on a flush, and all of them
+//! on shutdown. The
 //! queue is bounded (new requests wait for room), and a failed batch is retried until it is
 //! written: no row is ever dropped.
 
@@ -15,6 +16,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::metrics::Metrics;
 use crate::relay::record::CallRecord;
 use crate::store::log_batch::{Checkpointer, LogStore};
+use crate::tasks::writer_priority::{Priority, Role};
 
 /// Rows that may wait for the writer by default. A `kill -9` loses at most the queued rows,
 /// so the bound is the loss: 4096 rows are ~100 ms of traffic at ~35k requests/s (the relay's
@@ -89,6 +91,8 @@ struct Shared {
     turns: Turns,
     /// Counts every record as the writer takes it, and every batch.
     metrics: Arc<Metrics>,
+    /// The writer's scheduling: idle while it keeps up, hurried when it falls behind.
+    priority: Priority,
 }
 
 /// The request path's handle to the writer: sending never blocks, never wakes a thread
@@ -132,6 +136,7 @@ impl LogSink {
             stopped: AtomicBool::new(false),
             turns: Turns::default(),
             metrics,
+            priority: Priority::probe(),
         });
         thread_tx
             .send(shared.clone())
@@ -149,9 +154,12 @@ impl LogSink {
     /// Queues a row. Never blocks (it is called from `Drop`): rows of requests already under
     /// way are always taken; the bound is kept by `wait_for_room` before requests start.
     pub fn record(&self, record: CallRecord) {
-        let before = self.shared.queued.fetch_add(1, Relaxed);
+        // SeqCst: see `Priority::relax`.
+        let before = self.shared.queued.fetch_add(1, SeqCst);
         if before == self.shared.wake_at {
-            // A quarter full before the next tick: write now rather than make requests wait.
+            // A quarter full before the next tick: write now, at the writer's full share of the
+            // core, rather than make requests wait.
+            self.shared.priority.hurry(Instant::now());
             self.shared.writer.unpark();
         }
         let mut inbox = lock(&self.inbox);
@@ -184,6 +192,7 @@ impl LogSink {
             if let Some(cause) = self.failing() {
                 return Err(cause);
             }
+            self.shared.priority.hurry(Instant::now());
             self.shared.writer.unpark();
             notified.await;
         }
@@ -227,6 +236,7 @@ impl LogSink {
             inbox.acks.push(ack);
             inbox.closing |= close;
         }
+        self.shared.priority.hurry(Instant::now());
         self.shared.writer.unpark();
         let _ = done.await;
     }
@@ -247,7 +257,7 @@ struct Streak {
 }
 
 fn run(mut store: LogStore, inbox: &Arc<Mutex<Inbox>>, shared: &Shared) {
-    batch_priority();
+    shared.priority.enter(Role::Writer);
     let mut pending: Vec<CallRecord> = Vec::new();
     let mut acks = Vec::new();
     let mut closing = false;
@@ -293,6 +303,13 @@ fn run(mut store: LogStore, inbox: &Arc<Mutex<Inbox>>, shared: &Shared) {
                         .metrics
                         .batch_written(pending.len(), writing.elapsed());
                     shared.queued.fetch_sub(pending.len(), Relaxed);
+                    if pending.len() < shared.wake_at {
+                        // Kept up (not woken for a quarter of the bound, nor that much
+                        // by the tick): back to the core's idle time.
+                        shared
+                            .priority
+                            .relax(&shared.queued, shared.wake_at, Instant::now());
+                    }
                     pending.clear();
                     shared.room.notify_waiters();
                     if let Some(ended) = streak.take() {
@@ -349,11 +366,12 @@ fn run(mut store: LogStore, inbox: &Arc<Mutex<Inbox>>, shared: &Shared) {
 }
 
 /// Moves the WAL into the database every `CHECKPOINT_EVERY` until the writer stops, as a batch
-/// thread; a failed checkpoint is only retried (the rows are safe in the WAL).
+/// thread or an idle one as the writer is (`writer_priority`); a failed checkpoint is only retried (the rows are safe in the WAL).
 fn checkpoints(checkpointer: Checkpointer, shared: &Shared) {
-    batch_priority();
+    shared.priority.enter(Role::Checkpointer);
     while !shared.stopped.load(Relaxed) {
         thread::park_timeout(CHECKPOINT_EVERY);
+        shared.priority.follow();
         match checkpoint(&checkpointer, &shared.turns, &shared.writer) {
             Ok(frames) => tracing::trace!(frames, "WAL checkpoint"),
             Err(err) => tracing::debug!(error = %err, "WAL checkpoint failed; retrying later"),
@@ -465,28 +483,6 @@ fn write(store: &mut LogStore, pending: &[CallRecord]) -> rusqlite::Result<()> {
     let written = store.write(pending, pause)?;
     tracing::debug!(rows = written, "call logs written");
     Ok(())
-}
-
-/// Puts this thread (the writer, the checkpointer) under `SCHED_BATCH` (Linux; per thread):
-/// waking up, it does not preempt a running request, it waits for the running thread's turn to
-/// end; then it gets a fair share of the CPU. At nice 5 (before) a share of ~1/7 on a busy core
-/// let the queue climb to 2,700–3,600 of its 4,096 rows at c=64, a few hundred rows from
-/// making requests wait for room; as a batch thread it peaked at ~1,400, with throughput and
-/// p99 no worse. It also yields every 16 rows while it keeps up and every 64 on a busy core
-/// (`YIELD_EVERY_GROUPS`), so a request that arrives mid-batch waits for those rows, not the
-/// batch.
-fn batch_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: a plain syscall on the calling thread (pid 0), reading `param` only.
-        let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-        if result != 0 {
-            let thread = thread::current();
-            let name = thread.name().unwrap_or("call-log");
-            tracing::debug!(thread = name, "cannot run this thread as a batch thread");
-        }
-    }
 }
 
 #[cfg(test)]

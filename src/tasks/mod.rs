@@ -6,6 +6,7 @@ pub mod retention;
 pub mod sweeper;
 pub mod upstream_watch;
 pub mod webhooks;
+pub mod writer_priority;
 
 use std::future::Future;
 use std::time::Duration;
