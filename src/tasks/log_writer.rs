@@ -1,8 +1,7 @@
 //! The call-log writer: records queue up without waking anyone, and a low-priority thread
 //! (`writer_priority`) writes them in batches every tick, at once on a flush, and all of them
-//! on shutdown. The
-//! queue is bounded (new requests wait for room), and a failed batch is retried until it is
-//! written: no row is ever dropped.
+//! on shutdown. The queue is bounded (new requests wait for room), and a failed batch is
+//! retried until it is written: no row is ever dropped.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
@@ -365,8 +364,9 @@ fn run(mut store: LogStore, inbox: &Arc<Mutex<Inbox>>, shared: &Shared) {
     }
 }
 
-/// Moves the WAL into the database every `CHECKPOINT_EVERY` until the writer stops, as a batch
-/// thread or an idle one as the writer is (`writer_priority`); a failed checkpoint is only retried (the rows are safe in the WAL).
+/// Moves the WAL into the database every `CHECKPOINT_EVERY` until the writer stops, an idle or a
+/// batch thread as the writer is (`writer_priority`); a failed checkpoint is only retried (the
+/// rows are safe in the WAL).
 fn checkpoints(checkpointer: Checkpointer, shared: &Shared) {
     shared.priority.enter(Role::Checkpointer);
     while !shared.stopped.load(Relaxed) {

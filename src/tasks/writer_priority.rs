@@ -211,17 +211,25 @@ mod tests {
         unsafe { libc::sched_getscheduler(tid) }
     }
 
-    /// A governed thread, parked until the test is done with it; returns its id.
-    fn governed(priority: &Arc<Priority>, role: Role) -> (std::thread::JoinHandle<()>, i32) {
+    /// A governed thread, alive until `done` is dropped; returns its id.
+    fn governed(
+        priority: &Arc<Priority>,
+        role: Role,
+    ) -> (
+        std::thread::JoinHandle<()>,
+        i32,
+        std::sync::mpsc::Sender<()>,
+    ) {
         let (tx, rx) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
         let priority = priority.clone();
         let handle = std::thread::spawn(move || {
             priority.enter(role);
             tx.send(current_tid()).unwrap();
-            std::thread::park();
+            let _ = wait.recv();
         });
         let tid = rx.recv().unwrap();
-        (handle, tid)
+        (handle, tid, done)
     }
 
     /// Idle while the writer keeps up; batch threads, both, the moment a request finds it
@@ -230,8 +238,9 @@ mod tests {
     #[test]
     fn the_writer_is_idle_while_it_keeps_up_and_a_batch_thread_when_behind() {
         let priority = Arc::new(Priority::probe());
-        let (writer, writer_tid) = governed(&priority, Role::Writer);
-        let (checkpointer, checkpointer_tid) = governed(&priority, Role::Checkpointer);
+        let (writer, writer_tid, writer_done) = governed(&priority, Role::Writer);
+        let (checkpointer, checkpointer_tid, checkpointer_done) =
+            governed(&priority, Role::Checkpointer);
         let policies = || [policy_of(writer_tid), policy_of(checkpointer_tid)];
         let queued = AtomicUsize::new(0);
         let idle = if priority.switches {
@@ -278,8 +287,8 @@ mod tests {
         priority.relax(&queued, 4, at(21_000));
         assert!(!priority.is_idle());
         assert_eq!(policies(), [libc::SCHED_BATCH; 2]);
+        drop((writer_done, checkpointer_done));
         for thread in [writer, checkpointer] {
-            thread.thread().unpark();
             thread.join().unwrap();
         }
     }
