@@ -291,6 +291,7 @@ fn run(mut store: LogStore, inbox: &Arc<Mutex<Inbox>>, shared: &Shared) {
         if pending.len() > received {
             shared.metrics.observe(&pending[received..]);
         }
+        let batch = pending.len();
         if !pending.is_empty() {
             let turn = shared.turns.batch();
             let writing = Instant::now();
@@ -302,13 +303,6 @@ fn run(mut store: LogStore, inbox: &Arc<Mutex<Inbox>>, shared: &Shared) {
                         .metrics
                         .batch_written(pending.len(), writing.elapsed());
                     shared.queued.fetch_sub(pending.len(), Relaxed);
-                    if pending.len() < shared.wake_at {
-                        // Kept up (not woken for a quarter of the bound, nor that much
-                        // by the tick): back to the core's idle time.
-                        shared
-                            .priority
-                            .relax(&shared.queued, shared.wake_at, Instant::now());
-                    }
                     pending.clear();
                     shared.room.notify_waiters();
                     if let Some(ended) = streak.take() {
@@ -350,6 +344,13 @@ fn run(mut store: LogStore, inbox: &Arc<Mutex<Inbox>>, shared: &Shared) {
                 }
             }
         }
+        if batch < shared.wake_at {
+            // Kept up (an empty tick too): not woken for a quarter of the bound, nor that much
+            // by the tick. Back to the core's idle time, if not hurried too recently.
+            shared
+                .priority
+                .relax(&shared.queued, shared.wake_at, Instant::now());
+        }
         if closing {
             // Before the answer: the process may exit as soon as it has it.
             tracing::info!("call-log writer flushed and stopped");
@@ -371,7 +372,6 @@ fn checkpoints(checkpointer: Checkpointer, shared: &Shared) {
     shared.priority.enter(Role::Checkpointer);
     while !shared.stopped.load(Relaxed) {
         thread::park_timeout(CHECKPOINT_EVERY);
-        shared.priority.follow();
         match checkpoint(&checkpointer, &shared.turns, &shared.writer) {
             Ok(frames) => tracing::trace!(frames, "WAL checkpoint"),
             Err(err) => tracing::debug!(error = %err, "WAL checkpoint failed; retrying later"),

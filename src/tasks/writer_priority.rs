@@ -5,7 +5,8 @@
 //! request that wakes preempts it at once. As a batch thread (`SCHED_BATCH`, what it always was
 //! before) a request that woke while it wrote waited for its group of rows: at c=1 on one core,
 //! alternating loads, 16 pairs of 4 s (stop 35), keygate's p99 had a median of ~600 µs with a
-//! batch writer and ~315 µs with an idle one, the floor's 201–389 µs in its quiet rounds.
+//! batch writer and ~315 µs with an idle one (in the quiet rounds 214–281 µs, the floor's
+//! 201–237 µs).
 //!
 //! An idle thread gets next to nothing of a busy core, so the writer must become a batch thread
 //! again when it falls behind; the request that sees a quarter of the queue's bound waiting
@@ -18,7 +19,7 @@
 //! ~1/7 on a busy core let the writer's queue climb to 2,700–3,600 of 4,096 rows at c=64; as a
 //! batch thread it peaked at ~1,400.)
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -40,21 +41,33 @@ pub enum Role {
 /// The writer's and the checkpointer's scheduling, shared with the request path.
 #[derive(Debug)]
 pub struct Priority {
-    /// Their thread ids, once started (0 before).
-    tids: [AtomicI32; 2],
-    /// They run under `SCHED_IDLE` now (or are to, once started).
-    idle: AtomicBool,
     /// The process can leave `SCHED_IDLE` again, so its threads may enter it.
     switches: bool,
-    /// When they last changed, and how long they stay batch threads now.
-    turns: Mutex<Turns>,
+    /// They run under `SCHED_IDLE` (changed only under `state`'s lock; read without it).
+    idle: AtomicBool,
+    /// Their thread ids and the backoff: every change of policy is made under this lock, so a
+    /// thread's policy is always the one `idle` says.
+    state: Mutex<State>,
 }
 
 #[derive(Debug)]
-struct Turns {
+struct State {
+    /// The threads' ids, once started (0 before).
+    tids: [i32; 2],
     hurried_at: Option<Instant>,
     relaxed_at: Option<Instant>,
+    /// How long they stay batch threads after being hurried.
     batch_for: Duration,
+}
+
+impl State {
+    fn set_all(&self, policy: Policy) {
+        for &tid in self.tids.iter().filter(|&&tid| tid != 0) {
+            if !set_policy(tid, policy) {
+                tracing::warn!(?policy, "cannot change the call-log writer's scheduling");
+            }
+        }
+    }
 }
 
 impl Priority {
@@ -73,10 +86,10 @@ impl Priority {
             );
         }
         Priority {
-            tids: [AtomicI32::new(0), AtomicI32::new(0)],
-            idle: AtomicBool::new(switches),
             switches,
-            turns: Mutex::new(Turns {
+            idle: AtomicBool::new(switches),
+            state: Mutex::new(State {
+                tids: [0; 2],
                 hurried_at: None,
                 relaxed_at: None,
                 batch_for: BATCH_AT_LEAST,
@@ -86,13 +99,8 @@ impl Priority {
 
     /// On the thread taking `role`, before its work: its id noted, its policy the current one.
     pub fn enter(&self, role: Role) {
-        self.tids[role as usize].store(current_tid(), SeqCst);
-        self.follow();
-    }
-
-    /// On a governed thread: its policy the current one (`idle` may have changed while it was
-    /// starting or starved).
-    pub fn follow(&self) {
+        let mut state = lock(&self.state);
+        state.tids[role as usize] = current_tid();
         let policy = if self.idle.load(SeqCst) {
             Policy::Idle
         } else {
@@ -101,62 +109,50 @@ impl Priority {
         set_policy(0, policy);
     }
 
-    /// From any thread: the writer is behind; batch threads from now on. Cheap when they are.
+    /// From any thread: the writer is behind; batch threads from now on. One atomic load when
+    /// they are.
     pub fn hurry(&self, now: Instant) {
+        if !self.idle.load(SeqCst) {
+            return;
+        }
+        let mut state = lock(&self.state);
         if !self.idle.swap(false, SeqCst) {
             return;
         }
-        self.set_all(Policy::Batch);
-        let mut turns = lock(&self.turns);
-        let starved = turns
+        state.set_all(Policy::Batch);
+        let starved = state
             .relaxed_at
             .is_some_and(|at| now.saturating_duration_since(at) < BATCH_AT_LEAST);
-        turns.batch_for = if starved {
-            (turns.batch_for * 2).min(BATCH_AT_MOST)
+        state.batch_for = if starved {
+            (state.batch_for * 2).min(BATCH_AT_MOST)
         } else {
             BATCH_AT_LEAST
         };
-        turns.hurried_at = Some(now);
+        state.hurried_at = Some(now);
     }
 
-    /// On the writer's thread, after a batch that kept up: idle threads again, unless they
-    /// were hurried too recently (`Turns::batch_for`), `behind` rows or more were queued
+    /// On the writer's thread, after a tick that kept up: idle threads again, unless they
+    /// were hurried too recently (`State::batch_for`), `behind` rows or more were queued
     /// meanwhile, or the process could not switch back.
     pub fn relax(&self, queued: &AtomicUsize, behind: usize, now: Instant) {
         if !self.switches || self.idle.load(SeqCst) {
             return;
         }
         {
-            let mut turns = lock(&self.turns);
-            if turns
-                .hurried_at
-                .is_some_and(|at| now.saturating_duration_since(at) < turns.batch_for)
-            {
+            let mut state = lock(&self.state);
+            let hurried_for = state.hurried_at.map(|at| now.saturating_duration_since(at));
+            if self.idle.load(SeqCst) || hurried_for.is_some_and(|d| d < state.batch_for) {
                 return;
             }
-            turns.relaxed_at = Some(now);
+            state.relaxed_at = Some(now);
+            state.set_all(Policy::Idle);
+            self.idle.store(true, SeqCst);
         }
-        self.set_all(Policy::Idle);
-        self.idle.store(true, SeqCst);
         // A request that queued the `behind`th row before `idle` was set found nothing to do:
         // either it is seen here, or it sees `idle` and hurries the writer itself.
         if queued.load(SeqCst) >= behind {
             self.hurry(now);
         }
-    }
-
-    fn set_all(&self, policy: Policy) {
-        for tid in &self.tids {
-            let tid = tid.load(SeqCst);
-            if tid != 0 && !set_policy(tid, policy) {
-                tracing::warn!(?policy, "cannot change the call-log writer's scheduling");
-            }
-        }
-    }
-
-    /// They run under `SCHED_IDLE` now.
-    pub fn is_idle(&self) -> bool {
-        self.idle.load(SeqCst)
     }
 }
 
@@ -252,16 +248,16 @@ mod tests {
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         assert_eq!(policies(), [idle; 2]);
         priority.hurry(at(0));
-        assert!(!priority.is_idle());
+        assert!(!priority.idle.load(SeqCst));
         assert_eq!(policies(), [libc::SCHED_BATCH; 2]);
         priority.hurry(at(1));
         assert_eq!(policies(), [libc::SCHED_BATCH; 2]);
         // Not within a second of being hurried.
         priority.relax(&queued, 4, at(999));
-        assert!(!priority.is_idle());
+        assert!(!priority.idle.load(SeqCst));
         assert_eq!(policies(), [libc::SCHED_BATCH; 2]);
         priority.relax(&queued, 4, at(1_000));
-        assert_eq!(priority.is_idle(), priority.switches);
+        assert_eq!(priority.idle.load(SeqCst), priority.switches);
         assert_eq!(policies(), [idle; 2]);
         if !priority.switches {
             return;
@@ -269,23 +265,23 @@ mod tests {
         // Hurried again at once (a busy core): a batch thread twice as long, then 4 s.
         priority.hurry(at(1_100));
         priority.relax(&queued, 4, at(3_099));
-        assert!(!priority.is_idle());
+        assert!(!priority.idle.load(SeqCst));
         priority.relax(&queued, 4, at(3_100));
-        assert!(priority.is_idle());
+        assert!(priority.idle.load(SeqCst));
         priority.hurry(at(3_200));
         priority.relax(&queued, 4, at(7_199));
-        assert!(!priority.is_idle());
+        assert!(!priority.idle.load(SeqCst));
         priority.relax(&queued, 4, at(7_200));
-        assert!(priority.is_idle());
+        assert!(priority.idle.load(SeqCst));
         // Idle for over a second before the next hurry: back to one second.
         priority.hurry(at(9_000));
         priority.relax(&queued, 4, at(10_000));
-        assert!(priority.is_idle());
+        assert!(priority.idle.load(SeqCst));
         // Rows piled up while it relaxed: hurried back at once.
         priority.hurry(at(20_000));
         queued.store(4, SeqCst);
         priority.relax(&queued, 4, at(21_000));
-        assert!(!priority.is_idle());
+        assert!(!priority.idle.load(SeqCst));
         assert_eq!(policies(), [libc::SCHED_BATCH; 2]);
         drop((writer_done, checkpointer_done));
         for thread in [writer, checkpointer] {
