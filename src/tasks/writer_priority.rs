@@ -26,8 +26,10 @@ use std::time::{Duration, Instant};
 /// After being hurried, the writer stays a batch thread at least this long...
 const BATCH_AT_LEAST: Duration = Duration::from_secs(1);
 /// ...twice as long each time it was hurried again within `BATCH_AT_LEAST` of relaxing (a busy
-/// core starves an idle thread at once), up to this.
-const BATCH_AT_MOST: Duration = Duration::from_secs(64);
+/// core starves an idle thread at once), up to this: short, as the threads stay batch threads
+/// that long after a load ends (with 64 s, still 5 s after 10 s at c=64, into the quiet that
+/// followed), and a hurry more every few seconds of a long load costs nothing measurable.
+const BATCH_AT_MOST: Duration = Duration::from_secs(4);
 
 /// The threads whose scheduling follows the writer's queue.
 #[derive(Clone, Copy, Debug)]
