@@ -145,6 +145,12 @@ def main():
         if "keygate_policy" in targets:
             w("| added latency chat c=1, p99, restricted key | %s | | target − direct |" % (
                 fmt_delta(added("keygate_policy", "chat_c1", "p99_us"))))
+        paired = load(d, "paired", "chat_c1")
+        if paired:
+            for q, label in (("p50_us", "p50"), ("p99_us", "p99")):
+                w("| added latency chat c=1, %s, requests interleaved | %s | %s | restricted key %s; see below |" % (
+                    label, fmt_delta(paired_added(paired, "keygate", q)), fmt_delta(paired_added(paired, "nginx", q)),
+                    fmt_delta(paired_added(paired, "keygate_policy", q))))
         w("| added stream TTFB c=1, p50 | %s | %s | target − direct |" % (
             fmt_delta(added("keygate", "ttfb_c1", "ttfb_p50_us")), fmt_delta(added("nginx", "ttfb_c1", "ttfb_p50_us"))))
         w("| added stream TTFB c=1, p99 | %s | %s | target − direct |" % (
@@ -178,6 +184,9 @@ def main():
     rounds = int(meta.get("rounds", 0) or 0)
     if rounds and "keygate" in targets:
         rounds_section(w, d, rounds, conns, meta.get("round_duration", "?"))
+    paired = load(d, "paired", "chat_c1")
+    if paired:
+        paired_section(w, paired, meta)
     w("Latencies: wrk's exact percentiles (lua `done()`); stream c=%d times the whole SSE response; "
       "TTFB = request sent → first body byte (bench/ttfb.py, %s sequential requests over keep-alive)." % (
           conns, meta.get("ttfb_count", "?")))
@@ -185,6 +194,33 @@ def main():
     with open(out_md, "w") as f:
         f.write(text)
     sys.stdout.write(text)
+
+
+def paired_added(paired, t, q):
+    a, b = (paired.get(t) or {}).get(q), (paired.get("direct") or {}).get(q)
+    return None if a is None or b is None else a - b
+
+
+def paired_section(w, paired, meta):
+    """c=1 with the targets taking turns request by request (examples/paired_c1.rs): each one's
+    percentiles and what it adds over direct, all measured over the same seconds."""
+    w("## c=1, requests interleaved")
+    w("")
+    w("One client (examples/paired_c1.rs) takes turns between the targets, %s requests in a row "
+      "each, %s turns, over one keep-alive connection each: a hiccup of the host falls on all of "
+      "them alike, so their added latencies compare within the run." % (
+          meta.get("paired_block", "?"), meta.get("paired_cycles", "?")))
+    w("")
+    w("| target | requests | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 |")
+    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for t in ("direct", "nginx", "floor", "keygate", "keygate_policy"):
+        r = paired.get(t)
+        if not r:
+            continue
+        w("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
+            t, r["requests"], fmt_us(r["p50_us"]), fmt_us(r["p99_us"]), fmt_us(r["p999_us"]),
+            *(fmt_delta(paired_added(paired, t, q)) if t != "direct" else "" for q in ("p50_us", "p99_us", "p999_us"))))
+    w("")
 
 
 def median(values):

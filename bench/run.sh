@@ -13,6 +13,8 @@ WARMUP=${BENCH_WARMUP:-2s}                       # wrk warm-up per target (not r
 CONNS=${BENCH_CONNECTIONS:-64}
 ROUNDS=${BENCH_ROUNDS:-9}                        # interleaved rounds (0: none), see below
 ROUND_DURATION=${BENCH_ROUND_DURATION:-3s}       # each load of a round
+PAIRED_CYCLES=${BENCH_PAIRED_CYCLES:-4000}       # c=1 requests interleaved: turns per target (0: none)
+PAIRED_BLOCK=${BENCH_PAIRED_BLOCK:-5}            # ...and requests in a row per turn
 TTFB_COUNT=${BENCH_TTFB_COUNT:-500}
 PACED_COUNT=${BENCH_PACED_COUNT:-10}
 PACED_DELAY_MS=${BENCH_PACED_DELAY_MS:-2}
@@ -65,7 +67,7 @@ want() { [[ " $TARGETS " == *" $1 "* ]]; }
 cd "$ROOT"
 if want keygate; then
   log "cargo build --release (keygate + mock_upstream example)"
-  cargo build --release --bins --example mock_upstream --example floor_proxy \
+  cargo build --release --bins --example mock_upstream --example floor_proxy --example paired_c1 \
     || die "build failed (run with BENCH_TARGETS='direct nginx' to bench without keygate)"
   [ -x target/release/keygate ] || die "target/release/keygate missing after build"
 else
@@ -74,6 +76,7 @@ else
 fi
 MOCK_BIN="$ROOT/target/release/examples/mock_upstream"
 FLOOR_BIN="$ROOT/target/release/examples/floor_proxy"
+PAIRED_BIN="$ROOT/target/release/examples/paired_c1"
 KEYGATE_BIN="$ROOT/target/release/keygate"
 
 rm -rf "$RUN"
@@ -326,6 +329,25 @@ if [ "$ROUNDS" -gt 0 ] && want nginx && want keygate; then
   done
 fi
 
+# ---------------------------------------------------------------- c=1, requests interleaved
+# At c=1 the host's hiccups (a neighbour's burst on the core) move a 3 s run's p99 by up to a
+# millisecond, ten times keygate's budget. Here one client takes turns between the targets,
+# a few requests at a time (examples/paired_c1.rs), so whatever the host does it does to all of
+# them: their added latencies over direct compare within one run.
+if [ "$PAIRED_CYCLES" -gt 0 ] && want keygate; then
+  pairs=()
+  for t in direct nginx floor keygate keygate_policy; do
+    [ -n "${PORT[$t]:-}" ] && pairs+=("$t=${PORT[$t]}=${AUTH[$t]:-}")
+  done
+  log "paired_c1: ${pairs[*]%%=*} taking turns, $PAIRED_CYCLES turns of $PAIRED_BLOCK requests each"
+  json="$RUN/res/paired__chat_c1.json"
+  "${CLIENT[@]}" "$PAIRED_BIN" --cycles "$PAIRED_CYCLES" --block "$PAIRED_BLOCK" "${pairs[@]}" >"$json" \
+    || die "paired_c1 failed"
+  for t in keygate keygate_policy; do
+    [ -n "${PORT[$t]:-}" ] && count_kg "$t" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["sent"])' "$json" "$t")"
+  done
+fi
+
 # ---------------------------------------------------------------- several upstreams
 add_upstream() { # JSON
   curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' \
@@ -399,7 +421,7 @@ ENV_LINE="$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(grep -m1 'model nam
 ${PIN_NOTE}; wrk -t1, ${DURATION} per load after a ${WARMUP} warm-up; mock upstream: 1 thread, ${MOCK_CHUNKS} SSE chunks; \
 nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///') with 1 worker; total bench time $(( $(date +%s) - T_START )) s."
 cat >"$RUN/meta.json" <<EOF
-{"connections": $CONNS, "rounds": $ROUNDS, "round_duration": "$ROUND_DURATION", "ttfb_count": $TTFB_COUNT, "paced_delay_ms": $PACED_DELAY_MS,
+{"connections": $CONNS, "rounds": $ROUNDS, "paired_cycles": $PAIRED_CYCLES, "paired_block": $PAIRED_BLOCK, "round_duration": "$ROUND_DURATION", "ttfb_count": $TTFB_COUNT, "paced_delay_ms": $PACED_DELAY_MS,
  "env": $(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$ENV_LINE"),
  "rss": $RSS_JSON, "logcheck": $LOG_JSON}
 EOF
