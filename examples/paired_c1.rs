@@ -76,33 +76,32 @@ impl Target {
 
     fn read_answer(&mut self) -> Result<(), String> {
         self.buf.clear();
-        let mut chunk = [0u8; 4096];
         let (head_end, length) = loop {
-            let n = self
-                .conn
-                .read(&mut chunk)
-                .map_err(|e| format!("{}: read: {e}", self.name))?;
-            if n == 0 {
-                return Err(format!("{}: connection closed mid-answer", self.name));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.read_more("mid-answer")?;
             if let Some(end) = find(&self.buf, b"\r\n\r\n") {
                 break (end + 4, self.head(end)?);
             }
         };
         while self.buf.len() < head_end + length {
-            let n = self
-                .conn
-                .read(&mut chunk)
-                .map_err(|e| format!("{}: read: {e}", self.name))?;
-            if n == 0 {
-                return Err(format!("{}: connection closed mid-body", self.name));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.read_more("mid-body")?;
         }
         if self.buf.len() > head_end + length {
             return Err(format!("{}: more bytes than its Content-Length", self.name));
         }
+        Ok(())
+    }
+
+    /// Appends what the connection has; an error if it closed (`when`: where in the answer).
+    fn read_more(&mut self, when: &str) -> Result<(), String> {
+        let mut chunk = [0u8; 4096];
+        let n = self
+            .conn
+            .read(&mut chunk)
+            .map_err(|e| format!("{}: read: {e}", self.name))?;
+        if n == 0 {
+            return Err(format!("{}: connection closed {when}", self.name));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 
