@@ -337,14 +337,15 @@ fi
 if [ "$PAIRED_CYCLES" -gt 0 ] && want keygate; then
   pairs=()
   for t in direct nginx floor keygate keygate_policy; do
-    [ -n "${PORT[$t]:-}" ] && pairs+=("$t=${PORT[$t]}=${AUTH[$t]:-}")
+    if [ -n "${PORT[$t]:-}" ]; then pairs+=("$t=${PORT[$t]}=${AUTH[$t]:-}"); fi
   done
   log "paired_c1: ${pairs[*]%%=*} taking turns, $PAIRED_CYCLES turns of $PAIRED_BLOCK requests each"
   json="$RUN/res/paired__chat_c1.json"
   "${CLIENT[@]}" "$PAIRED_BIN" --cycles "$PAIRED_CYCLES" --block "$PAIRED_BLOCK" "${pairs[@]}" >"$json" \
     || die "paired_c1 failed"
   for t in keygate keygate_policy; do
-    [ -n "${PORT[$t]:-}" ] && count_kg "$t" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["sent"])' "$json" "$t")"
+    [ -n "${PORT[$t]:-}" ] || continue
+    count_kg "$t" "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]["sent"])' "$json" "$t")"
   done
 fi
 
