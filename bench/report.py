@@ -108,6 +108,8 @@ def main():
                 t, label, fmt_rps(r.get("rps")), fmt_us(p50), fmt_us(p99), "; ".join(notes)))
     w("")
 
+    paired = load(d, "paired", "chat_c1")  # examples/paired_c1.rs, all targets in one file
+
     def v(t, key, field):
         return get(R.get((t, key)), field)
 
@@ -145,7 +147,6 @@ def main():
         if "keygate_policy" in targets:
             w("| added latency chat c=1, p99, restricted key | %s | | target − direct |" % (
                 fmt_delta(added("keygate_policy", "chat_c1", "p99_us"))))
-        paired = load(d, "paired", "chat_c1")
         if paired:
             for q, label in (("p50_us", "p50"), ("p99_us", "p99")):
                 w("| added latency chat c=1, %s, requests interleaved | %s | %s | restricted key %s; see below |" % (
@@ -184,7 +185,6 @@ def main():
     rounds = int(meta.get("rounds", 0) or 0)
     if rounds and "keygate" in targets:
         rounds_section(w, d, rounds, conns, meta.get("round_duration", "?"))
-    paired = load(d, "paired", "chat_c1")
     if paired:
         paired_section(w, paired, meta)
     w("Latencies: wrk's exact percentiles (lua `done()`); stream c=%d times the whole SSE response; "
