@@ -418,8 +418,15 @@ if want keygate; then
   LOG_JSON="{\"rows\": $ROWS, \"source\": \"$SRC\", \"requests\": $KG_REQUESTS, \"slack\": $KG_SLACK, \"result\": \"$CHECK\"}"
 fi
 
+# How an idle CPU waits for work: on a VM whose idle vCPU halts at once (cpuidle haltpoll with
+# guest_halt_poll_ns=0, the development VM's kernel command line), each wake-up of a halted core
+# costs tens of µs, which is most of what the c=1 rows measure (bench/README.md).
+IDLE_NOTE="cpuidle $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo unknown)"
+if [ -r /sys/module/haltpoll/parameters/guest_halt_poll_ns ]; then
+  IDLE_NOTE="$IDLE_NOTE, guest_halt_poll_ns=$(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns)"
+fi
 ENV_LINE="$(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')); \
-${PIN_NOTE}; wrk -t1, ${DURATION} per load after a ${WARMUP} warm-up; mock upstream: 1 thread, ${MOCK_CHUNKS} SSE chunks; \
+${IDLE_NOTE}; ${PIN_NOTE}; wrk -t1, ${DURATION} per load after a ${WARMUP} warm-up; mock upstream: 1 thread, ${MOCK_CHUNKS} SSE chunks; \
 nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///') with 1 worker; total bench time $(( $(date +%s) - T_START )) s."
 cat >"$RUN/meta.json" <<EOF
 {"connections": $CONNS, "rounds": $ROUNDS, "paired_cycles": $PAIRED_CYCLES, "paired_block": $PAIRED_BLOCK, "round_duration": "$ROUND_DURATION", "ttfb_count": $TTFB_COUNT, "paced_delay_ms": $PACED_DELAY_MS,
