@@ -12,6 +12,11 @@
 # clients) and prints the instructions per request of its request thread (the runtime: hyper,
 # the relay), of its call-log writer, and of the whole process; with two builds, B's over A's.
 #
+# INSTR_FLOOR=1 also counts examples/floor_proxy.rs (the cheapest relay on keygate's stack, one
+# thread) under the same load: what of keygate's count is the stack's. valgrind hides the CPU's
+# SHA extensions, so keygate's count includes ~3.5k instructions of SHA-256 (the presented key's
+# hash) in the software form that a native run does not execute.
+#
 # Environment: INSTR_REQUESTS (2000), INSTR_CLIENTS (4), INSTR_KEY=plain (a key without limits;
 # default: bench/restricted_key.json), INSTR_MOCK_ARGS (more mock_upstream options, e.g.
 # --openai-headers: answers with the headers a real OpenAI answer carries), INSTR_KEEP=1 (keep
@@ -110,7 +115,40 @@ print(f"{request / n:.0f} {writer / n:.0f} {total / n:.0f}")
 PY
 }
 
+# floor: prints the floor's instructions per request (its one thread: the whole process)
+floor() {
+  local dir="$RUN/floor" port pid bin="$ROOT/target/release/examples/floor_proxy"
+  [ -x "$bin" ] || { echo "build the floor first: cargo build --release --example floor_proxy" >&2; exit 1; }
+  mkdir -p "$dir"
+  port=$(free_port)
+  taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.out" \
+    "$bin" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$MOCK_PORT" >"$dir/floor.log" 2>&1 &
+  pid=$!
+  PIDS+=($pid)
+  wait_http "http://127.0.0.1:$port/" || { tail -n 20 "$dir/floor.log" >&2; exit 1; }
+  send "$port" none 200
+  callgrind_control -i on "$pid" >/dev/null 2>&1
+  send "$port" none "$REQUESTS"
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  kill -TERM "$pid"
+  wait "$pid" 2>/dev/null || true
+  python3 - "$dir" "$REQUESTS" <<'PY'
+import glob, sys
+d, n = sys.argv[1], int(sys.argv[2])
+total = 0
+for path in glob.glob(d + "/cg.out.1*"):
+    for line in open(path, errors="replace"):
+        if line.startswith(("summary:", "totals:")):
+            total += int(line.split()[1])
+            break
+print(f"{total / n:.0f}")
+PY
+}
+
 printf '%s requests, %s key, %s clients\n' "$REQUESTS" "${INSTR_KEY:-restricted}" "$CLIENTS"
+if [ -n "${INSTR_FLOOR:-}" ]; then
+  printf 'floor (examples/floor_proxy): %s instructions per request\n' "$(floor)"
+fi
 read -r ra wa ta < <(measure a "$BIN_A")
 printf 'A %s: request thread %s, call-log writer %s, process %s instructions per request\n' "$1" "$ra" "$wa" "$ta"
 if [ $# = 2 ]; then
