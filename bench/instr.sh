@@ -93,9 +93,14 @@ measure() {
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
-  # One file per thread for the dump: the request thread runs serve_connection, the writer
-  # log_writer::run; the process is all of them.
-  python3 - "$dir" "$REQUESTS" <<'PY'
+  counts "$dir"
+}
+
+# counts DIR: "request_thread writer process" instructions per request, from the dump that
+# callgrind_control -d wrote (one file per thread, --separate-threads=yes): the request thread
+# runs serve_connection, the writer log_writer::run; the process is all of them.
+counts() {
+  python3 - "$1" "$REQUESTS" <<'PY'
 import glob, sys
 d, n = sys.argv[1], int(sys.argv[2])
 request = writer = total = 0
@@ -121,7 +126,8 @@ floor() {
   [ -x "$bin" ] || { echo "build the floor first: cargo build --release --example floor_proxy" >&2; exit 1; }
   mkdir -p "$dir"
   port=$(free_port)
-  taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.out" \
+  taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \
+    --callgrind-out-file="$dir/cg.out" \
     "$bin" --listen "127.0.0.1:$port" --upstream "127.0.0.1:$MOCK_PORT" >"$dir/floor.log" 2>&1 &
   pid=$!
   PIDS+=($pid)
@@ -132,17 +138,7 @@ floor() {
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
-  python3 - "$dir" "$REQUESTS" <<'PY'
-import glob, sys
-d, n = sys.argv[1], int(sys.argv[2])
-total = 0
-for path in glob.glob(d + "/cg.out.1*"):
-    for line in open(path, errors="replace"):
-        if line.startswith(("summary:", "totals:")):
-            total += int(line.split()[1])
-            break
-print(f"{total / n:.0f}")
-PY
+  counts "$dir" | cut -d' ' -f3
 }
 
 printf '%s requests, %s key, %s clients\n' "$REQUESTS" "${INSTR_KEY:-restricted}" "$CLIENTS"

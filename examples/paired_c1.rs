@@ -1,6 +1,6 @@
 //! A c=1 latency client that takes turns between targets request by request: a bench tool, not
-//! a product. Each target gets one keep-alive connection; every cycle sends one chat request to
-//! each, in an order that rotates, and times it from the first byte written to the last byte of
+//! a product. Each target gets one keep-alive connection; every cycle gives each a turn of
+//! `--block` chat requests, in an order that rotates, and times it from the first byte written to the last byte of
 //! the answer read. Whatever the machine does meanwhile (a neighbour's burst, a migration), it
 //! does to all targets alike, so their percentiles can be compared even on a noisy host where
 //! runs seconds apart cannot.
@@ -9,8 +9,8 @@
 //! paired_c1 --cycles N [--block N] [--warmup N] NAME=PORT[=KEY] ...
 //! ```
 //!
-//! `--block N` sends N requests in a row to each target per turn (default 1; 5 to 50 measured the
-//! same on the bench machine, so cache effects of switching targets do not show). Prints one
+//! `--block N` sends N requests in a row to each target per turn (default 1; turns of 1, 10 and 50
+//! measured the same on the bench machine, so cache effects of switching targets do not show). Prints one
 //! JSON object: for each target its requests (and all it sent, with the warm-up's) and
 //! p50/p90/p99/p99.9/max in µs. Answers
 //! must carry a `Content-Length` (the bench's chat loads do) and status 200; anything else stops
